@@ -1,0 +1,37 @@
+# Two commands for a fresh machine with python3 and pip:
+#   make demo   - create .venv, install, run the quickstart reproduction headlessly into outputs/
+#   make test   - create .venv if needed, install, run the whole suite (pytest + nbval)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.densflow-installed
+PYTEST := $(BIN)/python -m pytest
+
+.PHONY: install test test-fast clean
+
+install: $(STAMP)
+
+# Re-install only when the dependency list changes; the package itself is editable.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@touch $@
+
+# pytest exits 5 when it collects nothing; make treats that as a failure like any other.
+test: $(STAMP)
+	$(PYTEST) tests --doctest-modules densflow
+	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
+		echo "== nbval: teaching notebooks (strict outputs) =="; \
+		$(PYTEST) --nbval --nbval-sanitize-with notebooks/sanitize.cfg notebooks; \
+	fi
+	@if ls reproduce/*.ipynb >/dev/null 2>&1; then \
+		echo "== nbval: reproduction notebooks (lax) =="; \
+		$(PYTEST) --nbval-lax reproduce; \
+	fi
+
+# The unit tests without the paper-size model and the notebooks: for quick iteration.
+test-fast: $(STAMP)
+	$(PYTEST) tests -m "not slow"
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache
