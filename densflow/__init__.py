@@ -1,0 +1,23 @@
+"""densflow: DenseFlow ("Densely connected normalizing flows", Grcić, Grubišić & Šegvić,
+NeurIPS 2021, arXiv:2106.04627) from first principles.
+
+Layout (one paper part per module): :mod:`~densflow.dequantization`, :mod:`~densflow.glow`
+(ActNorm, 1×1 conv, glow-like module), :mod:`~densflow.coupling`, :mod:`~densflow.dense_block`,
+:mod:`~densflow.attention`, :mod:`~densflow.cross_unit`, :mod:`~densflow.multiscale`,
+:mod:`~densflow.prior`, :mod:`~densflow.model`, :mod:`~densflow.bounds`, :mod:`~densflow.official`.
+"""
+
+from .bounds import bits_per_dim, importance_weighted_bound
+from .model import PRESETS, DenseFlow, DenseFlowConfig
+from .noise import fixed_noise
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DenseFlow",
+    "DenseFlowConfig",
+    "PRESETS",
+    "bits_per_dim",
+    "importance_weighted_bound",
+    "fixed_noise",
+]

@@ -1,0 +1,88 @@
+"""Nyström self-attention (Xiong et al., 2021), the second branch of DenseFlow's coupling network.
+
+Exact softmax attention over ``n = H·W`` tokens costs ``O(n²)``. Nyström attention picks ``m``
+landmarks (means of ``m`` consecutive groups of tokens) and approximates the attention matrix by
+
+.. math:: \\mathrm{softmax}(Q K^\\top) \\approx
+   \\underbrace{\\mathrm{softmax}(Q \\tilde K^\\top)}_{K_1\\,(n\\times m)}\\;
+   \\underbrace{\\mathrm{softmax}(\\tilde Q \\tilde K^\\top)^{+}}_{K_2^{+}\\,(m\\times m)}\\;
+   \\underbrace{\\mathrm{softmax}(\\tilde Q K^\\top)}_{K_3\\,(m\\times n)},
+
+where :math:`K_2^{+}` is the Moore–Penrose pseudo-inverse, computed by an iterative scheme
+(Razavi et al., 2014) so that only matrix products are needed.
+
+DenseFlow's variant, which a faithful re-implementation must follow to load official weights:
+
+* tokens are taken by a *memory-order reshape* of the ``(B, 3E, H, W)`` projection to
+  ``(B, H·W, 3E)`` (not a transpose), and the output is reshaped back the same way;
+* only the landmarks are scaled, by ``1/sqrt(H·W)``;
+* every softmax normalises over dimension −2;
+* the value tokens are added back (residual ``+ v``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["NystromAttention", "iterative_pinv"]
+
+
+def iterative_pinv(k2: Tensor, iterations: int = 6) -> Tensor:
+    """Approximate Moore–Penrose pseudo-inverse of a batch of square matrices ``(B, m, m)``.
+
+    Start from :math:`V_0 = K^\\top / (\\max_j \\sum_i |K_{ij}| \\cdot \\max_i \\sum_j |K_{ij}|)`
+    and iterate :math:`V \\leftarrow \\tfrac14 V (13 I - P(15 I - P(7 I - P)))` with
+    :math:`P = K V`. The maxima are taken per matrix, so every example of a batch is independent
+    of the others (this reproduces the official fixtures exactly; batch-wide maxima do not).
+    """
+    eye = torch.eye(k2.shape[-1], dtype=k2.dtype, device=k2.device)
+    abs_k2 = k2.abs()
+    scale = abs_k2.sum(dim=-2).amax(dim=-1) * abs_k2.sum(dim=-1).amax(dim=-1)  # (B,)
+    v = k2.transpose(-1, -2) / scale[..., None, None]
+    for _ in range(iterations):
+        p = k2 @ v
+        v = 0.25 * v @ (13 * eye - p @ (15 * eye - p @ (7 * eye - p)))
+    return v
+
+
+class NystromAttention(nn.Module):
+    """Single-head Nyström self-attention on a feature map.
+
+    Arguments:
+        in_channels: channels of the input and the output ``(B, in_channels, H, W)``.
+        embed_dim: dimension E of queries, keys and values (``in_channels // 2`` in DenseFlow).
+        num_landmarks: number of landmarks m; ``H·W`` must be divisible by it.
+        pinv_iterations: iterations of :func:`iterative_pinv`.
+    """
+
+    def __init__(
+        self, in_channels: int, embed_dim: int, num_landmarks: int = 4, pinv_iterations: int = 6
+    ) -> None:
+        super().__init__()
+        self.embed_dim, self.num_landmarks = embed_dim, num_landmarks
+        self.pinv_iterations = pinv_iterations
+        self.qkv = nn.Conv2d(in_channels, 3 * embed_dim, kernel_size=1)
+        self.out = nn.Conv2d(embed_dim, in_channels, kernel_size=1)
+
+    def tokens(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values ``(B, H·W, E)`` by DenseFlow's memory-order reshape."""
+        b, _, h, w = x.shape
+        qkv = self.qkv(x).reshape(b, h * w, 3 * self.embed_dim)  # not a transpose, on purpose
+        return qkv.split(self.embed_dim, dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        n, m = h * w, self.num_landmarks
+        if n % m:
+            raise ValueError(f"Nyström attention needs H·W divisible by {m} landmarks, got {h}×{w}")
+        q, k, v = self.tokens(x)
+        q_land = q.reshape(b, m, n // m, self.embed_dim).mean(dim=2) / math.sqrt(n)  # (B, m, E)
+        k_land = k.reshape(b, m, n // m, self.embed_dim).mean(dim=2) / math.sqrt(n)
+        k1 = torch.softmax(q @ k_land.transpose(-1, -2), dim=-2)  # (B, n, m)
+        k2 = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-2)  # (B, m, m)
+        k3 = torch.softmax(q_land @ k.transpose(-1, -2), dim=-2)  # (B, m, n)
+        out = (k1 @ iterative_pinv(k2, self.pinv_iterations)) @ (k3 @ v) + v  # (B, n, E)
+        return self.out(out.reshape(b, self.embed_dim, h, w))  # memory-order back to a map

@@ -1,0 +1,85 @@
+"""The contract every invertible step of densflow follows, and the squeeze.
+
+Direction, stated once: ``forward`` maps **data to latent** (x → z) and returns the output together
+with the log-determinant of its Jacobian, one value per example; ``inverse`` maps latent to data.
+With z = f(x), the change of variables (eq. 2 of the paper) gives
+
+.. math:: \\ln p(x) = \\ln p(z) + \\ln \\left|\\det \\frac{\\partial f(x)}{\\partial x}\\right|,
+
+so a flow's log-likelihood is the prior's log-density plus the sum of the forward log-dets.
+Log-dets are returned in float32 or wider, whatever the activations' dtype, so that mixed
+precision never rounds the likelihood.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Bijection", "Squeeze", "squeeze", "unsqueeze", "ldj_dtype", "full_precision"]
+
+
+def ldj_dtype(x: Tensor) -> torch.dtype:
+    """The dtype log-dets are accumulated in for activations ``x``: float32 or wider."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def full_precision(x: Tensor) -> contextlib.AbstractContextManager:
+    """Disable autocast on ``x``'s device, for the parts of the flow that must stay exact.
+
+    Under bf16 autocast only the coupling and conditioning networks should run in bf16; the
+    invertible path itself (1×1 convolutions, affine updates) stays in float32 so that inverses
+    and log-dets keep their precision.
+    """
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class Bijection(nn.Module):
+    """An invertible map with a tractable log-determinant (x → z)."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - interface
+        """Return ``(z, ldj)`` with ``ldj`` of shape ``(B,)``."""
+        raise NotImplementedError
+
+    def inverse(self, z: Tensor) -> Tensor:  # pragma: no cover - interface
+        """Return ``x`` with ``forward(x)[0] == z``."""
+        raise NotImplementedError
+
+
+def squeeze(x: Tensor) -> Tensor:
+    """Space-to-depth 2×2: ``(B, C, H, W) → (B, 4C, H/2, W/2)``.
+
+    Output channel ``4c + 2·dy + dx`` at ``(i, j)`` holds input channel ``c`` at ``(2i+dy, 2j+dx)``,
+    so the four sub-pixels of one input channel are adjacent output channels (the layout of the
+    official DenseFlow, which the checkpoint converter relies on).
+    """
+    b, c, h, w = x.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"squeeze needs an even height and width, got {h}×{w}")
+    x = x.view(b, c, h // 2, 2, w // 2, 2)  # (B, C, i, dy, j, dx)
+    x = x.permute(0, 1, 3, 5, 2, 4)  # (B, C, dy, dx, i, j)
+    return x.reshape(b, 4 * c, h // 2, w // 2)
+
+
+def unsqueeze(z: Tensor) -> Tensor:
+    """Inverse of :func:`squeeze`: ``(B, 4C, H, W) → (B, C, 2H, 2W)``."""
+    b, c4, h, w = z.shape
+    if c4 % 4:
+        raise ValueError(f"unsqueeze needs a channel count divisible by 4, got {c4}")
+    z = z.view(b, c4 // 4, 2, 2, h, w)  # (B, C, dy, dx, i, j)
+    z = z.permute(0, 1, 4, 2, 5, 3)  # (B, C, i, dy, j, dx)
+    return z.reshape(b, c4 // 4, 2 * h, 2 * w)
+
+
+class Squeeze(Bijection):
+    """:func:`squeeze` as a bijection: a permutation of the entries, so its log-det is 0."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return squeeze(x), x.new_zeros(x.shape[0], dtype=ldj_dtype(x))
+
+    def inverse(self, z: Tensor) -> Tensor:
+        return unsqueeze(z)

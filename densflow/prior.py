@@ -1,0 +1,48 @@
+"""The learned base distribution at the end of the flow: a per-channel Gaussian.
+
+.. math:: \\ln p(z) = \\sum_{c,i,j} \\left[-\\tfrac12\\ln 2\\pi - \\log\\sigma_c
+   - \\tfrac12 e^{-2\\log\\sigma_c}(z_{c,i,j} - \\mu_c)^2\\right].
+
+Sampling multiplies the standard deviation by the temperature ``T``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .base import ldj_dtype
+from .noise import randn
+
+__all__ = ["LearnedGaussianPrior"]
+
+
+class LearnedGaussianPrior(nn.Module):
+    """``N(loc_c, exp(log_scale_c)²)`` per channel, broadcast over space.
+
+    Arguments:
+        channels: C of the final latent.
+        spatial: ``(h, w)`` of the final latent, used for sampling.
+    """
+
+    def __init__(self, channels: int, spatial: tuple[int, int]) -> None:
+        super().__init__()
+        self.spatial = tuple(spatial)
+        self.loc = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """``ln p(z)`` per example, in float32 or wider."""
+        dtype = ldj_dtype(z)
+        z, loc, log_scale = z.to(dtype), self.loc.to(dtype), self.log_scale.to(dtype)
+        log_p = -0.5 * math.log(2 * math.pi) - log_scale - 0.5 * torch.exp(-2 * log_scale) * (z - loc) ** 2
+        return log_p.flatten(1).sum(dim=1)
+
+    def sample(
+        self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> Tensor:
+        eps = randn((n, self.loc.shape[1], *self.spatial), generator=generator,
+                    dtype=self.loc.dtype, device=self.loc.device)
+        return self.loc + temperature * torch.exp(self.log_scale) * eps

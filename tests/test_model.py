@@ -1,0 +1,268 @@
+"""The assembled DenseFlow: paper size and shapes, invertibility, bounds, sampling, input errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from utils import init_actnorms, perturb
+
+from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
+
+PAPER_PARAMS = 130_647_294
+
+
+def tiny_model(seed: int = 0, **overrides) -> DenseFlow:
+    torch.manual_seed(seed)
+    model = perturb(DenseFlow(DenseFlowConfig.tiny(**overrides)), 0.02, seed)
+    x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    return init_actnorms(model, x, generator=torch.Generator().manual_seed(1))
+
+
+def images(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(seed))
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.fixture(scope="module")
+def paper_model() -> DenseFlow:
+    torch.manual_seed(0)
+    return DenseFlow(DenseFlowConfig.paper()).eval()
+
+
+@pytest.fixture(scope="module")
+def paper_model_64() -> DenseFlow:
+    torch.manual_seed(0)
+    return DenseFlow(DenseFlowConfig.paper(image_size=64)).eval()
+
+
+@pytest.mark.slow
+def test_paper_config_has_the_papers_parameter_count_and_split(paper_model):
+    """Numbers from shared/reference/README.md (the official model's state dict)."""
+    assert count(paper_model) == PAPER_PARAMS
+    assert count(paper_model.dequantization) == 2_395_784
+    assert [count(b) for b in paper_model.blocks] == [48_061_410, 46_453_404, 33_736_080]
+    assert count(paper_model.prior) == 616
+    block0, block1 = paper_model.blocks[0], paper_model.blocks[1]
+    assert [count(c) for c in block0.cross_unit] == [6_212, 22_772, 80_060, 225_596, 528_500]
+    assert [count(u) for u in block0.units] == [7_849_420, 7_854_870, 7_861_320, 7_868_770,
+                                                7_877_220, 7_886_670]
+    assert [count(c) for c in block1.cross_unit] == [563_972, 2_234_996, 5_285_372]
+    assert [count(u) for u in block1.units] == [9_561_096, 9_581_076, 9_602_256, 9_624_636]
+
+
+@pytest.mark.slow
+def test_paper_config_at_64px_has_the_same_count(paper_model_64):
+    assert count(paper_model_64) == PAPER_PARAMS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [32, 64])
+def test_paper_stage_shapes_match_the_description(size, paper_model, paper_model_64):
+    s = size // 2
+    expected = [("input", (1, 3, size, size)), ("squeeze", (1, 12, s, s)), ("block0", (1, 62, s, s)),
+                ("transition0", (1, 124, s // 2, s // 2)), ("block1", (1, 154, s // 2, s // 2)),
+                ("transition1", (1, 308, s // 4, s // 4)), ("block2", (1, 308, s // 4, s // 4))]
+    model = paper_model if size == 32 else paper_model_64
+    assert model.stage_shapes() == expected
+
+
+@pytest.mark.slow
+def test_paper_forward_latent_shapes_and_augmented_dimension(paper_model):
+    with torch.no_grad():
+        v = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        latents = paper_model.encode(v, generator=torch.Generator().manual_seed(0))
+    assert [tuple(t.shape) for t in latents] == [(1, 124, 8, 8), (1, 308, 4, 4), (1, 308, 4, 4)]
+    assert sum(t[0].numel() for t in latents) == 17_792  # the augmented space of a 3,072-dim image
+
+
+def test_tiny_model_is_invertible_in_float64(float64):
+    model = tiny_model().double()
+    v = torch.rand(3, 3, 16, 16)
+    latents = model.encode(v, generator=torch.Generator().manual_seed(0))
+    assert (model.decode(latents) - v).abs().max() < 1e-8
+
+
+def test_log_prob_is_the_sum_of_its_terms_in_flow_order():
+    model = tiny_model()
+    x = images(3)
+    terms = model.log_prob_terms(x, generator=torch.Generator().manual_seed(0))
+    assert list(terms) == ["dequantization", "block0.unit0", "block0.cross_unit1", "block0.unit1",
+                           "transition0", "block1.unit0", "block1.cross_unit1", "block1.unit1",
+                           "transition1", "block2.unit0", "prior"]
+    total = model.log_prob(x, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(sum(terms.values()), total)
+    assert all(t.shape == (3,) and t.dtype == torch.float32 for t in terms.values())
+
+
+def test_random_draws_follow_the_callers_generator():
+    model = tiny_model()
+    x = images(2)
+    a = model.log_prob(x, generator=torch.Generator().manual_seed(5))
+    b = model.log_prob(x, generator=torch.Generator().manual_seed(5))
+    c = model.log_prob(x, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    s1 = model.sample(2, generator=torch.Generator().manual_seed(3))
+    s2 = model.sample(2, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(s1, s2)
+
+
+def test_fixed_noise_makes_the_bound_deterministic_and_matters():
+    model = tiny_model()
+    x = images(2)
+    with fixed_noise(0.0):
+        a, b = model.log_prob(x), model.log_prob(x)
+    with fixed_noise(0.5):
+        c = model.log_prob(x)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_an_images_likelihood_does_not_depend_on_its_batch():
+    model = tiny_model()
+    x = images(4)
+    with fixed_noise(0.3):
+        together = model.log_prob(x)
+        alone = torch.cat([model.log_prob(x[i : i + 1]) for i in range(4)])
+    assert torch.allclose(together, alone, rtol=1e-5)
+
+
+def test_iw_bound_accumulates_chunks_exactly():
+    """With every draw fixed, all k weights are equal, so the bound equals one single-sample
+    value for every k and chunking (this exercises the running logsumexp and the − ln k)."""
+    model = tiny_model()
+    x = images(2)
+    with fixed_noise(0.2):
+        single = model.log_prob(x)
+        for k, chunk in [(1, 1), (7, 3), (10, 10), (5, 50)]:
+            assert torch.allclose(model.iw_log_prob(x, k, chunk), single, rtol=1e-6)
+
+
+def test_iw_bound_with_chunk_one_is_the_logmeanexp_of_successive_single_samples():
+    model = tiny_model()
+    x = images(2)
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        log_w = torch.stack([model.log_prob(x, generator=g) for _ in range(6)])
+    iw = model.iw_log_prob(x, 6, chunk_size=1, generator=torch.Generator().manual_seed(11))
+    assert torch.allclose(iw, torch.logsumexp(log_w, 0) - math.log(6), rtol=1e-6)
+    assert torch.all(iw >= log_w.mean(0) - 1e-3)  # Jensen, for every draw
+
+
+def test_iw_bound_is_above_the_single_sample_bound_and_grows_with_k():
+    """E[L_k] is non-decreasing in k (Burda et al., 2016). Compare means over independent
+    repetitions, allowing 4 standard errors of the difference."""
+    model = tiny_model(seed=1)
+    x = images(2, seed=3)
+    reps = 12
+    means, sems = {}, {}
+    for k in (1, 4, 32):
+        vals = torch.stack([model.iw_log_prob(x, k, chunk_size=32,
+                                              generator=torch.Generator().manual_seed(100 * k + r))
+                            for r in range(reps)])  # (reps, B)
+        means[k], sems[k] = vals.mean(0), vals.std(0) / math.sqrt(reps)
+    for lo, hi in [(1, 4), (4, 32)]:
+        margin = 4 * torch.sqrt(sems[lo] ** 2 + sems[hi] ** 2)
+        assert torch.all(means[hi] >= means[lo] - margin), (lo, hi, means, sems)
+    # the gain from k = 1 to 32 is real, not noise: the noise must matter in this model
+    assert torch.all(means[32] - means[1] > 4 * torch.sqrt(sems[1] ** 2 + sems[32] ** 2))
+
+
+def test_samples_are_valid_images_with_finite_likelihood():
+    model = tiny_model()
+    g = torch.Generator().manual_seed(0)
+    samples = model.sample(4, generator=g)
+    assert samples.shape == (4, 3, 16, 16) and samples.dtype == torch.uint8
+    assert torch.isfinite(model.log_prob(samples, generator=g)).all()
+    cold = model.sample(4, temperature=0.0, generator=g)
+    assert torch.equal(cold[0], cold[1])  # T = 0: every draw collapses to the mean
+
+
+def test_bits_per_dim_of_the_model():
+    model = tiny_model()
+    x = images(2)
+    lp = model.log_prob(x, generator=torch.Generator().manual_seed(0))
+    bpd = bits_per_dim(lp, x.shape[1:])
+    assert torch.allclose(bpd, -lp / (3 * 16 * 16 * math.log(2)))
+
+
+def test_actnorm_initialisation_survives_a_state_dict_round_trip():
+    model = tiny_model()
+    clone = DenseFlow(model.config)
+    clone.load_state_dict(model.state_dict())
+    clone.eval()
+    with fixed_noise(0.1):
+        assert torch.equal(model.log_prob(images(2)), clone.log_prob(images(2)))
+    clone.train()
+    before = {k: v.clone() for k, v in clone.state_dict().items() if "actnorm" in k}
+    with torch.no_grad():
+        clone.log_prob(images(4, seed=9) // 4)  # different data; must not re-initialise
+    after = {k: v for k, v in clone.state_dict().items() if "actnorm" in k}
+    assert before and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_gradients_reach_every_parameter():
+    model = tiny_model().train()
+    loss = -model.log_prob(images(4), generator=torch.Generator().manual_seed(0)).mean()
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing, missing
+
+
+def test_lu_option_builds_and_inverts(float64):
+    torch.manual_seed(0)
+    model = perturb(DenseFlow(DenseFlowConfig.tiny(conv1x1="lu")), 0.02).double()
+    init_actnorms(model, images(4), generator=torch.Generator().manual_seed(0))
+    v = torch.rand(2, 3, 16, 16)
+    assert (model.decode(model.encode(v)) - v).abs().max() < 1e-8
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (torch.rand(2, 3, 16, 16), "uint8"),
+        (torch.zeros(2, 1, 16, 16, dtype=torch.uint8), r"\(B, 3, H, W\)"),
+        (torch.zeros(3, 16, 16, dtype=torch.uint8), r"\(B, 3, H, W\)"),
+        (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "built for 16×16"),
+        (torch.full((1, 3, 16, 16), 300, dtype=torch.int64), "0..255"),
+        ([[0]], "torch.Tensor"),
+    ],
+)
+def test_bad_images_are_rejected_with_a_clear_error(bad, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model().log_prob(bad)
+
+
+def test_integer_images_other_than_uint8_are_accepted():
+    model = tiny_model()
+    x = images(2)
+    with fixed_noise(0.0):
+        assert torch.equal(model.log_prob(x), model.log_prob(x.long()))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(image_size=20), "divisible by 8"),
+        (dict(image_size=8), "landmarks"),
+        (dict(block_config=(1, 1)), "one entry per dense block"),
+        (dict(conv1x1="qr"), "conv1x1"),
+        (dict(num_bits=5), "8-bit"),
+    ],
+)
+def test_bad_configs_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DenseFlowConfig(**kwargs)
+
+
+def test_config_presets_and_dict_round_trip():
+    for name in ("paper", "small", "tiny"):
+        cfg = DenseFlowConfig.preset(name)
+        assert DenseFlowConfig.from_dict(cfg.to_dict()) == cfg
+    assert DenseFlowConfig.preset("paper", 64).image_size == 64
+    with pytest.raises(ValueError, match="unknown preset"):
+        DenseFlowConfig.preset("huge")

@@ -1,0 +1,30 @@
+"""Helpers shared by the tests (imported as a plain module; pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def perturb(module: nn.Module, scale: float = 0.05, seed: int = 0) -> nn.Module:
+    """Add ``scale``·N(0, 1) to every parameter, so that zero-initialised layers (which make
+    couplings start as the identity) do not hide mistakes."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return module
+
+
+def jacobian_logdet(f, x: Tensor) -> Tensor:
+    """``ln|det ∂f(x)/∂x|`` of a map between tensors of the same size, by autograd (one example)."""
+    jac = torch.autograd.functional.jacobian(lambda t: f(t.view_as(x)).flatten(), x.flatten())
+    return torch.linalg.slogdet(jac).logabsdet
+
+
+def init_actnorms(model: nn.Module, *inputs, **kwargs) -> nn.Module:
+    """One training-mode forward (data-dependent ActNorm init), then eval mode."""
+    model.train()
+    with torch.no_grad():
+        model(*inputs, **kwargs)
+    return model.eval()
