@@ -4,12 +4,17 @@ NeurIPS 2021, arXiv:2106.04627) from first principles.
 Layout (one paper part per module): :mod:`~densflow.dequantization`, :mod:`~densflow.glow`
 (ActNorm, 1×1 conv, glow-like module), :mod:`~densflow.coupling`, :mod:`~densflow.dense_block`,
 :mod:`~densflow.attention`, :mod:`~densflow.cross_unit`, :mod:`~densflow.multiscale`,
-:mod:`~densflow.prior`, :mod:`~densflow.model`, :mod:`~densflow.bounds`, :mod:`~densflow.official`.
+:mod:`~densflow.prior`, :mod:`~densflow.model`, :mod:`~densflow.bounds`, :mod:`~densflow.official`,
+:mod:`~densflow.data`.
 """
 
+from . import data
 from .bounds import bits_per_dim, importance_weighted_bound
+from .checkpoint import CheckpointError, load_model, save_model
+from .data import DatasetError, augmentation_for, check_dataset, image_shape, load_dataset
 from .model import PRESETS, DenseFlow, DenseFlowConfig
 from .noise import fixed_noise
+from .official import load_official
 
 __version__ = "0.1.0"
 
@@ -20,4 +25,14 @@ __all__ = [
     "bits_per_dim",
     "importance_weighted_bound",
     "fixed_noise",
+    "load_official",
+    "load_model",
+    "save_model",
+    "CheckpointError",
+    "data",
+    "load_dataset",
+    "check_dataset",
+    "image_shape",
+    "augmentation_for",
+    "DatasetError",
 ]
