@@ -22,11 +22,11 @@ test: $(STAMP)
 	$(PYTEST) tests --doctest-modules densflow
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
 		echo "== nbval: teaching notebooks (strict outputs) =="; \
-		$(PYTEST) --nbval --nbval-sanitize-with notebooks/sanitize.cfg notebooks; \
+		$(PYTEST) --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks; \
 	fi
 	@if ls reproduce/*.ipynb >/dev/null 2>&1; then \
 		echo "== nbval: reproduction notebooks (lax) =="; \
-		$(PYTEST) --nbval-lax reproduce; \
+		$(PYTEST) --nbval-lax --nbval-current-env reproduce; \
 	fi
 
 # The unit tests without the paper-size model and the notebooks: for quick iteration.
