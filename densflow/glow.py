@@ -32,7 +32,9 @@ class ActNorm(Bijection):
     On the first forward pass in training mode, ``shift`` and ``log_scale`` are set to the
     per-channel mean and log (unbiased std + 1e-6) of the batch, so that the output starts with
     zero mean and unit variance. Whether that happened is the buffer ``initialized``: it travels
-    with the ``state_dict``, so a loaded model is never re-initialised.
+    with the ``state_dict``, so a loaded model is never re-initialised. (To force a new
+    initialisation, load a state dict with ``initialized = 0``: editing the buffer in place is not
+    seen by a module that has already checked it.)
     """
 
     def __init__(self, channels: int) -> None:
@@ -96,9 +98,13 @@ class InvertibleConv1x1(Bijection):
         ldj = (x.shape[2] * x.shape[3] * log_det).expand(x.shape[0])
         return self._conv(x, self.weight), ldj
 
+    def inverse_weight(self, dtype: torch.dtype) -> Tensor:
+        """``W⁻¹`` in ``dtype``."""
+        return torch.linalg.inv(self.weight.to(dtype))
+
     def inverse(self, z: Tensor) -> Tensor:
         with full_precision(z):
-            return self._conv(z, torch.linalg.inv(self.weight.to(ldj_dtype(z))))
+            return self._conv(z, self.inverse_weight(ldj_dtype(z)))
 
 
 class LUInvertibleConv1x1(InvertibleConv1x1):
@@ -124,10 +130,21 @@ class LUInvertibleConv1x1(InvertibleConv1x1):
 
     @property
     def weight(self) -> Tensor:  # type: ignore[override]
+        lower, upper = self._factors()
+        return self.permutation @ lower @ upper
+
+    def _factors(self) -> tuple[Tensor, Tensor]:
         eye = torch.eye(self.lower.shape[0], dtype=self.lower.dtype, device=self.lower.device)
         lower = self.lower * self.lower_mask + eye
         upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
-        return self.permutation @ lower @ upper
+        return lower, upper
+
+    def inverse_weight(self, dtype: torch.dtype) -> Tensor:
+        """``W⁻¹ = U⁻¹ L⁻¹ Pᵀ`` by two triangular solves: no general inverse needed."""
+        lower, upper = (f.to(dtype) for f in self._factors())
+        p_t = self.permutation.to(dtype).T
+        l_inv_pt = torch.linalg.solve_triangular(lower, p_t, upper=False, unitriangular=True)
+        return torch.linalg.solve_triangular(upper, l_inv_pt, upper=True)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         ldj = (x.shape[2] * x.shape[3] * self.log_s.to(ldj_dtype(x)).sum()).expand(x.shape[0])
