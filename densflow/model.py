@@ -266,7 +266,8 @@ class DenseFlow(nn.Module):
         """Continuous ``v ∈ [0, 1)`` ``(B, 3, H, W)`` → latents ``[dropped_0, …, dropped_{n−2}, z]``.
 
         The cross-unit noise is drawn from ``generator``; :meth:`decode` inverts this exactly.
-        Dequantize uint8 images first with ``model.dequantization(x.float(), generator)[0]``.
+        Dequantize uint8 images first with
+        ``model.dequantization(x.to(model.prior.loc.dtype), generator)[0]``.
         """
         return self._flow(v, generator, None)
 
