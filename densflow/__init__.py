@@ -5,7 +5,10 @@ Layout (one paper part per module): :mod:`~densflow.dequantization`, :mod:`~dens
 (ActNorm, 1×1 conv, glow-like module), :mod:`~densflow.coupling`, :mod:`~densflow.dense_block`,
 :mod:`~densflow.attention`, :mod:`~densflow.cross_unit`, :mod:`~densflow.multiscale`,
 :mod:`~densflow.prior`, :mod:`~densflow.model`, :mod:`~densflow.bounds`, :mod:`~densflow.official`,
-:mod:`~densflow.data`.
+:mod:`~densflow.data`, :mod:`~densflow.train`, :mod:`~densflow.evaluate`, :mod:`~densflow.cli`.
+
+The training loop and the evaluation are ``densflow.train.train`` and ``densflow.evaluate.evaluate``
+(not re-exported here, so that the module names stay the modules).
 """
 
 from . import data
@@ -14,7 +17,9 @@ from .checkpoint import CheckpointError, load_model, save_model
 from .data import DatasetError, augmentation_for, check_dataset, image_shape, load_dataset
 from .model import PRESETS, DenseFlow, DenseFlowConfig
 from .noise import fixed_noise
+from .evaluate import save_sample_grid
 from .official import load_official
+from .train import TrainConfig, train_preset
 
 __version__ = "0.1.0"
 
@@ -35,4 +40,7 @@ __all__ = [
     "image_shape",
     "augmentation_for",
     "DatasetError",
+    "TrainConfig",
+    "train_preset",
+    "save_sample_grid",
 ]

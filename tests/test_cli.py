@@ -1,0 +1,123 @@
+"""The command line: every sub-command's help, the train options generated from TrainConfig, and
+train → eval → sample end to end on the tiny model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from densflow.cli import build_parser, main, train_config_from_args
+from densflow.train import TrainConfig, TrainingDivergedError, train_preset
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two intra-op threads on a busy 2-core machine spin against each other; one is enough here.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["sample"], ["data"],
+                                     ["data", "check"], ["data", "download"], ["convert"]])
+def test_every_sub_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m densflow")
+    if command == ["train"]:
+        assert "--warmup-steps" in out and "linear warm-up length in steps" in out
+
+
+def test_train_options_are_the_trainconfig_fields():
+    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    dests = {a.dest for a in train_parser._actions} - {"help", "preset"}
+    assert dests == {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_cli_config_equals_the_preset_with_overrides():
+    args = build_parser().parse_args([
+        "train", "--preset", "paper", "--dataset", "cifar10", "--batch-size", "32",
+        "--no-augmentation", "--grad-clip", "none", "--eval-limit", "100", "--amp", "bf16",
+        "--model-config", '{"image_size": 32, "growth_rate": 12}'])
+    expected = train_preset("cifar10", "paper", batch_size=32, augmentation=False, grad_clip=None,
+                            eval_limit=100, amp="bf16", model_config={"image_size": 32,
+                                                                      "growth_rate": 12})
+    assert train_config_from_args(args) == expected
+    assert train_config_from_args(build_parser().parse_args(["train"])) == TrainConfig()
+
+
+def test_bad_options_exit_with_status_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--batch-size", "0"])
+    assert exit_info.value.code == 2
+    assert "batch_size must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--schedule", "cosine"])
+
+
+def test_train_eval_sample_end_to_end(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "--preset", "smoke", "--dataset", "photos", "--out-dir", str(run),
+                 "--batch-size", "8", "--max-steps", "3", "--log-every", "1", "--no-progress"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["step"] == 3 and summary["completed"] is False
+    checkpoint = run / "checkpoint.pt"
+
+    out = tmp_path / "eval.json"
+    code = main(["eval", str(checkpoint), "--limit", "8", "--batch-size", "4", "--iw-samples",
+                 "2", "--chunk-size", "2", "--out", str(out), "--device", "cpu"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text())
+    assert printed["dataset"] == "photos" and printed["n_images"] == 8  # from the checkpoint
+    assert 0 < printed["bpd_iw"] < 9 and 0 < printed["bpd_single"] < 9
+    assert not (tmp_path / "eval.json.partial").exists()
+
+    png = tmp_path / "samples.png"
+    assert main(["sample", str(checkpoint), "--out", str(png), "--n", "4", "--nrow", "2"]) == 0
+    assert png.stat().st_size > 0
+
+
+def test_expected_failures_are_one_error_line_and_status_2(tmp_path, capsys, monkeypatch):
+    assert main(["data", "check", "cifar10", "--data-dir", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cifar10: data not found in") and "Traceback" not in err
+
+    assert main(["eval", str(tmp_path / "nothing.pt"), "--dataset", "photos"]) == 2
+    assert capsys.readouterr().err.startswith("error: no checkpoint at")
+
+    def diverge(config):
+        raise TrainingDivergedError("training diverged at step 8")
+
+    monkeypatch.setattr("densflow.train.train", diverge)
+    assert main(["train", "--out-dir", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == "error: training diverged at step 8\n"
+
+
+def test_data_check_photos(capsys):
+    assert main(["data", "check", "photos"]) == 0
+    assert capsys.readouterr().out.startswith("photos: 2356 train + 532 test patches")
+
+
+def test_eval_and_sample_an_official_run(reference_dir, tmp_path, capsys):
+    from test_official import write_official_run
+
+    golden = torch.load(reference_dir / "golden_A.pt", weights_only=True)
+    run = write_official_run(tmp_path / "run", golden)  # args.pickle says cifar10
+    assert main(["eval", "--official", str(run)]) == 2  # no CIFAR-10 here: a clear error
+    assert capsys.readouterr().err.startswith("error: cifar10: no data_dir given")
+
+    assert main(["eval", "--official", str(run), "--dataset", "photos", "--limit", "4",
+                 "--batch-size", "4"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"] == str(run) and result["n_images"] == 4
+    png = tmp_path / "official.png"
+    assert main(["sample", "--official", str(run), "--out", str(png), "--n", "2"]) == 0
+    assert png.stat().st_size > 0

@@ -1,0 +1,121 @@
+"""Evaluation: resumable test bits/dim, the importance-weighted bound, sample grids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+from utils import init_actnorms, perturb
+
+from densflow import DenseFlow, DenseFlowConfig
+from densflow.evaluate import PAPER_IW_SAMPLES, evaluate, save_sample_grid
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two intra-op threads on a busy 2-core machine spin against each other; one is enough here.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture
+def model() -> DenseFlow:
+    torch.manual_seed(0)
+    flow = perturb(DenseFlow(DenseFlowConfig.tiny()), 0.02, 0)  # non-zero couplings: noise matters
+    return init_actnorms(flow, images(8, 1), generator=torch.Generator().manual_seed(1))
+
+
+def test_an_interrupted_evaluation_resumes_to_the_same_numbers(model, tmp_path, monkeypatch):
+    data = TensorDataset(images(10))  # batches of 4, 4, 2
+    kwargs = dict(batch_size=4, iw_samples=3, chunk_size=2, seed=5, progress=False)
+    reference = evaluate(model, data, **kwargs)
+
+    partial = tmp_path / "eval.partial"
+    real, calls = model.log_prob, []
+
+    def flaky(x, generator=None):
+        calls.append(1)
+        if len(calls) == 4:  # batch 0 took 3 calls (1 single-sample + 2 chunks of the IW bound)
+            raise KeyboardInterrupt
+        return real(x, generator)
+
+    monkeypatch.setattr(model, "log_prob", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, data, partial_path=partial, save_interval_s=0, **kwargs)
+    monkeypatch.undo()
+    assert partial.exists() and model.training is False  # the mode is restored on the way out
+
+    resumed = evaluate(model, data, partial_path=partial, **kwargs)
+    assert not partial.exists()
+    assert resumed.bpd_single == reference.bpd_single and resumed.bpd_iw == reference.bpd_iw
+    assert np.array_equal(resumed.per_image_single, reference.per_image_single)
+    assert np.array_equal(resumed.per_image_iw, reference.per_image_iw)
+    assert resumed.n_images == 10 and resumed.per_image_iw.shape == (10,)
+
+
+def test_a_partial_file_of_other_settings_is_not_used(model, tmp_path, monkeypatch):
+    data = TensorDataset(images(8))
+    partial = tmp_path / "eval.partial"
+    real = model.log_prob
+    calls = []
+
+    def flaky(x, generator=None):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(x, generator)
+
+    monkeypatch.setattr(model, "log_prob", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, data, batch_size=4, seed=0, progress=False, partial_path=partial,
+                 save_interval_s=0)
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match="starting over"):
+        other = evaluate(model, data, batch_size=4, seed=1, progress=False, partial_path=partial)
+    fresh = evaluate(model, data, batch_size=4, seed=1, progress=False)
+    assert other.bpd_single == fresh.bpd_single
+
+
+def test_the_importance_weighted_bound_is_tighter(model):
+    model.train()
+    result = evaluate(model, TensorDataset(images(8, 2)), batch_size=8, iw_samples=16,
+                      chunk_size=8, seed=0, progress=False)
+    assert model.training  # put back in the mode it was in
+    assert result.bpd_iw < result.bpd_single
+    assert result.to_dict() == {"bpd_single": result.bpd_single, "bpd_iw": result.bpd_iw,
+                                "n_images": 8, "iw_samples": 16}
+
+
+def test_same_seed_same_numbers_and_iw_only(model):
+    data = TensorDataset(images(6))
+    a = evaluate(model, data, batch_size=3, seed=3, progress=False)
+    b = evaluate(model, data, batch_size=3, generator=torch.Generator().manual_seed(3),
+                 progress=False)
+    assert a.bpd_single == b.bpd_single and a.bpd_iw is None
+    iw_only = evaluate(model, data, batch_size=3, iw_samples=2, single=False, progress=False)
+    assert iw_only.bpd_single is None and iw_only.bpd_iw is not None
+    with pytest.raises(ValueError, match="nothing to compute"):
+        evaluate(model, data, single=False)
+
+
+def test_sample_grid_is_a_png(model, tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "grid.png"
+    samples = save_sample_grid(model, path, n=8, nrow=4, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (8, 3, 16, 16) and samples.dtype == torch.uint8
+    with Image.open(path) as img:  # 4 columns and 2 rows of 16 px with 2 px padding
+        assert img.size == (4 * 16 + 5 * 2, 2 * 16 + 3 * 2)
+
+
+def test_paper_iw_samples():
+    assert PAPER_IW_SAMPLES == {"cifar10": 1000, "imagenet32": 200, "imagenet64": 200,
+                                "celeba": 200}
