@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.densflow-installed
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: install test test-fast clean
+.PHONY: install demo test test-fast clean
 
 install: $(STAMP)
 
@@ -16,6 +16,16 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	@touch $@
+
+# The quickstart reproduction, headless: a small DenseFlow trained on real photos on the CPU.
+demo: $(STAMP)
+	@mkdir -p outputs
+	$(BIN)/papermill reproduce/quickstart.ipynb outputs/quickstart.ipynb -p out_dir outputs/quickstart --kernel python3
+	@echo ""
+	@echo "executed notebook: outputs/quickstart.ipynb"
+	@echo "samples:           outputs/quickstart/samples.png"
+	@echo "results:           outputs/quickstart/results.json"
+	@echo "learning curve:    outputs/quickstart/metrics.jsonl (plotted in the notebook)"
 
 # pytest exits 5 when it collects nothing; make treats that as a failure like any other.
 test: $(STAMP)

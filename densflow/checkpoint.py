@@ -17,7 +17,8 @@ import torch
 
 from .model import DenseFlow, DenseFlowConfig
 
-__all__ = ["CheckpointError", "atomic_save", "save_model", "load_model", "FORMAT", "VERSION"]
+__all__ = ["CheckpointError", "atomic_save", "save_model", "load_model",
+           "read_checkpoint", "model_from_checkpoint", "FORMAT", "VERSION"]
 
 FORMAT, VERSION = "densflow", 1
 
@@ -81,7 +82,13 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> DenseFlow:
     """Rebuild the model stored in a densflow checkpoint (converted or from training)."""
-    ckpt = read_checkpoint(path, map_location)
+    return model_from_checkpoint(read_checkpoint(path, map_location), path, map_location)
+
+
+def model_from_checkpoint(
+    ckpt: dict, path: str | os.PathLike = "<checkpoint>", map_location: str | torch.device = "cpu"
+) -> DenseFlow:
+    """The model of a checkpoint dict already read by :func:`read_checkpoint`."""
     model = DenseFlow(DenseFlowConfig.from_dict(ckpt["config"]))
     try:
         model.load_state_dict(ckpt["model"])

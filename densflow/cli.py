@@ -153,21 +153,9 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[Any, str | None]:
     """The model to evaluate or sample, and the dataset it was trained on (when recorded)."""
-    import torch
+    from .reproduce import load_any_checkpoint
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.official is not None:
-        from .official import load_official, read_official_args
-
-        model = load_official(args.official, map_location=device)
-        args_file = Path(args.official) / "args.pickle"  # the run folder's layout
-        return model, read_official_args(args_file).dataset if args_file.is_file() else None
-    from .checkpoint import load_model, read_checkpoint
-
-    train_config = read_checkpoint(args.checkpoint).get("train_config") or {}
-    return load_model(args.checkpoint, map_location=device), train_config.get("dataset")
+    return load_any_checkpoint(args.official or args.checkpoint, args.device)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -32,12 +33,21 @@ from .bounds import bits_per_dim
 from .checkpoint import atomic_save
 from .model import DenseFlow
 
-__all__ = ["EvalResult", "PAPER_IW_SAMPLES", "collate_images", "evaluate", "save_sample_grid"]
+__all__ = [
+    "EvalResult", "PAPER_IW_SAMPLES", "collate_images", "evaluate", "progress_interval",
+    "save_sample_grid",
+]
 
 PAPER_IW_SAMPLES = {"cifar10": 1000, "imagenet32": 200, "imagenet64": 200, "celeba": 200}
 """Importance samples k of the paper's reported test bits/dim, per dataset."""
 
 _PARTIAL_FORMAT, _PARTIAL_VERSION = "densflow-eval-partial", 1
+
+
+def progress_interval() -> float:
+    """Seconds between progress-bar refreshes: live on a terminal, sparse elsewhere (a notebook
+    run by papermill stores every refresh, and a paper-size run lasts days)."""
+    return 0.5 if sys.stderr.isatty() else 30.0
 
 
 def collate_images(items: Sequence[Tensor | tuple | list]) -> Tensor:
@@ -159,9 +169,10 @@ def evaluate(
     model.eval()
     loader = DataLoader(Subset(dataset, range(done, n)), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=collate_images)
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bars: they also survive in papermill output
 
     bar = tqdm(total=n, initial=done, unit="img", desc="evaluate", dynamic_ncols=True,
+               mininterval=progress_interval(),
                disable=None if progress is None else not progress)
     last_save = time.monotonic()
     try:

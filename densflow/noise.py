@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-__all__ = ["fixed_noise", "randn"]
+__all__ = ["fixed_noise", "make_generator", "randn"]
 
 _state = threading.local()
 
@@ -45,6 +45,14 @@ def fixed_noise(value: float) -> Iterator[None]:
         yield
     finally:
         stack.pop()
+
+
+def make_generator(where: torch.nn.Module | torch.device | str, seed: int) -> torch.Generator:
+    """A seeded generator on the device of ``where`` (a model, or a device), so that draws need no
+    host-device copy."""
+    if isinstance(where, torch.nn.Module):
+        where = next(where.parameters()).device
+    return torch.Generator(device=torch.device(where)).manual_seed(seed)
 
 
 def randn(

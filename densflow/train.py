@@ -53,7 +53,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from . import data
 from .bounds import bits_per_dim
 from .checkpoint import FORMAT, VERSION, CheckpointError, atomic_save, read_checkpoint
-from .evaluate import collate_images, evaluate
+from .evaluate import collate_images, evaluate, progress_interval
 from .glow import ActNorm
 from .model import PRESETS, DenseFlow, DenseFlowConfig
 from .performance import AMP_MODES, autocast, to_channels_last
@@ -657,10 +657,11 @@ class Trainer:
         self.metrics.write("start", step=self.step, epoch=self.epoch, resumed=self.step > 0,
                            world_size=self.dist.world_size, config=cfg.to_dict())
         net = self._wrap(self.model)
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # text bars: they also survive in papermill output
 
         show = (None if cfg.progress is None else cfg.progress) if self.is_main else False
         bar = tqdm(total=plan, initial=min(self.step, plan), unit="step", dynamic_ncols=True,
+                   mininterval=progress_interval(),
                    disable=None if show is None else not show)
         # Sums since the last log point (read back only there); evaluation time is excluded.
         self._window = dict(sum=torch.zeros((), dtype=torch.float64, device=self.device),

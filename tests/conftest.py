@@ -15,15 +15,33 @@ class NetworkBlockedError(RuntimeError):
     pass
 
 
+_LOOPBACK = ("127.", "::1", "localhost")
+
+
+def _is_loopback(address) -> bool:
+    host = address[0] if isinstance(address, tuple) else address
+    return isinstance(host, str) and host.startswith(_LOOPBACK)
+
+
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    def guard(*args, **kwargs):
-        raise NetworkBlockedError("tests must not use the network")
+    """Only loopback connections (a notebook kernel talking to papermill) are allowed."""
+    connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
+    create_connection, getaddrinfo = socket.create_connection, socket.getaddrinfo
 
-    monkeypatch.setattr(socket.socket, "connect", guard)
-    monkeypatch.setattr(socket.socket, "connect_ex", guard)
-    monkeypatch.setattr(socket, "create_connection", guard)
-    monkeypatch.setattr(socket, "getaddrinfo", guard)
+    def only_loopback(real):
+        def guarded(*args, **kwargs):
+            target = args[1] if real in (connect, connect_ex) else args[0]
+            if not _is_loopback(target):
+                raise NetworkBlockedError(f"tests must not use the network (tried {target!r})")
+            return real(*args, **kwargs)
+
+        return guarded
+
+    monkeypatch.setattr(socket.socket, "connect", only_loopback(connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", only_loopback(connect_ex))
+    monkeypatch.setattr(socket, "create_connection", only_loopback(create_connection))
+    monkeypatch.setattr(socket, "getaddrinfo", only_loopback(getaddrinfo))
 
 
 @pytest.fixture

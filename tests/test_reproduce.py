@@ -1,0 +1,92 @@
+"""The reproduction notebooks, run headless by papermill on fixture data in each exact format."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+from pathlib import Path
+
+import pytest
+
+from densflow import testing
+
+papermill = pytest.importorskip("papermill")
+
+REPRODUCE = Path(__file__).resolve().parents[1] / "reproduce"
+
+
+def run_notebook(name: str, tmp_path: Path, **parameters) -> Path:
+    out = tmp_path / f"{name}.out.ipynb"
+    papermill.execute_notebook(str(REPRODUCE / f"{name}.ipynb"), str(out), parameters=parameters,
+                               kernel_name="python3", progress_bar=False, cwd=str(tmp_path))
+    return out
+
+
+def check_results(out_dir: Path, dataset: str) -> dict:
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["dataset"] == dataset
+    for key in ("bpd_single", "bpd_iw"):
+        value = results["test"][key]
+        assert math.isfinite(value) and 0 < value < 16, (key, value)
+    assert (out_dir / "samples.png").stat().st_size > 0
+    assert (out_dir / "checkpoint.pt").is_file()
+    return results
+
+
+FIXTURES = {
+    "cifar10": lambda root: testing.write_cifar10(root, n_train_per_batch=8, n_test=12),
+    "imagenet32": lambda root: testing.write_imagenet(root, 32, n_train_per_batch=4, n_val=12,
+                                                      fmt="npz", layout="split"),
+    "imagenet64": lambda root: testing.write_imagenet(root, 64, n_train_per_batch=4, n_val=12),
+    "celeba": lambda root: testing.write_celeba(root, n_images=40),
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(FIXTURES))
+def test_dataset_notebook_smoke_run_on_fixture_data(dataset, tmp_path):
+    data_dir, out_dir = tmp_path / "data", tmp_path / "run"
+    FIXTURES[dataset](data_dir)
+    out = run_notebook(dataset, tmp_path, data_dir=str(data_dir), preset="smoke", out_dir=str(out_dir),
+                       num_workers=0, iw_samples=2, batch_size=4)
+    results = check_results(out_dir, dataset)
+    assert results["train"]["completed"] and results["paper_denseflow_bpd"] is not None
+    text = out.read_text()
+    assert "DenseFlow-74-10 (paper, Table 1)" in text  # the comparison table was rendered
+
+
+def test_rerun_with_the_same_out_dir_resumes(tmp_path):
+    data_dir, out_dir = tmp_path / "data", tmp_path / "run"
+    FIXTURES["cifar10"](data_dir)
+    params = dict(data_dir=str(data_dir), preset="smoke", out_dir=str(out_dir), num_workers=0,
+                  iw_samples=2, batch_size=4)
+    run_notebook("cifar10", tmp_path, epochs=1, **params)
+    first = json.loads((out_dir / "results.json").read_text())["train"]["steps"]
+    run_notebook("cifar10", tmp_path, epochs=1, **params)  # nothing left to train
+    events = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    starts = [e for e in events if e["event"] == "start"]
+    assert [s["resumed"] for s in starts] == [False, True]
+    assert json.loads((out_dir / "results.json").read_text())["train"]["steps"] == first
+
+
+def test_missing_data_dir_fails_with_the_actionable_message(tmp_path):
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        run_notebook("imagenet32", tmp_path, data_dir=str(tmp_path / "nowhere"),
+                     out_dir=str(tmp_path / "run"))
+    message = str(err.value)
+    assert "imagenet32: data not found" in message
+    assert "image-net.org" in message and "train_data_batch_1" in message
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_quickstart_with_a_shortened_parameter_set(tmp_path):
+    out_dir = tmp_path / "quick"
+    run_notebook("quickstart", tmp_path, out_dir=str(out_dir), epochs=1, steps_per_epoch=4,
+                 iw_samples=2, eval_limit=16)
+    results = check_results(out_dir, "photos")
+    assert results["train"]["steps"] == 4 and results["test"]["n_images"] == 16
+
+
+def test_the_network_guard_still_blocks_real_addresses():
+    with pytest.raises(RuntimeError, match="must not use the network"):
+        socket.create_connection(("192.0.2.1", 80), timeout=1)
