@@ -55,6 +55,18 @@ def float64():
         torch.set_default_dtype(old)
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine two threads spin against each other (up to
+    20× slower); results are bit-identical either way."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     if not REFERENCE_DIR.is_dir():

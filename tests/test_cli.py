@@ -13,13 +13,7 @@ from densflow.cli import build_parser, main, train_config_from_args
 from densflow.train import TrainConfig, TrainingDivergedError, train_preset
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two intra-op threads on a busy 2-core machine spin against each other; one is enough here.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["sample"], ["data"],

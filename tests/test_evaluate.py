@@ -12,13 +12,7 @@ from densflow import DenseFlow, DenseFlowConfig
 from densflow.evaluate import PAPER_IW_SAMPLES, evaluate, save_sample_grid
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two intra-op threads on a busy 2-core machine spin against each other; one is enough here.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def images(n: int, seed: int = 0) -> torch.Tensor:

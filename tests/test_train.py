@@ -29,14 +29,7 @@ from densflow.train import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two intra-op threads on a busy 2-core machine spin against each other (20x slower here);
-    # results are bit-identical either way.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def image_sets(n_train: int = 24, n_test: int = 8) -> tuple[TensorDataset, TensorDataset]:
