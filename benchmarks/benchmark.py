@@ -1,0 +1,275 @@
+"""Throughput and peak memory of DenseFlow training, IW evaluation and sampling.
+
+Every optimisation is measured against the plain eager float32 path **in the same run**, with
+the variants interleaved (A B C A B C …) and the median kept, so a noisy or shared machine still
+gives meaningful ratios. Each measurement runs in a fresh process (so peak memory and warm-up are
+its own). Each variant is also checked against the reference log-likelihood.
+
+    python benchmarks/benchmark.py                      # CPU-sized config (small, 32×32, batch 16)
+    python benchmarks/benchmark.py --paper              # paper config: 32×32 b64 and 64×64 b32 (GPU)
+    python benchmarks/benchmark.py --variants eager,bf16 --json out.json
+
+Variants: ``eager`` (float32, NCHW: the baseline), ``channels_last``, ``bf16`` (autocast),
+``channels_last+bf16``, ``compile`` (torch.compile of the coupling networks; slow to warm up on
+CPU), ``compile+bf16``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
+from densflow.performance import autocast, compile_networks, to_channels_last
+
+VARIANTS = ("eager", "channels_last", "bf16", "channels_last+bf16", "compile", "compile+bf16")
+
+
+@dataclass
+class Setup:
+    name: str
+    config: DenseFlowConfig
+    batch_size: int
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+class PeakRSS:
+    """Peak resident memory above the level at entry (CPU), sampled every 2 ms."""
+
+    def __enter__(self):
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _watch(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def bytes(self) -> int:
+        return self.peak - self.base
+
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        box = {}
+        yield box
+        torch.cuda.synchronize(device)
+        box["bytes"] = torch.cuda.max_memory_allocated(device) - base
+    elif sys.platform.startswith("linux"):
+        box = {}
+        with PeakRSS() as rss:
+            yield box
+        box["bytes"] = rss.bytes
+    else:
+        box = {"bytes": float("nan")}
+        yield box
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build(setup: Setup, variant: str, device: torch.device, seed: int = 0):
+    torch.manual_seed(seed)
+    model = DenseFlow(setup.config).to(device)
+    size = setup.config.image_size
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randint(0, 256, (setup.batch_size, 3, size, size), dtype=torch.uint8, device=device, generator=g)
+    with torch.no_grad():
+        model.train()(x, generator=g)  # data-dependent ActNorm init, as the first training step
+    if "channels_last" in variant:
+        model, x = to_channels_last(model), to_channels_last(x)
+    if "compile" in variant:
+        compile_networks(model)
+    amp = "bf16" if "bf16" in variant else "none"
+    return model, x, amp
+
+
+def time_calls(fn, device, warmup: int, iters: int, memory: dict | None = None) -> float:
+    """Seconds per call of ``fn`` after ``warmup`` calls; peak memory of all calls into ``memory``."""
+    with peak_memory(device) as mem:
+        for _ in range(warmup):
+            fn()
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        sync(device)
+        elapsed = time.perf_counter() - start
+    if memory is not None:
+        memory.update(mem)
+    return elapsed / iters
+
+
+def in_fresh_process(fn, *args):
+    """Run ``fn(*args)`` in a new interpreter: clean allocator state and a clean peak memory."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def measure(setup: Setup, variant: str, device: torch.device, args) -> dict:
+    model, x, amp = build(setup, variant, device)
+    g = torch.Generator(device=device).manual_seed(1)
+    opt = torch.optim.Adamax(model.parameters(), lr=1e-3)
+    d = math.prod(setup.config.image_shape)
+
+    def train_step():
+        with autocast(device, amp):
+            log_p = model(x, generator=g)
+        loss = bits_per_dim(log_p, d).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    out = {"variant": variant}
+    model.train()
+    mem = {}
+    dt = time_calls(train_step, device, args.warmup, args.steps, mem)
+    out["train_images_per_s"] = setup.batch_size / dt
+    out["train_peak_bytes"] = mem["bytes"]
+
+    model.eval()
+    k, chunk = args.iw_samples, args.iw_chunk
+    xs = x[: args.eval_batch]
+
+    def iw():
+        with torch.no_grad(), autocast(device, amp):
+            model.iw_log_prob(xs, k, chunk, generator=g)
+
+    dt = time_calls(iw, device, 1, args.eval_iters)
+    out["iw_image_samples_per_s"] = xs.shape[0] * k / dt
+
+    def sample():
+        with autocast(device, amp):
+            model.sample(setup.batch_size, generator=g)
+
+    dt = time_calls(sample, device, 1, args.eval_iters)
+    out["sample_images_per_s"] = setup.batch_size / dt
+
+    # Equivalence: the same weights, the same fixed noise, against float32 eager.
+    reference = DenseFlow(setup.config).to(device)
+    reference.load_state_dict(model.state_dict())
+    reference.eval()
+    with torch.no_grad(), fixed_noise(0.3):
+        ref_bpd = bits_per_dim(reference(x.contiguous()), d)
+        with autocast(device, amp):
+            bpd = bits_per_dim(model(x), d)
+    out["max_abs_bpd_diff"] = float((bpd - ref_bpd).abs().max())
+    out["max_rel_logp_diff"] = float(((bpd - ref_bpd) / ref_bpd).abs().max())
+    return out
+
+
+def run(setups: list[Setup], variants: list[str], device: torch.device, args) -> dict:
+    report = {"device": device_name(device), "torch": torch.__version__, "setups": []}
+    for setup in setups:
+        rounds = []
+        for r in range(args.repeats):  # interleaved: a slow phase of the machine hits every variant
+            rounds.append({v: in_fresh_process(measure, setup, v, device, args) for v in variants})
+            print(f"[{setup.name}] round {r + 1}/{args.repeats} done", file=sys.stderr)
+        rows = []
+        for v in variants:
+            runs = [rnd[v] for rnd in rounds]
+            row = {"variant": v}
+            for key in runs[0]:
+                if key != "variant":
+                    row[key] = statistics.median(run[key] for run in runs)
+            rows.append(row)
+        base = rows[0]
+        for row in rows:
+            for key in ("train_images_per_s", "iw_image_samples_per_s", "sample_images_per_s"):
+                row[key.replace("_per_s", "_speedup")] = row[key] / base[key]
+        report["setups"].append({"name": setup.name, "batch_size": setup.batch_size,
+                                 "config": setup.config.to_dict(), "baseline": variants[0], "rows": rows})
+    return report
+
+
+def table(report: dict) -> str:
+    lines = [f"device: {report['device']}, torch {report['torch']}"]
+    for s in report["setups"]:
+        lines += ["", f"{s['name']} (batch {s['batch_size']}), ratios against '{s['baseline']}' in the same run",
+                  "| variant | train img/s | × | peak MiB | IW img·samples/s | × | sample img/s | × | Δbpd |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in s["rows"]:
+            lines.append(
+                f"| {r['variant']} | {r['train_images_per_s']:.1f} | {r['train_images_speedup']:.2f} | "
+                f"{r['train_peak_bytes'] / 2**20:.0f} | {r['iw_image_samples_per_s']:.1f} | "
+                f"{r['iw_image_samples_speedup']:.2f} | {r['sample_images_per_s']:.1f} | "
+                f"{r['sample_images_speedup']:.2f} | {r['max_abs_bpd_diff']:.1e} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--paper", action="store_true",
+                   help="benchmark the paper config (32×32 batch 64 and 64×64 batch 32) instead of the CPU config")
+    p.add_argument("--preset", default="small", help="config preset for the CPU-sized run (default: small)")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--variants", default="eager,channels_last,bf16,channels_last+bf16",
+                   help=f"comma-separated, first is the baseline; from {', '.join(VARIANTS)}")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--steps", type=int, default=5, help="timed training steps per measurement")
+    p.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
+    p.add_argument("--iw-samples", type=int, default=20, help="k for the IW-bound throughput")
+    p.add_argument("--iw-chunk", type=int, default=10)
+    p.add_argument("--eval-batch", type=int, default=4)
+    p.add_argument("--eval-iters", type=int, default=2)
+    p.add_argument("--json", default=None, help="write the report as JSON here")
+    args = p.parse_args(argv)
+    variants = args.variants.split(",")
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        p.error(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
+    device = torch.device(args.device)
+    if args.paper:
+        setups = [Setup("paper 32×32", DenseFlowConfig.paper(32), 64),
+                  Setup("paper 64×64", DenseFlowConfig.paper(64), 32)]
+    else:
+        setups = [Setup(f"{args.preset} {args.image_size}×{args.image_size}",
+                        DenseFlowConfig.preset(args.preset, args.image_size), args.batch_size)]
+    report = run(setups, variants, device, args)
+    print(table(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
