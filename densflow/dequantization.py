@@ -101,7 +101,7 @@ class VariationalDequantization(nn.Module):
         h = self.base_loc + torch.exp(self.base_log_scale) * eps
         hw = eps.shape[2] * eps.shape[3]
         ldj = (hw * self.base_log_scale.to(ldj_dtype(eps)).sum()).expand(eps.shape[0])
-        for conv, coupling in zip(self.convs, self.couplings):
+        for conv, coupling in zip(self.convs, self.couplings, strict=False):  # S+1 convs, S couplings
             h, conv_ldj = conv(h)
             h, coupling_ldj = coupling(h, context)
             ldj = ldj + conv_ldj + coupling_ldj

@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .base import ldj_dtype, squeeze, unsqueeze
-from .bounds import importance_weighted_bound
+from .base import squeeze, unsqueeze
 from .cross_unit import InvertibleDenseBlock
 from .dequantization import VariationalDequantization
 from .multiscale import Transition
@@ -174,7 +173,7 @@ class DenseFlow(nn.Module):
         )
         blocks, channels, side = [], 12, config.image_size // 2
         for b, (units, layers, mid) in enumerate(
-            zip(config.block_config, config.layers_config, config.mid_channels)
+            zip(config.block_config, config.layers_config, config.mid_channels, strict=True)
         ):
             if b > 0:  # transition: squeeze (×4 channels) and keep half
                 channels, side = 2 * channels, side // 2

@@ -80,7 +80,9 @@ def compile_networks(model: nn.Module, **compile_kwargs) -> int:
     float32 accumulation are untouched, and state-dict keys do not change. Returns the number of
     networks compiled. A compiled model cannot be pickled whole; save its ``state_dict``.
     """
-    # One graph per distinct shape: the paper model has ~74 coupling nets of a few dozen widths.
+    # Static shapes: one graph per distinct width (the paper model has ~74 coupling nets of a few
+    # dozen widths). Dynamic shapes trip inductor on the channel arithmetic of the dense blocks.
+    compile_kwargs.setdefault("dynamic", False)
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     count = 0
     for module in model.modules():

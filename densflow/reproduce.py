@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -181,9 +180,9 @@ def plot_learning_curve(out_dir: str | os.PathLike, ax: Any = None) -> Any:
     test_pts = [(e["step"], e["test_bpd"]) for e in events
                 if e.get("event") == "eval" and e.get("test_bpd") is not None]
     if train_pts:
-        ax.plot(*zip(*train_pts), label="train (mean since the last log point)", lw=1)
+        ax.plot(*zip(*train_pts, strict=True), label="train (mean since the last log point)", lw=1)
     if test_pts:
-        ax.plot(*zip(*test_pts), "o-", label="test (single-sample)")
+        ax.plot(*zip(*test_pts, strict=True), "o-", label="test (single-sample)")
     ax.set_xlabel("step")
     ax.set_ylabel("bits/dim")
     ax.legend()

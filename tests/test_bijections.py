@@ -189,7 +189,7 @@ def test_dequantization_flow_log_det_and_range():
     u, ldj = deq.flow(eps, context)
     assert u.shape == x.shape and torch.all((u > 0) & (u < 1))
     for i in range(2):
-        expected = jacobian_logdet(lambda t: deq.flow(t, context[i : i + 1])[0], eps[i : i + 1])
+        expected = jacobian_logdet(lambda t, i=i: deq.flow(t, context[i : i + 1])[0], eps[i : i + 1])
         assert torch.allclose(ldj[i], expected, atol=1e-8)
     v, term = deq(x)
     assert torch.equal(VariationalDequantization.quantize(v), x.to(torch.uint8))
