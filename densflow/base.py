@@ -14,16 +14,28 @@ precision never rounds the likelihood.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Bijection", "Squeeze", "squeeze", "unsqueeze", "ldj_dtype", "full_precision"]
+__all__ = [
+    "Bijection", "Squeeze", "squeeze", "unsqueeze", "ldj_dtype", "full_precision",
+    "standard_normal_log_prob",
+]
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def ldj_dtype(x: Tensor) -> torch.dtype:
     """The dtype log-dets are accumulated in for activations ``x``: float32 or wider."""
     return torch.promote_types(x.dtype, torch.float32)
+
+
+def standard_normal_log_prob(x: Tensor) -> Tensor:
+    """``Σ ln N(x; 0, I)`` per example, in float32 or wider."""
+    x = x.to(ldj_dtype(x))
+    return (-_HALF_LOG_2PI - 0.5 * x * x).flatten(1).sum(dim=1)
 
 
 def full_precision(x: Tensor) -> contextlib.AbstractContextManager:

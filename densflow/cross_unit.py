@@ -26,26 +26,15 @@ augmented.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from .base import ldj_dtype
+from .base import ldj_dtype, standard_normal_log_prob
 from .coupling import affine_scale, zero_conv1x1
 from .glow import GlowModule
 from .noise import randn
 
 __all__ = ["CrossUnitCoupling", "InvertibleDenseBlock", "standard_normal_log_prob"]
-
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-
-
-def standard_normal_log_prob(x: Tensor) -> Tensor:
-    """``Σ ln N(x; 0, I)`` per example, in float32 or wider."""
-    x = x.to(ldj_dtype(x))
-    return (-_HALF_LOG_2PI - 0.5 * x * x).flatten(1).sum(dim=1)
-
 
 class CrossUnitCoupling(nn.Module):
     """Noise augmentation between units ``i−1`` and ``i`` (eqs. 6–9).

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ldj_dtype, unsqueeze
+from .base import ldj_dtype, standard_normal_log_prob, unsqueeze
 from .coupling import AffineCoupling, zero_conv1x1
 from .dense_block import DenseBlock
 from .glow import InvertibleConv1x1
@@ -33,7 +33,6 @@ from .noise import randn
 __all__ = ["VariationalDequantization", "DequantizationContext", "LOG_256"]
 
 LOG_256 = math.log(256.0)
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class DequantizationContext(nn.Module):
@@ -122,8 +121,7 @@ class VariationalDequantization(nn.Module):
         eps = randn((b, self.channels, h // 2, w // 2), generator=generator, dtype=x.dtype, device=x.device)
         u, flow_ldj = self.flow(eps, context)
         # ln q(u|x) = ln N(ε; 0, I) − ln|det ∂u/∂ε|  (the base's own scale is inside flow_ldj)
-        eps32 = eps.to(ldj_dtype(eps))
-        log_q = (-_HALF_LOG_2PI - 0.5 * eps32 * eps32).flatten(1).sum(dim=1) - flow_ldj
+        log_q = standard_normal_log_prob(eps) - flow_ldj
         return (x + u) / 256.0, -x[0].numel() * LOG_256 - log_q
 
     @staticmethod

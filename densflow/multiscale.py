@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import squeeze, unsqueeze
-from .cross_unit import standard_normal_log_prob
+from .base import standard_normal_log_prob
 from .noise import randn
 
 __all__ = ["Transition"]

@@ -36,6 +36,7 @@ __all__ = [
     "official_key_map",
     "config_from_state_dict",
     "read_official_args",
+    "locate_official",
     "IMAGE_SIZES",
 ]
 
@@ -259,7 +260,7 @@ def convert_state_dict(official: Mapping[str, Tensor], model: DenseFlow) -> dict
     return {mine: official[theirs] for mine, theirs in key_map.items()}
 
 
-def _locate(path: Path) -> tuple[Path, Path | None]:
+def locate_official(path: Path) -> tuple[Path, Path | None]:
     """Checkpoint file and (if present) args.pickle for a run folder or a checkpoint file."""
     if path.is_dir():
         candidates = [path / "check" / "checkpoint.pt", path / "checkpoint.pt"]
@@ -298,7 +299,7 @@ def load_official(
 
     Returns the model in eval mode, in float32, on ``map_location``.
     """
-    ckpt_file, found_args = _locate(Path(checkpoint_path))
+    ckpt_file, found_args = locate_official(Path(checkpoint_path))
     args_file = Path(args_path) if args_path is not None else found_args
     try:
         raw = torch.load(ckpt_file, map_location="cpu", weights_only=not trust_checkpoint)

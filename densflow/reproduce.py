@@ -23,7 +23,7 @@ from .checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
 from .data import DATASETS, load_dataset
 from .evaluate import PAPER_IW_SAMPLES, EvalResult, evaluate
 from .model import DenseFlow
-from .official import load_official, read_official_args
+from .official import load_official, locate_official, read_official_args
 from .train import TrainConfig, TrainResult, read_metrics, train, train_preset
 
 __all__ = [
@@ -113,9 +113,8 @@ def load_any_checkpoint(path: str | os.PathLike, device: str = "auto") -> tuple[
             dataset = (ckpt.get("train_config") or {}).get("dataset")
             return model_from_checkpoint(ckpt, path, device), dataset
     model = load_official(path, map_location=device)
-    run_dir = path if path.is_dir() else path.parent.parent
-    args_file = run_dir / "args.pickle"
-    return model, read_official_args(args_file).dataset if args_file.is_file() else None
+    _, args_file = locate_official(path)
+    return model, read_official_args(args_file).dataset if args_file is not None else None
 
 
 def train_or_load(config: TrainConfig, checkpoint: str | os.PathLike | None = None) -> tuple[DenseFlow, TrainResult | None]:
