@@ -27,6 +27,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .base import full_precision, ldj_dtype
+
 __all__ = ["NystromAttention", "iterative_pinv"]
 
 
@@ -84,5 +86,9 @@ class NystromAttention(nn.Module):
         k1 = torch.softmax(q @ k_land.transpose(-1, -2), dim=-2)  # (B, n, m)
         k2 = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-2)  # (B, m, m)
         k3 = torch.softmax(q_land @ k.transpose(-1, -2), dim=-2)  # (B, m, n)
-        out = (k1 @ iterative_pinv(k2, self.pinv_iterations)) @ (k3 @ v) + v  # (B, n, E)
+        # The pseudo-inverse iteration amplifies rounding (a cubic polynomial, six times), so it
+        # runs in float32 or wider even under bf16 autocast; on m×m matrices this costs nothing.
+        with full_precision(k2):
+            k2_pinv = iterative_pinv(k2.to(ldj_dtype(k2)), self.pinv_iterations)
+        out = (k1 @ k2_pinv.to(k1.dtype)) @ (k3 @ v) + v  # (B, n, E)
         return self.out(out.reshape(b, self.embed_dim, h, w))  # memory-order back to a map

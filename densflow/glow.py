@@ -62,11 +62,16 @@ class ActNorm(Bijection):
         hw = x.shape[2] * x.shape[3]
         return (-hw * self.log_scale.to(ldj_dtype(x)).sum()).expand(x.shape[0])
 
+    def is_initialized(self) -> bool:
+        """Whether the data-dependent initialisation has happened (one device read, then the
+        host mirror: a compiled flow then sees a constant, not a graph break)."""
+        if not self._known_initialized:
+            self._known_initialized = bool(self.initialized.item())
+        return self._known_initialized
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.training and not self._known_initialized:
-            if not self.initialized.item():
-                self.initialize(x)
-            self._known_initialized = True
+        if self.training and not self.is_initialized():
+            self.initialize(x)
         return (x - self.shift) * torch.exp(-self.log_scale), self._ldj(x)
 
     def inverse(self, z: Tensor) -> Tensor:

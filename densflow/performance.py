@@ -8,22 +8,23 @@ and ``benchmarks/benchmark.py`` for what each one buys on a given machine):
   nets). The invertible path itself (1×1 convolutions, affine updates) and every log-det, prior
   term and the loss stay in float32: see :func:`densflow.base.full_precision`.
 * ``channels_last`` — NHWC memory format for the convolutions (:func:`to_channels_last`).
-* :func:`compile_networks` — ``torch.compile`` of every coupling and conditioning network, with a
+* :func:`compile_model` — ``torch.compile`` of the whole flow (density and sampler), with a
   fallback to eager execution if compilation fails on this platform.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import types
 import warnings
 
 import torch
 from torch import Tensor, nn
 
-from .coupling import CouplingNet
-from .cross_unit import CrossUnitCoupling
+from .model import DenseFlow
 
-__all__ = ["AMP_MODES", "autocast", "to_channels_last", "compile_networks"]
+__all__ = ["AMP_MODES", "autocast", "to_channels_last", "compile_model"]
 
 AMP_MODES = ("none", "bf16")
 
@@ -48,46 +49,62 @@ def to_channels_last(module_or_tensor: nn.Module | Tensor) -> nn.Module | Tensor
     return module_or_tensor.to(memory_format=torch.channels_last)
 
 
-def _compile_with_fallback(net: nn.Module, **compile_kwargs) -> None:
-    """Replace ``net.forward`` by a compiled version that falls back to eager on failure.
+def _compile_with_fallback(owner: nn.Module, name: str, **compile_kwargs) -> bool:
+    """Replace the method ``owner.<name>`` by a compiled version that falls back to eager on
+    failure; ``False`` if it already was compiled.
 
-    Overriding ``forward`` on the instance (rather than wrapping the module) keeps the
-    state-dict keys unchanged, so checkpoints move freely between compiled and eager models.
+    The compiled method is bound on the instance (rather than wrapping the module), so state-dict
+    keys do not change and checkpoints move freely between compiled and eager models; being a
+    bound method, it follows the model through ``copy.deepcopy``.
     """
-    eager = net.forward
+    if getattr(getattr(owner, name), "densflow_compiled", False):
+        return False
+    eager = getattr(type(owner), name)
     compiled = torch.compile(eager, **compile_kwargs)
     failed = False
 
-    def forward(*args, **kwargs):
+    @functools.wraps(eager)
+    def method(self, *args, **kwargs):
         nonlocal failed
         if not failed:
             try:
-                return compiled(*args, **kwargs)
+                return compiled(self, *args, **kwargs)
             except Exception as err:  # no C++ compiler, unsupported GPU, a dynamo gap, …
                 failed = True
                 warnings.warn(f"torch.compile failed ({err.__class__.__name__}: {err}); running "
-                              f"{net.__class__.__name__} eagerly", RuntimeWarning, stacklevel=2)
-        return eager(*args, **kwargs)
+                              f"{type(self).__name__}.{name} eagerly", RuntimeWarning,
+                              stacklevel=2)
+        return eager(self, *args, **kwargs)
 
-    forward.densflow_compiled = True
-    net.forward = forward
+    method.densflow_compiled = True
+    setattr(owner, name, types.MethodType(method, owner))
+    return True
 
 
-def compile_networks(model: nn.Module, **compile_kwargs) -> int:
-    """Compile every coupling network and cross-unit conditioning network of ``model`` in place.
+COMPILED_METHODS = ("log_prob_terms", "sample_continuous")
+"""The :class:`~densflow.model.DenseFlow` methods :func:`compile_model` compiles: every
+likelihood (``log_prob``, ``iw_log_prob``, training) goes through the first, sampling through the
+second."""
 
-    The flow's own bookkeeping (splits, log-dets, noise draws) stays eager, so random draws and
-    float32 accumulation are untouched, and state-dict keys do not change. Returns the number of
-    networks compiled. A compiled model cannot be pickled whole; save its ``state_dict``.
+
+def compile_model(model: DenseFlow, **compile_kwargs) -> list[str]:
+    """``torch.compile`` the whole flow in place: its log-density and its sampler.
+
+    Each is compiled as a few large graphs: dynamo splits them only at the random draws (which
+    stay eager, on the caller's generator), so inductor fuses the element-wise work of the
+    couplings, ActNorms, attention and log-det sums, forward and backward. Shapes are static (one
+    graph per batch size; dynamic shapes trip inductor on the channel arithmetic of the dense
+    blocks). If compilation fails on this platform, a warning is issued and the method runs
+    eagerly. Returns the names of the methods compiled now (empty when already compiled).
+
+    Compilation takes minutes on a CPU and is paid again for each new batch size: worth it for
+    training runs and long evaluations, not for a quick look. A compiled model cannot be pickled
+    whole; save its ``state_dict``.
     """
-    # Static shapes: one graph per distinct width (the paper model has ~74 coupling nets of a few
-    # dozen widths). Dynamic shapes trip inductor on the channel arithmetic of the dense blocks.
+    if not isinstance(model, DenseFlow):
+        raise TypeError(f"compile_model expects a DenseFlow, got {type(model).__name__}")
     compile_kwargs.setdefault("dynamic", False)
+    # One graph per batch size and mode (train/eval, grad/no-grad), each a cache entry.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    count = 0
-    for module in model.modules():
-        net = module.g if isinstance(module, CrossUnitCoupling) else module
-        if isinstance(module, (CouplingNet, CrossUnitCoupling)) and not hasattr(net.forward, "densflow_compiled"):
-            _compile_with_fallback(net, **compile_kwargs)
-            count += 1
-    return count
+    return [name for name in COMPILED_METHODS
+            if _compile_with_fallback(model, name, **compile_kwargs)]

@@ -6,12 +6,21 @@ prior term and the bound itself still in float32.
 
 from __future__ import annotations
 
+import copy
+import json
+import sys
+import warnings
+from pathlib import Path
+
 import pytest
 import torch
 from utils import init_actnorms, perturb
 
 from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
-from densflow.performance import autocast, compile_networks, to_channels_last
+from densflow.attention import iterative_pinv
+from densflow.performance import autocast, compile_model, to_channels_last
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 @pytest.fixture
@@ -62,16 +71,75 @@ def test_autocast_rejects_unknown_modes():
         autocast("cpu", "fp8")
 
 
-def test_compiled_networks_keep_keys_and_numbers(model_and_images):
-    # The "eager" dynamo backend traces the networks without code generation: it checks the
-    # wiring (what gets compiled, keys, numbers) in seconds rather than the minutes of inductor.
+def test_compiled_model_keeps_keys_and_numbers(model_and_images):
+    # The "eager" dynamo backend traces the flow without code generation: it checks the wiring
+    # (what gets compiled, graph breaks at the draws, keys, numbers) in seconds, not minutes.
     model, x = model_and_images
     expected = reference_log_prob(model, x)
     keys = list(model.state_dict())
-    assert compile_networks(model, backend="eager") == 8  # 5 coupling nets + 3 conditioning nets
-    assert compile_networks(model, backend="eager") == 0  # idempotent
+    assert compile_model(model, backend="eager") == ["log_prob_terms", "sample_continuous"]
+    assert compile_model(model, backend="eager") == []  # idempotent
     assert list(model.state_dict()) == keys
     assert torch.allclose(reference_log_prob(model, x), expected, rtol=1e-5, atol=0)
+    twin = copy.deepcopy(model)  # the copy's compiled methods must use the copy's weights
+    with torch.no_grad():
+        twin.prior.loc.add_(1.0)
+    assert not torch.allclose(reference_log_prob(twin, x), expected, rtol=1e-3, atol=0)
+    assert torch.allclose(reference_log_prob(model, x), expected, rtol=1e-5, atol=0)
+
+
+def test_compiled_model_draws_from_the_callers_generator_and_honours_fixed_noise(model_and_images):
+    # Dynamo must not bake one draw, nor the fixed_noise constant, into the graph: the draws
+    # stay eager (graph breaks) and the fixed-noise state is guarded.
+    model, x = model_and_images
+    model.eval()
+
+    def run():
+        with torch.no_grad():
+            seeded = [model(x, generator=torch.Generator().manual_seed(s)) for s in (0, 1, 0)]
+            with fixed_noise(0.3):
+                fixed = model(x)
+            with fixed_noise(0.5):
+                other = model(x)
+            sample = model.sample_continuous(2, generator=torch.Generator().manual_seed(2))
+        return seeded, fixed, other, sample
+
+    (e0, e1, _), e_fixed, e_other, e_sample = run()
+    compile_model(model, backend="eager")
+    (c0, c1, c0_again), c_fixed, c_other, c_sample = run()
+    assert torch.equal(c0, c0_again) and not torch.allclose(c0, c1)
+    for got, expected in ((c0, e0), (c1, e1), (c_fixed, e_fixed), (c_other, e_other),
+                          (c_sample, e_sample)):
+        assert torch.allclose(got, expected, rtol=1e-5, atol=0)
+
+
+def test_inductor_compiled_training_step_matches_eager(model_and_images):
+    # The real code generator (a C++ compiler on the CPU), forward and backward, on a model small
+    # enough to compile in about a minute: loss and gradients as the eager float32 path's.
+    model, x = model_and_images
+    model.train()
+    compiled = copy.deepcopy(model)
+    compile_model(compiled)
+
+    def loss_and_grads(m):
+        m.zero_grad()
+        with fixed_noise(0.3):
+            loss = bits_per_dim(m(x), x.shape[1:]).mean()
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in m.parameters()])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a silent fallback to eager must fail here
+        got_loss, got_grads = loss_and_grads(compiled)
+    expected_loss, expected_grads = loss_and_grads(model)
+    assert torch.allclose(got_loss, expected_loss, rtol=1e-5, atol=0)
+    # As one vector: some entries are exactly zero in theory and 1e-10 noise in either path.
+    assert (got_grads - expected_grads).norm() <= 1e-5 * expected_grads.norm()
+
+
+def test_compile_model_rejects_other_modules():
+    with pytest.raises(TypeError, match="expects a DenseFlow"):
+        compile_model(torch.nn.Linear(2, 2))
 
 
 def test_compile_falls_back_to_eager_when_the_backend_fails(model_and_images):
@@ -81,7 +149,43 @@ def test_compile_falls_back_to_eager_when_the_backend_fails(model_and_images):
     def broken_backend(graph_module, example_inputs):
         raise RuntimeError("no compiler here")
 
-    compile_networks(model, backend=broken_backend)
-    with pytest.warns(RuntimeWarning, match="running .* eagerly"):
+    compile_model(model, backend=broken_backend)
+    with pytest.warns(RuntimeWarning, match="running DenseFlow.log_prob_terms eagerly"):
         got = reference_log_prob(model, x)
     assert torch.equal(got, expected)
+
+
+def test_the_pseudo_inverse_iteration_runs_in_float32_under_bf16_autocast(model_and_images,
+                                                                          monkeypatch):
+    # Six rounds of a cubic matrix polynomial amplify bf16 rounding; compiled bf16 training gave
+    # non-finite gradients before the iteration was kept in float32.
+    from densflow import attention
+
+    dtypes = []
+
+    def recording_pinv(k2, iterations):
+        dtypes.append((k2.dtype, torch.is_autocast_enabled("cpu")))
+        return iterative_pinv(k2, iterations)
+
+    monkeypatch.setattr(attention, "iterative_pinv", recording_pinv)
+    model, x = model_and_images
+    with torch.no_grad(), fixed_noise(0.3), autocast("cpu", "bf16"):
+        model.log_prob(x)
+    assert dtypes and set(dtypes) == {(torch.float32, False)}
+
+
+def test_benchmark_reports_ratios_against_the_baseline_of_the_same_run(tmp_path):
+    import benchmark  # benchmarks/benchmark.py, on sys.path above
+    out = tmp_path / "report.json"
+    benchmark.main(["--preset", "tiny", "--image-size", "16", "--batch-size", "2",
+                    "--variants", "eager,channels_last", "--repeats", "1", "--steps", "1",
+                    "--warmup", "1", "--eval-iters", "1", "--iw-samples", "4", "--iw-chunk", "2",
+                    "--eval-batch", "2", "--json", str(out)])
+    report = json.loads(out.read_text())
+    (setup,) = report["setups"]
+    eager, channels_last = setup["rows"]
+    assert setup["baseline"] == "eager" and eager["train_images_speedup"] == 1.0
+    assert channels_last["train_images_speedup"] == pytest.approx(
+        channels_last["train_images_per_s"] / eager["train_images_per_s"])
+    assert eager["train_losses_finite"] and channels_last["train_losses_finite"]
+    assert channels_last["max_rel_logp_diff"] < 1e-5
