@@ -56,7 +56,7 @@ from .checkpoint import FORMAT, VERSION, CheckpointError, atomic_save, read_chec
 from .evaluate import collate_images, evaluate, progress_interval
 from .glow import ActNorm
 from .model import PRESETS, DenseFlow, DenseFlowConfig
-from .performance import AMP_MODES, autocast, to_channels_last
+from .performance import AMP_MODES, autocast, compile_model, to_channels_last
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -89,6 +89,7 @@ _RESUMABLE_CHANGES = frozenset({
     "data_dir", "device", "num_workers", "pin_memory", "out_dir", "resume", "checkpoint_every",
     "log_every", "eval_every", "eval_limit", "eval_batch_size", "iw_samples", "iw_chunk_size",
     "max_steps", "max_nonfinite", "progress", "epochs", "finetune_epochs", "amp", "channels_last",
+    "compile",
 })  # fmt: skip
 
 
@@ -150,6 +151,9 @@ class TrainConfig:
         choices=AMP_MODES))
     channels_last: bool = field(default=False, metadata=_help(
         "channels-last memory format for the model and inputs (can speed up GPU convolutions)"))
+    compile: bool = field(default=False, metadata=_help(
+        "torch.compile the whole flow (densflow.performance.compile_model): faster steps after "
+        "minutes of compilation, paid again for each new batch size; for long runs"))
     device: str = field(default="auto", metadata=_help(
         "'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."))
     num_workers: int = field(default=0, metadata=_help(
@@ -517,7 +521,9 @@ class Trainer:
         self.model.to(self.device, memory_format=memory_format).train()
         self._check_shape()
         optimizer = torch.optim.Adamax if cfg.optimizer == "adamax" else torch.optim.Adam
-        self.optimizer = optimizer(self.model.parameters(), lr=cfg.lr)
+        # foreach: one multi-tensor update instead of a Python loop over ~800 parameters (the
+        # default on CUDA only; on the CPU it takes ~30 % off the optimizer step).
+        self.optimizer = optimizer(self.model.parameters(), lr=cfg.lr, foreach=True)
         self.augment = data.augmentation_for(cfg.dataset) if cfg.augmentation else None
         self._stats = _RunningStats(self.model)
         # Generators on the training device: drawing on the CPU for a CUDA model would make every
@@ -801,9 +807,11 @@ class Trainer:
     def _wrap(self, model: DenseFlow) -> nn.Module:
         """Initialise ActNorm if needed; under torchrun, wrap in DDP (which broadcasts rank 0's
         parameters and buffers, so every rank starts from rank 0's initialisation)."""
-        if self.step == 0 and not all(m.initialized.item() for m in model.modules()
-                                      if isinstance(m, ActNorm)):
+        initialized = all(m.is_initialized() for m in model.modules() if isinstance(m, ActNorm))
+        if self.step == 0 and not initialized:
             self._initialize(self._prepare(next(self._batches(self._order(0), 0, 1))))
+        if self.config.compile:
+            compile_model(model)  # after the init, so that it compiles without the init branch
         if self.dist.world_size == 1:
             return model
         import torch.distributed as tdist

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from densflow import DenseFlowConfig
+from densflow import DenseFlowConfig, performance
+from densflow import train as train_module
 from densflow.checkpoint import CheckpointError, load_model, read_checkpoint
 from densflow.data import DATASETS, load_dataset
 from densflow.evaluate import evaluate
@@ -246,6 +247,25 @@ def test_read_metrics_ignores_a_torn_last_line(tmp_path):
 def test_training_options_run(tmp_path, options):
     result = train(config(tmp_path, max_steps=2, **options), train_set=SETS[0])
     assert result.step == 2 and result.train_bpd is not None and math.isfinite(result.train_bpd)
+
+
+def test_compiled_training_follows_eager_training_and_resumes_either_way(tmp_path, monkeypatch):
+    # The aot_eager backend runs dynamo and AOTAutograd's forward/backward graphs without code
+    # generation: the Trainer's wiring is tested here in seconds; inductor's numbers are tested
+    # in test_performance.py.
+    compiled = []
+
+    def compile_model(model):
+        compiled.extend(performance.compile_model(model, backend="aot_eager"))
+
+    monkeypatch.setattr(train_module, "compile_model", compile_model)
+    eager = run(config(tmp_path / "eager", max_steps=4))
+    run(config(tmp_path / "compiled", max_steps=2, compile=True))
+    assert compiled == ["log_prob_terms", "sample_continuous"]
+    resumed = run(config(tmp_path / "compiled", max_steps=4))  # the second half eagerly
+    for (name, x), y in zip(eager.model.state_dict().items(),
+                            resumed.model.state_dict().values(), strict=True):
+        assert torch.allclose(x, y, rtol=1e-4, atol=1e-6), name
 
 
 # ----------------------------------------------------------------------------- a real smoke run
