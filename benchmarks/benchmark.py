@@ -220,7 +220,8 @@ def run(setups: list[Setup], variants: list[str], device: torch.device, args) ->
             for key in ("train_images_per_s", "iw_image_samples_per_s", "sample_images_per_s"):
                 row[key.replace("_per_s", "_speedup")] = row[key] / base[key]
         report["setups"].append({"name": setup.name, "batch_size": setup.batch_size,
-                                 "config": setup.config.to_dict(), "baseline": variants[0], "rows": rows})
+                                 "config": setup.config.to_dict(), "baseline": variants[0], "rows": rows,
+                                 "rounds": rounds})  # the raw measurements: their spread is the noise
     return report
 
 
@@ -251,13 +252,13 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default="eager,channels_last,bf16,channels_last+bf16",
                    help=f"comma-separated, first is the baseline; from {', '.join(VARIANTS)}")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--steps", type=int, default=5, help="timed training steps per measurement")
+    p.add_argument("--steps", type=int, default=20, help="timed training steps per measurement")
     p.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
     p.add_argument("--iw-samples", type=int, default=20, help="k for the IW-bound throughput")
     p.add_argument("--iw-chunk", type=int, default=10)
     p.add_argument("--eval-batch", type=int, default=4)
-    p.add_argument("--eval-iters", type=int, default=2)
+    p.add_argument("--eval-iters", type=int, default=5)
     p.add_argument("--json", default=None, help="write the report as JSON here")
     args = p.parse_args(argv)
     variants = args.variants.split(",")
