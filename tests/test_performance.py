@@ -183,6 +183,7 @@ def test_benchmark_reports_ratios_against_the_baseline_of_the_same_run(tmp_path)
                     "--eval-batch", "2", "--json", str(out)])
     report = json.loads(out.read_text())
     (setup,) = report["setups"]
+    assert len(setup["rounds"]) == 1  # the raw measurements travel with the medians
     eager, channels_last = setup["rows"]
     assert setup["baseline"] == "eager" and eager["train_images_speedup"] == 1.0
     assert channels_last["train_images_speedup"] == pytest.approx(
