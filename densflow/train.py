@@ -805,8 +805,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ multi-GPU (torchrun)
     def _wrap(self, model: DenseFlow) -> nn.Module:
-        """Initialise ActNorm if needed; under torchrun, wrap in DDP (which broadcasts rank 0's
-        parameters and buffers, so every rank starts from rank 0's initialisation)."""
+        """Initialise ActNorm if needed, compile if asked to; under torchrun, wrap in DDP (which
+        broadcasts rank 0's parameters and buffers, so every rank starts from rank 0's
+        initialisation)."""
         initialized = all(m.is_initialized() for m in model.modules() if isinstance(m, ActNorm))
         if self.step == 0 and not initialized:
             self._initialize(self._prepare(next(self._batches(self._order(0), 0, 1))))

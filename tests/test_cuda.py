@@ -65,8 +65,9 @@ def test_paper_bf16_autocast_keeps_log_dets_in_float32(paper_on_gpu):
 def test_compiled_bf16_training_step_matches_eager_on_the_gpu():
     # The small model (the paper model takes many minutes to compile): inductor's CUDA kernels,
     # forward and backward under bf16 autocast, against the same step run eagerly.
-    from densflow.noise import fixed_noise
-    from densflow.performance import autocast, compile_model
+    from utils import loss_and_flat_grads
+
+    from densflow.performance import compile_model
 
     torch.manual_seed(0)
     eager = DenseFlow(DenseFlowConfig.small()).cuda().train()
@@ -76,16 +77,8 @@ def test_compiled_bf16_training_step_matches_eager_on_the_gpu():
     compiled = DenseFlow(DenseFlowConfig.small()).cuda().train()
     compiled.load_state_dict(eager.state_dict())
     compile_model(compiled)
-
-    def loss_and_grads(m):
-        m.zero_grad()
-        with fixed_noise(0.3), autocast("cuda", "bf16"):
-            loss = bits_per_dim(m(x), (3, 32, 32)).mean()
-        loss.backward()
-        return loss.detach(), torch.cat([p.grad.flatten() for p in m.parameters()])
-
-    got_loss, got_grads = loss_and_grads(compiled)
-    expected_loss, expected_grads = loss_and_grads(eager)
+    got_loss, got_grads = loss_and_flat_grads(compiled, x, amp="bf16")
+    expected_loss, expected_grads = loss_and_flat_grads(eager, x, amp="bf16")
     assert torch.isfinite(got_loss) and torch.isfinite(got_grads).all()
     assert (got_loss - expected_loss).abs() < 0.01
     assert (got_grads - expected_grads).norm() <= 0.05 * expected_grads.norm()

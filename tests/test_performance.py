@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from utils import init_actnorms, perturb
+from utils import init_actnorms, loss_and_flat_grads, perturb
 
 from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
 from densflow.attention import iterative_pinv
@@ -120,18 +120,10 @@ def test_inductor_compiled_training_step_matches_eager(model_and_images):
     model.train()
     compiled = copy.deepcopy(model)
     compile_model(compiled)
-
-    def loss_and_grads(m):
-        m.zero_grad()
-        with fixed_noise(0.3):
-            loss = bits_per_dim(m(x), x.shape[1:]).mean()
-        loss.backward()
-        return loss.detach(), torch.cat([p.grad.flatten() for p in m.parameters()])
-
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a silent fallback to eager must fail here
-        got_loss, got_grads = loss_and_grads(compiled)
-    expected_loss, expected_grads = loss_and_grads(model)
+        got_loss, got_grads = loss_and_flat_grads(compiled, x)
+    expected_loss, expected_grads = loss_and_flat_grads(model, x)
     assert torch.allclose(got_loss, expected_loss, rtol=1e-5, atol=0)
     # As one vector: some entries are exactly zero in theory and 1e-10 noise in either path.
     assert (got_grads - expected_grads).norm() <= 1e-5 * expected_grads.norm()

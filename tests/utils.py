@@ -28,3 +28,16 @@ def init_actnorms(model: nn.Module, *inputs, **kwargs) -> nn.Module:
     with torch.no_grad():
         model(*inputs, **kwargs)
     return model.eval()
+
+
+def loss_and_flat_grads(model: nn.Module, x: Tensor, amp: str = "none") -> tuple[Tensor, Tensor]:
+    """The mean bits/dim of ``x`` under fixed noise (0.3), and every parameter gradient as one
+    vector: one training step's numbers, to compare a fast path with the eager float32 one."""
+    from densflow import bits_per_dim, fixed_noise
+    from densflow.performance import autocast
+
+    model.zero_grad()
+    with fixed_noise(0.3), autocast(x.device, amp):
+        loss = bits_per_dim(model(x), x.shape[1:]).mean()
+    loss.backward()
+    return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
