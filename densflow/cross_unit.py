@@ -26,6 +26,8 @@ augmented.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -121,16 +123,27 @@ class InvertibleDenseBlock(nn.Module):
         return c0 + sum(c0 + j * gr for j in range(i - 1))
 
     def forward_terms(
-        self, x: Tensor, generator: torch.Generator | None = None
+        self,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        noise: Sequence[Tensor] | None = None,
     ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         """Return ``(z, unit_ldjs, cross_unit_terms)``: one log-det per unit and one bound
-        term per cross-unit coupling, each of shape ``(B,)``."""
+        term per cross-unit coupling, each of shape ``(B,)``.
+
+        ``noise`` holds the ``e`` of each cross-unit coupling in order (``U − 1`` tensors of
+        ``(B, growth_rate, H, W)``); without it each is drawn with ``generator`` when needed.
+        """
+        if noise is not None and len(noise) != len(self.cross_unit):
+            raise ValueError(f"expected {len(self.cross_unit)} noise tensors (one per cross-unit "
+                             f"coupling), got {len(noise)}")
         earlier = [x]  # x0, out_0, out_1, … : what the conditioning nets may look at
         unit_ldjs, cross_terms = [], []
         h = x
         for i, unit in enumerate(self.units):
             if i > 0:
-                h, term = self.cross_unit[i - 1](h, torch.cat(earlier[:i], dim=1), generator)
+                e = None if noise is None else noise[i - 1]
+                h, term = self.cross_unit[i - 1](h, torch.cat(earlier[:i], dim=1), generator, e)
                 cross_terms.append(term)
             ldj = h.new_zeros(h.shape[0], dtype=ldj_dtype(h))
             for module in unit:

@@ -110,15 +110,19 @@ class VariationalDequantization(nn.Module):
         sigmoid_ldj = (-F.softplus(-a32) - F.softplus(a32)).flatten(1).sum(dim=1)
         return torch.sigmoid(a), ldj + conv_ldj + sigmoid_ldj
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, generator: torch.Generator | None = None, eps: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Dequantize integer-valued ``x`` (float tensor, values 0..255).
 
         Returns ``(v, term)`` with ``v = (x + u)/256`` and ``term = −D ln 256 − ln q(u | x)`` per
-        example: what dequantization adds to the log-likelihood bound.
+        example: what dequantization adds to the log-likelihood bound. The base noise ``eps``
+        (``(B, 12, H/2, W/2)``) is drawn from N(0, I) with ``generator`` unless given.
         """
         b, _, h, w = x.shape
         context = self.context(x)
-        eps = randn((b, self.channels, h // 2, w // 2), generator=generator, dtype=x.dtype, device=x.device)
+        if eps is None:
+            eps = randn((b, self.channels, h // 2, w // 2), generator=generator, dtype=x.dtype, device=x.device)
         u, flow_ldj = self.flow(eps, context)
         # ln q(u|x) = ln N(ε; 0, I) − ln|det ∂u/∂ε|  (the base's own scale is inside flow_ldj)
         log_q = standard_normal_log_prob(eps) - flow_ldj

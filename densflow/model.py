@@ -31,6 +31,7 @@ from .base import squeeze, unsqueeze
 from .cross_unit import InvertibleDenseBlock
 from .dequantization import VariationalDequantization
 from .multiscale import Transition
+from .noise import randn
 from .prior import LearnedGaussianPrior
 
 __all__ = ["DenseFlowConfig", "DenseFlow", "PRESETS"]
@@ -223,10 +224,60 @@ class DenseFlow(nn.Module):
             )
         return x.to(self.prior.loc.dtype)
 
+    # ------------------------------------------------------------------ noise
+    def noise_shapes(self, batch_size: int, *, sampling: bool = False) -> dict[str, tuple[int, ...]]:
+        """Shape of every Gaussian draw of one pass, in the order the official code draws them.
+
+        Likelihood (the default): ``dequantization`` (the base noise ε of q(u|x)), then
+        ``block{b}.cross_unit{i}`` (the ``e`` of each cross-unit coupling, eq. 8). Sampling
+        (``sampling=True``): ``prior``, then ``transition{b}`` from the last transition back to
+        the first (the dropped halves). The names match the terms of :meth:`log_prob_terms`.
+        """
+        side = self.config.image_size // 2
+        sides = [side // 2**b for b in range(len(self.blocks))]
+        if sampling:
+            shapes = {"prior": (batch_size, self.prior.loc.shape[1], *self.prior.spatial)}
+            for b in reversed(range(1, len(self.blocks))):
+                shapes[f"transition{b - 1}"] = (batch_size, self.blocks[b].in_channels, sides[b], sides[b])
+            return shapes
+        shapes = {"dequantization": (batch_size, VariationalDequantization.channels, side, side)}
+        for b, block in enumerate(self.blocks):
+            for i in range(1, len(block.units)):
+                shapes[f"block{b}.cross_unit{i}"] = (batch_size, block.growth_rate, sides[b], sides[b])
+        return shapes
+
+    def draw_noise(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        *,
+        sampling: bool = False,
+        skip: tuple[str, ...] = (),
+    ) -> dict[str, Tensor]:
+        """Standard-normal draws for :meth:`noise_shapes` (but the names in ``skip``), in that
+        order, from ``generator``.
+
+        Drawing everything before the pass gives the same numbers as drawing each tensor where it
+        is used (no draw depends on the data), and leaves the pass itself free of random draws:
+        one graph for ``torch.compile`` (:func:`densflow.performance.compile_model`).
+        """
+        dtype, device = self.prior.loc.dtype, self.prior.loc.device
+        return {name: randn(shape, generator=generator, dtype=dtype, device=device)
+                for name, shape in self.noise_shapes(batch_size, sampling=sampling).items()
+                if name not in skip}
+
+    def _check_noise(self, noise: dict[str, Tensor], batch_size: int, sampling: bool) -> None:
+        expected = self.noise_shapes(batch_size, sampling=sampling)
+        got = {name: tuple(t.shape) for name, t in noise.items()}
+        if got != expected:
+            raise ValueError(
+                f"noise does not fit this model and batch of {batch_size}: expected the shapes "
+                f"{expected}, got {got}. Make it with model.draw_noise({batch_size}"
+                f"{', sampling=True' if sampling else ''})"
+            )
+
     # ------------------------------------------------------------------ likelihood
-    def _flow(
-        self, v: Tensor, generator: torch.Generator | None, terms: dict[str, Tensor] | None
-    ) -> list[Tensor]:
+    def _flow(self, v: Tensor, noise: dict[str, Tensor], terms: dict[str, Tensor] | None) -> list[Tensor]:
         """Dequantized ``v`` → multi-scale latents ``[dropped_0, …, z]``; fills ``terms``."""
         latents = []
         h = squeeze(v - 0.5)
@@ -236,7 +287,8 @@ class DenseFlow(nn.Module):
                 latents.append(dropped)
                 if terms is not None:
                     terms[f"transition{b - 1}"] = self.transition.log_prob_dropped(dropped)
-            h, unit_ldjs, cross_terms = block.forward_terms(h, generator)
+            e = [noise[f"block{b}.cross_unit{i}"] for i in range(1, len(block.units))]
+            h, unit_ldjs, cross_terms = block.forward_terms(h, noise=e)
             if terms is not None:
                 for i, ldj in enumerate(unit_ldjs):
                     if i > 0:
@@ -247,17 +299,35 @@ class DenseFlow(nn.Module):
             terms["prior"] = self.prior.log_prob(h)
         return latents
 
-    def log_prob_terms(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def log_prob_terms(
+        self,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        noise: dict[str, Tensor] | None = None,
+    ) -> dict[str, Tensor]:
         """Every term of the single-sample bound, in the order the flow computes them.
 
         Keys: ``dequantization`` (−D ln 256 − ln q(u|x)); ``block{b}.unit{i}`` (the log-dets of
         unit i's glow-like modules); ``block{b}.cross_unit{i}`` (Σ log σ − ln N(e) of the
         coupling that feeds unit i, eq. 9); ``transition{b}`` (ln N of the dropped half);
         ``prior``. Each value has shape ``(B,)`` (nats); their sum is :meth:`log_prob`.
+
+        The noise is drawn with ``generator`` (:meth:`draw_noise`) unless ``noise`` is given.
         """
-        v, deq_term = self.dequantization(self._check_images(x), generator)
+        x = self._check_images(x)
+        if noise is None:
+            noise = self.draw_noise(x.shape[0], generator)
+        else:
+            self._check_noise(noise, x.shape[0], sampling=False)
+        return self._log_prob_terms(x, noise)
+
+    def _log_prob_terms(self, x: Tensor, noise: dict[str, Tensor]) -> dict[str, Tensor]:
+        """:meth:`log_prob_terms` of checked float images and drawn noise: no random draws, no
+        host reads (what :func:`~densflow.performance.compile_model` compiles)."""
+        v, deq_term = self.dequantization(x, eps=noise["dequantization"])
         terms = {"dequantization": deq_term}
-        self._flow(v, generator, terms)
+        self._flow(v, noise, terms)
         return terms
 
     def encode(self, v: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
@@ -267,7 +337,7 @@ class DenseFlow(nn.Module):
         Dequantize uint8 images first with
         ``model.dequantization(x.to(model.prior.loc.dtype), generator)[0]``.
         """
-        return self._flow(v, generator, None)
+        return self._flow(v, self.draw_noise(v.shape[0], generator, skip=("dequantization",)), None)
 
     def decode(self, latents: list[Tensor]) -> Tensor:
         """Inverse of :meth:`encode`: latents → continuous ``v`` (quantize with ``floor(256·v)``)."""
@@ -337,16 +407,32 @@ class DenseFlow(nn.Module):
 
     @torch.no_grad()
     def sample_continuous(
-        self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
+        self,
+        n: int,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        *,
+        noise: dict[str, Tensor] | None = None,
     ) -> Tensor:
-        """The continuous ``v ∈ [0, 1)`` just before quantization, ``(n, 3, H, W)``."""
-        # Draw order as in the official code: the prior, then the dropped halves from the last
-        # transition back to the first (each needs the shape of what the block above returns).
-        h = self.prior.sample(n, temperature, generator)
+        """The continuous ``v ∈ [0, 1)`` just before quantization, ``(n, 3, H, W)``.
+
+        The standard-normal draws (:meth:`draw_noise` with ``sampling=True``: the prior's, then
+        the dropped halves' from the last transition back to the first, the official order) come
+        from ``generator`` unless ``noise`` is given.
+        """
+        if noise is None:
+            noise = self.draw_noise(n, generator, sampling=True)
+        else:
+            self._check_noise(noise, n, sampling=True)
+        return self._sample_continuous(noise, temperature)
+
+    def _sample_continuous(self, noise: dict[str, Tensor], temperature: float) -> Tensor:
+        """:meth:`sample_continuous` from drawn noise (what ``compile_model`` compiles)."""
+        h = self.prior.sample_from(noise["prior"], temperature)
         for b in reversed(range(len(self.blocks))):
             h = self.blocks[b].inverse(h)
             if b > 0:
-                h = self.transition.inverse(h, self.transition.sample_dropped(h, temperature, generator))
+                h = self.transition.inverse(h, temperature * noise[f"transition{b - 1}"])
         return unsqueeze(h) + 0.5
 
     def stage_shapes(self, batch_size: int = 1) -> list[tuple[str, tuple[int, ...]]]:

@@ -8,7 +8,8 @@ last ``2C`` leave the flow. DenseFlow scores the dropped half under a **fixed** 
 .. math:: \\ln p(z) = \\ln p(z_{keep}) + \\ln \\mathcal N(z_{drop}; 0, I).
 
 On sampling the dropped half is drawn from N(0, I) again (its standard deviation scaled by the
-temperature) and appended after the kept channels before un-squeezing.
+temperature, :meth:`densflow.DenseFlow.sample_continuous`) and appended after the kept channels
+before un-squeezing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from torch import Tensor, nn
 
 from .base import squeeze, unsqueeze
 from .base import standard_normal_log_prob
-from .noise import randn
 
 __all__ = ["Transition"]
 
@@ -40,10 +40,3 @@ class Transition(nn.Module):
     def inverse(self, z: Tensor, dropped: Tensor) -> Tensor:
         """Put the factored-out half back after the kept one and un-squeeze."""
         return unsqueeze(torch.cat([z, dropped.to(z.dtype)], dim=1))
-
-    @staticmethod
-    def sample_dropped(
-        z: Tensor, temperature: float = 1.0, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """Draw a dropped half for the kept half ``z`` from N(0, T²I)."""
-        return temperature * randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)

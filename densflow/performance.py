@@ -8,8 +8,8 @@ and ``benchmarks/benchmark.py`` for what each one buys on a given machine):
   nets). The invertible path itself (1×1 convolutions, affine updates) and every log-det, prior
   term and the loss stay in float32: see :func:`densflow.base.full_precision`.
 * ``channels_last`` — NHWC memory format for the convolutions (:func:`to_channels_last`).
-* :func:`compile_model` — ``torch.compile`` of the whole flow (density and sampler), with a
-  fallback to eager execution if compilation fails on this platform.
+* :func:`compile_model` — ``torch.compile`` of the whole flow (density and sampler) as one
+  graph each, with a fallback to eager execution if compilation fails on this platform.
 """
 
 from __future__ import annotations
@@ -81,18 +81,18 @@ def _compile_with_fallback(owner: nn.Module, name: str, **compile_kwargs) -> boo
     return True
 
 
-COMPILED_METHODS = ("log_prob_terms", "sample_continuous")
+COMPILED_METHODS = ("_log_prob_terms", "_sample_continuous")
 """The :class:`~densflow.model.DenseFlow` methods :func:`compile_model` compiles: every
 likelihood (``log_prob``, ``iw_log_prob``, training) goes through the first, sampling through the
-second."""
+second. Both take their noise already drawn (``DenseFlow.draw_noise``), so each is one graph."""
 
 
 def compile_model(model: DenseFlow, **compile_kwargs) -> list[str]:
     """``torch.compile`` the whole flow in place: its log-density and its sampler.
 
-    Each is compiled as a few large graphs: dynamo splits them only at the random draws (which
-    stay eager, on the caller's generator), so inductor fuses the element-wise work of the
-    couplings, ActNorms, attention and log-det sums, forward and backward. Shapes are static (one
+    Each is compiled as one graph: the noise is drawn beforehand, eagerly, on the caller's
+    generator (``DenseFlow.draw_noise``), so inductor fuses the element-wise work of the
+    couplings, ActNorms, attention and log-det sums, forward and backward, across the whole flow. Shapes are static (one
     graph per batch size; dynamic shapes trip inductor on the channel arithmetic of the dense
     blocks). If compilation fails on this platform, a warning is issued and the method runs
     eagerly. Returns the names of the methods compiled now (empty when already compiled).

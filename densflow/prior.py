@@ -45,4 +45,8 @@ class LearnedGaussianPrior(nn.Module):
     ) -> Tensor:
         eps = randn((n, self.loc.shape[1], *self.spatial), generator=generator,
                     dtype=self.loc.dtype, device=self.loc.device)
+        return self.sample_from(eps, temperature)
+
+    def sample_from(self, eps: Tensor, temperature: float = 1.0) -> Tensor:
+        """``z = μ + T σ ε`` for standard-normal ``eps`` ``(n, C, h, w)``."""
         return self.loc + temperature * torch.exp(self.log_scale) * eps

@@ -112,6 +112,52 @@ def test_random_draws_follow_the_callers_generator():
     assert torch.equal(s1, s2)
 
 
+def test_noise_is_drawn_in_the_official_order_whatever_the_pass_does_with_it():
+    # The official code draws each tensor where it is used: dequantization's ε first, then the e
+    # of each cross-unit coupling in flow order. Drawing them all up front must give the same
+    # stream, and the pass must use each tensor where that name says.
+    model = tiny_model()
+    x = images(2)
+    g = torch.Generator().manual_seed(5)
+    shapes = model.noise_shapes(2)
+    assert list(shapes) == ["dequantization", "block0.cross_unit1", "block1.cross_unit1"]
+    assert shapes["dequantization"] == (2, 12, 8, 8) and shapes["block1.cross_unit1"] == (2, 2, 4, 4)
+    stream = {name: torch.randn(shape, generator=g) for name, shape in shapes.items()}
+    drawn = model.draw_noise(2, torch.Generator().manual_seed(5))
+    assert all(torch.equal(drawn[name], stream[name]) for name in shapes)
+    with torch.no_grad():
+        terms = model.log_prob_terms(x, torch.Generator().manual_seed(5))
+        given = model.log_prob_terms(x, noise=stream)
+        assert all(torch.equal(terms[k], given[k]) for k in terms)
+        # each block's cross-unit term sees its own e (eq. 9 has −ln N(e) in it)
+        swapped = dict(stream, **{"block1.cross_unit1": stream["block1.cross_unit1"] + 1})
+        moved = model.log_prob_terms(x, noise=swapped)
+    changed = {k for k in terms if not torch.equal(terms[k], moved[k])}
+    assert "block1.cross_unit1" in changed and "dequantization" not in changed
+    assert "block0.cross_unit1" not in changed
+
+
+def test_sampling_noise_is_drawn_prior_first_then_the_dropped_halves_from_the_top():
+    model = tiny_model()
+    shapes = model.noise_shapes(3, sampling=True)
+    assert list(shapes) == ["prior", "transition1", "transition0"]
+    # tiny: 12 → 14 channels at 8×8, 56 → 28 kept at 4×4 → 30, 120 → 60 kept at 2×2
+    assert shapes == {"prior": (3, 60, 2, 2), "transition1": (3, 60, 2, 2), "transition0": (3, 28, 4, 4)}
+    g = torch.Generator().manual_seed(3)
+    stream = {name: torch.randn(shape, generator=g) for name, shape in shapes.items()}
+    expected = model.sample_continuous(3, 0.8, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(model.sample_continuous(3, 0.8, noise=stream), expected)
+
+
+def test_noise_of_the_wrong_shape_is_rejected_with_a_clear_error():
+    model = tiny_model()
+    noise = model.draw_noise(3)
+    with pytest.raises(ValueError, match=r"noise does not fit .* model.draw_noise\(2\)"):
+        model.log_prob_terms(images(2), noise=noise)
+    with pytest.raises(ValueError, match=r"model.draw_noise\(2, sampling=True\)"):
+        model.sample_continuous(2, noise=model.draw_noise(2))
+
+
 def test_fixed_noise_makes_the_bound_deterministic_and_matters():
     model = tiny_model()
     x = images(2)
