@@ -32,21 +32,34 @@ from .base import full_precision, ldj_dtype
 __all__ = ["NystromAttention", "iterative_pinv"]
 
 
-def iterative_pinv(k2: Tensor, iterations: int = 6) -> Tensor:
+def _broadcast_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` as a broadcast product and a sum: for m×m matrices with small m, inductor fuses
+    this with its neighbours, where each ``@`` would be a separate tiny batched-GEMM call."""
+    return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(dim=-2)
+
+
+def iterative_pinv(k2: Tensor, iterations: int = 6, fused: bool | None = None) -> Tensor:
     """Approximate Moore–Penrose pseudo-inverse of a batch of square matrices ``(B, m, m)``.
 
     Start from :math:`V_0 = K^\\top / (\\max_j \\sum_i |K_{ij}| \\cdot \\max_i \\sum_j |K_{ij}|)`
     and iterate :math:`V \\leftarrow \\tfrac14 V (13 I - P(15 I - P(7 I - P)))` with
     :math:`P = K V`. The maxima are taken per matrix, so every example of a batch is independent
     of the others (this reproduces the official fixtures exactly; batch-wide maxima do not).
+
+    ``fused`` writes the m×m products as broadcast sums (the same numbers up to summation order),
+    which a compiler fuses into a few kernels; by default it does so only under ``torch.compile``
+    (eagerly, ``@`` is faster).
     """
+    if fused is None:
+        fused = torch.compiler.is_compiling()
+    mm = _broadcast_matmul if fused else torch.matmul
     eye = torch.eye(k2.shape[-1], dtype=k2.dtype, device=k2.device)
     abs_k2 = k2.abs()
     scale = abs_k2.sum(dim=-2).amax(dim=-1) * abs_k2.sum(dim=-1).amax(dim=-1)  # (B,)
     v = k2.transpose(-1, -2) / scale[..., None, None]
     for _ in range(iterations):
-        p = k2 @ v
-        v = 0.25 * v @ (13 * eye - p @ (15 * eye - p @ (7 * eye - p)))
+        p = mm(k2, v)
+        v = 0.25 * mm(v, 13 * eye - mm(p, 15 * eye - mm(p, 7 * eye - p)))
     return v
 
 

@@ -169,9 +169,9 @@ def test_the_pseudo_inverse_iteration_runs_in_float32_under_bf16_autocast(model_
 
     dtypes = []
 
-    def recording_pinv(k2, iterations):
+    def recording_pinv(k2, iterations, fused=None):
         dtypes.append((k2.dtype, torch.is_autocast_enabled("cpu")))
-        return iterative_pinv(k2, iterations)
+        return iterative_pinv(k2, iterations, fused)
 
     monkeypatch.setattr(attention, "iterative_pinv", recording_pinv)
     model, x = model_and_images
