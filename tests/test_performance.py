@@ -73,7 +73,7 @@ def test_autocast_rejects_unknown_modes():
 
 def test_compiled_model_keeps_keys_and_numbers(model_and_images):
     # The "eager" dynamo backend traces the flow without code generation: it checks the wiring
-    # (what gets compiled, graph breaks at the draws, keys, numbers) in seconds, not minutes.
+    # (what gets compiled, keys, numbers) in seconds, not minutes.
     model, x = model_and_images
     expected = reference_log_prob(model, x)
     keys = list(model.state_dict())
