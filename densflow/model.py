@@ -269,6 +269,9 @@ class DenseFlow(nn.Module):
     def _check_noise(self, noise: dict[str, Tensor], batch_size: int, sampling: bool) -> None:
         expected = self.noise_shapes(batch_size, sampling=sampling)
         got = {name: tuple(t.shape) for name, t in noise.items()}
+        wrong = [name for name, t in noise.items() if not t.is_floating_point()]
+        if wrong:
+            raise ValueError(f"noise must be floating point (standard-normal draws); {wrong} are not")
         if got != expected:
             raise ValueError(
                 f"noise does not fit this model and batch of {batch_size}: expected the shapes "

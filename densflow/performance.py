@@ -92,10 +92,11 @@ def compile_model(model: DenseFlow, **compile_kwargs) -> list[str]:
 
     Each is compiled as one graph: the noise is drawn beforehand, eagerly, on the caller's
     generator (``DenseFlow.draw_noise``), so inductor fuses the element-wise work of the
-    couplings, ActNorms, attention and log-det sums, forward and backward, across the whole flow. Shapes are static (one
-    graph per batch size; dynamic shapes trip inductor on the channel arithmetic of the dense
-    blocks). If compilation fails on this platform, a warning is issued and the method runs
-    eagerly. Returns the names of the methods compiled now (empty when already compiled).
+    couplings, ActNorms, attention and log-det sums, forward and backward, across the whole
+    flow. Shapes are static (one graph per batch size; dynamic shapes trip inductor on the
+    channel arithmetic of the dense blocks). If compilation fails on this platform, a warning
+    is issued and the method runs eagerly. Returns the names of the methods compiled now (empty
+    when already compiled).
 
     Compilation takes minutes on a CPU and is paid again for each new batch size: worth it for
     training runs and long evaluations, not for a quick look. A compiled model cannot be pickled

@@ -156,6 +156,9 @@ def test_noise_of_the_wrong_shape_is_rejected_with_a_clear_error():
         model.log_prob_terms(images(2), noise=noise)
     with pytest.raises(ValueError, match=r"model.draw_noise\(2, sampling=True\)"):
         model.sample_continuous(2, noise=model.draw_noise(2))
+    integers = {k: t.long() for k, t in model.draw_noise(2).items()}
+    with pytest.raises(ValueError, match="must be floating point"):
+        model.log_prob_terms(images(2), noise=integers)
 
 
 def test_fixed_noise_makes_the_bound_deterministic_and_matters():
