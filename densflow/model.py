@@ -233,17 +233,18 @@ class DenseFlow(nn.Module):
         (``sampling=True``): ``prior``, then ``transition{b}`` from the last transition back to
         the first (the dropped halves). The names match the terms of :meth:`log_prob_terms`.
         """
-        side = self.config.image_size // 2
-        sides = [side // 2**b for b in range(len(self.blocks))]
+        # Every draw has the shape of a stage of the forward pass (or its spatial size).
+        stages = dict(self.stage_shapes(batch_size))
         if sampling:
-            shapes = {"prior": (batch_size, self.prior.loc.shape[1], *self.prior.spatial)}
-            for b in reversed(range(1, len(self.blocks))):
-                shapes[f"transition{b - 1}"] = (batch_size, self.blocks[b].in_channels, sides[b], sides[b])
+            shapes = {"prior": stages[f"block{len(self.blocks) - 1}"]}
+            for b in reversed(range(1, len(self.blocks))):  # the dropped half = the kept half
+                shapes[f"transition{b - 1}"] = stages[f"transition{b - 1}"]
             return shapes
-        shapes = {"dequantization": (batch_size, VariationalDequantization.channels, side, side)}
+        shapes = {"dequantization": stages["squeeze"]}  # ε lives at the squeezed resolution
         for b, block in enumerate(self.blocks):
+            side = stages[f"block{b}"][-1]
             for i in range(1, len(block.units)):
-                shapes[f"block{b}.cross_unit{i}"] = (batch_size, block.growth_rate, sides[b], sides[b])
+                shapes[f"block{b}.cross_unit{i}"] = (batch_size, block.growth_rate, side, side)
         return shapes
 
     def draw_noise(
