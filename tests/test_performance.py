@@ -196,3 +196,15 @@ def test_benchmark_reports_ratios_against_the_baseline_of_the_same_run(tmp_path)
         channels_last["train_images_per_s"] / eager["train_images_per_s"])
     assert eager["train_losses_finite"] and channels_last["train_losses_finite"]
     assert channels_last["max_rel_logp_diff"] < 1e-5
+
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self")
+def test_benchmark_peak_memory_sees_a_transient_allocation():
+    # The kernel's high-water mark: a peak freed again before the end still counts, with no
+    # sampling thread to compete with the timed threads.
+    import benchmark
+    with benchmark.PeakRSS() as rss:
+        x = torch.ones(16 * 2**20)  # 64 MiB, written, so resident
+        del x
+    assert 60 * 2**20 < rss.bytes < 256 * 2**20
