@@ -12,7 +12,8 @@ its own). Each variant is also checked against the reference log-likelihood.
 Variants: ``eager`` (float32, NCHW: the baseline), ``channels_last``, ``bf16`` (autocast),
 ``channels_last+bf16``, and with ``compile`` (``densflow.performance.compile_model``: the whole
 flow, forward and backward; minutes to warm up on a CPU) ``compile``, ``compile+channels_last``,
-``compile+bf16``, ``compile+channels_last+bf16``. The optimizer is the Trainer's (Adamax, foreach).
+``compile+bf16``, ``compile+channels_last+bf16``. The optimizer is the Trainer's (Adamax, foreach;
+compiled too in the ``compile`` variants, as ``--compile`` does).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
-from densflow.performance import autocast, compile_model, to_channels_last
+from densflow.performance import autocast, compile_model, compile_optimizer, to_channels_last
 
 VARIANTS = ("eager", "channels_last", "bf16", "channels_last+bf16", "compile",
             "compile+channels_last", "compile+bf16", "compile+channels_last+bf16")
@@ -149,6 +150,8 @@ def measure(setup: Setup, variant: str, device: torch.device, args) -> dict:
     model, x, amp = build(setup, variant, device)
     g = torch.Generator(device=device).manual_seed(1)
     opt = torch.optim.Adamax(model.parameters(), lr=1e-3, foreach=True)  # as the Trainer
+    if "compile" in variant:
+        compile_optimizer(opt)  # as the Trainer's --compile
     d = math.prod(setup.config.image_shape)
 
     finite = torch.ones((), dtype=torch.bool, device=device)  # read once, after the timing

@@ -56,7 +56,8 @@ from .checkpoint import FORMAT, VERSION, CheckpointError, atomic_save, read_chec
 from .evaluate import collate_images, evaluate, progress_interval
 from .glow import ActNorm
 from .model import PRESETS, DenseFlow, DenseFlowConfig
-from .performance import AMP_MODES, autocast, compile_model, to_channels_last
+from .performance import (AMP_MODES, autocast, compile_model, compile_optimizer,
+                          optimizer_state_dict, set_lr, to_channels_last)
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -147,13 +148,14 @@ class TrainConfig:
         "random flips and shifts of the paper (per dataset, see densflow.data.augmentation_for)"))
     amp: str = field(default="none", metadata=_help(
         "mixed precision: 'bf16' runs the coupling networks under bfloat16 autocast; the "
-        "invertible path and the loss stay float32 (works on CPU too, but is rarely faster there)",
+        "invertible path and the loss stay float32 (on the CPU it pays together with compile)",
         choices=AMP_MODES))
     channels_last: bool = field(default=False, metadata=_help(
         "channels-last memory format for the model and inputs (can speed up GPU convolutions)"))
     compile: bool = field(default=False, metadata=_help(
-        "torch.compile the whole flow (densflow.performance.compile_model): faster steps after "
-        "minutes of compilation, paid again for each new batch size; for long runs"))
+        "torch.compile the whole flow and the optimizer step (densflow.performance.compile_model, "
+        "compile_optimizer): faster steps after minutes of compilation, paid again for each new "
+        "batch size; for long runs"))
     device: str = field(default="auto", metadata=_help(
         "'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."))
     num_workers: int = field(default=0, metadata=_help(
@@ -521,7 +523,7 @@ class Trainer:
         self.model.to(self.device, memory_format=memory_format).train()
         self._check_shape()
         optimizer = torch.optim.Adamax if cfg.optimizer == "adamax" else torch.optim.Adam
-        # foreach: one multi-tensor update instead of a Python loop over ~800 parameters (the
+        # foreach: one multi-tensor update instead of a Python loop over the parameters (the
         # default on CUDA only; on the CPU it takes ~30 % off the optimizer step).
         self.optimizer = optimizer(self.model.parameters(), lr=cfg.lr, foreach=True)
         self.augment = data.augmentation_for(cfg.dataset) if cfg.augmentation else None
@@ -634,8 +636,7 @@ class Trainer:
 
     def _train_step(self, net: nn.Module, x: Tensor, lr: float) -> Tensor | None:
         """One step; returns the loss (on the device) or None when it was skipped."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         self._stats.save()
         self._noise.manual_seed(self._seed_step(_NOISE))
         with self._autocast():
@@ -788,7 +789,7 @@ class Trainer:
         ckpt = {
             "format": FORMAT, "version": VERSION, "config": self.model.config.to_dict(),
             "model": self.model.state_dict(), "train_config": self.config.to_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state_dict(self.optimizer),  # loads into eager and compiled
             "progress": {
                 "step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                 "nonfinite_run": self._nonfinite_run, "epoch_sum": self._epoch_sum.cpu(),
@@ -813,6 +814,7 @@ class Trainer:
             self._initialize(self._prepare(next(self._batches(self._order(0), 0, 1))))
         if self.config.compile:
             compile_model(model)  # after the init, so that it compiles without the init branch
+            compile_optimizer(self.optimizer)  # after any resume: it makes the lr a tensor
         if self.dist.world_size == 1:
             return model
         import torch.distributed as tdist

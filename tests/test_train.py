@@ -258,10 +258,15 @@ def test_compiled_training_follows_eager_training_and_resumes_either_way(tmp_pat
     def compile_model(model):
         compiled.extend(performance.compile_model(model, backend="aot_eager"))
 
+    def compile_optimizer(optimizer):
+        if performance.compile_optimizer(optimizer, backend="aot_eager"):
+            compiled.append(type(optimizer).__name__)
+
     monkeypatch.setattr(train_module, "compile_model", compile_model)
+    monkeypatch.setattr(train_module, "compile_optimizer", compile_optimizer)
     eager = run(config(tmp_path / "eager", max_steps=4))
     run(config(tmp_path / "compiled", max_steps=2, compile=True))
-    assert compiled == ["_log_prob_terms", "_sample_continuous"]
+    assert compiled == ["_log_prob_terms", "_sample_continuous", "Adamax"]
     resumed = run(config(tmp_path / "compiled", max_steps=4))  # the second half eagerly
     for (name, x), y in zip(eager.model.state_dict().items(),
                             resumed.model.state_dict().values(), strict=True):
