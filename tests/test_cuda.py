@@ -1,5 +1,5 @@
 """The paper model on a GPU: forward/backward in float32 and under bf16 autocast; a compiled
-bf16 training step.
+bf16 training step; the compiled optimizer step.
 
 Skipped on machines without CUDA (CI has none); run them on a GPU box with ``make test``.
 """
@@ -82,3 +82,33 @@ def test_compiled_bf16_training_step_matches_eager_on_the_gpu():
     assert torch.isfinite(got_loss) and torch.isfinite(got_grads).all()
     assert (got_loss - expected_loss).abs() < 0.01
     assert (got_grads - expected_grads).norm() <= 0.05 * expected_grads.norm()
+
+
+@pytest.mark.parametrize("name", ["Adamax", "Adam"])
+def test_compiled_optimizer_step_matches_eager_on_the_gpu(name):
+    # On the GPU the lr tensor and the capturable step counts live on the device; the saved
+    # state must still be an eager optimizer's (float lr, step counts on the host).
+    import warnings
+
+    from utils import optimizer_parameters, optimizer_steps
+
+    from densflow.performance import compile_optimizer, optimizer_state_dict
+
+    optim = getattr(torch.optim, name)
+    eager_params = optimizer_parameters(dtype=torch.float32, device="cuda")
+    compiled_params = optimizer_parameters(dtype=torch.float32, device="cuda")
+    start = [p.detach().clone() for p in eager_params]
+    eager = optim(eager_params, lr=1e-3, foreach=True)
+    compiled = optim(compiled_params, lr=1e-3, foreach=True)
+    compile_optimizer(compiled)
+    lrs = [1e-3, 5e-4, 2e-4]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no silent fallback to eager
+        optimizer_steps(eager, eager_params, lrs, torch.Generator().manual_seed(1))
+        optimizer_steps(compiled, compiled_params, lrs, torch.Generator().manual_seed(1))
+    assert compiled.param_groups[0]["lr"].device.type == "cuda"
+    for p0, a, b in zip(start, eager_params, compiled_params, strict=True):
+        assert (b - a).norm() <= 1e-3 * (a - p0).norm()  # float32 parameters of size ~1
+    saved = optimizer_state_dict(compiled)
+    assert type(saved["param_groups"][0]["lr"]) is float
+    assert all(s["step"].device.type == "cpu" for s in saved["state"].values())

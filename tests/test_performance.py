@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from utils import init_actnorms, loss_and_flat_grads, perturb
+from utils import (init_actnorms, loss_and_flat_grads, optimizer_parameters, optimizer_steps,
+                   perturb)
 
 from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
 from densflow.attention import iterative_pinv
 from densflow.performance import (autocast, compile_model, compile_optimizer, optimizer_state_dict,
-                                  set_lr, to_channels_last)
+                                  to_channels_last)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -213,20 +214,6 @@ def test_benchmark_peak_memory_sees_a_transient_allocation():
 # ----------------------------------------------------------------------------- the optimizer
 
 
-def _parameters(seed: int = 0) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    shapes = [(8, 4, 3, 3), (8,), (5, 5)]
-    return [torch.randn(s, generator=g, dtype=torch.float64).requires_grad_() for s in shapes]
-
-
-def _steps(optimizer, params, lrs, g: torch.Generator) -> None:
-    for lr in lrs:
-        for p in params:
-            p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
-        set_lr(optimizer, lr)
-        optimizer.step()
-
-
 @pytest.mark.parametrize("name, backend, rtol",
                          [("Adamax", "inductor", 1e-6), ("Adam", "aot_eager", 1e-4)])
 def test_compiled_optimizer_makes_the_eager_update_and_a_schedule_does_not_recompile(
@@ -237,7 +224,7 @@ def test_compiled_optimizer_makes_the_eager_update_and_a_schedule_does_not_recom
     from torch._dynamo.testing import CompileCounterWithBackend
 
     optim = getattr(torch.optim, name)
-    eager_params, compiled_params = _parameters(), _parameters()
+    eager_params, compiled_params = optimizer_parameters(), optimizer_parameters()
     eager = optim(eager_params, lr=1e-3, foreach=True)
     compiled = optim(compiled_params, lr=1e-3, foreach=True)
     counter = CompileCounterWithBackend(backend)
@@ -247,11 +234,11 @@ def test_compiled_optimizer_makes_the_eager_update_and_a_schedule_does_not_recom
     lrs = [0.0, 1e-3, 5e-4, 2e-4]  # a warm-up and a decay
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a silent fallback to eager must fail here
-        _steps(eager, eager_params, lrs, torch.Generator().manual_seed(1))
+        optimizer_steps(eager, eager_params, lrs, torch.Generator().manual_seed(1))
         grads = torch.Generator().manual_seed(1)  # the same gradients
-        _steps(compiled, compiled_params, lrs[:1], grads)
+        optimizer_steps(compiled, compiled_params, lrs[:1], grads)
         first = counter.frame_count
-        _steps(compiled, compiled_params, lrs[1:], grads)
+        optimizer_steps(compiled, compiled_params, lrs[1:], grads)
     assert first > 0 and counter.frame_count == first  # no recompilation when the lr changes
     # float64 parameters: what remains is torch's float32 step count, from which a capturable
     # update computes its bias corrections (eagerly, in Python floats): ~1e-7 relative for
@@ -268,8 +255,8 @@ def test_compiled_optimizer_makes_the_eager_update_and_a_schedule_does_not_recom
     resumed_params = [p.detach().clone().requires_grad_() for p in compiled_params]
     resumed = optim(resumed_params, lr=1.0, foreach=True)
     resumed.load_state_dict(saved)
-    _steps(resumed, resumed_params, [1e-4], torch.Generator().manual_seed(2))
-    _steps(eager, eager_params, [1e-4], torch.Generator().manual_seed(2))
+    optimizer_steps(resumed, resumed_params, [1e-4], torch.Generator().manual_seed(2))
+    optimizer_steps(eager, eager_params, [1e-4], torch.Generator().manual_seed(2))
     for a, b in zip(eager_params, resumed_params, strict=True):
         assert torch.allclose(a, b, rtol=0, atol=100 * rtol * 1e-3)  # lr ≤ 1e-3 per step
 
@@ -278,13 +265,13 @@ def test_compiled_optimizer_falls_back_to_the_eager_update(model_and_images):
     def broken_backend(graph_module, example_inputs):
         raise RuntimeError("no compiler here")
 
-    eager_params, compiled_params = _parameters(), _parameters()
+    eager_params, compiled_params = optimizer_parameters(), optimizer_parameters()
     eager = torch.optim.Adam(eager_params, lr=1e-3, foreach=True)
     compiled = torch.optim.Adam(compiled_params, lr=1e-3, foreach=True)
     compile_optimizer(compiled, backend=broken_backend)
     with pytest.warns(RuntimeWarning, match="running Adam.step eagerly"):
-        _steps(compiled, compiled_params, [1e-3, 5e-4], torch.Generator().manual_seed(1))
-    _steps(eager, eager_params, [1e-3, 5e-4], torch.Generator().manual_seed(1))
+        optimizer_steps(compiled, compiled_params, [1e-3, 5e-4], torch.Generator().manual_seed(1))
+    optimizer_steps(eager, eager_params, [1e-3, 5e-4], torch.Generator().manual_seed(1))
     assert compiled.param_groups[0]["lr"] == 5e-4 and not compiled.param_groups[0]["capturable"]
     for a, b in zip(eager_params, compiled_params, strict=True):
         assert torch.equal(a, b)

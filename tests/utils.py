@@ -41,3 +41,23 @@ def loss_and_flat_grads(model: nn.Module, x: Tensor, amp: str = "none") -> tuple
         loss = bits_per_dim(model(x), x.shape[1:]).mean()
     loss.backward()
     return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def optimizer_parameters(seed: int = 0, dtype: torch.dtype = torch.float64,
+                         device: str = "cpu") -> list[Tensor]:
+    """A conv weight, a bias and a matrix: a small parameter list for optimizer tests."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(8, 4, 3, 3), (8,), (5, 5)]
+    return [torch.randn(s, generator=g, dtype=dtype).to(device).requires_grad_() for s in shapes]
+
+
+def optimizer_steps(optimizer: torch.optim.Optimizer, params: list[Tensor], lrs: list[float],
+                    g: torch.Generator) -> None:
+    """One step per learning rate in ``lrs``, with standard-normal gradients drawn from ``g``."""
+    from densflow.performance import set_lr
+
+    for lr in lrs:
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device)
+        set_lr(optimizer, lr)
+        optimizer.step()
