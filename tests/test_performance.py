@@ -204,11 +204,16 @@ def test_benchmark_reports_ratios_against_the_baseline_of_the_same_run(tmp_path)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self")
 def test_benchmark_peak_memory_sees_a_transient_allocation():
     # The kernel's high-water mark: a peak freed again before the end still counts, with no
-    # sampling thread to compete with the timed threads.
+    # sampling thread to compete with the timed threads. Fresh pages from mmap (malloc could
+    # reuse memory that is already resident in this long-lived process).
+    import mmap
+
     import benchmark
     with benchmark.PeakRSS() as rss:
-        x = torch.ones(16 * 2**20)  # 64 MiB, written, so resident
-        del x
+        with mmap.mmap(-1, 64 * 2**20) as pages:  # 64 MiB, written, so resident
+            mib = b"\1" * 2**20
+            for _ in range(64):
+                pages.write(mib)
     assert 60 * 2**20 < rss.bytes < 256 * 2**20
 
 # ----------------------------------------------------------------------------- the optimizer
