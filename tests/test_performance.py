@@ -200,7 +200,6 @@ def test_benchmark_reports_ratios_against_the_baseline_of_the_same_run(tmp_path)
     assert channels_last["max_rel_logp_diff"] < 1e-5
 
 
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self")
 def test_benchmark_peak_memory_sees_a_transient_allocation():
     # The kernel's high-water mark: a peak freed again before the end still counts, with no
@@ -215,6 +214,7 @@ def test_benchmark_peak_memory_sees_a_transient_allocation():
             for _ in range(64):
                 pages.write(mib)
     assert 60 * 2**20 < rss.bytes < 256 * 2**20
+
 
 # ----------------------------------------------------------------------------- the optimizer
 
@@ -266,7 +266,7 @@ def test_compiled_optimizer_makes_the_eager_update_and_a_schedule_does_not_recom
         assert torch.allclose(a, b, rtol=0, atol=100 * rtol * 1e-3)  # lr ≤ 1e-3 per step
 
 
-def test_compiled_optimizer_falls_back_to_the_eager_update(model_and_images):
+def test_compiled_optimizer_falls_back_to_the_eager_update():
     def broken_backend(graph_module, example_inputs):
         raise RuntimeError("no compiler here")
 
