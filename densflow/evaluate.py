@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .bounds import bits_per_dim
 from .checkpoint import atomic_save
 from .model import DenseFlow
+from .performance import autocast
 
 __all__ = [
     "EvalResult", "PAPER_IW_SAMPLES", "collate_images", "evaluate", "progress_interval",
@@ -106,6 +107,7 @@ def evaluate(
     partial_path: str | os.PathLike | None = None,
     save_interval_s: float = 60.0,
     num_workers: int = 0,
+    amp: str = "none",
 ) -> EvalResult:
     """Bits/dim of ``model`` on ``dataset``: single-sample and, with ``iw_samples``, importance-
     weighted.
@@ -133,6 +135,12 @@ def evaluate(
             ``save_interval_s`` seconds (0: after every batch), read back by a later call with the
             same arguments and model, and deleted when the evaluation completes.
         num_workers: DataLoader workers.
+        amp: ``"bf16"`` runs the coupling and conditioning networks in bfloat16
+            (:func:`densflow.performance.autocast`; log-dets, prior and bits/dim stay float32,
+            within 0.01 bits/dim of float32). The paper's numbers are float32: the default.
+            For the other speed switches, prepare the model first:
+            :func:`~densflow.performance.to_channels_last`,
+            :func:`~densflow.performance.compile_model`.
 
     Returns:
         An :class:`EvalResult`.
@@ -145,6 +153,9 @@ def evaluate(
     settings = {"n_images": n, "batch_size": batch_size, "iw_samples": iw_samples,
                 "chunk_size": chunk_size, "single": single,
                 "seed": seed if generator is None else "caller's generator"}
+    if amp != "none":  # float32 keeps the settings of progress files written before amp existed
+        settings["amp"] = amp
+    precision = autocast(device, amp)  # checks amp before any work
     if generator is None:
         generator = torch.Generator(device).manual_seed(seed)
     per_single: list[Tensor] = []
@@ -176,7 +187,7 @@ def evaluate(
                disable=None if progress is None else not progress)
     last_save = time.monotonic()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), precision:
             for x in loader:
                 x = x.to(device)
                 if single:

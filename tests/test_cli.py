@@ -55,7 +55,7 @@ def test_bad_options_exit_with_status_2(capsys):
         main(["train", "--schedule", "cosine"])
 
 
-def test_train_eval_sample_end_to_end(tmp_path, capsys):
+def test_train_eval_sample_end_to_end(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     code = main(["train", "--preset", "smoke", "--dataset", "photos", "--out-dir", str(run),
                  "--batch-size", "8", "--max-steps", "3", "--log-every", "1", "--no-progress"])
@@ -73,6 +73,19 @@ def test_train_eval_sample_end_to_end(tmp_path, capsys):
     assert printed["dataset"] == "photos" and printed["n_images"] == 8  # from the checkpoint
     assert 0 < printed["bpd_iw"] < 9 and 0 < printed["bpd_single"] < 9
     assert not (tmp_path / "eval.json.partial").exists()
+
+    compiled = []  # compiling for real is tests/test_performance.py's job: minutes on a CPU
+    monkeypatch.setattr("densflow.performance.compile_model", compiled.append)
+    code = main(["eval", str(checkpoint), "--limit", "8", "--batch-size", "4", "--iw-samples",
+                 "2", "--chunk-size", "2", "--device", "cpu", "--amp", "bf16",
+                 "--channels-last", "--compile"])
+    assert code == 0
+    fast = json.loads(capsys.readouterr().out)
+    [flow] = compiled
+    assert all(w.is_contiguous(memory_format=torch.channels_last)
+               for w in flow.parameters() if w.dim() == 4)
+    for bound in ("bpd_single", "bpd_iw"):  # bf16 networks: close to float32, not equal
+        assert 0 < abs(fast[bound] - printed[bound]) < 0.01
 
     png = tmp_path / "samples.png"
     assert main(["sample", str(checkpoint), "--out", str(png), "--n", "4", "--nrow", "2"]) == 0

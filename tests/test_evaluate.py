@@ -55,6 +55,37 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(model, tmp_path, 
     assert resumed.n_images == 10 and resumed.per_image_iw.shape == (10,)
 
 
+def test_bf16_evaluation_is_within_0_01_bits_per_dim_and_not_resumed_from_float32(
+        model, tmp_path, monkeypatch):
+    data = TensorDataset(images(8))
+    kwargs = dict(batch_size=4, iw_samples=3, chunk_size=2, seed=5, progress=False)
+    fp32 = evaluate(model, data, **kwargs)
+    bf16 = evaluate(model, data, amp="bf16", **kwargs)
+    for a, b in [(fp32.per_image_single, bf16.per_image_single),
+                 (fp32.per_image_iw, bf16.per_image_iw)]:
+        assert np.abs(a - b).max() < 0.01
+        assert not np.array_equal(a, b)  # the networks really ran in bf16
+    with pytest.raises(ValueError, match="amp must be one of"):
+        evaluate(model, data, amp="fp16", **kwargs)
+
+    partial = tmp_path / "eval.partial"
+    real, calls = model.log_prob, []
+
+    def flaky(x, generator=None):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(x, generator)
+
+    monkeypatch.setattr(model, "log_prob", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, data, partial_path=partial, save_interval_s=0, **kwargs)
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match="starting over"):  # float32 progress, a bf16 run
+        resumed = evaluate(model, data, partial_path=partial, amp="bf16", **kwargs)
+    assert np.array_equal(resumed.per_image_iw, bf16.per_image_iw)
+
+
 def test_a_partial_file_of_other_settings_is_not_used(model, tmp_path, monkeypatch):
     data = TensorDataset(images(8))
     partial = tmp_path / "eval.partial"
