@@ -1,0 +1,87 @@
+"""Training under ``torchrun``: two CPU processes (gloo, over loopback) stay in step and resume
+exactly, as the single-process runs of ``test_train.py`` do."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from densflow.train import CHECKPOINT_NAME, read_checkpoint, read_metrics
+
+pytestmark = pytest.mark.slow  # three torchrun launches, ≈ 1 minute
+
+# Each rank trains the tiny model on the same 24 random 16×16 images (its shard: 12), then saves
+# what it ends with, so that the ranks can be compared.
+RANK_SCRIPT = textwrap.dedent("""
+    import os, sys, torch
+    from torch.utils.data import TensorDataset
+    from densflow.train import TrainConfig, Trainer
+
+    out_dir, max_steps = sys.argv[1], int(sys.argv[2])
+    x = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig(dataset="photos", model="tiny", image_size=16, batch_size=2, epochs=1,
+                      warmup_steps=2, out_dir=out_dir, log_every=1, checkpoint_every=1,
+                      eval_every=0, max_steps=max_steps, progress=False)
+    trainer = Trainer(cfg, train_set=TensorDataset(x[:24]), test_set=TensorDataset(x[24:]))
+    trainer.fit()
+    torch.save({"params": dict(trainer.model.named_parameters()),
+                "optimizer": trainer.optimizer.state_dict()["state"]},
+               os.path.join(out_dir, f"rank{os.environ['RANK']}.pt"))
+""")
+
+
+def torchrun(script: Path, out_dir: Path, max_steps: int) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                          os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(out_dir), str(max_steps)],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def final_state(out_dir: Path, rank: int) -> dict:
+    return torch.load(out_dir / f"rank{rank}.pt", weights_only=True)
+
+
+def assert_equal_states(a: dict, b: dict) -> None:
+    assert a["params"].keys() == b["params"].keys()
+    for name in a["params"]:
+        assert torch.equal(a["params"][name], b["params"][name]), name
+    for k, state in a["optimizer"].items():
+        for key, value in state.items():
+            assert torch.equal(value, b["optimizer"][k][key]), (k, key)
+
+
+def test_two_ranks_stay_in_step_and_resume_exactly(tmp_path):
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    full, split = tmp_path / "full", tmp_path / "split"
+    torchrun(script, full, 4)
+    torchrun(script, split, 2)
+    after_two = read_checkpoint(split / CHECKPOINT_NAME)
+    torchrun(script, split, 4)  # resumes from step 2
+
+    ranks = [final_state(full, r) for r in (0, 1)]
+    assert_equal_states(*ranks)  # DDP averaged the gradients of two different shards
+    for r in (0, 1):  # a resumed distributed run is the uninterrupted one, on every rank
+        assert_equal_states(ranks[r], final_state(split, r))
+
+    checkpoint = read_checkpoint(full / CHECKPOINT_NAME)  # written by rank 0 alone
+    assert checkpoint["progress"]["step"] == 4
+    assert checkpoint["data_order"]["world_size"] == 2
+    for name, value in ranks[0]["params"].items():
+        assert torch.equal(checkpoint["model"][name], value), name
+    moved = [n for n, v in ranks[0]["params"].items() if not torch.equal(after_two["model"][n], v)]
+    assert len(moved) > len(ranks[0]["params"]) // 2  # steps 3-4 trained
+
+    steps = [e["step"] for e in read_metrics(full) if e["event"] == "train"]
+    assert steps == [1, 2, 3, 4]  # one log per step, from rank 0 only
