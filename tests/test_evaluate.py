@@ -27,24 +27,31 @@ def model() -> DenseFlow:
     return init_actnorms(flow, images(8, 1), generator=torch.Generator().manual_seed(1))
 
 
+def interrupt(model, monkeypatch, at_call: int, **evaluate_kwargs) -> None:
+    """Run ``evaluate`` until the ``at_call``-th ``log_prob`` call raises KeyboardInterrupt, as
+    a user's Ctrl-C would, leaving its progress file behind."""
+    real, calls = model.log_prob, []
+
+    def flaky(x, generator=None):
+        calls.append(1)
+        if len(calls) == at_call:
+            raise KeyboardInterrupt
+        return real(x, generator)
+
+    monkeypatch.setattr(model, "log_prob", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, save_interval_s=0, **evaluate_kwargs)
+    monkeypatch.undo()
+
+
 def test_an_interrupted_evaluation_resumes_to_the_same_numbers(model, tmp_path, monkeypatch):
     data = TensorDataset(images(10))  # batches of 4, 4, 2
     kwargs = dict(batch_size=4, iw_samples=3, chunk_size=2, seed=5, progress=False)
     reference = evaluate(model, data, **kwargs)
 
     partial = tmp_path / "eval.partial"
-    real, calls = model.log_prob, []
-
-    def flaky(x, generator=None):
-        calls.append(1)
-        if len(calls) == 4:  # batch 0 took 3 calls (1 single-sample + 2 chunks of the IW bound)
-            raise KeyboardInterrupt
-        return real(x, generator)
-
-    monkeypatch.setattr(model, "log_prob", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        evaluate(model, data, partial_path=partial, save_interval_s=0, **kwargs)
-    monkeypatch.undo()
+    # Batch 0 takes 3 calls (1 single-sample + 2 chunks of the IW bound): stop in batch 1.
+    interrupt(model, monkeypatch, 4, dataset=data, partial_path=partial, **kwargs)
     assert partial.exists() and model.training is False  # the mode is restored on the way out
 
     resumed = evaluate(model, data, partial_path=partial, **kwargs)
@@ -69,18 +76,7 @@ def test_bf16_evaluation_is_within_0_01_bits_per_dim_and_not_resumed_from_float3
         evaluate(model, data, amp="fp16", **kwargs)
 
     partial = tmp_path / "eval.partial"
-    real, calls = model.log_prob, []
-
-    def flaky(x, generator=None):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(x, generator)
-
-    monkeypatch.setattr(model, "log_prob", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        evaluate(model, data, partial_path=partial, save_interval_s=0, **kwargs)
-    monkeypatch.undo()
+    interrupt(model, monkeypatch, 4, dataset=data, partial_path=partial, **kwargs)
     with pytest.warns(UserWarning, match="starting over"):  # float32 progress, a bf16 run
         resumed = evaluate(model, data, partial_path=partial, amp="bf16", **kwargs)
     assert np.array_equal(resumed.per_image_iw, bf16.per_image_iw)
@@ -89,20 +85,8 @@ def test_bf16_evaluation_is_within_0_01_bits_per_dim_and_not_resumed_from_float3
 def test_a_partial_file_of_other_settings_is_not_used(model, tmp_path, monkeypatch):
     data = TensorDataset(images(8))
     partial = tmp_path / "eval.partial"
-    real = model.log_prob
-    calls = []
-
-    def flaky(x, generator=None):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(x, generator)
-
-    monkeypatch.setattr(model, "log_prob", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        evaluate(model, data, batch_size=4, seed=0, progress=False, partial_path=partial,
-                 save_interval_s=0)
-    monkeypatch.undo()
+    interrupt(model, monkeypatch, 2, dataset=data, batch_size=4, seed=0, progress=False,
+              partial_path=partial)
     with pytest.warns(UserWarning, match="starting over"):
         other = evaluate(model, data, batch_size=4, seed=1, progress=False, partial_path=partial)
     fresh = evaluate(model, data, batch_size=4, seed=1, progress=False)
