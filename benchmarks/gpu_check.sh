@@ -38,7 +38,7 @@ part benchmark_iw 900 "$py" benchmarks/benchmark.py --paper --repeats 1 --steps 
     --eval-batch 16 --iw-samples 100 --iw-chunk 50 --variants eager,channels_last+bf16 \
     --json "$out/benchmark_iw.json"
 part train_paper 900 "$py" -m densflow train --dataset photos --model paper --image-size 32 \
-    --batch-size 64 --max-steps 300 \
+    --batch-size 64 --epochs 10 --max-steps 300 \
     --log-every 50 --eval-every 0 --compile --amp bf16 --channels-last --no-progress \
     --out-dir "$out/train_paper"
 exit $status
