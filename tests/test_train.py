@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from torch.utils.data import TensorDataset
+from utils import assert_same_training_state
 
 from densflow import DenseFlowConfig, performance
 from densflow import train as train_module
@@ -58,14 +59,8 @@ def run(cfg: TrainConfig, patch=None) -> Trainer:
 
 
 def assert_same_state(a: Trainer, b: Trainer) -> None:
-    for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values(),
-                            strict=True):
-        assert torch.equal(x, y), name
-    sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        for key in sa[k]:
-            assert torch.equal(sa[k][key], sb[k][key]), (k, key)
+    assert_same_training_state(a.model.state_dict(), a.optimizer.state_dict()["state"],
+                               b.model.state_dict(), b.optimizer.state_dict()["state"])
 
 
 def series(out_dir) -> list[tuple]:

@@ -61,3 +61,17 @@ def optimizer_steps(optimizer: torch.optim.Optimizer, params: list[Tensor], lrs:
             p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device)
         set_lr(optimizer, lr)
         optimizer.step()
+
+
+def assert_same_training_state(model_a: dict[str, Tensor], optimizer_a: dict,
+                               model_b: dict[str, Tensor], optimizer_b: dict) -> None:
+    """Bit-equal model tensors, name by name, and bit-equal optimizer states (the ``"state"`` of
+    ``optimizer.state_dict()``): what an exact resume must give."""
+    assert model_a.keys() == model_b.keys()
+    for name, x in model_a.items():
+        assert torch.equal(x, model_b[name]), name
+    assert optimizer_a.keys() == optimizer_b.keys()
+    for k, state in optimizer_a.items():
+        assert state.keys() == optimizer_b[k].keys(), k
+        for key, value in state.items():
+            assert torch.equal(value, optimizer_b[k][key]), (k, key)
