@@ -82,20 +82,20 @@ class NystromAttention(nn.Module):
         self.qkv = nn.Conv2d(in_channels, 3 * embed_dim, kernel_size=1)
         self.out = nn.Conv2d(embed_dim, in_channels, kernel_size=1)
 
-    def tokens(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Queries, keys and values ``(B, H·W, E)`` by DenseFlow's memory-order reshape."""
-        b, _, h, w = x.shape
-        qkv = self.qkv(x).reshape(b, h * w, 3 * self.embed_dim)  # not a transpose, on purpose
-        return qkv.split(self.embed_dim, dim=-1)
-
     def forward(self, x: Tensor) -> Tensor:
-        b, _, h, w = x.shape
-        n, m = h * w, self.num_landmarks
+        return self.attend(self.qkv(x))
+
+    def attend(self, qkv: Tensor) -> Tensor:
+        """The attention given the projection ``qkv = self.qkv(x)`` ``(B, 3E, H, W)``; returns
+        ``(B, in_channels, H, W)``. A caller that computes ``qkv`` together with other 1×1
+        convolutions of ``x`` (see :class:`~densflow.coupling.CouplingNet`) passes it here."""
+        b, _, h, w = qkv.shape
+        n, m, e = h * w, self.num_landmarks, self.embed_dim
         if n % m:
             raise ValueError(f"Nyström attention needs H·W divisible by {m} landmarks, got {h}×{w}")
-        q, k, v = self.tokens(x)
-        q_land = q.reshape(b, m, n // m, self.embed_dim).mean(dim=2) / math.sqrt(n)  # (B, m, E)
-        k_land = k.reshape(b, m, n // m, self.embed_dim).mean(dim=2) / math.sqrt(n)
+        q, k, v = qkv.reshape(b, n, 3 * e).split(e, dim=-1)  # memory order, not a transpose
+        q_land = q.reshape(b, m, n // m, e).mean(dim=2) / math.sqrt(n)  # (B, m, E)
+        k_land = k.reshape(b, m, n // m, e).mean(dim=2) / math.sqrt(n)
         k1 = torch.softmax(q @ k_land.transpose(-1, -2), dim=-2)  # (B, n, m)
         k2 = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-2)  # (B, m, m)
         k3 = torch.softmax(q_land @ k.transpose(-1, -2), dim=-2)  # (B, m, n)
@@ -104,4 +104,4 @@ class NystromAttention(nn.Module):
         with full_precision(k2):
             k2_pinv = iterative_pinv(k2.to(ldj_dtype(k2)), self.pinv_iterations)
         out = (k1 @ k2_pinv.to(k1.dtype)) @ (k3 @ v) + v  # (B, n, E)
-        return self.out(out.reshape(b, self.embed_dim, h, w))  # memory-order back to a map
+        return self.out(out.reshape(b, e, h, w))  # memory-order back to a map

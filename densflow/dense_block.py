@@ -27,8 +27,11 @@ class DenseLayer(nn.Module):
         self.conv_in = nn.Conv2d(in_channels, in_channels, kernel_size=1)
         self.conv_out = nn.Conv2d(in_channels, growth, kernel_size=3, padding=1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = torch.relu(self.conv_out(torch.relu(self.conv_in(x))))
+    def forward(self, x: Tensor, x_in: Tensor | None = None) -> Tensor:
+        """``x_in``: ``conv_in(x)``, if the caller has computed it already."""
+        if x_in is None:
+            x_in = self.conv_in(x)
+        h = torch.relu(self.conv_out(torch.relu(x_in)))
         return torch.cat([x, h], dim=1)
 
 
@@ -71,6 +74,11 @@ class DenseBlock(nn.Module):
         )
         self.gate = GatedConv1x1(in_channels + depth * growth, out_channels)
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.gate(self.layers(x))
+    def forward(self, x: Tensor, first_in: Tensor | None = None) -> Tensor:
+        """``first_in``: the first layer's ``conv_in(x)``, if the caller has computed it already
+        (:class:`~densflow.coupling.CouplingNet` does, together with other 1×1 convolutions)."""
+        h = x
+        for k, layer in enumerate(self.layers):
+            h = layer(h, first_in if k == 0 else None)
+        h = self.gate(h)
         return x + h if self.residual else h

@@ -114,6 +114,49 @@ def test_affine_coupling_starts_as_identity():
     assert torch.equal(z, x) and torch.all(ldj == 0)
 
 
+def plain_coupling_net(net: CouplingNet, x: torch.Tensor) -> torch.Tensor:
+    """Fig. 2 as drawn: every convolution of ``net`` called on its own."""
+    h = net.in_conv(x)
+    u = torch.cat([net.attention(h), net.dense.gate(net.dense.layers(h))], dim=1)
+    return net.out_conv(net.mix_conv(torch.relu(net.mix_norm(u))))
+
+
+def test_coupling_net_composed_convolutions_equal_the_plain_network_and_its_gradients():
+    # CouplingNet composes adjacent 1×1 convolutions into fewer calls: the output and every
+    # parameter's gradient must equal those of the network called layer by layer.
+    net = perturb(CouplingNet(3, 6, mid_channels=8, dense_depth=2, dense_growth=4), 0.3)
+    x = torch.randn(2, 3, 8, 8)
+    weights = torch.randn(2, 6, 8, 8)
+    grads = []
+    for forward in (net, lambda t: plain_coupling_net(net, t)):
+        net.zero_grad()
+        y = forward(x)
+        (y * weights).sum().backward()
+        grads.append((y.detach(), [p.grad.clone() for p in net.parameters()]))
+    (y_fused, g_fused), (y_plain, g_plain) = grads
+    assert y_plain.abs().max() > 0.1 and torch.allclose(y_fused, y_plain, rtol=0, atol=1e-12)
+    scale = max(g.abs().max() for g in g_plain)  # some are ~0: a bias followed by a batch norm
+    for (name, _), a, b in zip(net.named_parameters(), g_fused, g_plain, strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12 * scale), name
+
+
+def test_coupling_net_composes_its_weights_in_float32_under_bf16_autocast():
+    # The products of weight matrices are formed in float32 and cast to bf16 once, by the
+    # convolution; autocast must not round them to bf16 first.
+    net = perturb(CouplingNet(3, 6, mid_channels=8, dense_depth=2, dense_growth=4), 0.3).float()
+    composed = [net._input_projection()[0], net._output_projection()[0]]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = [net._input_projection()[0], net._output_projection()[0]]
+        y = net(torch.randn(2, 3, 8, 8, dtype=torch.float32))
+    assert all(torch.equal(a, b) for a, b in zip(composed, under_autocast, strict=True))
+    assert y.dtype == torch.bfloat16
+
+
+def test_coupling_net_needs_a_dense_layer():
+    with pytest.raises(ValueError, match="dense_depth"):
+        CouplingNet(3, 6, mid_channels=8, dense_depth=0)
+
+
 def test_conditional_affine_coupling_inverts_given_the_same_context():
     net = torch.nn.Conv2d(3 + 2, 6, kernel_size=3, padding=1)
     coupling = AffineCoupling(6, net)
