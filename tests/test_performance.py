@@ -48,6 +48,27 @@ def test_channels_last_keeps_the_float32_likelihood(model_and_images):
     assert torch.allclose(got, expected, rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("backend", [None, "aot_eager"])
+def test_channels_last_gradients_have_their_parameters_layout(model_and_images, backend):
+    # What lets the Trainer silence DDP's stride warning under channels_last: a gradient's strides
+    # may differ from its parameter's only in dimensions of size 1, which address no memory.
+    model, x = model_and_images
+    model = to_channels_last(model.train())
+    if backend is not None:
+        compile_model(model, backend=backend)
+    loss = bits_per_dim(model(to_channels_last(x), generator=torch.Generator().manual_seed(0)),
+                        x.shape[1:]).mean()
+    loss.backward()
+
+    def layout(t):
+        return [stride for size, stride in zip(t.shape, t.stride(), strict=True) if size > 1]
+
+    params = list(model.named_parameters())
+    assert any(p.dim() == 4 and not p.is_contiguous() for _, p in params)  # NHWC 3×3 weights
+    for name, p in params:
+        assert layout(p.grad) == layout(p), name
+
+
 def test_bf16_autocast_keeps_log_dets_in_float32_and_bpd_within_0_01(model_and_images):
     model, x = model_and_images
     expected = bits_per_dim(reference_log_prob(model, x), x.shape[1:])
