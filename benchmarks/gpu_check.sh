@@ -12,7 +12,8 @@
 # Usage: [BUDGET=SECONDS] bash benchmarks/gpu_check.sh [OUT_DIR]   (PYTHON=... for the interpreter)
 # Each part has its own time limit and a failed part does not stop the others. With BUDGET, the
 # whole run ends within BUDGET seconds: each part's limit is cut to what is left, and parts that
-# would get under a minute are skipped (a GPU lent for 15 minutes: BUDGET=540 gets parts 1-3).
+# would get under a minute are skipped (a GPU lent for 15 minutes: BUDGET=540, estimated to get
+# parts 1-3).
 # The logs, the benchmark JSON and the training metrics land in OUT_DIR (default: gpu_check/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
