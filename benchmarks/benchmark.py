@@ -141,9 +141,14 @@ def time_calls(fn, device, warmup: int, iters: int, memory: dict | None = None) 
 
 def in_fresh_process(fn, *args):
     """Run ``fn(*args)`` in a new interpreter: clean allocator state and a clean peak memory."""
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1) as pool:
+    pool = multiprocessing.get_context("spawn").Pool(1)
+    try:
         return pool.apply(fn, args)
+    finally:
+        # close + join, not the context manager's terminate: a worker killed by SIGTERM skips its
+        # finalizers, and inductor's compile workers then leave their semaphores behind.
+        pool.close()
+        pool.join()
 
 
 def measure(setup: Setup, variant: str, device: torch.device, args) -> dict:
