@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import re
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -235,6 +238,50 @@ def test_benchmark_peak_memory_sees_a_transient_allocation():
             for _ in range(64):
                 pages.write(mib)
     assert 60 * 2**20 < rss.bytes < 256 * 2**20
+
+
+GPU_CHECK_PARTS = ["benchmark_paper32", "cuda_tests", "train_paper", "benchmark_paper32_compiled",
+                   "benchmark_paper64", "train_paper_compiled"]
+
+
+def run_gpu_check(tmp_path, stub_body: str, budget: int | None = None):
+    """benchmarks/gpu_check.sh with a stand-in interpreter (there is no GPU here): the stub
+    answers the script's CUDA check and logs every other call."""
+    stub = tmp_path / "python"
+    stub.write_text("#!/usr/bin/env bash\n"
+                    'if [ "$1" = -c ]; then echo "Stub GPU"; exit 0; fi\n'
+                    f'echo "$*" >> "{tmp_path}/calls"\n{stub_body}\n')
+    stub.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(stub)}
+    env.pop("BUDGET", None)
+    if budget is not None:
+        env["BUDGET"] = str(budget)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    done = subprocess.run(["bash", str(script), str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    calls = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
+    ran = [p for p in GPU_CHECK_PARTS if f"== {p}: exit" in done.stdout]
+    return done, calls, ran
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
+def test_gpu_check_runs_every_part_and_reports_a_failed_one(tmp_path):
+    # A failing part (the CUDA tests here) is reported, and the parts after it still run.
+    done, calls, ran = run_gpu_check(tmp_path, 'case "$*" in *test_cuda*) exit 1;; esac')
+    assert ran == GPU_CHECK_PARTS and len(calls) == 6
+    assert "== cuda_tests: exit 1 ==" in done.stdout and done.returncode == 1
+    assert "--preset paper --image-size 32 --batch-size 64" in calls[0]  # the H100 targets first
+    assert (tmp_path / "out" / "device.txt").read_text().strip() == "Stub GPU"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
+def test_gpu_check_stays_within_its_budget(tmp_path):
+    # 62 s of budget: the first part gets it all (and takes 3 s); then under a minute is left,
+    # so the rest is skipped rather than started and cut short.
+    done, calls, ran = run_gpu_check(tmp_path, "sleep 3", budget=62)
+    assert ran == ["benchmark_paper32"] and len(calls) == 1
+    assert re.search(r"== benchmark_paper32 \(limit 6[12]s\) ==", done.stdout)  # 1 s ticks
+    assert done.stdout.count("skipped") == 5 and done.returncode == 0
 
 
 # ----------------------------------------------------------------------------- the optimizer
