@@ -333,10 +333,6 @@ def learning_rate(config: TrainConfig, step: int, epoch: int) -> float:
 # Independent random streams derived from the run's seed.
 _INIT, _ORDER, _AUGMENT, _NOISE, _EVAL = range(5)
 
-# DistributedDataParallel's warning (once per process) that a gradient's strides differ from its
-# parameter's; see Trainer._train_step.
-_SPURIOUS_DDP_WARNING = "Grad strides do not match bucket view strides"
-
 
 def derive_seed(*keys: int) -> int:
     """A 63-bit seed from a tuple of non-negative integers (``numpy.random.SeedSequence``), so
@@ -646,14 +642,7 @@ class Trainer:
         with self._autocast():
             log_prob = net(x, self._noise)
         loss = bits_per_dim(log_prob.float().mean(), self.model.image_shape)
-        with warnings.catch_warnings():
-            # DDP gives each parameter's gradient bucket the parameter's strides and warns when
-            # a gradient's differ. Under channels_last they differ only for tensors shaped
-            # (·, ·, 1, 1): 1×1 weights and ActNorm's (1, C, 1, 1), whose two layouts are the
-            # same bytes (pytorch/pytorch#47163). tests/test_performance.py checks that every
-            # gradient has its parameter's layout in the dimensions larger than 1.
-            warnings.filterwarnings("ignore", message=_SPURIOUS_DDP_WARNING)
-            loss.backward()
+        loss.backward()
         max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))  # the one read per step
@@ -836,6 +825,13 @@ class Trainer:
         if not tdist.is_initialized():
             tdist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         ids = [self.device.index] if self.device.type == "cuda" else None
+        # DDP gives each parameter's gradient bucket the parameter's strides and warns (once)
+        # when a gradient's differ. Under channels_last they differ only for tensors shaped
+        # (·, ·, 1, 1), 1×1 weights and ActNorm's (1, C, 1, 1), whose two layouts are the same
+        # bytes (pytorch/pytorch#47163); tests/test_performance.py checks that every gradient has
+        # its parameter's layout in the dimensions larger than 1. A filter for the process (a
+        # warnings.catch_warnings around each step would make every other warning repeat).
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         return DistributedDataParallel(model, device_ids=ids)
 
 

@@ -108,5 +108,5 @@ def test_compiled_channels_last_ranks_stay_in_step_and_follow_eager(tmp_path):
     assert_equal_states(*ranks)
     for name, x in final_state(eager, 0)["params"].items():
         assert torch.allclose(ranks[0]["params"][name], x, rtol=1e-4, atol=1e-6), name
-    # Only nominal stride differences, which the Trainer silences (see Trainer._train_step).
+    # Only nominal stride differences, which the Trainer silences (see Trainer._wrap).
     assert "Grad strides do not match" not in output
