@@ -143,12 +143,15 @@ def in_fresh_process(fn, *args):
     """Run ``fn(*args)`` in a new interpreter: clean allocator state and a clean peak memory."""
     pool = multiprocessing.get_context("spawn").Pool(1)
     try:
-        return pool.apply(fn, args)
-    finally:
-        # close + join, not the context manager's terminate: a worker killed by SIGTERM skips its
-        # finalizers, and inductor's compile workers then leave their semaphores behind.
-        pool.close()
-        pool.join()
+        result = pool.apply(fn, args)
+    except BaseException:  # Ctrl-C included: a join could wait for a worker that is gone
+        pool.terminate()
+        raise
+    # close + join, not the context manager's terminate: a worker killed by SIGTERM skips its
+    # finalizers, and inductor's compile workers then leave their semaphores behind.
+    pool.close()
+    pool.join()
+    return result
 
 
 def measure(setup: Setup, variant: str, device: torch.device, args) -> dict:
