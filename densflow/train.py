@@ -825,13 +825,17 @@ class Trainer:
         if not tdist.is_initialized():
             tdist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         ids = [self.device.index] if self.device.type == "cuda" else None
-        # DDP gives each parameter's gradient bucket the parameter's strides and warns (once)
-        # when a gradient's differ. Under channels_last they differ only for tensors shaped
-        # (·, ·, 1, 1), 1×1 weights and ActNorm's (1, C, 1, 1), whose two layouts are the same
-        # bytes (pytorch/pytorch#47163); tests/test_performance.py checks that every gradient has
-        # its parameter's layout in the dimensions larger than 1. A filter for the process (a
-        # warnings.catch_warnings around each step would make every other warning repeat).
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        if self.config.channels_last:
+            # DDP gives each parameter's gradient bucket the parameter's strides and warns (once)
+            # when a gradient's differ. Under channels_last they differ only for tensors shaped
+            # (·, ·, 1, 1), 1×1 weights and ActNorm's (1, C, 1, 1), whose two layouts are the
+            # same bytes (pytorch/pytorch#47163); tests/test_performance.py checks that every
+            # gradient has its parameter's layout in the dimensions larger than 1. (Without
+            # channels_last no strides differ, so there the warning would be news.) A filter for
+            # the process: a warnings.catch_warnings around each step would make every other
+            # warning repeat.
+            warnings.filterwarnings(
+                "ignore", message="Grad strides do not match bucket view strides")
         return DistributedDataParallel(model, device_ids=ids)
 
 
