@@ -15,7 +15,7 @@ from utils import assert_same_training_state
 
 from densflow.train import CHECKPOINT_NAME, read_checkpoint, read_metrics
 
-pytestmark = pytest.mark.slow  # five torchrun launches, ≈ 1.5 minutes
+pytestmark = pytest.mark.slow  # four torchrun launches, ≈ 1.5 minutes
 
 # Each rank trains the tiny model on the same 24 random 16×16 images (its shard: 12), then saves
 # what it ends with, so that the ranks can be compared.
@@ -68,11 +68,23 @@ def assert_equal_states(a: dict, b: dict) -> None:
     assert_same_training_state(a["params"], a["optimizer"], b["params"], b["optimizer"])
 
 
-def test_two_ranks_stay_in_step_and_resume_exactly(tmp_path):
-    script = tmp_path / "rank.py"
-    script.write_text(RANK_SCRIPT)
-    full, split = tmp_path / "full", tmp_path / "split"
-    torchrun(script, full, 4)
+@pytest.fixture(scope="module")
+def script(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("script") / "rank.py"
+    path.write_text(RANK_SCRIPT)
+    return path
+
+
+@pytest.fixture(scope="module")
+def full(script, tmp_path_factory) -> Path:
+    """The uninterrupted eager run of 4 steps, which both tests compare with."""
+    out_dir = tmp_path_factory.mktemp("full")
+    torchrun(script, out_dir, 4)
+    return out_dir
+
+
+def test_two_ranks_stay_in_step_and_resume_exactly(script, full, tmp_path):
+    split = tmp_path / "split"
     torchrun(script, split, 2)
     after_two = read_checkpoint(split / CHECKPOINT_NAME)
     torchrun(script, split, 4)  # resumes from step 2
@@ -94,19 +106,16 @@ def test_two_ranks_stay_in_step_and_resume_exactly(tmp_path):
     assert steps == [1, 2, 3, 4]  # one log per step, from rank 0 only
 
 
-def test_compiled_channels_last_ranks_stay_in_step_and_follow_eager(tmp_path):
+def test_compiled_channels_last_ranks_stay_in_step_and_follow_eager(script, full, tmp_path):
     # --compile --channels-last under torchrun: the compiled flow inside DDP, whose gradient
     # buckets take the channels_last parameters' strides.
-    script = tmp_path / "rank.py"
-    script.write_text(RANK_SCRIPT)
-    eager, fast = tmp_path / "eager", tmp_path / "fast"
-    torchrun(script, eager, 4)
+    fast = tmp_path / "fast"
     output = torchrun(script, fast, 4, "fast")
     ranks = [final_state(fast, r) for r in (0, 1)]
     assert "torch.compile failed" not in output
     assert ranks[0]["graphs"] == 2  # the flow's likelihood and the optimizer step, one graph each
     assert_equal_states(*ranks)
-    for name, x in final_state(eager, 0)["params"].items():
+    for name, x in final_state(full, 0)["params"].items():
         assert torch.allclose(ranks[0]["params"][name], x, rtol=1e-4, atol=1e-6), name
     # Only nominal stride differences, which the Trainer silences (see Trainer._wrap).
     assert "Grad strides do not match" not in output
