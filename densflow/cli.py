@@ -160,7 +160,6 @@ def _load(args: argparse.Namespace) -> tuple[Any, str | None]:
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     from .data import CELEBA_CROPS, DATASETS
-    from .performance import AMP_MODES
 
     ev = sub.add_parser(
         "eval", help="test-set bits/dim of a checkpoint",
@@ -192,25 +191,28 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: 0)")
     ev.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="progress bar (default: only on a terminal)")
-    speed = ev.add_argument_group(
-        "speed", "switches of densflow.performance (docs/performance.md); each keeps the numbers "
-        "of the float32 path: within 1e-5 relative, bf16 within 0.01 bits/dim")
-    speed.add_argument("--amp", default="none", choices=AMP_MODES,
-                       help="bf16: the coupling networks in bfloat16, log-dets and bits/dim in "
-                       "float32; the paper's numbers are float32 (default: none)")
+    _add_speed_switches(ev, amp_help="bf16: the coupling networks in bfloat16, log-dets and "
+                        "bits/dim in float32; the paper's numbers are float32 (default: none)",
+                        compile_help="worth it for importance-weighted runs of the whole test set")
+    ev.set_defaults(run=_eval, parser=ev)
+
+
+def _add_speed_switches(parser: argparse.ArgumentParser, amp_help: str, compile_help: str) -> None:
+    from .performance import AMP_MODES
+
+    speed = parser.add_argument_group(
+        "speed", "switches of densflow.performance (docs/performance.md): --channels-last and "
+        "--compile change results by rounding only (1e-5 relative), --amp bf16 a little more")
+    speed.add_argument("--amp", default="none", choices=AMP_MODES, help=amp_help)
     speed.add_argument("--channels-last", action="store_true",
                        help="NHWC memory format for the convolutions")
     speed.add_argument("--compile", action="store_true",
                        help="torch.compile the flow: minutes of compilation, then faster passes; "
-                       "worth it for importance-weighted runs of the whole test set")
-    ev.set_defaults(run=_eval, parser=ev)
+                       + compile_help)
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from torch.utils.data import Subset
-
-    from .data import load_dataset
-    from .evaluate import PAPER_IW_SAMPLES, evaluate
+def _load_for_speed(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """:func:`_load`, then the model prepared for ``--channels-last`` and ``--compile``."""
     from .performance import compile_model, to_channels_last
 
     model, trained_on = _load(args)
@@ -218,6 +220,16 @@ def _eval(args: argparse.Namespace) -> int:
         model = to_channels_last(model)
     if args.compile:
         compile_model(model)
+    return model, trained_on
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from torch.utils.data import Subset
+
+    from .data import load_dataset
+    from .evaluate import PAPER_IW_SAMPLES, evaluate
+
+    model, trained_on = _load_for_speed(args)
     dataset = args.dataset or trained_on
     if dataset is None:
         args.parser.error("--dataset is needed: the checkpoint does not record its dataset")
@@ -254,6 +266,9 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--temperature", type=float, default=1.0,
                     help="scale of the prior's standard deviation (default: 1.0)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
+    _add_speed_switches(sp, amp_help="bf16: the coupling networks in bfloat16; the same draws, "
+                        "so pixels differ slightly from the float32 samples (default: none)",
+                        compile_help="worth it only for a large --n")
     sp.set_defaults(run=_sample)
 
 
@@ -262,10 +277,10 @@ def _sample(args: argparse.Namespace) -> int:
 
     from .evaluate import save_sample_grid
 
-    model, _ = _load(args)
+    model, _ = _load_for_speed(args)
     generator = torch.Generator(next(model.parameters()).device).manual_seed(args.seed)
     save_sample_grid(model, args.out, n=args.n, temperature=args.temperature,
-                     generator=generator, nrow=args.nrow)
+                     generator=generator, nrow=args.nrow, amp=args.amp)
     print(f"wrote {args.n} samples to {args.out}")
     return 0
 

@@ -90,6 +90,13 @@ def test_train_eval_sample_end_to_end(tmp_path, capsys, monkeypatch):
     png = tmp_path / "samples.png"
     assert main(["sample", str(checkpoint), "--out", str(png), "--n", "4", "--nrow", "2"]) == 0
     assert png.stat().st_size > 0
+    fast_png = tmp_path / "fast.png"
+    assert main(["sample", str(checkpoint), "--out", str(fast_png), "--n", "4", "--amp", "bf16",
+                 "--channels-last", "--compile"]) == 0
+    [_, flow] = compiled
+    assert all(w.is_contiguous(memory_format=torch.channels_last)
+               for w in flow.parameters() if w.dim() == 4)
+    assert fast_png.stat().st_size > 0
 
 
 def test_expected_failures_are_one_error_line_and_status_2(tmp_path, capsys, monkeypatch):
