@@ -14,6 +14,7 @@ pick up from there; the final numbers equal those of an uninterrupted run exactl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -32,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .bounds import bits_per_dim
 from .checkpoint import atomic_save
 from .model import DenseFlow
-from .performance import autocast
+from .performance import autocast, run_eagerly
 
 __all__ = [
     "EvalResult", "PAPER_IW_SAMPLES", "collate_images", "evaluate", "progress_interval",
@@ -140,7 +141,9 @@ def evaluate(
             within 0.01 bits/dim of float32). The paper's numbers are float32: the default.
             For the other speed switches, prepare the model first:
             :func:`~densflow.performance.to_channels_last`,
-            :func:`~densflow.performance.compile_model`.
+            :func:`~densflow.performance.compile_model`. A compiled model compiles once per
+            shape: the last batch, when smaller, runs eagerly instead
+            (:func:`~densflow.performance.run_eagerly`).
 
     Returns:
         An :class:`EvalResult`.
@@ -190,12 +193,16 @@ def evaluate(
         with torch.no_grad(), precision:
             for x in loader:
                 x = x.to(device)
-                if single:
-                    log_p = model.log_prob(x, generator)
-                    per_single.append(bits_per_dim(log_p, model.image_shape).cpu())
-                if iw_samples is not None:
-                    log_p = model.iw_log_prob(x, iw_samples, chunk_size, generator)
-                    per_iw.append(bits_per_dim(log_p, model.image_shape).cpu())
+                # A compiled model would compile the last, smaller batch anew (twice with
+                # iw_samples: its own shape and the repeated one) for a single use.
+                tail = len(x) < batch_size < n
+                with run_eagerly() if tail else contextlib.nullcontext():
+                    if single:
+                        log_p = model.log_prob(x, generator)
+                        per_single.append(bits_per_dim(log_p, model.image_shape).cpu())
+                    if iw_samples is not None:
+                        log_p = model.iw_log_prob(x, iw_samples, chunk_size, generator)
+                        per_iw.append(bits_per_dim(log_p, model.image_shape).cpu())
                 done += len(x)
                 bar.update(len(x))
                 if partial is not None and done < n and (

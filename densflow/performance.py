@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from .model import DenseFlow
 
 __all__ = ["AMP_MODES", "autocast", "to_channels_last", "compile_model", "compile_optimizer",
-           "set_lr", "optimizer_state_dict"]
+           "run_eagerly", "set_lr", "optimizer_state_dict"]
 
 AMP_MODES = ("none", "bf16")
 
@@ -119,6 +119,17 @@ def compile_model(model: DenseFlow, **compile_kwargs) -> list[str]:
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     return [name for name in COMPILED_METHODS
             if _compile_with_fallback(model, name, **compile_kwargs)]
+
+
+def run_eagerly() -> contextlib.AbstractContextManager:
+    """A context in which compiled functions run their eager code instead of compiling.
+
+    For a shape met once, such as the last, smaller batch of an evaluation, where a compilation
+    (minutes) costs more than the eager pass it replaces. ``torch.compiler.set_stance`` needs
+    torch 2.6; on older versions this is a no-op and such shapes compile as usual.
+    """
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
 def compile_optimizer(optimizer: torch.optim.Optimizer, **compile_kwargs) -> bool:

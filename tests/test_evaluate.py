@@ -62,6 +62,29 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(model, tmp_path, 
     assert resumed.n_images == 10 and resumed.per_image_iw.shape == (10,)
 
 
+def test_a_compiled_model_runs_the_last_smaller_batch_eagerly(model):
+    # Batches of 4, 4, 2 and the IW bound in chunks of 2. The full batches need two graphs: the
+    # single bound of 4 images and the IW pass of 8. The last batch would add a third (2 images)
+    # for one use; the "eager" backend counts the graphs without generating code.
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from densflow.performance import compile_model
+
+    data = TensorDataset(images(10))
+    kwargs = dict(batch_size=4, iw_samples=4, chunk_size=2, seed=5, progress=False)
+    reference = evaluate(model, data, **kwargs)
+    torch._dynamo.reset()  # a graph cached for an earlier test's model would not be counted
+    counter = CompileCounterWithBackend("eager")
+    compile_model(model, backend=counter)
+    result = evaluate(model, data, **kwargs)
+    assert counter.frame_count == 2
+    np.testing.assert_allclose(result.per_image_single, reference.per_image_single, rtol=1e-6)
+    np.testing.assert_allclose(result.per_image_iw, reference.per_image_iw, rtol=1e-6)
+    # A dataset of one batch is compiled like any other: the caller asked for it.
+    evaluate(model, TensorDataset(images(3)), **kwargs)
+    assert counter.frame_count == 4
+
+
 def test_bf16_evaluation_is_within_0_01_bits_per_dim_and_not_resumed_from_float32(
         model, tmp_path, monkeypatch):
     data = TensorDataset(images(8))
