@@ -213,14 +213,10 @@ def _add_speed_switches(parser: argparse.ArgumentParser, amp_help: str, compile_
 
 def _load_for_speed(args: argparse.Namespace) -> tuple[Any, str | None]:
     """:func:`_load`, then the model prepared for ``--channels-last`` and ``--compile``."""
-    from .performance import compile_model, to_channels_last
+    from .performance import prepare_model
 
     model, trained_on = _load(args)
-    if args.channels_last:
-        model = to_channels_last(model)
-    if args.compile:
-        compile_model(model)
-    return model, trained_on
+    return prepare_model(model, args.channels_last, args.compile), trained_on
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -139,9 +139,8 @@ def evaluate(
         amp: ``"bf16"`` runs the coupling and conditioning networks in bfloat16
             (:func:`densflow.performance.autocast`; log-dets, prior and bits/dim stay float32,
             within 0.01 bits/dim of float32). The paper's numbers are float32: the default.
-            For the other speed switches, prepare the model first:
-            :func:`~densflow.performance.to_channels_last`,
-            :func:`~densflow.performance.compile_model`. A compiled model compiles once per
+            For the other speed switches, prepare the model first
+            (:func:`~densflow.performance.prepare_model`). A compiled model compiles once per
             shape: the last batch, when smaller, runs eagerly instead
             (:func:`~densflow.performance.run_eagerly`).
 

@@ -29,8 +29,8 @@ from torch import Tensor, nn
 
 from .model import DenseFlow
 
-__all__ = ["AMP_MODES", "autocast", "to_channels_last", "compile_model", "compile_optimizer",
-           "run_eagerly", "set_lr", "optimizer_state_dict"]
+__all__ = ["AMP_MODES", "autocast", "to_channels_last", "compile_model", "prepare_model",
+           "compile_optimizer", "run_eagerly", "set_lr", "optimizer_state_dict"]
 
 AMP_MODES = ("none", "bf16")
 
@@ -119,6 +119,18 @@ def compile_model(model: DenseFlow, **compile_kwargs) -> list[str]:
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     return [name for name in COMPILED_METHODS
             if _compile_with_fallback(model, name, **compile_kwargs)]
+
+
+def prepare_model(
+    model: DenseFlow, channels_last: bool = False, compile: bool = False
+) -> DenseFlow:
+    """``model`` with the ``channels_last`` and ``compile`` switches applied, in place: for a
+    loaded model that is to evaluate or sample as fast as the Trainer leaves a trained one."""
+    if channels_last:
+        model = to_channels_last(model)
+    if compile:
+        compile_model(model)
+    return model
 
 
 def run_eagerly() -> contextlib.AbstractContextManager:

@@ -24,6 +24,7 @@ from .data import DATASETS, load_dataset
 from .evaluate import PAPER_IW_SAMPLES, EvalResult, evaluate
 from .model import DenseFlow
 from .official import load_official, locate_official, read_official_args
+from .performance import prepare_model
 from .train import TrainConfig, TrainResult, read_metrics, train, train_preset
 
 __all__ = [
@@ -118,12 +119,16 @@ def load_any_checkpoint(path: str | os.PathLike, device: str = "auto") -> tuple[
 
 
 def train_or_load(config: TrainConfig, checkpoint: str | os.PathLike | None = None) -> tuple[DenseFlow, TrainResult | None]:
-    """Train (resuming from ``config.out_dir`` if a run is there), or load ``checkpoint``."""
+    """Train (resuming from ``config.out_dir`` if a run is there), or load ``checkpoint``.
+
+    A loaded model gets the config's ``channels_last`` and ``compile`` switches, as a trained
+    one has them from the Trainer, so that its evaluation runs as fast.
+    """
     if checkpoint is not None:
         model, trained_on = load_any_checkpoint(checkpoint, config.device)
         if trained_on is not None and trained_on != config.dataset:
             raise ValueError(f"{checkpoint} was trained on {trained_on}, not {config.dataset}")
-        return model.eval(), None
+        return prepare_model(model.eval(), config.channels_last, config.compile), None
     result = train(config)
     return result.model, result
 

@@ -87,6 +87,29 @@ def test_quickstart_with_a_shortened_parameter_set(tmp_path):
     assert results["train"]["steps"] == 4 and results["test"]["n_images"] == 16
 
 
+def test_a_loaded_checkpoint_gets_the_speed_switches_of_the_config(tmp_path, monkeypatch):
+    # A trained model leaves the Trainer channels_last and compiled when asked; a loaded one
+    # must be evaluated the same way, or -p torch_compile True would do nothing for it.
+    import torch
+
+    from densflow import reproduce
+    from densflow.train import train, train_preset
+
+    run = tmp_path / "run"
+    train(train_preset("photos", "smoke", out_dir=str(run), batch_size=4, max_steps=1,
+                       progress=False))
+    compiled = []  # compiling for real is tests/test_performance.py's job
+    monkeypatch.setattr("densflow.performance.compile_model", compiled.append)
+    config = train_preset("photos", "smoke", out_dir=str(tmp_path / "eval"), channels_last=True,
+                          compile=True)
+    model, trained = reproduce.train_or_load(config, run / "checkpoint.pt")
+    assert trained is None and compiled == [model] and not model.training
+    assert all(w.is_contiguous(memory_format=torch.channels_last)
+               for w in model.parameters() if w.dim() == 4)
+    plain, _ = reproduce.train_or_load(train_preset("photos", "smoke"), run / "checkpoint.pt")
+    assert len(compiled) == 1 and all(w.is_contiguous() for w in plain.parameters() if w.dim() == 4)
+
+
 def test_the_network_guard_still_blocks_real_addresses():
     with pytest.raises(RuntimeError, match="must not use the network"):
         socket.create_connection(("192.0.2.1", 80), timeout=1)
