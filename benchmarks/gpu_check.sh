@@ -42,8 +42,9 @@ part() {  # part NAME SECONDS COMMAND...: run with a limit, log to OUT/NAME.log,
 "$py" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; \
 print(torch.cuda.get_device_name(), 'torch', torch.__version__)" | tee "$out/device.txt" || exit 1
 
-paper32=(benchmarks/benchmark.py --preset paper --image-size 32 --batch-size 64 --repeats 1
-         --steps 10 --eval-iters 2 --eval-batch 16 --iw-samples 100 --iw-chunk 50)
+short=(--repeats 1 --steps 10 --eval-iters 2)  # one round each: a GPU loan is short
+paper32=(benchmarks/benchmark.py --preset paper --image-size 32 --batch-size 64 "${short[@]}"
+         --eval-batch 16 --iw-samples 100 --iw-chunk 50)
 part benchmark_paper32 360 "$py" "${paper32[@]}" --variants eager,channels_last+bf16 \
     --json "$out/benchmark_paper32.json"
 part cuda_tests 600 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py
@@ -53,8 +54,8 @@ part train_paper 300 "$py" -m densflow train --dataset photos --model paper --im
 part benchmark_paper32_compiled 1500 "$py" "${paper32[@]}" \
     --variants eager,compile+channels_last+bf16 --json "$out/benchmark_paper32_compiled.json"
 part benchmark_paper64 1200 "$py" benchmarks/benchmark.py --preset paper --image-size 64 \
-    --batch-size 32 --repeats 1 --steps 10 --eval-iters 2 \
-    --variants eager,channels_last,bf16,channels_last+bf16 --json "$out/benchmark_paper64.json"
+    --batch-size 32 "${short[@]}" --variants eager,channels_last,bf16,channels_last+bf16 \
+    --json "$out/benchmark_paper64.json"
 part train_paper_compiled 900 "$py" -m densflow train --dataset photos --model paper \
     --image-size 32 --batch-size 64 --epochs 10 --max-steps 300 --log-every 50 --eval-every 0 \
     --compile --amp bf16 --channels-last --no-progress --out-dir "$out/train_paper_compiled"
