@@ -3,12 +3,12 @@
 #   1. the benchmark at the paper config, 32×32 batch 64, eager float32 against channels_last + bf16
 #      (training images/s, and the importance-weighted bound at the paper's chunk of 50 samples
 #      per image per pass, which sets the time of the k = 1000 CIFAR-10 evaluation);
-#   2. the CUDA tests (tests/test_cuda.py);
-#   3. a short real training run of DenseFlow-74-10 through the Trainer (photos, 32×32, batch 64,
-#      bf16, channels_last);
-#   4. the same benchmark with the compiled variant (most of its time is compiling the paper model);
-#   5. the benchmark at 64×64 batch 32;
-#   6. a longer training run with --compile.
+#   2. a short real training run of DenseFlow-74-10 through the Trainer (photos, 32×32, batch 64,
+#      bf16, channels_last), and beside it the CUDA tests (tests/test_cuda.py): they spend most of
+#      their time compiling on the CPU, which the training run leaves idle;
+#   3. the benchmark at 64×64 batch 32;
+#   4. the 32×32 benchmark with the compiled variant (most of its time is compiling the paper model);
+#   5. a longer training run with --compile.
 # Usage: [BUDGET=SECONDS] bash benchmarks/gpu_check.sh [OUT_DIR]   (PYTHON=... for the interpreter)
 # Each part has its own time limit and a failed part does not stop the others. With BUDGET, the
 # whole run ends within BUDGET seconds: each part's limit is cut to what is left, and parts that
@@ -37,6 +37,7 @@ part() {  # part NAME SECONDS COMMAND...: run with a limit, log to OUT/NAME.log,
     local rc=${PIPESTATUS[0]}
     echo "== $name: exit $rc$([ "$rc" -eq 124 ] && echo ", stopped at its limit") =="
     [ "$rc" -eq 0 ] || status=1
+    return "$rc"
 }
 
 "$py" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; \
@@ -47,15 +48,21 @@ paper32=(benchmarks/benchmark.py --preset paper --image-size 32 --batch-size 64 
          --eval-batch 16 --iw-samples 100 --iw-chunk 50)
 part benchmark_paper32 360 "$py" "${paper32[@]}" --variants eager,channels_last+bf16 \
     --json "$out/benchmark_paper32.json"
-part cuda_tests 600 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py
+part cuda_tests 600 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py >/dev/null &
+cuda_tests=$!  # in a subshell: its failure is counted at the wait below
 part train_paper 300 "$py" -m densflow train --dataset photos --model paper --image-size 32 \
-    --batch-size 64 --epochs 10 --max-steps 100 --log-every 20 --eval-every 0 --amp bf16 \
-    --channels-last --no-progress --out-dir "$out/train_paper"
+    --batch-size 64 --epochs 10 --max-steps 150 --warmup-steps 50 --log-every 25 --eval-every 0 \
+    --amp bf16 --channels-last --no-progress --out-dir "$out/train_paper"
+wait "$cuda_tests"
+rc=$?
+tail -n 5 "$out/cuda_tests.log" 2>/dev/null
+echo "== cuda_tests (beside train_paper): exit $rc =="
+[ "$rc" -eq 0 ] || status=1
+part benchmark_paper64 600 "$py" benchmarks/benchmark.py --preset paper --image-size 64 \
+    --batch-size 32 "${short[@]}" --variants eager,channels_last+bf16 \
+    --json "$out/benchmark_paper64.json"
 part benchmark_paper32_compiled 1500 "$py" "${paper32[@]}" \
     --variants eager,compile+channels_last+bf16 --json "$out/benchmark_paper32_compiled.json"
-part benchmark_paper64 1200 "$py" benchmarks/benchmark.py --preset paper --image-size 64 \
-    --batch-size 32 "${short[@]}" --variants eager,channels_last,bf16,channels_last+bf16 \
-    --json "$out/benchmark_paper64.json"
 part train_paper_compiled 900 "$py" -m densflow train --dataset photos --model paper \
     --image-size 32 --batch-size 64 --epochs 10 --max-steps 300 --log-every 50 --eval-every 0 \
     --compile --amp bf16 --channels-last --no-progress --out-dir "$out/train_paper_compiled"
