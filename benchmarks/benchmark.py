@@ -12,8 +12,12 @@ its own). Each variant is also checked against the reference log-likelihood.
 Variants: ``eager`` (float32, NCHW: the baseline), ``channels_last``, ``bf16`` (autocast),
 ``channels_last+bf16``, and with ``compile`` (``densflow.performance.compile_model``: the whole
 flow, forward and backward; minutes to warm up on a CPU) ``compile``, ``compile+channels_last``,
-``compile+bf16``, ``compile+channels_last+bf16``. The optimizer is the Trainer's (Adamax, foreach;
-compiled too in the ``compile`` variants, as ``--compile`` does).
+``compile+bf16``, ``compile+channels_last+bf16``; on a GPU, with ``graph``
+(``densflow.performance.GraphedTrainingStep``: the forward and backward pass captured in a CUDA
+graph and replayed, as ``--cuda-graphs`` does) ``graph``, ``graph+channels_last``, ``graph+bf16``,
+``graph+channels_last+bf16``. The training step is the Trainer's (``forward_backward``, then
+Adamax, foreach; compiled too in the ``compile`` variants, as ``--compile`` does); evaluation and
+sampling run eagerly in the ``graph`` variants.
 """
 
 from __future__ import annotations
@@ -32,10 +36,13 @@ from dataclasses import dataclass
 import torch
 
 from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
-from densflow.performance import autocast, compile_model, compile_optimizer, to_channels_last
+from densflow.performance import (GraphedTrainingStep, autocast, compile_model, compile_optimizer,
+                                  forward_backward, to_channels_last)
 
-VARIANTS = ("eager", "channels_last", "bf16", "channels_last+bf16", "compile",
-            "compile+channels_last", "compile+bf16", "compile+channels_last+bf16")
+VARIANTS = ("eager", "channels_last", "bf16", "channels_last+bf16",
+            "compile", "compile+channels_last", "compile+bf16", "compile+channels_last+bf16",
+            "graph", "graph+channels_last", "graph+bf16", "graph+channels_last+bf16")
+GPU_ONLY = tuple(v for v in VARIANTS if v.startswith("graph"))
 
 
 @dataclass
@@ -161,15 +168,17 @@ def measure(setup: Setup, variant: str, device: torch.device, args) -> dict:
     if "compile" in variant:
         compile_optimizer(opt)  # as the Trainer's --compile
     d = math.prod(setup.config.image_shape)
+    graphed = GraphedTrainingStep(model, amp) if "graph" in variant else None
 
     finite = torch.ones((), dtype=torch.bool, device=device)  # read once, after the timing
 
     def train_step():
-        with autocast(device, amp):
-            log_p = model(x, generator=g)
-        loss = bits_per_dim(log_p, d).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        noise = model.draw_noise(setup.batch_size, g)
+        if graphed is not None:  # its gradients are its own tensors: no zero_grad
+            loss, _ = graphed(x, noise)
+        else:
+            opt.zero_grad(set_to_none=True)
+            loss, _ = forward_backward(model, x, noise, amp)
         finite.logical_and_(torch.isfinite(loss))
         opt.step()
 
@@ -180,6 +189,8 @@ def measure(setup: Setup, variant: str, device: torch.device, args) -> dict:
     out["train_images_per_s"] = setup.batch_size / dt
     out["train_peak_bytes"] = mem["bytes"]
     out["train_losses_finite"] = bool(finite)  # a fast variant that diverges is no speed-up
+    if graphed is not None and not graphed.captured:
+        raise RuntimeError(f"{variant}: the CUDA graph capture failed (see the warning above)")
 
     model.eval()
     k, chunk = args.iw_samples, args.iw_chunk
@@ -217,7 +228,11 @@ def run(setups: list[Setup], variants: list[str], device: torch.device, args) ->
     for setup in setups:
         rounds = []
         for r in range(args.repeats):  # interleaved: a slow phase of the machine hits every variant
-            rounds.append({v: in_fresh_process(measure, setup, v, device, args) for v in variants})
+            rounds.append({})
+            for v in variants:
+                rounds[-1][v] = got = in_fresh_process(measure, setup, v, device, args)
+                print(f"[{setup.name}] {v}: {got['train_images_per_s']:.1f} train img/s, "
+                      f"{got['iw_image_samples_per_s']:.1f} IW img·samples/s", file=sys.stderr)
             print(f"[{setup.name}] round {r + 1}/{args.repeats} done", file=sys.stderr)
         rows = []
         for v in variants:
@@ -279,6 +294,8 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
     device = torch.device(args.device)
+    if device.type != "cuda" and set(variants) & set(GPU_ONLY):
+        p.error(f"the variants {sorted(set(variants) & set(GPU_ONLY))} need a CUDA device")
     if args.paper:
         setups = [Setup("paper 32×32", DenseFlowConfig.paper(32), 64),
                   Setup("paper 64×64", DenseFlowConfig.paper(64), 32)]

@@ -354,18 +354,31 @@ class DenseFlow(nn.Module):
                 h = self.transition.inverse(h, latents[b - 1])
         return unsqueeze(h) + 0.5
 
-    def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def log_prob(
+        self,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        noise: dict[str, Tensor] | None = None,
+    ) -> Tensor:
         """Single-sample lower bound on ``ln P(x)`` in nats per image, shape ``(B,)``.
 
         Arguments:
             x: uint8 images ``(B, 3, H, W)`` (other integer dtypes with values 0..255 work too).
             generator: the source of every random draw (dequantization and cross-unit noise).
+            noise: the draws themselves (:meth:`draw_noise`) instead of ``generator``.
         """
-        return torch.stack(list(self.log_prob_terms(x, generator).values())).sum(dim=0)
+        return torch.stack(list(self.log_prob_terms(x, generator, noise=noise).values())).sum(dim=0)
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        noise: dict[str, Tensor] | None = None,
+    ) -> Tensor:
         """``model(x)`` is :meth:`log_prob` (so that wrappers such as DDP see the training pass)."""
-        return self.log_prob(x, generator)
+        return self.log_prob(x, generator, noise=noise)
 
     @torch.no_grad()
     def iw_log_prob(

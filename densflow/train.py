@@ -51,13 +51,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import data
-from .bounds import bits_per_dim
 from .checkpoint import FORMAT, VERSION, CheckpointError, atomic_save, read_checkpoint
 from .evaluate import collate_images, evaluate, progress_interval
 from .glow import ActNorm
 from .model import PRESETS, DenseFlow, DenseFlowConfig
-from .performance import (AMP_MODES, autocast, compile_model, compile_optimizer,
-                          optimizer_state_dict, set_lr, to_channels_last)
+from .performance import (AMP_MODES, GraphedTrainingStep, autocast, compile_model,
+                          compile_optimizer, forward_backward, optimizer_state_dict, set_lr,
+                          to_channels_last)
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -90,7 +90,7 @@ _RESUMABLE_CHANGES = frozenset({
     "data_dir", "device", "num_workers", "pin_memory", "out_dir", "resume", "checkpoint_every",
     "log_every", "eval_every", "eval_limit", "eval_batch_size", "iw_samples", "iw_chunk_size",
     "max_steps", "max_nonfinite", "progress", "epochs", "finetune_epochs", "amp", "channels_last",
-    "compile",
+    "compile", "cuda_graphs",
 })  # fmt: skip
 
 
@@ -156,6 +156,10 @@ class TrainConfig:
         "torch.compile the whole flow and the optimizer step (densflow.performance.compile_model, "
         "compile_optimizer): faster steps after minutes of compilation, paid again for each new "
         "batch size; for long runs"))
+    cuda_graphs: bool = field(default=False, metadata=_help(
+        "capture the forward and backward pass in a CUDA graph and replay it each step "
+        "(densflow.performance.GraphedTrainingStep): on a GPU the eager step is bound by the host "
+        "issuing ~70,000 operator calls; not with compile or several processes; eager on a CPU"))
     device: str = field(default="auto", metadata=_help(
         "'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."))
     num_workers: int = field(default=0, metadata=_help(
@@ -215,6 +219,9 @@ class TrainConfig:
                              f"{self.gamma}, lr={self.lr}, finetune_lr={self.finetune_lr}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"grad_clip must be positive, got {self.grad_clip}")
+        if self.cuda_graphs and self.compile:
+            raise ValueError("choose one of compile and cuda_graphs: a capture of the compiled "
+                             "flow has not been validated")
 
     def model_cfg(self) -> DenseFlowConfig:
         """The architecture: ``model_config``, or the ``model`` preset at ``image_size`` (default:
@@ -542,6 +549,8 @@ class Trainer:
 
         self.step = self.epoch = self.step_in_epoch = 0
         self._nonfinite_run = 0
+        self._max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+        self._graphed: GraphedTrainingStep | None = None  # built in _wrap when cuda_graphs
         self._epoch_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._epoch_count = 0
         self._last_checkpoint: tuple[Path, int] | None = None
@@ -639,19 +648,19 @@ class Trainer:
         set_lr(self.optimizer, lr)
         self._stats.save()
         self._noise.manual_seed(self._seed_step(_NOISE))
-        with self._autocast():
-            log_prob = net(x, self._noise)
-        loss = bits_per_dim(log_prob.float().mean(), self.model.image_shape)
-        loss.backward()
-        max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        noise = self.model.draw_noise(x.shape[0], self._noise)
+        if self._graphed is not None:
+            loss, grad_norm = self._graphed(x, noise)
+        else:
+            loss, grad_norm = forward_backward(net, x, noise, self.config.amp, self._max_norm)
         finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))  # the one read per step
         if finite:
             self.optimizer.step()
         else:
             self._stats.restore()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach() if finite else None
+        if self._graphed is None:  # a graph's gradients are its own tensors, rewritten each replay
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss if finite else None
 
     def fit(self) -> TrainResult:
         """Train until all epochs are done or ``max_steps`` is reached."""
@@ -815,6 +824,14 @@ class Trainer:
         if self.config.compile:
             compile_model(model)  # after the init, so that it compiles without the init branch
             compile_optimizer(self.optimizer)  # after any resume: it makes the lr a tensor
+        if self.config.cuda_graphs:
+            if self.dist.world_size > 1:
+                raise ValueError("cuda_graphs works in a single process: a captured step cannot "
+                                 "hold DistributedDataParallel's gradient all-reduce")
+            if self.device.type != "cuda":
+                warnings.warn(f"cuda_graphs needs a CUDA device; on {self.device} the step runs "
+                              "eagerly", RuntimeWarning, stacklevel=3)
+            self._graphed = GraphedTrainingStep(model, self.config.amp, self._max_norm)
         if self.dist.world_size == 1:
             return model
         import torch.distributed as tdist

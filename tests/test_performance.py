@@ -22,8 +22,8 @@ from utils import (init_actnorms, loss_and_flat_grads, optimizer_parameters, opt
 
 from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
 from densflow.attention import iterative_pinv
-from densflow.performance import (autocast, compile_model, compile_optimizer, optimizer_state_dict,
-                                  to_channels_last)
+from densflow.performance import (GraphedTrainingStep, autocast, compile_model, compile_optimizer,
+                                  forward_backward, optimizer_state_dict, to_channels_last)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -240,8 +240,8 @@ def test_benchmark_peak_memory_sees_a_transient_allocation():
     assert 60 * 2**20 < rss.bytes < 256 * 2**20
 
 
-GPU_CHECK_PARTS = ["benchmark_paper32", "cuda_tests", "train_paper", "benchmark_paper32_compiled",
-                   "benchmark_paper64", "train_paper_compiled"]
+GPU_CHECK_PARTS = ["benchmark_paper32", "cuda_tests", "train_paper", "benchmark_paper64",
+                   "benchmark_paper32_compiled", "train_paper_compiled"]
 
 
 def run_gpu_check(tmp_path, stub_body: str, budget: int | None = None):
@@ -282,6 +282,63 @@ def test_gpu_check_stays_within_its_budget(tmp_path):
     assert ran == ["benchmark_paper32"] and len(calls) == 1
     assert re.search(r"== benchmark_paper32 \(limit 6[12]s\) ==", done.stdout)  # 1 s ticks
     assert done.stdout.count("skipped") == 5 and done.returncode == 0
+
+
+# ----------------------------------------------------------------------------- the training step
+
+
+def flat_grads(model):
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def test_forward_backward_is_the_bound_its_gradients_and_their_norm(model_and_images):
+    model, x = model_and_images
+    model.train()
+    loss, grad_norm = forward_backward(model, x, model.draw_noise(4, torch.Generator().manual_seed(3)))
+    grads = flat_grads(model)
+    model.zero_grad(set_to_none=True)
+    expected = bits_per_dim(model.log_prob(x, torch.Generator().manual_seed(3)).mean(), (3, 32, 32))
+    expected.backward()
+    assert torch.equal(loss, expected.detach()) and torch.equal(grads, flat_grads(model))
+    assert torch.allclose(grad_norm, grads.norm(), rtol=1e-5)  # summation order
+    # Clipping scales every gradient so that their norm becomes max_norm.
+    model.zero_grad(set_to_none=True)
+    forward_backward(model, x, model.draw_noise(4, torch.Generator().manual_seed(3)),
+                     max_norm=float(grad_norm) / 4)
+    assert torch.allclose(flat_grads(model), grads / 4, rtol=1e-5, atol=1e-12)
+
+
+def test_graphed_step_without_cuda_runs_the_eager_step_on_its_buffers(model_and_images):
+    # No capture on a CPU: each call is forward_backward on fresh gradients (not added to the
+    # last call's), with the noise passed in.
+    model, x = model_and_images
+    model.train()
+    step = GraphedTrainingStep(model)
+    for seed in (1, 2):
+        noise = model.draw_noise(4, torch.Generator().manual_seed(seed))
+        loss, grad_norm = step(x.flip(0) if seed == 2 else x, noise)
+        grads = flat_grads(model)
+        model.zero_grad(set_to_none=True)
+        expected = forward_backward(model, x.flip(0) if seed == 2 else x, noise)
+        assert torch.equal(loss, expected[0]) and torch.equal(grad_norm, expected[1])
+        assert torch.equal(grads, flat_grads(model))
+    assert not step.captured
+
+
+def test_graphed_step_explains_what_it_cannot_take(model_and_images):
+    model, x = model_and_images
+    with pytest.raises(ValueError, match="ActNorm is not initialised"):
+        GraphedTrainingStep(DenseFlow(DenseFlowConfig.tiny(image_size=32)))
+    with pytest.raises(TypeError, match="expects a DenseFlow"):
+        GraphedTrainingStep(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="amp must be one of"):
+        GraphedTrainingStep(model, amp="fp16")
+    step = GraphedTrainingStep(model.train())
+    with pytest.raises(ValueError, match="takes uint8 images"):
+        step(x.float(), model.draw_noise(4))
+    step(x, model.draw_noise(4))
+    with pytest.raises(ValueError, match=r"set up for images \(4, 3, 32, 32\).*build one per batch"):
+        step(x[:2], model.draw_noise(2))
 
 
 # ----------------------------------------------------------------------------- the optimizer

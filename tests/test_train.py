@@ -76,12 +76,24 @@ def nan_at(steps: set[int]):
     def patch(trainer: Trainer) -> None:
         real = trainer.model.log_prob
 
-        def log_prob(x, generator=None):
-            out = real(x, generator)
+        def log_prob(x, generator=None, **kwargs):
+            out = real(x, generator, **kwargs)
             return out * math.nan if trainer.model.training and trainer.step + 1 in steps else out
 
         trainer.model.log_prob = log_prob
     return patch
+
+
+def test_cuda_graphs_on_a_cpu_train_exactly_as_without(tmp_path):
+    # Without CUDA the graphed step runs eagerly: the same draws, the same gradients (its own
+    # zeroing, none by the Trainer), so the same run to the bit.
+    plain = run(config(tmp_path / "plain", max_steps=4))
+    with pytest.warns(RuntimeWarning, match="cuda_graphs needs a CUDA device"):
+        graphed = run(config(tmp_path / "graphed", max_steps=4, cuda_graphs=True))
+    assert_same_state(plain, graphed)
+    assert series(tmp_path / "plain") == series(tmp_path / "graphed")
+    with pytest.raises(ValueError, match="choose one of compile and cuda_graphs"):
+        config(tmp_path / "both", compile=True, cuda_graphs=True)
 
 
 # ----------------------------------------------------------------------------- exact resume
