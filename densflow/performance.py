@@ -323,8 +323,9 @@ class GraphedTrainingStep:
             loss, grad_norm = self._run()
         return loss.clone(), grad_norm.clone()
 
-    def _run(self) -> tuple[Tensor, Tensor]:
-        return forward_backward(self.model, self._x, self._noise, self.amp, self.max_norm)
+    def _run(self, cache_enabled: bool = True) -> tuple[Tensor, Tensor]:
+        return forward_backward(self.model, self._x, self._noise, self.amp, self.max_norm,
+                                cache_enabled)
 
     def _set_up(self, x: Tensor, noise: dict[str, Tensor]) -> None:
         if x.dtype != torch.uint8:
@@ -336,7 +337,7 @@ class GraphedTrainingStep:
         try:
             self._capture()
         except Exception as err:  # an operator that cannot be captured on this platform, …
-            self.graph, self._out = None, None
+            # self.graph is set only by a capture that completed: calls run eagerly.
             warnings.warn(f"CUDA graph capture failed ({err.__class__.__name__}: {err}); the "
                           "training step runs eagerly", RuntimeWarning, stacklevel=3)
 
@@ -355,8 +356,7 @@ class GraphedTrainingStep:
         self.model.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._out = forward_backward(self.model, self._x, self._noise, self.amp,
-                                         self.max_norm, cache_enabled=False)
+            self._out = self._run(cache_enabled=False)
         self.graph = graph
 
     def _check_like(self, x: Tensor, noise: dict[str, Tensor]) -> None:
