@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 
 from densflow import testing
 
@@ -48,11 +49,15 @@ def test_dataset_notebook_smoke_run_on_fixture_data(dataset, tmp_path):
     data_dir, out_dir = tmp_path / "data", tmp_path / "run"
     FIXTURES[dataset](data_dir)
     out = run_notebook(dataset, tmp_path, data_dir=str(data_dir), preset="smoke", out_dir=str(out_dir),
-                       num_workers=0, iw_samples=2, batch_size=4)
+                       num_workers=0, iw_samples=2, batch_size=4, cuda_graphs=True)
     results = check_results(out_dir, dataset)
     assert results["train"]["completed"] and results["paper_denseflow_bpd"] is not None
     text = out.read_text()
     assert "DenseFlow-74-10 (paper, Table 1)" in text  # the comparison table was rendered
+    # The switch reaches the Trainer (on a CPU it says it runs the step eagerly).
+    assert results["config"]["cuda_graphs"] is True
+    if not torch.cuda.is_available():
+        assert "cuda_graphs needs a CUDA device" in text
 
 
 def test_rerun_with_the_same_out_dir_resumes(tmp_path):
