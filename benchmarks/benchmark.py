@@ -15,9 +15,13 @@ flow, forward and backward; minutes to warm up on a CPU) ``compile``, ``compile+
 ``compile+bf16``, ``compile+channels_last+bf16``; on a GPU, with ``graph``
 (``densflow.performance.GraphedTrainingStep``: the forward and backward pass captured in a CUDA
 graph and replayed, as ``--cuda-graphs`` does) ``graph``, ``graph+channels_last``, ``graph+bf16``,
-``graph+channels_last+bf16``. The training step is the Trainer's (``forward_backward``, then
-Adamax, foreach; compiled too in the ``compile`` variants, as ``--compile`` does); evaluation and
-sampling run eagerly in the ``graph`` variants.
+``graph+channels_last+bf16``; on a CPU, each of the first eight with ``ddp2`` in front (``ddp2``,
+``ddp2+compile+channels_last+bf16``, …): the cores split between two data-parallel processes
+(gloo, half the batch and half the threads each, as ``OMP_NUM_THREADS=1 torchrun
+--nproc_per_node 2 -m densflow train --batch-size 8`` on two cores), in place of one process's
+intra-op threads; only their training is measured. The training step is the Trainer's
+(``forward_backward``, then Adamax, foreach; compiled too in the ``compile`` variants, as
+``--compile`` does); evaluation and sampling run eagerly in the ``graph`` variants.
 """
 
 from __future__ import annotations
@@ -27,10 +31,15 @@ import contextlib
 import json
 import math
 import multiprocessing
+import os
 import platform
+import queue
 import statistics
 import sys
+import tempfile
 import time
+import traceback
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -39,10 +48,12 @@ from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
 from densflow.performance import (GraphedTrainingStep, autocast, compile_model, compile_optimizer,
                                   forward_backward, to_channels_last)
 
-VARIANTS = ("eager", "channels_last", "bf16", "channels_last+bf16",
-            "compile", "compile+channels_last", "compile+bf16", "compile+channels_last+bf16",
-            "graph", "graph+channels_last", "graph+bf16", "graph+channels_last+bf16")
-GPU_ONLY = tuple(v for v in VARIANTS if v.startswith("graph"))
+SINGLE = ("eager", "channels_last", "bf16", "channels_last+bf16",
+          "compile", "compile+channels_last", "compile+bf16", "compile+channels_last+bf16")
+GPU_ONLY = ("graph", "graph+channels_last", "graph+bf16", "graph+channels_last+bf16")
+# The CPU's cores as data-parallel ranks (one process each, gloo) instead of intra-op threads.
+CPU_ONLY = tuple("ddp2" if v == "eager" else f"ddp2+{v}" for v in SINGLE)
+VARIANTS = SINGLE + GPU_ONLY + CPU_ONLY
 
 
 @dataclass
@@ -146,41 +157,99 @@ def time_calls(fn, device, warmup: int, iters: int, memory: dict | None = None) 
     return elapsed / iters
 
 
-def in_fresh_process(fn, *args):
-    """Run ``fn(*args)`` in a new interpreter: clean allocator state and a clean peak memory."""
-    pool = multiprocessing.get_context("spawn").Pool(1)
+def _child(fn, args, index: int, results) -> None:
     try:
-        result = pool.apply(fn, args)
-    except BaseException:  # Ctrl-C included: a join could wait for a worker that is gone
-        pool.terminate()
+        results.put((index, fn(*args), None))
+    except BaseException:
+        results.put((index, None, traceback.format_exc()))
+
+
+def in_fresh_processes(fn, calls: list[tuple]) -> list:
+    """``[fn(*args) for args in calls]``, each call in a new interpreter, all at once: clean
+    allocator state, a clean peak memory, and for the ``ddp`` ranks, processes that run together.
+    A failure in one re-raises here with that process's traceback."""
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_child, args=(fn, args, i, results)) for i, args in enumerate(calls)]
+    try:
+        for proc in procs:
+            proc.start()
+        got = {}
+        while len(got) < len(procs):
+            try:
+                index, value, error = results.get(timeout=1.0)
+            except queue.Empty:  # a process that died without a word (killed, out of memory)
+                dead = [i for i, proc in enumerate(procs) if i not in got and proc.exitcode]
+                if dead and results.empty():
+                    raise RuntimeError(f"benchmark process {dead[0]} exited with code "
+                                       f"{procs[dead[0]].exitcode} and no result") from None
+                continue
+            if error is not None:
+                raise RuntimeError(f"benchmark process {index} failed:\n{error}")
+            got[index] = value
+    except BaseException:  # Ctrl-C included: a rank waiting for a dead peer would wait forever
+        for proc in procs:
+            proc.terminate()
         raise
-    # close + join, not the context manager's terminate: a worker killed by SIGTERM skips its
-    # finalizers, and inductor's compile workers then leave their semaphores behind.
-    pool.close()
-    pool.join()
-    return result
+    for proc in procs:  # a normal exit runs the finalizers (inductor's compile workers' semaphores)
+        proc.join()
+    return [got[i] for i in range(len(procs))]
+
+
+def ddp_ranks(variant: str) -> int:
+    """The number of data-parallel processes of a variant: 2 for ``ddp2…``, else 1."""
+    head = variant.split("+")[0]
+    return int(head.removeprefix("ddp")) if head.startswith("ddp") else 1
+
+
+def train_step_fn(model, net, x, opt, g, amp: str, finite: torch.Tensor):
+    """The Trainer's step on ``x``: noise drawn eagerly, loss and backward (``forward_backward``
+    through ``net``, the model or its DDP wrapper), Adamax. ``finite`` collects the losses'
+    finiteness without a host read."""
+
+    def train_step():
+        noise = model.draw_noise(x.shape[0], g)
+        if isinstance(net, GraphedTrainingStep):  # its gradients are its own tensors: no zero_grad
+            loss, _ = net(x, noise)
+        else:
+            opt.zero_grad(set_to_none=True)
+            loss, _ = forward_backward(net, x, noise, amp)
+        finite.logical_and_(torch.isfinite(loss))
+        opt.step()
+
+    return train_step
+
+
+def new_optimizer(model, variant: str) -> torch.optim.Optimizer:
+    opt = torch.optim.Adamax(model.parameters(), lr=1e-3, foreach=True)  # as the Trainer
+    if "compile" in variant:
+        compile_optimizer(opt)  # as the Trainer's --compile
+    return opt
+
+
+def equivalence(setup: Setup, model, x, amp: str) -> dict:
+    """Bits/dim of ``model`` (as prepared by the variant) against float32 eager: the same
+    weights, the same fixed noise."""
+    d = math.prod(setup.config.image_shape)
+    reference = DenseFlow(setup.config).to(x.device)
+    reference.load_state_dict(model.state_dict())
+    reference.eval()
+    model.eval()
+    with torch.no_grad(), fixed_noise(0.3):
+        ref_bpd = bits_per_dim(reference(x.contiguous()), d)
+        with autocast(x.device, amp):
+            bpd = bits_per_dim(model(x), d)
+    return {"max_abs_bpd_diff": float((bpd - ref_bpd).abs().max()),
+            "max_rel_logp_diff": float(((bpd - ref_bpd) / ref_bpd).abs().max())}
 
 
 def measure(setup: Setup, variant: str, device: torch.device, args) -> dict:
     model, x, amp = build(setup, variant, device)
     g = torch.Generator(device=device).manual_seed(1)
-    opt = torch.optim.Adamax(model.parameters(), lr=1e-3, foreach=True)  # as the Trainer
-    if "compile" in variant:
-        compile_optimizer(opt)  # as the Trainer's --compile
-    d = math.prod(setup.config.image_shape)
-    graphed = GraphedTrainingStep(model, amp) if "graph" in variant else None
-
+    opt = new_optimizer(model, variant)
+    net = GraphedTrainingStep(model, amp) if "graph" in variant else model
     finite = torch.ones((), dtype=torch.bool, device=device)  # read once, after the timing
-
-    def train_step():
-        noise = model.draw_noise(setup.batch_size, g)
-        if graphed is not None:  # its gradients are its own tensors: no zero_grad
-            loss, _ = graphed(x, noise)
-        else:
-            opt.zero_grad(set_to_none=True)
-            loss, _ = forward_backward(model, x, noise, amp)
-        finite.logical_and_(torch.isfinite(loss))
-        opt.step()
+    train_step = train_step_fn(model, net, x, opt, g, amp, finite)
 
     out = {"variant": variant}
     model.train()
@@ -189,7 +258,7 @@ def measure(setup: Setup, variant: str, device: torch.device, args) -> dict:
     out["train_images_per_s"] = setup.batch_size / dt
     out["train_peak_bytes"] = mem["bytes"]
     out["train_losses_finite"] = bool(finite)  # a fast variant that diverges is no speed-up
-    if graphed is not None and not graphed.captured:
+    if net is not model and not net.captured:
         raise RuntimeError(f"{variant}: the CUDA graph capture failed (see the warning above)")
 
     model.eval()
@@ -209,17 +278,67 @@ def measure(setup: Setup, variant: str, device: torch.device, args) -> dict:
 
     dt = time_calls(sample, device, 1, args.eval_iters)
     out["sample_images_per_s"] = setup.batch_size / dt
+    out.update(equivalence(setup, model, x, amp))
+    return out
 
-    # Equivalence: the same weights, the same fixed noise, against float32 eager.
-    reference = DenseFlow(setup.config).to(device)
-    reference.load_state_dict(model.state_dict())
-    reference.eval()
-    with torch.no_grad(), fixed_noise(0.3):
-        ref_bpd = bits_per_dim(reference(x.contiguous()), d)
-        with autocast(device, amp):
-            bpd = bits_per_dim(model(x), d)
-    out["max_abs_bpd_diff"] = float((bpd - ref_bpd).abs().max())
-    out["max_rel_logp_diff"] = float(((bpd - ref_bpd) / ref_bpd).abs().max())
+
+def measure_ddp_rank(rank: int, ranks: int, threads: int, init_file: str, setup: Setup,
+                     variant: str, args) -> dict:
+    """One rank of a ``ddp`` variant: the training step as under ``torchrun``, each rank on its
+    ``batch_size / ranks`` images with ``threads / ranks`` threads, gradients averaged by gloo.
+    Only training is measured (evaluation and sampling run in one process)."""
+    import torch.distributed as tdist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(max(1, threads // ranks))
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=ranks)
+    try:
+        single = variant.partition("+")[2] or "eager"
+        model, x, amp = build(setup, single, torch.device("cpu"))  # the same weights on every rank
+        b = setup.batch_size // ranks
+        shard = x[rank * b:(rank + 1) * b]
+        opt = new_optimizer(model, single)
+        g = torch.Generator().manual_seed(1 + rank)
+        finite = torch.ones((), dtype=torch.bool)
+        if "channels_last" in single:  # as the Trainer: the strides differ in size-1 dims only
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
+        net = DistributedDataParallel(model)
+        train_step = train_step_fn(model, net, shard, opt, g, amp, finite)
+        model.train()
+        with peak_memory(torch.device("cpu")) as mem:
+            for _ in range(args.warmup):
+                train_step()
+            tdist.barrier()
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                train_step()
+            tdist.barrier()  # the step is as slow as the slowest rank
+            dt = (time.perf_counter() - start) / args.steps
+        finite = finite.to(torch.int32)
+        tdist.all_reduce(finite, op=tdist.ReduceOp.MIN)
+        out = {"variant": variant, "train_images_per_s": setup.batch_size / dt,
+               "train_peak_bytes": mem["bytes"], "train_losses_finite": bool(finite),
+               "iw_image_samples_per_s": float("nan"), "sample_images_per_s": float("nan")}
+        return out | equivalence(setup, model, x, amp)
+    finally:
+        tdist.destroy_process_group()
+
+
+def measure_fresh(setup: Setup, variant: str, device: torch.device, args) -> dict:
+    """``measure`` in a fresh process, or a ``ddp`` variant's ranks in as many."""
+    ranks = ddp_ranks(variant)
+    if ranks == 1:
+        return in_fresh_processes(measure, [(setup, variant, device, args)])[0]
+    if setup.batch_size % ranks:
+        raise ValueError(f"{variant}: the batch size {setup.batch_size} does not split into "
+                         f"{ranks} equal shards; choose a multiple of {ranks}")
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "rendezvous")
+        results = in_fresh_processes(measure_ddp_rank, [
+            (r, ranks, torch.get_num_threads(), init_file, setup, variant, args)
+            for r in range(ranks)])
+    out = results[0]
+    out["train_peak_bytes"] = sum(r["train_peak_bytes"] for r in results)  # the machine's total
     return out
 
 
@@ -230,9 +349,10 @@ def run(setups: list[Setup], variants: list[str], device: torch.device, args) ->
         for r in range(args.repeats):  # interleaved: a slow phase of the machine hits every variant
             rounds.append({})
             for v in variants:
-                rounds[-1][v] = got = in_fresh_process(measure, setup, v, device, args)
+                rounds[-1][v] = got = measure_fresh(setup, v, device, args)
                 print(f"[{setup.name}] {v}: {got['train_images_per_s']:.1f} train img/s, "
-                      f"{got['iw_image_samples_per_s']:.1f} IW img·samples/s", file=sys.stderr)
+                      f"{_num(got['iw_image_samples_per_s'], '.1f')} IW img·samples/s",
+                      file=sys.stderr)
             print(f"[{setup.name}] round {r + 1}/{args.repeats} done", file=sys.stderr)
         rows = []
         for v in variants:
@@ -253,6 +373,10 @@ def run(setups: list[Setup], variants: list[str], device: torch.device, args) ->
     return report
 
 
+def _num(value: float, spec: str) -> str:
+    return "—" if math.isnan(value) else format(value, spec)  # not measured (ddp: training only)
+
+
 def table(report: dict) -> str:
     lines = [f"device: {report['device']}, torch {report['torch']}"]
     for s in report["setups"]:
@@ -262,9 +386,9 @@ def table(report: dict) -> str:
         for r in s["rows"]:
             lines.append(
                 f"| {r['variant']} | {r['train_images_per_s']:.1f} | {r['train_images_speedup']:.2f} | "
-                f"{r['train_peak_bytes'] / 2**20:.0f} | {r['iw_image_samples_per_s']:.1f} | "
-                f"{r['iw_image_samples_speedup']:.2f} | {r['sample_images_per_s']:.1f} | "
-                f"{r['sample_images_speedup']:.2f} | {r['max_abs_bpd_diff']:.1e} |"
+                f"{r['train_peak_bytes'] / 2**20:.0f} | {_num(r['iw_image_samples_per_s'], '.1f')} | "
+                f"{_num(r['iw_image_samples_speedup'], '.2f')} | {_num(r['sample_images_per_s'], '.1f')} | "
+                f"{_num(r['sample_images_speedup'], '.2f')} | {r['max_abs_bpd_diff']:.1e} |"
                 + ("" if r["train_losses_finite"] else " **non-finite training losses** |"))
     return "\n".join(lines)
 
@@ -296,6 +420,9 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     if device.type != "cuda" and set(variants) & set(GPU_ONLY):
         p.error(f"the variants {sorted(set(variants) & set(GPU_ONLY))} need a CUDA device")
+    if device.type != "cpu" and set(variants) & set(CPU_ONLY):
+        p.error(f"the variants {sorted(set(variants) & set(CPU_ONLY))} split a CPU's cores "
+                "between processes; for several GPUs, train under torchrun")
     if args.paper:
         setups = [Setup("paper 32×32", DenseFlowConfig.paper(32), 64),
                   Setup("paper 64×64", DenseFlowConfig.paper(64), 32)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 import subprocess
@@ -210,18 +211,36 @@ def test_benchmark_reports_ratios_against_the_baseline_of_the_same_run(tmp_path)
     import benchmark  # benchmarks/benchmark.py, on sys.path above
     out = tmp_path / "report.json"
     benchmark.main(["--preset", "tiny", "--image-size", "16", "--batch-size", "2",
-                    "--variants", "eager,channels_last", "--repeats", "1", "--steps", "1",
+                    "--variants", "eager,channels_last,ddp2", "--repeats", "1", "--steps", "1",
                     "--warmup", "1", "--eval-iters", "1", "--iw-samples", "4", "--iw-chunk", "2",
                     "--eval-batch", "2", "--json", str(out)])
     report = json.loads(out.read_text())
     (setup,) = report["setups"]
     assert len(setup["rounds"]) == 1  # the raw measurements travel with the medians
-    eager, channels_last = setup["rows"]
+    eager, channels_last, ddp2 = setup["rows"]
     assert setup["baseline"] == "eager" and eager["train_images_speedup"] == 1.0
-    assert channels_last["train_images_speedup"] == pytest.approx(
-        channels_last["train_images_per_s"] / eager["train_images_per_s"])
-    assert eager["train_losses_finite"] and channels_last["train_losses_finite"]
-    assert channels_last["max_rel_logp_diff"] < 1e-5
+    for row in (channels_last, ddp2):
+        assert row["train_images_speedup"] == pytest.approx(
+            row["train_images_per_s"] / eager["train_images_per_s"])
+        assert row["train_losses_finite"] and row["max_rel_logp_diff"] < 1e-5
+    assert eager["train_losses_finite"]
+    # The two ranks train; evaluation and sampling are not theirs to measure.
+    assert math.isnan(ddp2["iw_image_samples_per_s"]) and math.isnan(ddp2["sample_images_per_s"])
+    assert ddp2["train_peak_bytes"] > 0  # both ranks' peaks, summed
+
+
+def test_benchmark_processes_return_in_order_and_report_a_failure_with_its_traceback():
+    import benchmark
+    assert benchmark.in_fresh_processes(math.sqrt, [(9.0,), (4.0,)]) == [3.0, 2.0]
+    with pytest.raises(RuntimeError, match=r"(?s)benchmark process 1 failed:.*math domain error"):
+        benchmark.in_fresh_processes(math.sqrt, [(4.0,), (-1.0,)])
+
+
+def test_benchmark_ddp_variant_needs_a_batch_that_splits():
+    import benchmark
+    with pytest.raises(ValueError, match="does not split into 2 equal shards"):
+        benchmark.measure_fresh(benchmark.Setup("tiny", DenseFlowConfig.tiny(), 3), "ddp2",
+                                torch.device("cpu"), None)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self")
