@@ -141,16 +141,20 @@ def build(setup: Setup, variant: str, device: torch.device, seed: int = 0):
     return model, x, amp
 
 
-def time_calls(fn, device, warmup: int, iters: int, memory: dict | None = None) -> float:
-    """Seconds per call of ``fn`` after ``warmup`` calls; peak memory of all calls into ``memory``."""
+def time_calls(fn, device, warmup: int, iters: int, memory: dict | None = None,
+               wait=None) -> float:
+    """Seconds per call of ``fn`` after ``warmup`` calls; peak memory of all calls into ``memory``.
+    ``wait`` marks the start and the end of the timing (default: the device's queue drained; for
+    data-parallel ranks, a barrier, so that a step is as slow as the slowest rank)."""
+    wait = wait or (lambda: sync(device))
     with peak_memory(device) as mem:
         for _ in range(warmup):
             fn()
-        sync(device)
+        wait()
         start = time.perf_counter()
         for _ in range(iters):
             fn()
-        sync(device)
+        wait()
         elapsed = time.perf_counter() - start
     if memory is not None:
         memory.update(mem)
@@ -305,15 +309,9 @@ def measure_ddp_rank(rank: int, ranks: int, threads: int, init_file: str, setup:
         net = DistributedDataParallel(model)
         train_step = train_step_fn(model, net, shard, opt, g, amp, finite)
         model.train()
-        with peak_memory(torch.device("cpu")) as mem:
-            for _ in range(args.warmup):
-                train_step()
-            tdist.barrier()
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                train_step()
-            tdist.barrier()  # the step is as slow as the slowest rank
-            dt = (time.perf_counter() - start) / args.steps
+        mem = {}
+        dt = time_calls(train_step, torch.device("cpu"), args.warmup, args.steps, mem,
+                        wait=tdist.barrier)
         finite = finite.to(torch.int32)
         tdist.all_reduce(finite, op=tdist.ReduceOp.MIN)
         out = {"variant": variant, "train_images_per_s": setup.batch_size / dt,
