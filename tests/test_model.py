@@ -16,13 +16,16 @@ PAPER_PARAMS = 130_647_294
 def tiny_model(seed: int = 0, **overrides) -> DenseFlow:
     torch.manual_seed(seed)
     model = perturb(DenseFlow(DenseFlowConfig.tiny(**overrides)), 0.02, seed)
-    x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    x = torch.randint(
+        0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
     return init_actnorms(model, x, generator=torch.Generator().manual_seed(1))
 
 
 def images(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8,
-                         generator=torch.Generator().manual_seed(seed))
+    return torch.randint(
+        0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def count(module: torch.nn.Module) -> int:
@@ -43,15 +46,21 @@ def paper_model_64() -> DenseFlow:
 
 @pytest.mark.slow
 def test_paper_config_has_the_papers_parameter_count_and_split(paper_model):
-    """Numbers from shared/reference/README.md (the official model's state dict)."""
+    """Numbers from docs/official.md (the official model's state dict)."""
     assert count(paper_model) == PAPER_PARAMS
     assert count(paper_model.dequantization) == 2_395_784
     assert [count(b) for b in paper_model.blocks] == [48_061_410, 46_453_404, 33_736_080]
     assert count(paper_model.prior) == 616
     block0, block1 = paper_model.blocks[0], paper_model.blocks[1]
     assert [count(c) for c in block0.cross_unit] == [6_212, 22_772, 80_060, 225_596, 528_500]
-    assert [count(u) for u in block0.units] == [7_849_420, 7_854_870, 7_861_320, 7_868_770,
-                                                7_877_220, 7_886_670]
+    assert [count(u) for u in block0.units] == [
+        7_849_420,
+        7_854_870,
+        7_861_320,
+        7_868_770,
+        7_877_220,
+        7_886_670,
+    ]
     assert [count(c) for c in block1.cross_unit] == [563_972, 2_234_996, 5_285_372]
     assert [count(u) for u in block1.units] == [9_561_096, 9_581_076, 9_602_256, 9_624_636]
 
@@ -65,9 +74,15 @@ def test_paper_config_at_64px_has_the_same_count(paper_model_64):
 @pytest.mark.parametrize("size", [32, 64])
 def test_paper_stage_shapes_match_the_description(size, paper_model, paper_model_64):
     s = size // 2
-    expected = [("input", (1, 3, size, size)), ("squeeze", (1, 12, s, s)), ("block0", (1, 62, s, s)),
-                ("transition0", (1, 124, s // 2, s // 2)), ("block1", (1, 154, s // 2, s // 2)),
-                ("transition1", (1, 308, s // 4, s // 4)), ("block2", (1, 308, s // 4, s // 4))]
+    expected = [
+        ("input", (1, 3, size, size)),
+        ("squeeze", (1, 12, s, s)),
+        ("block0", (1, 62, s, s)),
+        ("transition0", (1, 124, s // 2, s // 2)),
+        ("block1", (1, 154, s // 2, s // 2)),
+        ("transition1", (1, 308, s // 4, s // 4)),
+        ("block2", (1, 308, s // 4, s // 4)),
+    ]
     model = paper_model if size == 32 else paper_model_64
     assert model.stage_shapes() == expected
 
@@ -92,9 +107,19 @@ def test_log_prob_is_the_sum_of_its_terms_in_flow_order():
     model = tiny_model()
     x = images(3)
     terms = model.log_prob_terms(x, generator=torch.Generator().manual_seed(0))
-    assert list(terms) == ["dequantization", "block0.unit0", "block0.cross_unit1", "block0.unit1",
-                           "transition0", "block1.unit0", "block1.cross_unit1", "block1.unit1",
-                           "transition1", "block2.unit0", "prior"]
+    assert list(terms) == [
+        "dequantization",
+        "block0.unit0",
+        "block0.cross_unit1",
+        "block0.unit1",
+        "transition0",
+        "block1.unit0",
+        "block1.cross_unit1",
+        "block1.unit1",
+        "transition1",
+        "block2.unit0",
+        "prior",
+    ]
     total = model.log_prob(x, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(sum(terms.values()), total)
     assert all(t.shape == (3,) and t.dtype == torch.float32 for t in terms.values())
@@ -121,7 +146,12 @@ def test_noise_is_drawn_in_the_official_order_whatever_the_pass_does_with_it():
     g = torch.Generator().manual_seed(5)
     shapes = model.noise_shapes(2)
     assert list(shapes) == ["dequantization", "block0.cross_unit1", "block1.cross_unit1"]
-    assert shapes["dequantization"] == (2, 12, 8, 8) and shapes["block1.cross_unit1"] == (2, 2, 4, 4)
+    assert shapes["dequantization"] == (2, 12, 8, 8) and shapes["block1.cross_unit1"] == (
+        2,
+        2,
+        4,
+        4,
+    )
     stream = {name: torch.randn(shape, generator=g) for name, shape in shapes.items()}
     drawn = model.draw_noise(2, torch.Generator().manual_seed(5))
     assert all(torch.equal(drawn[name], stream[name]) for name in shapes)
@@ -142,7 +172,11 @@ def test_sampling_noise_is_drawn_prior_first_then_the_dropped_halves_from_the_to
     shapes = model.noise_shapes(3, sampling=True)
     assert list(shapes) == ["prior", "transition1", "transition0"]
     # tiny: 12 → 14 channels at 8×8, 56 → 28 kept at 4×4 → 30, 120 → 60 kept at 2×2
-    assert shapes == {"prior": (3, 60, 2, 2), "transition1": (3, 60, 2, 2), "transition0": (3, 28, 4, 4)}
+    assert shapes == {
+        "prior": (3, 60, 2, 2),
+        "transition1": (3, 60, 2, 2),
+        "transition0": (3, 28, 4, 4),
+    }
     g = torch.Generator().manual_seed(3)
     stream = {name: torch.randn(shape, generator=g) for name, shape in shapes.items()}
     expected = model.sample_continuous(3, 0.8, generator=torch.Generator().manual_seed(3))
@@ -210,9 +244,14 @@ def test_iw_bound_is_above_the_single_sample_bound_and_grows_with_k():
     reps = 12
     means, sems = {}, {}
     for k in (1, 4, 32):
-        vals = torch.stack([model.iw_log_prob(x, k, chunk_size=32,
-                                              generator=torch.Generator().manual_seed(100 * k + r))
-                            for r in range(reps)])  # (reps, B)
+        vals = torch.stack(
+            [
+                model.iw_log_prob(
+                    x, k, chunk_size=32, generator=torch.Generator().manual_seed(100 * k + r)
+                )
+                for r in range(reps)
+            ]
+        )  # (reps, B)
         means[k], sems[k] = vals.mean(0), vals.std(0) / math.sqrt(reps)
     for lo, hi in [(1, 4), (4, 32)]:
         margin = 4 * torch.sqrt(sems[lo] ** 2 + sems[hi] ** 2)
