@@ -6,7 +6,7 @@ gives meaningful ratios. Each measurement runs in a fresh process (so peak memor
 its own). Each variant is also checked against the reference log-likelihood.
 
     python benchmarks/benchmark.py                      # CPU-sized config (small, 32×32, batch 16)
-    python benchmarks/benchmark.py --paper              # paper config: 32×32 b64 and 64×64 b32 (GPU)
+    python benchmarks/benchmark.py --paper      # paper config: 32×32 b64 and 64×64 b32 (GPU)
     python benchmarks/benchmark.py --variants eager,bf16 --json out.json
 
 Variants: ``eager`` (float32, NCHW: the baseline), ``channels_last``, ``bf16`` (autocast),
@@ -45,11 +45,25 @@ from dataclasses import dataclass
 import torch
 
 from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
-from densflow.performance import (GraphedTrainingStep, autocast, compile_model, compile_optimizer,
-                                  forward_backward, to_channels_last)
+from densflow.performance import (
+    GraphedTrainingStep,
+    autocast,
+    compile_model,
+    compile_optimizer,
+    forward_backward,
+    to_channels_last,
+)
 
-SINGLE = ("eager", "channels_last", "bf16", "channels_last+bf16",
-          "compile", "compile+channels_last", "compile+bf16", "compile+channels_last+bf16")
+SINGLE = (
+    "eager",
+    "channels_last",
+    "bf16",
+    "channels_last+bf16",
+    "compile",
+    "compile+channels_last",
+    "compile+bf16",
+    "compile+channels_last+bf16",
+)
 GPU_ONLY = ("graph", "graph+channels_last", "graph+bf16", "graph+channels_last+bf16")
 # The CPU's cores as data-parallel ranks (one process each, gloo) instead of intra-op threads.
 CPU_ONLY = tuple("ddp2" if v == "eager" else f"ddp2+{v}" for v in SINGLE)
@@ -130,7 +144,9 @@ def build(setup: Setup, variant: str, device: torch.device, seed: int = 0):
     model = DenseFlow(setup.config).to(device)
     size = setup.config.image_size
     g = torch.Generator(device=device).manual_seed(seed)
-    x = torch.randint(0, 256, (setup.batch_size, 3, size, size), dtype=torch.uint8, device=device, generator=g)
+    x = torch.randint(
+        0, 256, (setup.batch_size, 3, size, size), dtype=torch.uint8, device=device, generator=g
+    )
     with torch.no_grad():
         model.train()(x, generator=g)  # data-dependent ActNorm init, as the first training step
     if "channels_last" in variant:
@@ -141,8 +157,7 @@ def build(setup: Setup, variant: str, device: torch.device, seed: int = 0):
     return model, x, amp
 
 
-def time_calls(fn, device, warmup: int, iters: int, memory: dict | None = None,
-               wait=None) -> float:
+def time_calls(fn, device, warmup: int, iters: int, memory: dict | None = None, wait=None) -> float:
     """Seconds per call of ``fn`` after ``warmup`` calls; peak memory of all calls into ``memory``.
     ``wait`` marks the start and the end of the timing (default: the device's queue drained; for
     data-parallel ranks, a barrier, so that a step is as slow as the slowest rank)."""
@@ -174,7 +189,9 @@ def in_fresh_processes(fn, calls: list[tuple]) -> list:
     A failure in one re-raises here with that process's traceback."""
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_child, args=(fn, args, i, results)) for i, args in enumerate(calls)]
+    procs = [
+        ctx.Process(target=_child, args=(fn, args, i, results)) for i, args in enumerate(calls)
+    ]
     try:
         for proc in procs:
             proc.start()
@@ -185,8 +202,10 @@ def in_fresh_processes(fn, calls: list[tuple]) -> list:
             except queue.Empty:  # a process that died without a word (killed, out of memory)
                 dead = [i for i, proc in enumerate(procs) if i not in got and proc.exitcode]
                 if dead and results.empty():
-                    raise RuntimeError(f"benchmark process {dead[0]} exited with code "
-                                       f"{procs[dead[0]].exitcode} and no result") from None
+                    raise RuntimeError(
+                        f"benchmark process {dead[0]} exited with code "
+                        f"{procs[dead[0]].exitcode} and no result"
+                    ) from None
                 continue
             if error is not None:
                 raise RuntimeError(f"benchmark process {index} failed:\n{error}")
@@ -243,8 +262,10 @@ def equivalence(setup: Setup, model, x, amp: str) -> dict:
         ref_bpd = bits_per_dim(reference(x.contiguous()), d)
         with autocast(x.device, amp):
             bpd = bits_per_dim(model(x), d)
-    return {"max_abs_bpd_diff": float((bpd - ref_bpd).abs().max()),
-            "max_rel_logp_diff": float(((bpd - ref_bpd) / ref_bpd).abs().max())}
+    return {
+        "max_abs_bpd_diff": float((bpd - ref_bpd).abs().max()),
+        "max_rel_logp_diff": float(((bpd - ref_bpd) / ref_bpd).abs().max()),
+    }
 
 
 def measure(setup: Setup, variant: str, device: torch.device, args) -> dict:
@@ -286,8 +307,9 @@ def measure(setup: Setup, variant: str, device: torch.device, args) -> dict:
     return out
 
 
-def measure_ddp_rank(rank: int, ranks: int, threads: int, init_file: str, setup: Setup,
-                     variant: str, args) -> dict:
+def measure_ddp_rank(
+    rank: int, ranks: int, threads: int, init_file: str, setup: Setup, variant: str, args
+) -> dict:
     """One rank of a ``ddp`` variant: the training step as under ``torchrun``, each rank on its
     ``batch_size / ranks`` images with ``threads / ranks`` threads, gradients averaged by gloo.
     Only training is measured (evaluation and sampling run in one process)."""
@@ -300,7 +322,7 @@ def measure_ddp_rank(rank: int, ranks: int, threads: int, init_file: str, setup:
         single = variant.partition("+")[2] or "eager"
         model, x, amp = build(setup, single, torch.device("cpu"))  # the same weights on every rank
         b = setup.batch_size // ranks
-        shard = x[rank * b:(rank + 1) * b]
+        shard = x[rank * b : (rank + 1) * b]
         opt = new_optimizer(model, single)
         g = torch.Generator().manual_seed(1 + rank)
         finite = torch.ones((), dtype=torch.bool)
@@ -310,13 +332,19 @@ def measure_ddp_rank(rank: int, ranks: int, threads: int, init_file: str, setup:
         train_step = train_step_fn(model, net, shard, opt, g, amp, finite)
         model.train()
         mem = {}
-        dt = time_calls(train_step, torch.device("cpu"), args.warmup, args.steps, mem,
-                        wait=tdist.barrier)
+        dt = time_calls(
+            train_step, torch.device("cpu"), args.warmup, args.steps, mem, wait=tdist.barrier
+        )
         finite = finite.to(torch.int32)
         tdist.all_reduce(finite, op=tdist.ReduceOp.MIN)
-        out = {"variant": variant, "train_images_per_s": setup.batch_size / dt,
-               "train_peak_bytes": mem["bytes"], "train_losses_finite": bool(finite),
-               "iw_image_samples_per_s": float("nan"), "sample_images_per_s": float("nan")}
+        out = {
+            "variant": variant,
+            "train_images_per_s": setup.batch_size / dt,
+            "train_peak_bytes": mem["bytes"],
+            "train_losses_finite": bool(finite),
+            "iw_image_samples_per_s": float("nan"),
+            "sample_images_per_s": float("nan"),
+        }
         # The ranks hold the same weights: rank 0's check is the variant's.
         return out | equivalence(setup, model, x, amp) if rank == 0 else out
     finally:
@@ -329,13 +357,19 @@ def measure_fresh(setup: Setup, variant: str, device: torch.device, args) -> dic
     if ranks == 1:
         return in_fresh_processes(measure, [(setup, variant, device, args)])[0]
     if setup.batch_size % ranks:
-        raise ValueError(f"{variant}: the batch size {setup.batch_size} does not split into "
-                         f"{ranks} equal shards; choose a multiple of {ranks}")
+        raise ValueError(
+            f"{variant}: the batch size {setup.batch_size} does not split into "
+            f"{ranks} equal shards; choose a multiple of {ranks}"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "rendezvous")
-        results = in_fresh_processes(measure_ddp_rank, [
-            (r, ranks, torch.get_num_threads(), init_file, setup, variant, args)
-            for r in range(ranks)])
+        results = in_fresh_processes(
+            measure_ddp_rank,
+            [
+                (r, ranks, torch.get_num_threads(), init_file, setup, variant, args)
+                for r in range(ranks)
+            ],
+        )
     out = results[0]
     out["train_peak_bytes"] = sum(r["train_peak_bytes"] for r in results)  # the machine's total
     return out
@@ -349,9 +383,11 @@ def run(setups: list[Setup], variants: list[str], device: torch.device, args) ->
             rounds.append({})
             for v in variants:
                 rounds[-1][v] = got = measure_fresh(setup, v, device, args)
-                print(f"[{setup.name}] {v}: {got['train_images_per_s']:.1f} train img/s, "
-                      f"{_num(got['iw_image_samples_per_s'], '.1f')} IW img·samples/s",
-                      file=sys.stderr)
+                print(
+                    f"[{setup.name}] {v}: {got['train_images_per_s']:.1f} train img/s, "
+                    f"{_num(got['iw_image_samples_per_s'], '.1f')} IW img·samples/s",
+                    file=sys.stderr,
+                )
             print(f"[{setup.name}] round {r + 1}/{args.repeats} done", file=sys.stderr)
         rows = []
         for v in variants:
@@ -360,15 +396,24 @@ def run(setups: list[Setup], variants: list[str], device: torch.device, args) ->
             for key in runs[0]:
                 if key != "variant":
                     values = [run[key] for run in runs]
-                    row[key] = all(values) if isinstance(values[0], bool) else statistics.median(values)
+                    row[key] = (
+                        all(values) if isinstance(values[0], bool) else statistics.median(values)
+                    )
             rows.append(row)
         base = rows[0]
         for row in rows:
             for key in ("train_images_per_s", "iw_image_samples_per_s", "sample_images_per_s"):
                 row[key.replace("_per_s", "_speedup")] = row[key] / base[key]
-        report["setups"].append({"name": setup.name, "batch_size": setup.batch_size,
-                                 "config": setup.config.to_dict(), "baseline": variants[0], "rows": rows,
-                                 "rounds": rounds})  # the raw measurements: their spread is the noise
+        report["setups"].append(
+            {
+                "name": setup.name,
+                "batch_size": setup.batch_size,
+                "config": setup.config.to_dict(),
+                "baseline": variants[0],
+                "rows": rows,
+                "rounds": rounds,
+            }
+        )  # the raw measurements: their spread is the noise
     return report
 
 
@@ -379,33 +424,54 @@ def _num(value: float, spec: str) -> str:
 def table(report: dict) -> str:
     lines = [f"device: {report['device']}, torch {report['torch']}"]
     for s in report["setups"]:
-        lines += ["", f"{s['name']} (batch {s['batch_size']}), ratios against '{s['baseline']}' in the same run",
-                  "| variant | train img/s | × | peak MiB | IW img·samples/s | × | sample img/s | × | Δbpd |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"{s['name']} (batch {s['batch_size']}), ratios against '{s['baseline']}' in the same "
+            "run",
+            "| variant | train img/s | × | peak MiB | IW img·samples/s | × | sample img/s | × | "
+            "Δbpd |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in s["rows"]:
             lines.append(
-                f"| {r['variant']} | {r['train_images_per_s']:.1f} | {r['train_images_speedup']:.2f} | "
-                f"{r['train_peak_bytes'] / 2**20:.0f} | {_num(r['iw_image_samples_per_s'], '.1f')} | "
-                f"{_num(r['iw_image_samples_speedup'], '.2f')} | {_num(r['sample_images_per_s'], '.1f')} | "
+                f"| {r['variant']} | {r['train_images_per_s']:.1f} | "
+                f"{r['train_images_speedup']:.2f} | "
+                f"{r['train_peak_bytes'] / 2**20:.0f} | "
+                f"{_num(r['iw_image_samples_per_s'], '.1f')} | "
+                f"{_num(r['iw_image_samples_speedup'], '.2f')} | "
+                f"{_num(r['sample_images_per_s'], '.1f')} | "
                 f"{_num(r['sample_images_speedup'], '.2f')} | {r['max_abs_bpd_diff']:.1e} |"
-                + ("" if r["train_losses_finite"] else " **non-finite training losses** |"))
+                + ("" if r["train_losses_finite"] else " **non-finite training losses** |")
+            )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--paper", action="store_true",
-                   help="benchmark the paper config (32×32 batch 64 and 64×64 batch 32) instead of the CPU config")
-    p.add_argument("--preset", default="small", help="config preset for the CPU-sized run (default: small)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--paper",
+        action="store_true",
+        help="benchmark the paper config (32×32 batch 64 and 64×64 batch 32) "
+        "instead of the CPU config",
+    )
+    p.add_argument(
+        "--preset", default="small", help="config preset for the CPU-sized run (default: small)"
+    )
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--variants", default="eager,channels_last,bf16,channels_last+bf16",
-                   help=f"comma-separated, first is the baseline; from {', '.join(VARIANTS)}")
+    p.add_argument(
+        "--variants",
+        default="eager,channels_last,bf16,channels_last+bf16",
+        help=f"comma-separated, first is the baseline; from {', '.join(VARIANTS)}",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=20, help="timed training steps per measurement")
     p.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="interleaved rounds; medians are reported"
+    )
     p.add_argument("--iw-samples", type=int, default=20, help="k for the IW-bound throughput")
     p.add_argument("--iw-chunk", type=int, default=10)
     p.add_argument("--eval-batch", type=int, default=4)
@@ -420,14 +486,23 @@ def main(argv=None) -> int:
     if device.type != "cuda" and set(variants) & set(GPU_ONLY):
         p.error(f"the variants {sorted(set(variants) & set(GPU_ONLY))} need a CUDA device")
     if device.type != "cpu" and set(variants) & set(CPU_ONLY):
-        p.error(f"the variants {sorted(set(variants) & set(CPU_ONLY))} split a CPU's cores "
-                "between processes; for several GPUs, train under torchrun")
+        p.error(
+            f"the variants {sorted(set(variants) & set(CPU_ONLY))} split a CPU's cores "
+            "between processes; for several GPUs, train under torchrun"
+        )
     if args.paper:
-        setups = [Setup("paper 32×32", DenseFlowConfig.paper(32), 64),
-                  Setup("paper 64×64", DenseFlowConfig.paper(64), 32)]
+        setups = [
+            Setup("paper 32×32", DenseFlowConfig.paper(32), 64),
+            Setup("paper 64×64", DenseFlowConfig.paper(64), 32),
+        ]
     else:
-        setups = [Setup(f"{args.preset} {args.image_size}×{args.image_size}",
-                        DenseFlowConfig.preset(args.preset, args.image_size), args.batch_size)]
+        setups = [
+            Setup(
+                f"{args.preset} {args.image_size}×{args.image_size}",
+                DenseFlowConfig.preset(args.preset, args.image_size),
+                args.batch_size,
+            )
+        ]
     report = run(setups, variants, device, args)
     print(table(report))
     if args.json:

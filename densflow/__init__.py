@@ -15,9 +15,9 @@ from . import data
 from .bounds import bits_per_dim, importance_weighted_bound
 from .checkpoint import CheckpointError, load_model, save_model
 from .data import DatasetError, augmentation_for, check_dataset, image_shape, load_dataset
+from .evaluate import save_sample_grid
 from .model import PRESETS, DenseFlow, DenseFlowConfig
 from .noise import fixed_noise, make_generator
-from .evaluate import save_sample_grid
 from .official import load_official
 from .train import TrainConfig, train_preset
 

@@ -20,7 +20,12 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "Bijection", "Squeeze", "squeeze", "unsqueeze", "ldj_dtype", "full_precision",
+    "Bijection",
+    "Squeeze",
+    "squeeze",
+    "unsqueeze",
+    "ldj_dtype",
+    "full_precision",
     "standard_normal_log_prob",
 ]
 

@@ -17,8 +17,16 @@ import torch
 
 from .model import DenseFlow, DenseFlowConfig
 
-__all__ = ["CheckpointError", "atomic_save", "save_model", "load_model",
-           "read_checkpoint", "model_from_checkpoint", "FORMAT", "VERSION"]
+__all__ = [
+    "CheckpointError",
+    "atomic_save",
+    "save_model",
+    "load_model",
+    "read_checkpoint",
+    "model_from_checkpoint",
+    "FORMAT",
+    "VERSION",
+]
 
 FORMAT, VERSION = "densflow", 1
 
@@ -49,8 +57,13 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 def save_model(model: DenseFlow, path: str | os.PathLike, **extra: Any) -> None:
     """Save ``model`` (config + state dict, plus any ``extra`` entries) atomically."""
     atomic_save(
-        {"format": FORMAT, "version": VERSION, "config": model.config.to_dict(),
-         "model": model.state_dict(), **extra},
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "config": model.config.to_dict(),
+            "model": model.state_dict(),
+            **extra,
+        },
         path,
     )
 
@@ -64,16 +77,24 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for torn or foreign files
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {err.__class__.__name__}: {err}. The file is corrupt or "
+            f"cannot read checkpoint {path}: {err.__class__.__name__}: {err}. The file is corrupt "
+            "or "
             "not a densflow checkpoint (official DenseFlow checkpoints load with "
             "densflow.load_official)"
         ) from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        hint = " It looks like an official DenseFlow checkpoint: use densflow.load_official." if (
-            isinstance(ckpt, dict) and "model" in ckpt and "current_epoch" in ckpt) else ""
-        raise CheckpointError(f"{path} is not a densflow checkpoint (no format='{FORMAT}' entry).{hint}")
+        hint = (
+            " It looks like an official DenseFlow checkpoint: use densflow.load_official."
+            if (isinstance(ckpt, dict) and "model" in ckpt and "current_epoch" in ckpt)
+            else ""
+        )
+        raise CheckpointError(
+            f"{path} is not a densflow checkpoint (no format='{FORMAT}' entry).{hint}"
+        )
     if ckpt.get("version") != VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {ckpt.get('version')}, expected {VERSION}")
+        raise CheckpointError(
+            f"{path} has checkpoint version {ckpt.get('version')}, expected {VERSION}"
+        )
     for key in ("config", "model"):
         if key not in ckpt:
             raise CheckpointError(f"{path} has no '{key}' entry")

@@ -34,12 +34,15 @@ def _convert(args: argparse.Namespace) -> int:
     from .checkpoint import save_model
     from .official import load_official
 
-    model = load_official(args.official, args.args, image_size=args.image_size,
-                          trust_checkpoint=args.trust_checkpoint)
+    model = load_official(
+        args.official, args.args, image_size=args.image_size, trust_checkpoint=args.trust_checkpoint
+    )
     save_model(model, args.out, source=str(args.official))
     n = sum(p.numel() for p in model.parameters())
-    print(f"converted {args.official} → {args.out}: {n:,} parameters, "
-          f"{model.config.image_size}×{model.config.image_size} images")
+    print(
+        f"converted {args.official} → {args.out}: {n:,} parameters, "
+        f"{model.config.image_size}×{model.config.image_size} images"
+    )
     return 0
 
 
@@ -69,8 +72,9 @@ def _model_config(text: str) -> Any:
         raw = json.loads(text if text.lstrip().startswith("{") else Path(text).read_text())
         return DenseFlowConfig.from_dict(raw)
     except (OSError, ValueError, TypeError) as err:
-        raise argparse.ArgumentTypeError(f"not a DenseFlowConfig JSON object or file: {err}") \
-            from err
+        raise argparse.ArgumentTypeError(
+            f"not a DenseFlowConfig JSON object or file: {err}"
+        ) from err
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -86,8 +90,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "TrainConfig defaults apply. Running the same command again resumes from "
         "OUT_DIR/checkpoint.pt.",
     )  # fmt: skip
-    train.add_argument("--preset", choices=sorted(TRAIN_PRESETS), default=argparse.SUPPRESS,
-                       help="start from this preset's settings for --dataset")
+    train.add_argument(
+        "--preset",
+        choices=sorted(TRAIN_PRESETS),
+        default=argparse.SUPPRESS,
+        help="start from this preset's settings for --dataset",
+    )
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         kind, optional = _unwrap_optional(hints[f.name])
@@ -111,8 +119,11 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
     fields (if ``--preset``) overridden by every option given."""
     from .train import TrainConfig, train_preset
 
-    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-              if hasattr(args, f.name)}
+    fields = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if hasattr(args, f.name)
+    }
     if hasattr(args, "preset"):
         return train_preset(fields.pop("dataset", TrainConfig.dataset), args.preset, **fields)
     return TrainConfig(**fields)
@@ -128,11 +139,14 @@ def _train(args: argparse.Namespace) -> int:
     try:
         result = train(config)
     except KeyboardInterrupt:
-        print(f"interrupted; the same command resumes from {config.out_dir}/checkpoint.pt",
-              file=sys.stderr)
+        print(
+            f"interrupted; the same command resumes from {config.out_dir}/checkpoint.pt",
+            file=sys.stderr,
+        )
         return 130
-    summary = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)
-               if f.name != "model"}
+    summary = {
+        f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name != "model"
+    }
     summary.update(out_dir=str(result.out_dir), checkpoint=str(result.checkpoint))
     print(json.dumps(summary, indent=2))
     return 0
@@ -143,12 +157,21 @@ def _train(args: argparse.Namespace) -> int:
 
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("checkpoint", nargs="?", help="a densflow checkpoint (.pt): from training, "
-                        "or converted with 'convert'")
-    source.add_argument("--official", metavar="RUN_DIR",
-                        help="an official DenseFlow run folder (args.pickle + check/checkpoint.pt)")
-    parser.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', "
-                        "'cuda', ... (default: auto)")
+    source.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="a densflow checkpoint (.pt): from training, or converted with 'convert'",
+    )
+    source.add_argument(
+        "--official",
+        metavar="RUN_DIR",
+        help="an official DenseFlow run folder (args.pickle + check/checkpoint.pt)",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="'auto' (cuda if available), 'cpu', 'cuda', ... (default: auto)",
+    )
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, str | None]:
@@ -168,32 +191,68 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "k=200 otherwise: --iw-samples paper). Prints JSON; --out also writes it to a file.",
     )  # fmt: skip
     _add_model_source(ev)
-    ev.add_argument("--dataset", default=None, choices=list(DATASETS),
-                    help="dataset name (default: the one the checkpoint was trained on, from its "
-                    "train config or the official args.pickle)")
+    ev.add_argument(
+        "--dataset",
+        default=None,
+        choices=list(DATASETS),
+        help="dataset name (default: the one the checkpoint was trained on, from its "
+        "train config or the official args.pickle)",
+    )
     ev.add_argument("--data-dir", default=None, help="folder holding the dataset files")
-    ev.add_argument("--split", default="test", choices=["train", "valid", "test"],
-                    help="split to evaluate; valid exists for CelebA only (default: test)")
-    ev.add_argument("--celeba-crop", default="official", choices=CELEBA_CROPS,
-                    help="CelebA crop: official resizes the whole image, center148 crops first "
-                    "(default: official)")
+    ev.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "valid", "test"],
+        help="split to evaluate; valid exists for CelebA only (default: test)",
+    )
+    ev.add_argument(
+        "--celeba-crop",
+        default="official",
+        choices=CELEBA_CROPS,
+        help="CelebA crop: official resizes the whole image, center148 crops first "
+        "(default: official)",
+    )
     ev.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
-    ev.add_argument("--batch-size", type=int, default=64, help="images per forward pass; the "
-                    "importance-weighted bound runs batch-size x chunk-size (default: 64)")
-    ev.add_argument("--iw-samples", default=None, help="k of the importance-weighted bound, or "
-                    "'paper' for the paper's k of the dataset (default: single-sample only)")
-    ev.add_argument("--chunk-size", type=int, default=50,
-                    help="importance samples per forward pass (default: 50)")
+    ev.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="images per forward pass; the "
+        "importance-weighted bound runs batch-size x chunk-size (default: 64)",
+    )
+    ev.add_argument(
+        "--iw-samples",
+        default=None,
+        help="k of the importance-weighted bound, or "
+        "'paper' for the paper's k of the dataset (default: single-sample only)",
+    )
+    ev.add_argument(
+        "--chunk-size",
+        type=int,
+        default=50,
+        help="importance samples per forward pass (default: 50)",
+    )
     ev.add_argument("--seed", type=int, default=0, help="seed of the noise draws (default: 0)")
-    ev.add_argument("--partial", default=None, help="progress file: an interrupted evaluation "
-                    "resumes from it (default: OUT.partial when --out is given)")
+    ev.add_argument(
+        "--partial",
+        default=None,
+        help="progress file: an interrupted evaluation "
+        "resumes from it (default: OUT.partial when --out is given)",
+    )
     ev.add_argument("--out", default=None, help="also write the JSON results to this file")
     ev.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: 0)")
-    ev.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                    help="progress bar (default: only on a terminal)")
-    _add_speed_switches(ev, amp_help="bf16: the coupling networks in bfloat16, log-dets and "
-                        "bits/dim in float32; the paper's numbers are float32 (default: none)",
-                        compile_help="worth it for importance-weighted runs of the whole test set")
+    ev.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: only on a terminal)",
+    )
+    _add_speed_switches(
+        ev,
+        amp_help="bf16: the coupling networks in bfloat16, log-dets and "
+        "bits/dim in float32; the paper's numbers are float32 (default: none)",
+        compile_help="worth it for importance-weighted runs of the whole test set",
+    )
     ev.set_defaults(run=_eval, parser=ev)
 
 
@@ -201,14 +260,19 @@ def _add_speed_switches(parser: argparse.ArgumentParser, amp_help: str, compile_
     from .performance import AMP_MODES
 
     speed = parser.add_argument_group(
-        "speed", "switches of densflow.performance (docs/performance.md): --channels-last and "
-        "--compile change results by rounding only (1e-5 relative), --amp bf16 a little more")
+        "speed",
+        "switches of densflow.performance (docs/performance.md): --channels-last and "
+        "--compile change results by rounding only (1e-5 relative), --amp bf16 a little more",
+    )
     speed.add_argument("--amp", default="none", choices=AMP_MODES, help=amp_help)
-    speed.add_argument("--channels-last", action="store_true",
-                       help="NHWC memory format for the convolutions")
-    speed.add_argument("--compile", action="store_true",
-                       help="torch.compile the flow: minutes of compilation, then faster passes; "
-                       + compile_help)
+    speed.add_argument(
+        "--channels-last", action="store_true", help="NHWC memory format for the convolutions"
+    )
+    speed.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the flow: minutes of compilation, then faster passes; " + compile_help,
+    )
 
 
 def _load_for_speed(args: argparse.Namespace) -> tuple[Any, str | None]:
@@ -239,11 +303,24 @@ def _eval(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < len(images):
         images = Subset(images, range(args.limit))
     partial = args.partial or (f"{args.out}.partial" if args.out else None)
-    result = evaluate(model, images, batch_size=args.batch_size, iw_samples=k,
-                      chunk_size=args.chunk_size, seed=args.seed, progress=args.progress,
-                      partial_path=partial, num_workers=args.num_workers, amp=args.amp)
-    summary = {"dataset": dataset, "split": args.split,
-               "model": args.checkpoint or args.official, **result.to_dict()}
+    result = evaluate(
+        model,
+        images,
+        batch_size=args.batch_size,
+        iw_samples=k,
+        chunk_size=args.chunk_size,
+        seed=args.seed,
+        progress=args.progress,
+        partial_path=partial,
+        num_workers=args.num_workers,
+        amp=args.amp,
+    )
+    summary = {
+        "dataset": dataset,
+        "split": args.split,
+        "model": args.checkpoint or args.official,
+        **result.to_dict(),
+    }
     text = json.dumps(summary, indent=2)
     print(text)
     if args.out:
@@ -253,18 +330,28 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
-    sp = sub.add_parser("sample", help="write a PNG grid of samples",
-                        description="Draw samples from a checkpoint and save them as a PNG grid.")
+    sp = sub.add_parser(
+        "sample",
+        help="write a PNG grid of samples",
+        description="Draw samples from a checkpoint and save them as a PNG grid.",
+    )
     _add_model_source(sp)
     sp.add_argument("--out", required=True, help="the PNG file to write")
     sp.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
     sp.add_argument("--nrow", type=int, default=8, help="images per grid row (default: 8)")
-    sp.add_argument("--temperature", type=float, default=1.0,
-                    help="scale of the prior's standard deviation (default: 1.0)")
+    sp.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="scale of the prior's standard deviation (default: 1.0)",
+    )
     sp.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
-    _add_speed_switches(sp, amp_help="bf16: the coupling networks in bfloat16; the same draws, "
-                        "so pixels differ slightly from the float32 samples (default: none)",
-                        compile_help="worth it only for a large --n")
+    _add_speed_switches(
+        sp,
+        amp_help="bf16: the coupling networks in bfloat16; the same draws, "
+        "so pixels differ slightly from the float32 samples (default: none)",
+        compile_help="worth it only for a large --n",
+    )
     sp.set_defaults(run=_sample)
 
 
@@ -275,8 +362,15 @@ def _sample(args: argparse.Namespace) -> int:
 
     model, _ = _load_for_speed(args)
     generator = torch.Generator(next(model.parameters()).device).manual_seed(args.seed)
-    save_sample_grid(model, args.out, n=args.n, temperature=args.temperature,
-                     generator=generator, nrow=args.nrow, amp=args.amp)
+    save_sample_grid(
+        model,
+        args.out,
+        n=args.n,
+        temperature=args.temperature,
+        generator=generator,
+        nrow=args.nrow,
+        amp=args.amp,
+    )
     print(f"wrote {args.n} samples to {args.out}")
     return 0
 
@@ -287,18 +381,27 @@ def _sample(args: argparse.Namespace) -> int:
 def _add_data(sub: argparse._SubParsersAction) -> None:
     from .data import DATASETS
 
-    dp = sub.add_parser("data", help="check or download a dataset",
-                        description="Check that a dataset is complete, or download it.")
+    dp = sub.add_parser(
+        "data",
+        help="check or download a dataset",
+        description="Check that a dataset is complete, or download it.",
+    )
     actions = dp.add_subparsers(dest="action", required=True)
-    check = actions.add_parser("check", help="validate a dataset folder and summarise it",
-                               description="Validate every split of a dataset quickly (files "
-                               "present, formats readable) and print a one-line summary.")
+    check = actions.add_parser(
+        "check",
+        help="validate a dataset folder and summarise it",
+        description="Validate every split of a dataset quickly (files "
+        "present, formats readable) and print a one-line summary.",
+    )
     check.add_argument("name", choices=list(DATASETS), help="dataset name")
     check.add_argument("--data-dir", default=None, help="folder holding the dataset files")
     check.set_defaults(run=_data_check)
-    download = actions.add_parser("download", help="download CIFAR-10 or CelebA",
-                                  description="Download a dataset with torchvision (CIFAR-10, "
-                                  "CelebA); ImageNet needs a manual download from image-net.org.")
+    download = actions.add_parser(
+        "download",
+        help="download CIFAR-10 or CelebA",
+        description="Download a dataset with torchvision (CIFAR-10, "
+        "CelebA); ImageNet needs a manual download from image-net.org.",
+    )
     download.add_argument("name", choices=list(DATASETS), help="dataset name")
     download.add_argument("--root", required=True, help="folder to download into")
     download.set_defaults(run=_data_download)
@@ -335,13 +438,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("official", help="official run folder, or its check/checkpoint.pt")
     convert.add_argument("out", help="where to write the densflow checkpoint (.pt)")
-    convert.add_argument("--args", default=None,
-                         help="the run's args.pickle (default: found beside the check/ folder)")
-    convert.add_argument("--image-size", type=int, default=None,
-                         help="image size, when there is no args.pickle (default 32)")
-    convert.add_argument("--trust-checkpoint", action="store_true",
-                         help="allow full unpickling if weights_only loading fails (trusted "
-                         "files only)")
+    convert.add_argument(
+        "--args",
+        default=None,
+        help="the run's args.pickle (default: found beside the check/ folder)",
+    )
+    convert.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="image size, when there is no args.pickle (default 32)",
+    )
+    convert.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow full unpickling if weights_only loading fails (trusted files only)",
+    )
     convert.set_defaults(run=_convert)
     _add_train(sub)
     _add_eval(sub)

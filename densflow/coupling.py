@@ -86,7 +86,9 @@ class CouplingNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         mid, e = self.in_conv.out_channels, self.attention.embed_dim
         h, qkv, first_in = F.conv2d(x, *self._input_projection()).split([mid, 3 * e, mid], dim=1)
-        u = torch.cat([self.attention.attend(qkv), self.dense(h, first_in)], dim=1)  # attention first
+        u = torch.cat(
+            [self.attention.attend(qkv), self.dense(h, first_in)], dim=1
+        )  # attention first
         return F.conv2d(torch.relu(self.mix_norm(u)), *self._output_projection())
 
     def _input_projection(self) -> tuple[Tensor, Tensor]:

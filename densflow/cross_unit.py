@@ -13,7 +13,8 @@ Seen as a map of ``(z, e)`` the Jacobian is block lower-triangular with identity
 ``diag(σ)`` on its diagonal (eq. 7), so :math:`\\ln|\\det| = \\sum \\log\\sigma`. The noise is not
 part of the data, so its density enters the Monte-Carlo lower bound of eq. 5 (Appendix D):
 
-.. math:: \\ln p(z) \\ge \\mathbb E_{e}\\left[\\ln p(z_{aug}) + \\sum\\log\\sigma - \\ln\\mathcal N(e; 0, I)\\right]
+.. math:: \\ln p(z) \\ge \\mathbb E_{e}\\left[\\ln p(z_{aug}) + \\sum\\log\\sigma
+   - \\ln\\mathcal N(e; 0, I)\\right]
    \\qquad \\text{(eq. 9)}.
 
 The inverse simply drops the appended channels: no conditioning network is evaluated.
@@ -37,6 +38,7 @@ from .glow import GlowModule
 from .noise import randn
 
 __all__ = ["CrossUnitCoupling", "InvertibleDenseBlock", "standard_normal_log_prob"]
+
 
 class CrossUnitCoupling(nn.Module):
     """Noise augmentation between units ``i−1`` and ``i`` (eqs. 6–9).
@@ -77,7 +79,12 @@ class CrossUnitCoupling(nn.Module):
         b, _, h, w = z.shape
         if e is None:
             # Drawn before g runs, matching the official order of random draws.
-            e = randn((b, self.growth_rate, h, w), generator=generator, dtype=ldj_dtype(z), device=z.device)
+            e = randn(
+                (b, self.growth_rate, h, w),
+                generator=generator,
+                dtype=ldj_dtype(z),
+                device=z.device,
+            )
         mu, log_sigma = self.noise_params(cond)
         e_hat = mu + torch.exp(log_sigma) * e
         z_aug = torch.cat([z, e_hat.to(z.dtype)], dim=1)
@@ -135,8 +142,10 @@ class InvertibleDenseBlock(nn.Module):
         ``(B, growth_rate, H, W)``); without it each is drawn with ``generator`` when needed.
         """
         if noise is not None and len(noise) != len(self.cross_unit):
-            raise ValueError(f"expected {len(self.cross_unit)} noise tensors (one per cross-unit "
-                             f"coupling), got {len(noise)}")
+            raise ValueError(
+                f"expected {len(self.cross_unit)} noise tensors (one per cross-unit "
+                f"coupling), got {len(noise)}"
+            )
         earlier = [x]  # x0, out_0, out_1, … : what the conditioning nets may look at
         unit_ldjs, cross_terms = [], []
         h = x

@@ -4,7 +4,8 @@ coupling networks (Fig. 2 of the paper) and in its dequantization flow.
 Layer ``k`` sees the block input concatenated with the outputs of all earlier layers
 (``c_k = c_in + k·growth`` channels) and appends ``growth`` new feature maps:
 
-.. math:: h_k = \\mathrm{ReLU}(\\mathrm{conv}_{3\\times3}(\\mathrm{ReLU}(\\mathrm{conv}_{1\\times1}(x_k)))),
+.. math:: h_k = \\mathrm{ReLU}(\\mathrm{conv}_{3\\times3}(
+   \\mathrm{ReLU}(\\mathrm{conv}_{1\\times1}(x_k)))),
    \\qquad x_{k+1} = [x_k, h_k].
 
 After the last layer a *gated* 1×1 convolution maps the ``c_in + depth·growth`` channels to

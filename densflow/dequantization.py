@@ -76,7 +76,9 @@ class VariationalDequantization(nn.Module):
     ) -> None:
         super().__init__()
         c, half = self.channels, self.channels // 2
-        self.context = DequantizationContext(mid_channels, context_channels, context_depth, context_growth)
+        self.context = DequantizationContext(
+            mid_channels, context_channels, context_depth, context_growth
+        )
         self.base_loc = nn.Parameter(torch.zeros(1, c, 1, 1))
         self.base_log_scale = nn.Parameter(torch.zeros(1, c, 1, 1))
         self.convs = nn.ModuleList(InvertibleConv1x1(c) for _ in range(num_steps + 1))
@@ -93,14 +95,17 @@ class VariationalDequantization(nn.Module):
         )
 
     def flow(self, eps: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        """Push base noise ``ε (B, 12, H/2, W/2)`` to ``u (B, 3, H, W)``; return ``(u, Σ ln|det J|)``.
+        """Push base noise ``ε (B, 12, H/2, W/2)`` to ``u (B, 3, H, W)``;
+        return ``(u, Σ ln|det J|)``.
 
         Includes the base affine map ``e = μ + σ ε``, so the returned log-det is that of ``ε ↦ u``.
         """
         h = self.base_loc + torch.exp(self.base_log_scale) * eps
         hw = eps.shape[2] * eps.shape[3]
         ldj = (hw * self.base_log_scale.to(ldj_dtype(eps)).sum()).expand(eps.shape[0])
-        for conv, coupling in zip(self.convs, self.couplings, strict=False):  # S+1 convs, S couplings
+        for conv, coupling in zip(
+            self.convs, self.couplings, strict=False
+        ):  # S+1 convs, S couplings
             h, conv_ldj = conv(h)
             h, coupling_ldj = coupling(h, context)
             ldj = ldj + conv_ldj + coupling_ldj
@@ -122,7 +127,12 @@ class VariationalDequantization(nn.Module):
         b, _, h, w = x.shape
         context = self.context(x)
         if eps is None:
-            eps = randn((b, self.channels, h // 2, w // 2), generator=generator, dtype=x.dtype, device=x.device)
+            eps = randn(
+                (b, self.channels, h // 2, w // 2),
+                generator=generator,
+                dtype=x.dtype,
+                device=x.device,
+            )
         u, flow_ldj = self.flow(eps, context)
         # ln q(u|x) = ln N(ε; 0, I) − ln|det ∂u/∂ε|  (the base's own scale is inside flow_ldj)
         log_q = standard_normal_log_prob(eps) - flow_ldj

@@ -36,7 +36,11 @@ from .model import DenseFlow
 from .performance import autocast, run_eagerly
 
 __all__ = [
-    "EvalResult", "PAPER_IW_SAMPLES", "collate_images", "evaluate", "progress_interval",
+    "EvalResult",
+    "PAPER_IW_SAMPLES",
+    "collate_images",
+    "evaluate",
+    "progress_interval",
     "save_sample_grid",
 ]
 
@@ -79,8 +83,12 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The summary numbers (no per-image arrays), for JSON."""
-        return {"bpd_single": self.bpd_single, "bpd_iw": self.bpd_iw, "n_images": self.n_images,
-                "iw_samples": self.iw_samples}
+        return {
+            "bpd_single": self.bpd_single,
+            "bpd_iw": self.bpd_iw,
+            "n_images": self.n_images,
+            "iw_samples": self.iw_samples,
+        }
 
 
 def _fingerprint(model: DenseFlow) -> str:
@@ -152,9 +160,14 @@ def evaluate(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     n = len(dataset)
-    settings = {"n_images": n, "batch_size": batch_size, "iw_samples": iw_samples,
-                "chunk_size": chunk_size, "single": single,
-                "seed": seed if generator is None else "caller's generator"}
+    settings = {
+        "n_images": n,
+        "batch_size": batch_size,
+        "iw_samples": iw_samples,
+        "chunk_size": chunk_size,
+        "single": single,
+        "seed": seed if generator is None else "caller's generator",
+    }
     if amp != "none":  # float32 keeps the settings of progress files written before amp existed
         settings["amp"] = amp
     precision = autocast(device, amp)  # checks amp before any work
@@ -170,23 +183,38 @@ def evaluate(
             state = torch.load(partial, map_location="cpu", weights_only=True)
         except Exception:  # not ours or damaged: it only ever holds progress, so recompute
             state = {}
-        if state.get("format") == _PARTIAL_FORMAT and state["version"] == _PARTIAL_VERSION and (
-                state["settings"] == settings and state["model"] == fingerprint):
+        if (
+            state.get("format") == _PARTIAL_FORMAT
+            and state["version"] == _PARTIAL_VERSION
+            and (state["settings"] == settings and state["model"] == fingerprint)
+        ):
             done, per_single, per_iw = state["done"], list(state["single"]), list(state["iw"])
             generator.set_state(state["generator"])
         else:
-            warnings.warn(f"{partial} is unreadable or from another model or other settings; "
-                          "starting over", stacklevel=2)
+            warnings.warn(
+                f"{partial} is unreadable or from another model or other settings; starting over",
+                stacklevel=2,
+            )
 
     was_training = model.training
     model.eval()
-    loader = DataLoader(Subset(dataset, range(done, n)), batch_size=batch_size,
-                        num_workers=num_workers, collate_fn=collate_images)
+    loader = DataLoader(
+        Subset(dataset, range(done, n)),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_images,
+    )
     from tqdm import tqdm  # text bars: they also survive in papermill output
 
-    bar = tqdm(total=n, initial=done, unit="img", desc="evaluate", dynamic_ncols=True,
-               mininterval=progress_interval(),
-               disable=None if progress is None else not progress)
+    bar = tqdm(
+        total=n,
+        initial=done,
+        unit="img",
+        desc="evaluate",
+        dynamic_ncols=True,
+        mininterval=progress_interval(),
+        disable=None if progress is None else not progress,
+    )
     last_save = time.monotonic()
     try:
         with torch.no_grad(), precision:
@@ -204,8 +232,11 @@ def evaluate(
                         per_iw.append(bits_per_dim(log_p, model.image_shape).cpu())
                 done += len(x)
                 bar.update(len(x))
-                if partial is not None and done < n and (
-                        time.monotonic() - last_save >= save_interval_s):
+                if (
+                    partial is not None
+                    and done < n
+                    and (time.monotonic() - last_save >= save_interval_s)
+                ):
                     atomic_save({"format": _PARTIAL_FORMAT, "version": _PARTIAL_VERSION,
                                  "settings": settings, "model": fingerprint, "done": done,
                                  "single": per_single, "iw": per_iw,

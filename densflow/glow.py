@@ -95,7 +95,9 @@ class InvertibleConv1x1(Bijection):
     def _conv(self, x: Tensor, weight: Tensor) -> Tensor:
         c = weight.shape[0]
         with full_precision(x):
-            return F.conv2d(x.to(ldj_dtype(x)), weight.view(c, c, 1, 1).to(ldj_dtype(x))).to(x.dtype)
+            return F.conv2d(x.to(ldj_dtype(x)), weight.view(c, c, 1, 1).to(ldj_dtype(x))).to(
+                x.dtype
+            )
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         with full_precision(x):
@@ -117,8 +119,8 @@ class LUInvertibleConv1x1(InvertibleConv1x1):
 
     :math:`W = P L (U + \\mathrm{diag}(\\mathrm{sign}\\, e^{\\log|s|}))` with a fixed permutation
     ``P``, unit lower-triangular ``L`` and strictly upper-triangular ``U``; the log-det is then
-    :math:`H W \\sum \\log|s|`, with no determinant to compute. An option (``conv1x1="lu"``), not the
-    paper's choice; official checkpoints use the plain weight.
+    :math:`H W \\sum \\log|s|`, with no determinant to compute. An option (``conv1x1="lu"``),
+    not the paper's choice; official checkpoints use the plain weight.
     """
 
     def __init__(self, channels: int) -> None:
@@ -197,7 +199,9 @@ class GlowModule(Bijection):
         if conv1x1 not in ("plain", "lu"):
             raise ValueError(f"conv1x1 must be 'plain' or 'lu', got {conv1x1!r}")
         self.actnorm = ActNorm(channels)
-        self.conv1x1 = InvertibleConv1x1(channels) if conv1x1 == "plain" else LUInvertibleConv1x1(channels)
+        self.conv1x1 = (
+            InvertibleConv1x1(channels) if conv1x1 == "plain" else LUInvertibleConv1x1(channels)
+        )
         net = CouplingNet(
             (channels + 1) // 2,
             2 * (channels // 2),

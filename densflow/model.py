@@ -83,15 +83,18 @@ class DenseFlowConfig:
             raise ValueError(f"conv1x1 must be 'plain' or 'lu', got {self.conv1x1!r}")
         if self.image_size % 2**n:
             raise ValueError(
-                f"image_size {self.image_size} cannot be squeezed {n} times (one initial squeeze and "
+                f"image_size {self.image_size} cannot be squeezed {n} times (one initial squeeze "
+                "and "
                 f"{n - 1} transitions): it must be divisible by {2**n}"
             )
         for b in range(n):
             side = self.image_size // 2 ** (b + 1)
             if (side * side) % self.num_landmarks:
                 raise ValueError(
-                    f"dense block {b} works at {side}×{side}, whose {side * side} positions cannot be "
-                    f"split into {self.num_landmarks} Nyström landmarks; use a larger image_size, fewer "
+                    f"dense block {b} works at {side}×{side}, whose {side * side} positions "
+                    "cannot be "
+                    f"split into {self.num_landmarks} Nyström landmarks; use a larger image_size, "
+                    "fewer "
                     "blocks or another num_landmarks"
                 )
 
@@ -135,14 +138,34 @@ class DenseFlowConfig:
 
 
 _SMALL = dict(
-    block_config=(2, 2, 1), layers_config=(2, 2, 4), mid_channels=(24, 24, 24), growth_rate=4,
-    coupling_dense_depth=3, coupling_dense_growth=16, deq_num_steps=2, deq_context_channels=16,
-    deq_mid_channels=16, deq_depth=2, deq_growth=16, deq_context_depth=2, deq_context_growth=8,
+    block_config=(2, 2, 1),
+    layers_config=(2, 2, 4),
+    mid_channels=(24, 24, 24),
+    growth_rate=4,
+    coupling_dense_depth=3,
+    coupling_dense_growth=16,
+    deq_num_steps=2,
+    deq_context_channels=16,
+    deq_mid_channels=16,
+    deq_depth=2,
+    deq_growth=16,
+    deq_context_depth=2,
+    deq_context_growth=8,
 )
 _TINY = dict(
-    block_config=(2, 2, 1), layers_config=(1, 1, 2), mid_channels=(8, 8, 8), growth_rate=2,
-    coupling_dense_depth=2, coupling_dense_growth=4, deq_num_steps=1, deq_context_channels=4,
-    deq_mid_channels=4, deq_depth=1, deq_growth=4, deq_context_depth=1, deq_context_growth=4,
+    block_config=(2, 2, 1),
+    layers_config=(1, 1, 2),
+    mid_channels=(8, 8, 8),
+    growth_rate=2,
+    coupling_dense_depth=2,
+    coupling_dense_growth=4,
+    deq_num_steps=1,
+    deq_context_channels=4,
+    deq_mid_channels=4,
+    deq_depth=1,
+    deq_growth=4,
+    deq_context_depth=1,
+    deq_context_growth=4,
 )
 
 PRESETS = {"paper": "paper", "small": "small", "tiny": "tiny"}
@@ -169,8 +192,13 @@ class DenseFlow(nn.Module):
         super().__init__()
         self.config = config = config or DenseFlowConfig()
         self.dequantization = VariationalDequantization(
-            config.deq_num_steps, config.deq_context_channels, config.deq_mid_channels,
-            config.deq_depth, config.deq_growth, config.deq_context_depth, config.deq_context_growth,
+            config.deq_num_steps,
+            config.deq_context_channels,
+            config.deq_mid_channels,
+            config.deq_depth,
+            config.deq_growth,
+            config.deq_context_depth,
+            config.deq_context_growth,
         )
         blocks, channels, side = [], 12, config.image_size // 2
         for b, (units, layers, mid) in enumerate(
@@ -179,9 +207,15 @@ class DenseFlow(nn.Module):
             if b > 0:  # transition: squeeze (×4 channels) and keep half
                 channels, side = 2 * channels, side // 2
             block = InvertibleDenseBlock(
-                channels, units, layers, config.growth_rate, mid,
-                dense_depth=config.coupling_dense_depth, dense_growth=config.coupling_dense_growth,
-                num_landmarks=config.num_landmarks, pinv_iterations=config.pinv_iterations,
+                channels,
+                units,
+                layers,
+                config.growth_rate,
+                mid,
+                dense_depth=config.coupling_dense_depth,
+                dense_growth=config.coupling_dense_growth,
+                num_landmarks=config.num_landmarks,
+                pinv_iterations=config.pinv_iterations,
                 conv1x1=config.conv1x1,
             )
             blocks.append(block)
@@ -205,7 +239,8 @@ class DenseFlow(nn.Module):
         if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
             raise ValueError(
                 f"expected uint8 images with values 0..255, got dtype {x.dtype}. DenseFlow models "
-                "discrete 8-bit data; convert images in [0, 1] with (x * 255).round().to(torch.uint8)"
+                "discrete 8-bit data; convert images in [0, 1] with (x * "
+                "255).round().to(torch.uint8)"
             )
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(
@@ -214,7 +249,8 @@ class DenseFlow(nn.Module):
         size = self.config.image_size
         if tuple(x.shape[2:]) != (size, size):
             raise ValueError(
-                f"this model was built for {size}×{size} images, got {x.shape[2]}×{x.shape[3]}; build "
+                f"this model was built for {size}×{size} images, got {x.shape[2]}×{x.shape[3]}; "
+                "build "
                 f"one with DenseFlowConfig(image_size={x.shape[2]}, ...) (needs a square size "
                 f"divisible by {2 ** len(self.blocks)})"
             )
@@ -225,7 +261,9 @@ class DenseFlow(nn.Module):
         return x.to(self.prior.loc.dtype)
 
     # ------------------------------------------------------------------ noise
-    def noise_shapes(self, batch_size: int, *, sampling: bool = False) -> dict[str, tuple[int, ...]]:
+    def noise_shapes(
+        self, batch_size: int, *, sampling: bool = False
+    ) -> dict[str, tuple[int, ...]]:
         """Shape of every Gaussian draw of one pass, in the order the official code draws them.
 
         Likelihood (the default): ``dequantization`` (the base noise ε of q(u|x)), then
@@ -263,16 +301,20 @@ class DenseFlow(nn.Module):
         one graph for ``torch.compile`` (:func:`densflow.performance.compile_model`).
         """
         dtype, device = self.prior.loc.dtype, self.prior.loc.device
-        return {name: randn(shape, generator=generator, dtype=dtype, device=device)
-                for name, shape in self.noise_shapes(batch_size, sampling=sampling).items()
-                if name not in skip}
+        return {
+            name: randn(shape, generator=generator, dtype=dtype, device=device)
+            for name, shape in self.noise_shapes(batch_size, sampling=sampling).items()
+            if name not in skip
+        }
 
     def _check_noise(self, noise: dict[str, Tensor], batch_size: int, sampling: bool) -> None:
         expected = self.noise_shapes(batch_size, sampling=sampling)
         got = {name: tuple(t.shape) for name, t in noise.items()}
         wrong = [name for name, t in noise.items() if not t.is_floating_point()]
         if wrong:
-            raise ValueError(f"noise must be floating point (standard-normal draws); {wrong} are not")
+            raise ValueError(
+                f"noise must be floating point (standard-normal draws); {wrong} are not"
+            )
         if got != expected:
             raise ValueError(
                 f"noise does not fit this model and batch of {batch_size}: expected the shapes "
@@ -281,7 +323,9 @@ class DenseFlow(nn.Module):
             )
 
     # ------------------------------------------------------------------ likelihood
-    def _flow(self, v: Tensor, noise: dict[str, Tensor], terms: dict[str, Tensor] | None) -> list[Tensor]:
+    def _flow(
+        self, v: Tensor, noise: dict[str, Tensor], terms: dict[str, Tensor] | None
+    ) -> list[Tensor]:
         """Dequantized ``v`` → multi-scale latents ``[dropped_0, …, z]``; fills ``terms``."""
         latents = []
         h = squeeze(v - 0.5)
@@ -335,7 +379,8 @@ class DenseFlow(nn.Module):
         return terms
 
     def encode(self, v: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
-        """Continuous ``v ∈ [0, 1)`` ``(B, 3, H, W)`` → latents ``[dropped_0, …, dropped_{n−2}, z]``.
+        """Continuous ``v ∈ [0, 1)`` ``(B, 3, H, W)`` → latents
+        ``[dropped_0, …, dropped_{n−2}, z]``.
 
         The cross-unit noise is drawn from ``generator``; :meth:`decode` inverts this exactly.
         Dequantize uint8 images first with
@@ -344,9 +389,13 @@ class DenseFlow(nn.Module):
         return self._flow(v, self.draw_noise(v.shape[0], generator, skip=("dequantization",)), None)
 
     def decode(self, latents: list[Tensor]) -> Tensor:
-        """Inverse of :meth:`encode`: latents → continuous ``v`` (quantize with ``floor(256·v)``)."""
+        """Inverse of :meth:`encode`: latents → continuous ``v``
+        (quantize with ``floor(256·v)``)."""
         if len(latents) != len(self.blocks):
-            raise ValueError(f"expected {len(self.blocks)} latents (the dropped halves and z), got {len(latents)}")
+            raise ValueError(
+                f"expected {len(self.blocks)} latents (the dropped halves and z), got "
+                f"{len(latents)}"
+            )
         h = latents[-1]
         for b in reversed(range(len(self.blocks))):
             h = self.blocks[b].inverse(h)
@@ -396,7 +445,9 @@ class DenseFlow(nn.Module):
         Call it in eval mode (BatchNorm then uses its running statistics).
         """
         if k < 1 or chunk_size < 1:
-            raise ValueError(f"k and chunk_size must be positive, got k={k}, chunk_size={chunk_size}")
+            raise ValueError(
+                f"k and chunk_size must be positive, got k={k}, chunk_size={chunk_size}"
+            )
         x = self._check_images(x).to(torch.uint8)
         b = x.shape[0]
         running = None

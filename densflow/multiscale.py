@@ -17,8 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import squeeze, unsqueeze
-from .base import standard_normal_log_prob
+from .base import squeeze, standard_normal_log_prob, unsqueeze
 
 __all__ = ["Transition"]
 

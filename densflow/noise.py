@@ -5,8 +5,9 @@ Two reasons to funnel the draws through one function:
 * **Caller-controlled randomness.** Each draw takes an optional ``torch.Generator``; a run seeded
   by the caller is reproducible regardless of what else touches the global RNG.
 * **Fixed-noise evaluation.** Under :func:`fixed_noise` every draw returns a constant tensor. The
-  reference fixtures of the official implementation (``shared/reference/golden_A.pt``) were made
-  that way, so this is how we prove that our log-likelihood equals theirs number for number.
+  reference fixtures of the official implementation (``tests/fixtures/official/golden_A.pt``)
+  were made that way, so this is how we prove that our log-likelihood equals theirs number for
+  number.
 """
 
 from __future__ import annotations

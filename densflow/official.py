@@ -75,7 +75,10 @@ def _dequantization(deq) -> Iterator[tuple[str, str]]:
     for s in range(len(deq.convs)):
         yield f"{ours}convs.{s}.weight", f"{theirs}transforms.{2 * s}.weight"
     for s, coupling in enumerate(deq.couplings):
-        net_ours, net_theirs = f"{ours}couplings.{s}.net.", f"{theirs}transforms.{2 * s + 1}.coupling_net.0.transform."
+        net_ours, net_theirs = (
+            f"{ours}couplings.{s}.net.",
+            f"{theirs}transforms.{2 * s + 1}.coupling_net.0.transform.",
+        )
         yield from _conv(f"{net_ours}0", f"{net_theirs}0")
         yield from _dense_block(f"{net_ours}1.", f"{net_theirs}1.dense.", coupling.net[1])
         yield from _conv(f"{net_ours}2", f"{net_theirs}2")
@@ -89,7 +92,10 @@ def _glow_module(ours: str, theirs: str, module) -> Iterator[tuple[str, str]]:
     for p in ("shift", "log_scale", "initialized"):
         yield f"{ours}actnorm.{p}", f"{theirs}transforms.0.{p}"
     yield f"{ours}conv1x1.weight", f"{theirs}transforms.1.weight"
-    net_ours, net_theirs = f"{ours}coupling.net.", f"{theirs}transforms.2.coupling_net.0.dn.transform."
+    net_ours, net_theirs = (
+        f"{ours}coupling.net.",
+        f"{theirs}transforms.2.coupling_net.0.dn.transform.",
+    )
     yield from _conv(f"{net_ours}in_conv", f"{net_theirs}0")
     yield from _dense_block(f"{net_ours}dense.", f"{net_theirs}1.dense.", module.coupling.net.dense)
     yield from _conv(f"{net_ours}attention.qkv", f"{net_theirs}1.mha.qkv")
@@ -106,17 +112,24 @@ def official_key_map(model: DenseFlow) -> dict[str, str]:
     Only models with the paper's plain 1×1 convolutions have official counterparts.
     """
     if model.config.conv1x1 != "plain":
-        raise ValueError("official checkpoints use plain 1×1 convolutions; build with conv1x1='plain'")
+        raise ValueError(
+            "official checkpoints use plain 1×1 convolutions; build with conv1x1='plain'"
+        )
     pairs = [("prior.loc", "base_dist.loc"), ("prior.log_scale", "base_dist.log_scale")]
     pairs += _dequantization(model.dequantization)
     for b, block in enumerate(model.blocks):
         theirs = f"transforms.{3 + 2 * b}."
         for k in range(len(block.cross_unit)):
             for layer in ("0", "2"):
-                pairs += _conv(f"blocks.{b}.cross_unit.{k}.g.{layer}", f"{theirs}noise_params.{k}.transformation.{layer}")
+                pairs += _conv(
+                    f"blocks.{b}.cross_unit.{k}.g.{layer}",
+                    f"{theirs}noise_params.{k}.transformation.{layer}",
+                )
         for i, unit in enumerate(block.units):
             for j, module in enumerate(unit):
-                pairs += _glow_module(f"blocks.{b}.units.{i}.{j}.", f"{theirs}blocks.{i}.transforms.{j}.", module)
+                pairs += _glow_module(
+                    f"blocks.{b}.units.{i}.{j}.", f"{theirs}blocks.{i}.transforms.{j}.", module
+                )
     return dict(pairs)
 
 
@@ -127,7 +140,9 @@ def _count(keys: set[str], pattern: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def config_from_state_dict(state_dict: Mapping[str, Tensor], image_size: int = 32, **overrides) -> DenseFlowConfig:
+def config_from_state_dict(
+    state_dict: Mapping[str, Tensor], image_size: int = 32, **overrides
+) -> DenseFlowConfig:
     """Infer the architecture of an official state dict from its keys and shapes.
 
     The image size is not recorded in the weights (no shape depends on it): pass it, or read it
@@ -139,11 +154,16 @@ def config_from_state_dict(state_dict: Mapping[str, Tensor], image_size: int = 3
         num_blocks = (num_blocks - 3 + 1) // 2
         blocks = [f"transforms.{3 + 2 * b}." for b in range(num_blocks)]
         unit_counts = tuple(_count(keys, re.escape(t) + r"blocks\.(\d+)\..*") for t in blocks)
-        layer_counts = tuple(_count(keys, re.escape(t) + r"blocks\.0\.transforms\.(\d+)\..*") for t in blocks)
+        layer_counts = tuple(
+            _count(keys, re.escape(t) + r"blocks\.0\.transforms\.(\d+)\..*") for t in blocks
+        )
         net = "blocks.0.transforms.0.transforms.2.coupling_net.0.dn.transform."
         mids = tuple(int(sd[f"{t}{net}0.weight"].shape[0]) for t in blocks)
-        growth = [int(sd[f"{t}noise_params.0.transformation.2.weight"].shape[0]) // 2
-                  for t in blocks if f"{t}noise_params.0.transformation.2.weight" in sd]
+        growth = [
+            int(sd[f"{t}noise_params.0.transformation.2.weight"].shape[0]) // 2
+            for t in blocks
+            if f"{t}noise_params.0.transformation.2.weight" in sd
+        ]
         net0 = f"{blocks[0]}{net}1.dense."
         enc = "transforms.0.encoder."
         deq_net = f"{enc}transforms.1.coupling_net.0.transform."
@@ -157,7 +177,8 @@ def config_from_state_dict(state_dict: Mapping[str, Tensor], image_size: int = 3
             growth_rate=growth[0] if growth else DenseFlowConfig.growth_rate,
             coupling_dense_depth=_count(keys, re.escape(net0) + r"(\d+)\.nn\.0\.weight"),
             coupling_dense_growth=int(sd[f"{net0}0.nn.2.weight"].shape[0]),
-            deq_num_steps=_count(keys, re.escape(f"{enc}transforms.") + r"(\d+)\.coupling_net\..*") // 2,
+            deq_num_steps=_count(keys, re.escape(f"{enc}transforms.") + r"(\d+)\.coupling_net\..*")
+            // 2,
             deq_context_channels=int(sd[f"{ctx}3.{context_depth}.conv.weight"].shape[0]) // 3,
             deq_mid_channels=int(sd[f"{deq_net}0.weight"].shape[0]),
             deq_depth=_count(keys, re.escape(f"{deq_net}1.dense.") + r"(\d+)\.nn\.0\.weight"),
@@ -167,7 +188,8 @@ def config_from_state_dict(state_dict: Mapping[str, Tensor], image_size: int = 3
         )
     except (KeyError, IndexError) as err:
         raise CheckpointError(
-            f"this does not look like an official DenseFlow state dict: expected key {err} is missing"
+            f"this does not look like an official DenseFlow state dict: expected key {err} is "
+            "missing"
         ) from err
     inferred.update(overrides)
     return DenseFlowConfig(**inferred)
@@ -176,13 +198,20 @@ def config_from_state_dict(state_dict: Mapping[str, Tensor], image_size: int = 3
 class _ArgsUnpickler(pickle.Unpickler):
     """Admits ``argparse.Namespace`` and plain values only: a pickle can run arbitrary code."""
 
-    _ALLOWED = {("argparse", "Namespace"), ("copyreg", "_reconstructor"), ("builtins", "object"),
-                ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice")}
+    _ALLOWED = {
+        ("argparse", "Namespace"),
+        ("copyreg", "_reconstructor"),
+        ("builtins", "object"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+        ("builtins", "slice"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(
-                f"args.pickle refers to {module}.{name}; only argparse.Namespace and plain values are "
+                f"args.pickle refers to {module}.{name}; only argparse.Namespace and plain values "
+                "are "
                 "allowed (a pickle can run code)"
             )
         return super().find_class(module, name)
@@ -196,7 +225,9 @@ def read_official_args(path: str | os.PathLike) -> argparse.Namespace:
     except (OSError, pickle.UnpicklingError, EOFError) as err:
         raise CheckpointError(f"cannot read official args file {path}: {err}") from err
     if not isinstance(args, argparse.Namespace):
-        raise CheckpointError(f"{path} holds a {type(args).__name__}, expected an argparse.Namespace")
+        raise CheckpointError(
+            f"{path} holds a {type(args).__name__}, expected an argparse.Namespace"
+        )
     return args
 
 
@@ -204,12 +235,17 @@ def _config_from_args(args: argparse.Namespace) -> dict:
     dataset = getattr(args, "dataset", None)
     if dataset not in IMAGE_SIZES:
         raise CheckpointError(
-            f"args.dataset is {dataset!r}; known datasets are {sorted(IMAGE_SIZES)} (pass image_size)"
+            f"args.dataset is {dataset!r}; known datasets are {sorted(IMAGE_SIZES)} (pass "
+            "image_size)"
         )
     fields = dict(image_size=IMAGE_SIZES[dataset])
-    for ours, theirs in (("block_config", "block_conf"), ("layers_config", "layers_conf"),
-                         ("mid_channels", "layer_mid_chnls"), ("growth_rate", "growth_rate"),
-                         ("num_bits", "num_bits")):
+    for ours, theirs in (
+        ("block_config", "block_conf"),
+        ("layers_config", "layers_conf"),
+        ("mid_channels", "layer_mid_chnls"),
+        ("growth_rate", "growth_rate"),
+        ("num_bits", "num_bits"),
+    ):
         if hasattr(args, theirs):
             fields[ours] = getattr(args, theirs)
     return fields
@@ -218,7 +254,7 @@ def _config_from_args(args: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------- conversion
 def _strip_prefix(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     if state_dict and all(k.startswith("module.") for k in state_dict):
-        return {k[len("module."):]: v for k, v in state_dict.items()}
+        return {k[len("module.") :]: v for k, v in state_dict.items()}
     return dict(state_dict)
 
 
@@ -227,7 +263,8 @@ def _check_constant(key: str, value: Tensor) -> bool:
         if pattern.fullmatch(key):
             if expected is not None and not math.isclose(float(value), expected, rel_tol=1e-6):
                 raise CheckpointError(
-                    f"official buffer {key} is {float(value)}, expected {expected}: this checkpoint "
+                    f"official buffer {key} is {float(value)}, expected {expected}: this "
+                    "checkpoint "
                     "was made with a modified model that densflow does not reproduce"
                 )
             return True
@@ -241,15 +278,20 @@ def convert_state_dict(official: Mapping[str, Tensor], model: DenseFlow) -> dict
     ours = model.state_dict()
     wanted = {theirs: mine for mine, theirs in key_map.items()}
     missing = sorted(t for t in wanted if t not in official)
-    unexpected = sorted(k for k in official if k not in wanted and not _check_constant(k, official[k]))
+    unexpected = sorted(
+        k for k in official if k not in wanted and not _check_constant(k, official[k])
+    )
     misshaped = sorted(
         f"{t}: checkpoint {tuple(official[t].shape)}, model {tuple(ours[m].shape)}"
-        for t, m in wanted.items() if t in official and official[t].shape != ours[m].shape
+        for t, m in wanted.items()
+        if t in official and official[t].shape != ours[m].shape
     )
     if missing or unexpected or misshaped:
+
         def show(items: list[str]) -> str:
             more = f" … and {len(items) - 8} more" if len(items) > 8 else ""
             return "\n    " + "\n    ".join(items[:8]) + more if items else " none"
+
         raise CheckpointError(
             "the official checkpoint does not fit the model built for it "
             f"(config {model.config}):\n  missing keys ({len(missing)}):{show(missing)}"
@@ -268,13 +310,21 @@ def locate_official(path: Path) -> tuple[Path, Path | None]:
         if ckpt is None:
             raise CheckpointError(
                 f"{path} is a folder without check/checkpoint.pt: an official run folder holds "
-                f"args.pickle and check/checkpoint.pt (found: {sorted(p.name for p in path.iterdir())[:10]})"
+                "args.pickle and check/checkpoint.pt (found: "
+                f"{sorted(p.name for p in path.iterdir())[:10]})"
             )
     elif path.is_file():
         ckpt = path
     else:
         raise CheckpointError(f"no official checkpoint at {path}")
-    args = next((a for a in (ckpt.parent.parent / "args.pickle", ckpt.parent / "args.pickle") if a.is_file()), None)
+    args = next(
+        (
+            a
+            for a in (ckpt.parent.parent / "args.pickle", ckpt.parent / "args.pickle")
+            if a.is_file()
+        ),
+        None,
+    )
     return ckpt, args
 
 
@@ -305,14 +355,19 @@ def load_official(
         raw = torch.load(ckpt_file, map_location="cpu", weights_only=not trust_checkpoint)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
-            f"{ckpt_file} cannot be loaded with weights_only=True ({err}). If you trust its source, "
+            f"{ckpt_file} cannot be loaded with weights_only=True ({err}). If you trust its "
+            "source, "
             "pass trust_checkpoint=True"
         ) from err
     except Exception as err:
         raise CheckpointError(f"cannot read {ckpt_file}: {err.__class__.__name__}: {err}") from err
     state_dict = raw.get("model", raw) if isinstance(raw, dict) else None
-    if not isinstance(state_dict, Mapping) or not all(isinstance(v, Tensor) for v in state_dict.values()):
-        raise CheckpointError(f"{ckpt_file} holds no state dict (expected a dict with a 'model' entry)")
+    if not isinstance(state_dict, Mapping) or not all(
+        isinstance(v, Tensor) for v in state_dict.values()
+    ):
+        raise CheckpointError(
+            f"{ckpt_file} holds no state dict (expected a dict with a 'model' entry)"
+        )
     state_dict = _strip_prefix(state_dict)
 
     config = config_from_state_dict(state_dict, image_size or 32)

@@ -35,9 +35,19 @@ from .bounds import bits_per_dim
 from .glow import ActNorm
 from .model import DenseFlow
 
-__all__ = ["AMP_MODES", "autocast", "to_channels_last", "compile_model", "prepare_model",
-           "compile_optimizer", "run_eagerly", "set_lr", "optimizer_state_dict",
-           "forward_backward", "GraphedTrainingStep"]
+__all__ = [
+    "AMP_MODES",
+    "autocast",
+    "to_channels_last",
+    "compile_model",
+    "prepare_model",
+    "compile_optimizer",
+    "run_eagerly",
+    "set_lr",
+    "optimizer_state_dict",
+    "forward_backward",
+    "GraphedTrainingStep",
+]
 
 AMP_MODES = ("none", "bf16")
 
@@ -54,8 +64,9 @@ def autocast(
         raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
     if amp == "none":
         return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
-                          cache_enabled=cache_enabled)
+    return torch.autocast(
+        torch.device(device).type, dtype=torch.bfloat16, cache_enabled=cache_enabled
+    )
 
 
 def to_channels_last(module_or_tensor: nn.Module | Tensor) -> nn.Module | Tensor:
@@ -95,9 +106,12 @@ def _compile_with_fallback(
                 failed = True
                 if on_fallback is not None:
                     on_fallback()
-                warnings.warn(f"torch.compile failed ({err.__class__.__name__}: {err}); running "
-                              f"{type(self).__name__}.{name} eagerly", RuntimeWarning,
-                              stacklevel=2)
+                warnings.warn(
+                    f"torch.compile failed ({err.__class__.__name__}: {err}); running "
+                    f"{type(self).__name__}.{name} eagerly",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         return eager(self, *args, **kwargs)
 
     method.densflow_compiled = True
@@ -131,8 +145,9 @@ def compile_model(model: DenseFlow, **compile_kwargs) -> list[str]:
     compile_kwargs.setdefault("dynamic", False)
     # One graph per batch size and mode (train/eval, grad/no-grad), each a cache entry.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    return [name for name in COMPILED_METHODS
-            if _compile_with_fallback(model, name, **compile_kwargs)]
+    return [
+        name for name in COMPILED_METHODS if _compile_with_fallback(model, name, **compile_kwargs)
+    ]
 
 
 def prepare_model(
@@ -177,8 +192,9 @@ def compile_optimizer(optimizer: torch.optim.Optimizer, **compile_kwargs) -> boo
     setting, and the step runs eagerly.
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError("compile_optimizer expects a torch.optim.Optimizer, got "
-                        f"{type(optimizer).__name__}")
+        raise TypeError(
+            f"compile_optimizer expects a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
     if getattr(optimizer.step, "densflow_compiled", False):
         return False
     optimizer.densflow_capturable = [group.get("capturable") for group in optimizer.param_groups]
@@ -293,8 +309,10 @@ class GraphedTrainingStep:
         if not isinstance(model, DenseFlow):
             raise TypeError(f"GraphedTrainingStep expects a DenseFlow, got {type(model).__name__}")
         if not all(m.is_initialized() for m in model.modules() if isinstance(m, ActNorm)):
-            raise ValueError("ActNorm is not initialised: run one training-mode forward pass on a "
-                             "batch first (the Trainer does), then build the GraphedTrainingStep")
+            raise ValueError(
+                "ActNorm is not initialised: run one training-mode forward pass on a "
+                "batch first (the Trainer does), then build the GraphedTrainingStep"
+            )
         autocast("cpu", amp)  # checks amp now rather than at the first step
         self.model, self.amp, self.max_norm, self.warmup = model, amp, max_norm, warmup
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -324,8 +342,9 @@ class GraphedTrainingStep:
         return loss.clone(), grad_norm.clone()
 
     def _run(self, cache_enabled: bool = True) -> tuple[Tensor, Tensor]:
-        return forward_backward(self.model, self._x, self._noise, self.amp, self.max_norm,
-                                cache_enabled)
+        return forward_backward(
+            self.model, self._x, self._noise, self.amp, self.max_norm, cache_enabled
+        )
 
     def _set_up(self, x: Tensor, noise: dict[str, Tensor]) -> None:
         if x.dtype != torch.uint8:
@@ -338,8 +357,12 @@ class GraphedTrainingStep:
             self._capture()
         except Exception as err:  # an operator that cannot be captured on this platform, …
             # self.graph is set only by a capture that completed: calls run eagerly.
-            warnings.warn(f"CUDA graph capture failed ({err.__class__.__name__}: {err}); the "
-                          "training step runs eagerly", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"CUDA graph capture failed ({err.__class__.__name__}: {err}); the "
+                "training step runs eagerly",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _capture(self) -> None:
         buffers = list(self.model.buffers())
@@ -361,9 +384,14 @@ class GraphedTrainingStep:
 
     def _check_like(self, x: Tensor, noise: dict[str, Tensor]) -> None:
         got = (tuple(x.shape), x.dtype, {n: tuple(t.shape) for n, t in noise.items()})
-        want = (tuple(self._x.shape), self._x.dtype,
-                {n: tuple(t.shape) for n, t in self._noise.items()})
+        want = (
+            tuple(self._x.shape),
+            self._x.dtype,
+            {n: tuple(t.shape) for n, t in self._noise.items()},
+        )
         if got != want:
-            raise ValueError(f"GraphedTrainingStep was set up for images {want[0]} {want[1]} and "
-                             f"noise {want[2]}, got {got[0]} {got[1]} and {got[2]}; build one "
-                             "per batch size")
+            raise ValueError(
+                f"GraphedTrainingStep was set up for images {want[0]} {want[1]} and "
+                f"noise {want[2]}, got {got[0]} {got[1]} and {got[2]}; build one "
+                "per batch size"
+            )

@@ -37,14 +37,22 @@ class LearnedGaussianPrior(nn.Module):
         """``ln p(z)`` per example, in float32 or wider."""
         dtype = ldj_dtype(z)
         z, loc, log_scale = z.to(dtype), self.loc.to(dtype), self.log_scale.to(dtype)
-        log_p = -0.5 * math.log(2 * math.pi) - log_scale - 0.5 * torch.exp(-2 * log_scale) * (z - loc) ** 2
+        log_p = (
+            -0.5 * math.log(2 * math.pi)
+            - log_scale
+            - 0.5 * torch.exp(-2 * log_scale) * (z - loc) ** 2
+        )
         return log_p.flatten(1).sum(dim=1)
 
     def sample(
         self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> Tensor:
-        eps = randn((n, self.loc.shape[1], *self.spatial), generator=generator,
-                    dtype=self.loc.dtype, device=self.loc.device)
+        eps = randn(
+            (n, self.loc.shape[1], *self.spatial),
+            generator=generator,
+            dtype=self.loc.dtype,
+            device=self.loc.device,
+        )
         return self.sample_from(eps, temperature)
 
     def sample_from(self, eps: Tensor, temperature: float = 1.0) -> Tensor:

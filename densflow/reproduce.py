@@ -77,8 +77,15 @@ def reproduction_config(
     ``preset`` is a training preset of :data:`densflow.train.TRAIN_PRESETS` (``paper``,
     ``official``, ``smoke``, ``quickstart``); ``None`` values keep the preset's setting.
     """
-    changes: dict[str, Any] = dict(data_dir=data_dir, out_dir=str(out_dir), device=device,
-                                   resume=resume, num_workers=num_workers, seed=seed, **overrides)
+    changes: dict[str, Any] = dict(
+        data_dir=data_dir,
+        out_dir=str(out_dir),
+        device=device,
+        resume=resume,
+        num_workers=num_workers,
+        seed=seed,
+        **overrides,
+    )
     if epochs is not None:
         changes["epochs"] = epochs
     if batch_size is not None:
@@ -98,13 +105,17 @@ def _device(name: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
-def load_any_checkpoint(path: str | os.PathLike, device: str = "auto") -> tuple[DenseFlow, str | None]:
+def load_any_checkpoint(
+    path: str | os.PathLike, device: str = "auto"
+) -> tuple[DenseFlow, str | None]:
     """A model from a densflow checkpoint or an official run folder / checkpoint file, and the
     dataset it was trained on when the files record it."""
     path, device = Path(path), _device(device)
     if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}: expected a densflow checkpoint (.pt) or an "
-                              "official DenseFlow run folder (args.pickle + check/checkpoint.pt)")
+        raise CheckpointError(
+            f"no checkpoint at {path}: expected a densflow checkpoint (.pt) or an "
+            "official DenseFlow run folder (args.pickle + check/checkpoint.pt)"
+        )
     if path.is_file():
         try:
             ckpt = read_checkpoint(path, device)
@@ -118,7 +129,9 @@ def load_any_checkpoint(path: str | os.PathLike, device: str = "auto") -> tuple[
     return model, read_official_args(args_file).dataset if args_file is not None else None
 
 
-def train_or_load(config: TrainConfig, checkpoint: str | os.PathLike | None = None) -> tuple[DenseFlow, TrainResult | None]:
+def train_or_load(
+    config: TrainConfig, checkpoint: str | os.PathLike | None = None
+) -> tuple[DenseFlow, TrainResult | None]:
     """Train (resuming from ``config.out_dir`` if a run is there), or load ``checkpoint``.
 
     A loaded model gets the config's ``channels_last`` and ``compile`` switches, as a trained
@@ -151,13 +164,22 @@ def evaluate_test_split(
     if iw_samples:
         batch = max(1, min(batch, (config.batch_size * 8) // min(chunk_size, iw_samples)))
     partial = Path(config.out_dir) / f"eval_k{iw_samples or 1}_n{len(test)}.partial.pt"
-    return evaluate(model, test, batch_size=batch, iw_samples=iw_samples, chunk_size=chunk_size,
-                    seed=config.seed, progress=progress, partial_path=partial,
-                    num_workers=config.num_workers)
+    return evaluate(
+        model,
+        test,
+        batch_size=batch,
+        iw_samples=iw_samples,
+        chunk_size=chunk_size,
+        seed=config.seed,
+        progress=progress,
+        partial_path=partial,
+        num_workers=config.num_workers,
+    )
 
 
 def comparison_table(dataset: str, result: EvalResult) -> str:
     """Markdown table: this run beside the paper's Table 1 rows for ``dataset``."""
+
     def fmt(v: float | None) -> str:
         return "–" if v is None else f"{v:.3f}"
 
@@ -179,10 +201,16 @@ def plot_learning_curve(out_dir: str | os.PathLike, ax: Any = None) -> Any:
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
     events = read_metrics(out_dir)
-    train_pts = [(e["step"], e["bpd"]) for e in events
-                 if e.get("event") == "train" and e.get("bpd") is not None]
-    test_pts = [(e["step"], e["test_bpd"]) for e in events
-                if e.get("event") == "eval" and e.get("test_bpd") is not None]
+    train_pts = [
+        (e["step"], e["bpd"])
+        for e in events
+        if e.get("event") == "train" and e.get("bpd") is not None
+    ]
+    test_pts = [
+        (e["step"], e["test_bpd"])
+        for e in events
+        if e.get("event") == "eval" and e.get("test_bpd") is not None
+    ]
     if train_pts:
         ax.plot(*zip(*train_pts, strict=True), label="train (mean since the last log point)", lw=1)
     if test_pts:
@@ -210,18 +238,24 @@ def write_results(
         "dataset": dataset,
         "test": result.to_dict(),
         "paper_denseflow_bpd": paper,
-        "train": None if train_result is None else {
-            "steps": train_result.step, "epochs": train_result.epoch,
-            "completed": train_result.completed, "train_bpd": train_result.train_bpd,
-            "checkpoint": str(train_result.checkpoint)},
+        "train": None
+        if train_result is None
+        else {
+            "steps": train_result.step,
+            "epochs": train_result.epoch,
+            "completed": train_result.completed,
+            "train_bpd": train_result.train_bpd,
+            "checkpoint": str(train_result.checkpoint),
+        },
         "checkpoint": None if checkpoint is None else str(checkpoint),
         "config": config.to_dict(),
         "torch": torch.__version__,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else platform.processor() or "cpu",
         "written": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     path = Path(out_dir) / "results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return path
-

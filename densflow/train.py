@@ -55,9 +55,17 @@ from .checkpoint import FORMAT, VERSION, CheckpointError, atomic_save, read_chec
 from .evaluate import collate_images, evaluate, progress_interval
 from .glow import ActNorm
 from .model import PRESETS, DenseFlow, DenseFlowConfig
-from .performance import (AMP_MODES, GraphedTrainingStep, autocast, compile_model,
-                          compile_optimizer, forward_backward, optimizer_state_dict, set_lr,
-                          to_channels_last)
+from .performance import (
+    AMP_MODES,
+    GraphedTrainingStep,
+    autocast,
+    compile_model,
+    compile_optimizer,
+    forward_backward,
+    optimizer_state_dict,
+    set_lr,
+    to_channels_last,
+)
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -106,92 +114,196 @@ class TrainConfig:
     Use :func:`train_preset` for the paper's settings per dataset.
     """
 
-    dataset: str = field(default="photos", metadata=_help(
-        "dataset name", choices=tuple(data.DATASETS)))
-    data_dir: str | None = field(default=None, metadata=_help(
-        "folder holding the dataset files (not needed for photos)"))
-    celeba_crop: str = field(default="official", metadata=_help(
-        "CelebA crop: 'official' resizes the whole image, 'center148' crops 148x148 first",
-        choices=data.CELEBA_CROPS))
-    model: str = field(default="small", metadata=_help(
-        "model preset: paper (DenseFlow-74-10), small (CPU-trainable) or tiny (tests)",
-        choices=tuple(PRESETS)))
-    image_size: int | None = field(default=None, metadata=_help(
-        "image side of the model (default: the dataset's)"))
-    model_config: DenseFlowConfig | None = field(default=None, metadata=_help(
-        "a full DenseFlowConfig as a JSON object or a .json file; overrides model and image_size"))
+    dataset: str = field(
+        default="photos", metadata=_help("dataset name", choices=tuple(data.DATASETS))
+    )
+    data_dir: str | None = field(
+        default=None, metadata=_help("folder holding the dataset files (not needed for photos)")
+    )
+    celeba_crop: str = field(
+        default="official",
+        metadata=_help(
+            "CelebA crop: 'official' resizes the whole image, 'center148' crops 148x148 first",
+            choices=data.CELEBA_CROPS,
+        ),
+    )
+    model: str = field(
+        default="small",
+        metadata=_help(
+            "model preset: paper (DenseFlow-74-10), small (CPU-trainable) or tiny (tests)",
+            choices=tuple(PRESETS),
+        ),
+    )
+    image_size: int | None = field(
+        default=None, metadata=_help("image side of the model (default: the dataset's)")
+    )
+    model_config: DenseFlowConfig | None = field(
+        default=None,
+        metadata=_help(
+            "a full DenseFlowConfig as a JSON object or a .json file; overrides model and "
+            "image_size"
+        ),
+    )
     batch_size: int = field(default=64, metadata=_help("images per optimizer step (per GPU)"))
     epochs: int = field(default=1, metadata=_help("epochs of the main phase"))
-    finetune_epochs: int = field(default=0, metadata=_help(
-        "epochs of the fine-tuning phase after the main one, at finetune_lr"))
-    steps_per_epoch: int | None = field(default=None, metadata=_help(
-        "cap on steps per epoch (default: the whole train split; for smoke runs)"))
-    max_steps: int | None = field(default=None, metadata=_help(
-        "stop (with a checkpoint) after this many steps in total; run again with a larger value "
-        "to continue"))
+    finetune_epochs: int = field(
+        default=0,
+        metadata=_help("epochs of the fine-tuning phase after the main one, at finetune_lr"),
+    )
+    steps_per_epoch: int | None = field(
+        default=None,
+        metadata=_help("cap on steps per epoch (default: the whole train split; for smoke runs)"),
+    )
+    max_steps: int | None = field(
+        default=None,
+        metadata=_help(
+            "stop (with a checkpoint) after this many steps in total; run again with a larger "
+            "value "
+            "to continue"
+        ),
+    )
     lr: float = field(default=1e-3, metadata=_help("peak learning rate of the main phase"))
-    finetune_lr: float = field(default=2e-5, metadata=_help(
-        "constant learning rate of the fine-tuning phase"))
-    warmup_steps: int = field(default=5000, metadata=_help(
-        "linear warm-up length in steps (the paper says epochs; the official code counts steps)"))
-    gamma: float = field(default=0.95, metadata=_help(
-        "exponential lr decay per epoch (paper: 0.95; 0.9975 for CIFAR-10)"))
-    schedule: str = field(default="paper", metadata=_help(
-        "'paper': warm-up, then decay by gamma per epoch; 'official_constant': as the official "
-        "code runs, where the warm-up overwrites the decay and the lr stays at lr",
-        choices=SCHEDULES))
-    optimizer: str = field(default="adamax", metadata=_help(
-        "optimizer (the paper: adamax; betas 0.9, 0.999)", choices=OPTIMIZERS))
-    grad_clip: float | None = field(default=None, metadata=_help(
-        "clip the gradient norm to this value (the official runs use none)"))
-    augmentation: bool = field(default=True, metadata=_help(
-        "random flips and shifts of the paper (per dataset, see densflow.data.augmentation_for)"))
-    amp: str = field(default="none", metadata=_help(
-        "mixed precision: 'bf16' runs the coupling networks under bfloat16 autocast; the "
-        "invertible path and the loss stay float32 (on the CPU it pays together with compile)",
-        choices=AMP_MODES))
-    channels_last: bool = field(default=False, metadata=_help(
-        "channels-last memory format for the model and inputs (can speed up GPU convolutions)"))
-    compile: bool = field(default=False, metadata=_help(
-        "torch.compile the whole flow and the optimizer step (densflow.performance.compile_model, "
-        "compile_optimizer): faster steps after minutes of compilation, paid again for each new "
-        "batch size; for long runs"))
-    cuda_graphs: bool = field(default=False, metadata=_help(
-        "capture the forward and backward pass in a CUDA graph and replay it each step "
-        "(densflow.performance.GraphedTrainingStep): on a GPU the eager step is bound by the host "
-        "issuing ~70,000 operator calls; not with compile or several processes; eager on a CPU"))
-    device: str = field(default="auto", metadata=_help(
-        "'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."))
-    num_workers: int = field(default=0, metadata=_help(
-        "DataLoader worker processes (useful for CelebA, whose JPEGs are decoded on the fly)"))
-    pin_memory: bool | None = field(default=None, metadata=_help(
-        "pinned host memory for batches (default: on when training on CUDA)"))
-    seed: int = field(default=0, metadata=_help(
-        "seed of the model initialisation, data order, augmentation and noise"))
-    out_dir: str = field(default="runs/densflow", metadata=_help(
-        f"run folder: {CHECKPOINT_NAME} and {METRICS_NAME} are written there"))
-    resume: bool = field(default=True, metadata=_help(
-        f"continue from out_dir/{CHECKPOINT_NAME} when it exists; with --no-resume an existing "
-        "checkpoint is an error instead"))
-    checkpoint_every: int = field(default=1000, metadata=_help(
-        "write the checkpoint every this many steps (0: only at epoch ends and at the end)"))
-    log_every: int = field(default=100, metadata=_help(
-        "steps between train-bpd log lines (and the only points where the loss is read back)"))
-    eval_every: int = field(default=1, metadata=_help(
-        "epochs between test-set evaluations (0: never; the last epoch is always evaluated)"))
-    eval_limit: int | None = field(default=None, metadata=_help(
-        "evaluate on the first N test images only (default: the whole test split)"))
-    eval_batch_size: int | None = field(default=None, metadata=_help(
-        "batch size of evaluations (default: batch_size)"))
-    iw_samples: int | None = field(default=None, metadata=_help(
-        "after the last epoch, also the importance-weighted bound with this many samples (paper: "
-        "1000 for CIFAR-10, 200 otherwise; costs that many forward passes per image)"))
-    iw_chunk_size: int = field(default=50, metadata=_help(
-        "samples of the importance-weighted bound evaluated per forward pass"))
-    max_nonfinite: int = field(default=20, metadata=_help(
-        "stop after this many consecutive non-finite losses (each is skipped)"))
-    progress: bool | None = field(default=None, metadata=_help(
-        "progress bars (default: only when the output is a terminal)"))
+    finetune_lr: float = field(
+        default=2e-5, metadata=_help("constant learning rate of the fine-tuning phase")
+    )
+    warmup_steps: int = field(
+        default=5000,
+        metadata=_help(
+            "linear warm-up length in steps (the paper says epochs; the official code counts steps)"
+        ),
+    )
+    gamma: float = field(
+        default=0.95,
+        metadata=_help("exponential lr decay per epoch (paper: 0.95; 0.9975 for CIFAR-10)"),
+    )
+    schedule: str = field(
+        default="paper",
+        metadata=_help(
+            "'paper': warm-up, then decay by gamma per epoch; 'official_constant': as the official "
+            "code runs, where the warm-up overwrites the decay and the lr stays at lr",
+            choices=SCHEDULES,
+        ),
+    )
+    optimizer: str = field(
+        default="adamax",
+        metadata=_help("optimizer (the paper: adamax; betas 0.9, 0.999)", choices=OPTIMIZERS),
+    )
+    grad_clip: float | None = field(
+        default=None,
+        metadata=_help("clip the gradient norm to this value (the official runs use none)"),
+    )
+    augmentation: bool = field(
+        default=True,
+        metadata=_help(
+            "random flips and shifts of the paper (per dataset, see densflow.data.augmentation_for)"
+        ),
+    )
+    amp: str = field(
+        default="none",
+        metadata=_help(
+            "mixed precision: 'bf16' runs the coupling networks under bfloat16 autocast; the "
+            "invertible path and the loss stay float32 (on the CPU it pays together with compile)",
+            choices=AMP_MODES,
+        ),
+    )
+    channels_last: bool = field(
+        default=False,
+        metadata=_help(
+            "channels-last memory format for the model and inputs (can speed up GPU convolutions)"
+        ),
+    )
+    compile: bool = field(
+        default=False,
+        metadata=_help(
+            "torch.compile the whole flow and the optimizer step "
+            "(densflow.performance.compile_model, "
+            "compile_optimizer): faster steps after minutes of compilation, paid again for each "
+            "new "
+            "batch size; for long runs"
+        ),
+    )
+    cuda_graphs: bool = field(
+        default=False,
+        metadata=_help(
+            "capture the forward and backward pass in a CUDA graph and replay it each step "
+            "(densflow.performance.GraphedTrainingStep): on a GPU the eager step is bound by the "
+            "host "
+            "issuing ~70,000 operator calls; not with compile or several processes; eager on a CPU"
+        ),
+    )
+    device: str = field(
+        default="auto",
+        metadata=_help("'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."),
+    )
+    num_workers: int = field(
+        default=0,
+        metadata=_help(
+            "DataLoader worker processes (useful for CelebA, whose JPEGs are decoded on the fly)"
+        ),
+    )
+    pin_memory: bool | None = field(
+        default=None,
+        metadata=_help("pinned host memory for batches (default: on when training on CUDA)"),
+    )
+    seed: int = field(
+        default=0,
+        metadata=_help("seed of the model initialisation, data order, augmentation and noise"),
+    )
+    out_dir: str = field(
+        default="runs/densflow",
+        metadata=_help(f"run folder: {CHECKPOINT_NAME} and {METRICS_NAME} are written there"),
+    )
+    resume: bool = field(
+        default=True,
+        metadata=_help(
+            f"continue from out_dir/{CHECKPOINT_NAME} when it exists; with --no-resume an existing "
+            "checkpoint is an error instead"
+        ),
+    )
+    checkpoint_every: int = field(
+        default=1000,
+        metadata=_help(
+            "write the checkpoint every this many steps (0: only at epoch ends and at the end)"
+        ),
+    )
+    log_every: int = field(
+        default=100,
+        metadata=_help(
+            "steps between train-bpd log lines (and the only points where the loss is read back)"
+        ),
+    )
+    eval_every: int = field(
+        default=1,
+        metadata=_help(
+            "epochs between test-set evaluations (0: never; the last epoch is always evaluated)"
+        ),
+    )
+    eval_limit: int | None = field(
+        default=None,
+        metadata=_help("evaluate on the first N test images only (default: the whole test split)"),
+    )
+    eval_batch_size: int | None = field(
+        default=None, metadata=_help("batch size of evaluations (default: batch_size)")
+    )
+    iw_samples: int | None = field(
+        default=None,
+        metadata=_help(
+            "after the last epoch, also the importance-weighted bound with this many samples "
+            "(paper: "
+            "1000 for CIFAR-10, 200 otherwise; costs that many forward passes per image)"
+        ),
+    )
+    iw_chunk_size: int = field(
+        default=50,
+        metadata=_help("samples of the importance-weighted bound evaluated per forward pass"),
+    )
+    max_nonfinite: int = field(
+        default=20,
+        metadata=_help("stop after this many consecutive non-finite losses (each is skipped)"),
+    )
+    progress: bool | None = field(
+        default=None, metadata=_help("progress bars (default: only when the output is a terminal)")
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.model_config, dict):  # from JSON or a checkpoint
@@ -199,29 +311,50 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
-                raise ValueError(f"{f.name} must be one of {choices}, got "
-                                 f"{getattr(self, f.name)!r}")
-        positive = ("batch_size", "log_every", "iw_chunk_size", "max_nonfinite", "steps_per_epoch",
-                    "eval_limit", "eval_batch_size", "iw_samples", "image_size")
+                raise ValueError(
+                    f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}"
+                )
+        positive = (
+            "batch_size",
+            "log_every",
+            "iw_chunk_size",
+            "max_nonfinite",
+            "steps_per_epoch",
+            "eval_limit",
+            "eval_batch_size",
+            "iw_samples",
+            "image_size",
+        )
         for name in positive:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
-        for name in ("epochs", "finetune_epochs", "warmup_steps", "checkpoint_every", "eval_every",
-                     "num_workers", "max_steps"):
+        for name in (
+            "epochs",
+            "finetune_epochs",
+            "warmup_steps",
+            "checkpoint_every",
+            "eval_every",
+            "num_workers",
+            "max_steps",
+        ):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be non-negative, got {value}")
         if self.epochs + self.finetune_epochs == 0:
             raise ValueError("epochs + finetune_epochs must be at least 1")
         if not (0.0 < self.gamma <= 1.0) or self.lr <= 0 or self.finetune_lr <= 0:
-            raise ValueError(f"need 0 < gamma <= 1 and positive learning rates, got gamma="
-                             f"{self.gamma}, lr={self.lr}, finetune_lr={self.finetune_lr}")
+            raise ValueError(
+                f"need 0 < gamma <= 1 and positive learning rates, got gamma="
+                f"{self.gamma}, lr={self.lr}, finetune_lr={self.finetune_lr}"
+            )
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"grad_clip must be positive, got {self.grad_clip}")
         if self.cuda_graphs and self.compile:
-            raise ValueError("choose one of compile and cuda_graphs: a capture of the compiled "
-                             "flow has not been validated")
+            raise ValueError(
+                "choose one of compile and cuda_graphs: a capture of the compiled "
+                "flow has not been validated"
+            )
 
     def model_cfg(self) -> DenseFlowConfig:
         """The architecture: ``model_config``, or the ``model`` preset at ``image_size`` (default:
@@ -256,8 +389,17 @@ _PAPER_TABLE: dict[str, dict[str, Any]] = {
     "celeba": dict(epochs=50, finetune_epochs=5, batch_size=32),
 }
 _PAPER_COMMON: dict[str, Any] = dict(
-    model="paper", lr=1e-3, finetune_lr=2e-5, warmup_steps=5000, gamma=0.95, schedule="paper",
-    optimizer="adamax", augmentation=True, checkpoint_every=1000, log_every=100, eval_every=1,
+    model="paper",
+    lr=1e-3,
+    finetune_lr=2e-5,
+    warmup_steps=5000,
+    gamma=0.95,
+    schedule="paper",
+    optimizer="adamax",
+    augmentation=True,
+    checkpoint_every=1000,
+    log_every=100,
+    eval_every=1,
 )
 
 
@@ -301,11 +443,14 @@ def train_preset(dataset: str, preset: str = "paper", **overrides: Any) -> Train
         True
     """
     if preset not in TRAIN_PRESETS:
-        raise ValueError(f"unknown training preset {preset!r}; choose one of "
-                         f"{sorted(TRAIN_PRESETS)}")
+        raise ValueError(
+            f"unknown training preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}"
+        )
     if dataset not in TRAIN_PRESETS[preset]:
-        raise ValueError(f"preset {preset!r} has no settings for {dataset!r}; it covers "
-                         f"{sorted(TRAIN_PRESETS[preset])}")
+        raise ValueError(
+            f"preset {preset!r} has no settings for {dataset!r}; it covers "
+            f"{sorted(TRAIN_PRESETS[preset])}"
+        )
     fields = {"out_dir": f"runs/{dataset}-{preset}", **TRAIN_PRESETS[preset][dataset], **overrides}
     return TrainConfig(**fields)
 
@@ -519,8 +664,11 @@ class Trainer:
         self.device = _resolve_device(cfg.device, self.dist)
         self.out_dir = Path(cfg.out_dir)
         self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
-        self.train_set = train_set if train_set is not None else data.load_dataset(
-            cfg.dataset, cfg.data_dir, "train", celeba_crop=cfg.celeba_crop)
+        self.train_set = (
+            train_set
+            if train_set is not None
+            else data.load_dataset(cfg.dataset, cfg.data_dir, "train", celeba_crop=cfg.celeba_crop)
+        )
         self._test_set = test_set
 
         with torch.random.fork_rng(devices=[]):  # the init must not depend on (or move) global RNG
@@ -544,8 +692,9 @@ class Trainer:
         if cfg.steps_per_epoch is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.steps_per_epoch)
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{order_len} training images per process do not fill one batch of "
-                             f"{cfg.batch_size}")
+            raise ValueError(
+                f"{order_len} training images per process do not fill one batch of {cfg.batch_size}"
+            )
 
         self.step = self.epoch = self.step_in_epoch = 0
         self._nonfinite_run = 0
@@ -561,15 +710,18 @@ class Trainer:
     def _check_shape(self) -> None:
         first = collate_images([self.train_set[0]])
         if tuple(first.shape[1:]) != self.model.image_shape:
-            raise ValueError(f"the train images are {tuple(first.shape[1:])} but the model expects "
-                             f"{self.model.image_shape}; set image_size or model_config to match")
+            raise ValueError(
+                f"the train images are {tuple(first.shape[1:])} but the model expects "
+                f"{self.model.image_shape}; set image_size or model_config to match"
+            )
 
     @property
     def test_set(self) -> Dataset:
         if self._test_set is None:
             cfg = self.config
-            self._test_set = data.load_dataset(cfg.dataset, cfg.data_dir, "test",
-                                               celeba_crop=cfg.celeba_crop)
+            self._test_set = data.load_dataset(
+                cfg.dataset, cfg.data_dir, "test", celeba_crop=cfg.celeba_crop
+            )
         return self._test_set
 
     def _maybe_resume(self) -> int:
@@ -577,16 +729,23 @@ class Trainer:
         if not self.checkpoint_path.exists():
             return 0
         if not self.config.resume:
-            raise CheckpointError(f"{self.checkpoint_path} exists and resume is off; choose "
-                                  "another out_dir or remove the old run")
+            raise CheckpointError(
+                f"{self.checkpoint_path} exists and resume is off; choose "
+                "another out_dir or remove the old run"
+            )
         ckpt = read_checkpoint(self.checkpoint_path, map_location=self.device)
         saved = TrainConfig.from_dict(ckpt["train_config"]).to_dict()
         now = self.config.to_dict()
-        changed = [f"{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now" for k in now
-                   if k not in _RESUMABLE_CHANGES and saved[k] != now[k]]
+        changed = [
+            f"{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now"
+            for k in now
+            if k not in _RESUMABLE_CHANGES and saved[k] != now[k]
+        ]
         if changed:
-            raise CheckpointError(f"cannot resume {self.checkpoint_path} with a different "
-                                  f"configuration ({'; '.join(changed)}); use another out_dir")
+            raise CheckpointError(
+                f"cannot resume {self.checkpoint_path} with a different "
+                f"configuration ({'; '.join(changed)}); use another out_dir"
+            )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         p = ckpt["progress"]
@@ -594,8 +753,11 @@ class Trainer:
         self._nonfinite_run, self._epoch_count = p["nonfinite_run"], p["epoch_count"]
         self._epoch_sum.copy_(p["epoch_sum"])
         if ckpt["data_order"]["world_size"] != self.dist.world_size and self.step_in_epoch:
-            warnings.warn("resuming mid-epoch with another number of processes: the rest of this "
-                          "epoch does not follow the original data order", stacklevel=2)
+            warnings.warn(
+                "resuming mid-epoch with another number of processes: the rest of this "
+                "epoch does not follow the original data order",
+                stacklevel=2,
+            )
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
@@ -670,23 +832,43 @@ class Trainer:
         plan = n_steps * total_epochs
         if cfg.max_steps is not None:
             plan = min(plan, cfg.max_steps)
-        self.metrics.write("start", step=self.step, epoch=self.epoch, resumed=self.step > 0,
-                           world_size=self.dist.world_size, config=cfg.to_dict())
+        self.metrics.write(
+            "start",
+            step=self.step,
+            epoch=self.epoch,
+            resumed=self.step > 0,
+            world_size=self.dist.world_size,
+            config=cfg.to_dict(),
+        )
         net = self._wrap(self.model)
         from tqdm import tqdm  # text bars: they also survive in papermill output
 
         show = (None if cfg.progress is None else cfg.progress) if self.is_main else False
-        bar = tqdm(total=plan, initial=min(self.step, plan), unit="step", dynamic_ncols=True,
-                   mininterval=progress_interval(),
-                   disable=None if show is None else not show)
+        bar = tqdm(
+            total=plan,
+            initial=min(self.step, plan),
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=progress_interval(),
+            disable=None if show is None else not show,
+        )
         # Sums since the last log point (read back only there); evaluation time is excluded.
-        self._window = dict(sum=torch.zeros((), dtype=torch.float64, device=self.device),
-                            count=0, nonfinite=0, steps=0, time=time.perf_counter())
+        self._window = dict(
+            sum=torch.zeros((), dtype=torch.float64, device=self.device),
+            count=0,
+            nonfinite=0,
+            steps=0,
+            time=time.perf_counter(),
+        )
         try:
             while self.epoch < total_epochs and (
-                    cfg.max_steps is None or self.step < cfg.max_steps):
-                stop = n_steps if cfg.max_steps is None else min(
-                    n_steps, self.step_in_epoch + cfg.max_steps - self.step)
+                cfg.max_steps is None or self.step < cfg.max_steps
+            ):
+                stop = (
+                    n_steps
+                    if cfg.max_steps is None
+                    else min(n_steps, self.step_in_epoch + cfg.max_steps - self.step)
+                )
                 bar.set_description(f"epoch {self.epoch + 1}/{total_epochs}")
                 for x in self._batches(self._order(self.epoch), self.step_in_epoch, stop):
                     lr = learning_rate(cfg, self.step, self.epoch)
@@ -697,8 +879,11 @@ class Trainer:
                     bar.update(1)
                     if self.step % cfg.log_every == 0:
                         self._log_train(lr, bar)
-                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and (
-                            self.step_in_epoch < n_steps):
+                    if (
+                        cfg.checkpoint_every
+                        and self.step % cfg.checkpoint_every == 0
+                        and (self.step_in_epoch < n_steps)
+                    ):
                         self._save()
                 if self.step_in_epoch == n_steps:
                     self._end_epoch(total_epochs)
@@ -707,17 +892,35 @@ class Trainer:
             completed = self.epoch >= total_epochs
             if completed and cfg.iw_samples:
                 self._evaluate(iw=True)
-            self.metrics.write("end", step=self.step, epoch=self.epoch, completed=completed,
-                               elapsed_s=time.time() - start_time)
+            self.metrics.write(
+                "end",
+                step=self.step,
+                epoch=self.epoch,
+                completed=completed,
+                elapsed_s=time.time() - start_time,
+            )
         finally:
             bar.close()
         self.model.eval()
         # The latest values of the whole run (also those logged before a resume), from the log.
-        last = {k: v for e in read_metrics(self.out_dir) for k, v in e.items()
-                if k in ("bpd", "test_bpd", "test_bpd_iw") and v is not None}
-        return TrainResult(self.model, self.out_dir, self.checkpoint_path, self.step, self.epoch,
-                           completed, last.get("bpd"), last.get("test_bpd"),
-                           last.get("test_bpd_iw"), time.time() - start_time)
+        last = {
+            k: v
+            for e in read_metrics(self.out_dir)
+            for k, v in e.items()
+            if k in ("bpd", "test_bpd", "test_bpd_iw") and v is not None
+        }
+        return TrainResult(
+            self.model,
+            self.out_dir,
+            self.checkpoint_path,
+            self.step,
+            self.epoch,
+            completed,
+            last.get("bpd"),
+            last.get("test_bpd"),
+            last.get("test_bpd_iw"),
+            time.time() - start_time,
+        )
 
     def _account(self, loss: Tensor | None) -> None:
         """Sums on the device for the log and the epoch; non-finite steps counted and checked.
@@ -736,21 +939,32 @@ class Trainer:
         self.metrics.write("nonfinite", step=self.step, epoch=self.epoch, run=self._nonfinite_run)
         if self._nonfinite_run >= self.config.max_nonfinite:
             first = self.step - self._nonfinite_run + 1
-            where = (f"the last good checkpoint is {self._last_checkpoint[0]} (step "
-                     f"{self._last_checkpoint[1]}), left as it was" if self._last_checkpoint
-                     else "no checkpoint had been written yet")
+            where = (
+                f"the last good checkpoint is {self._last_checkpoint[0]} (step "
+                f"{self._last_checkpoint[1]}), left as it was"
+                if self._last_checkpoint
+                else "no checkpoint had been written yet"
+            )
             self.metrics.write("diverged", step=self.step, epoch=self.epoch)
             raise TrainingDivergedError(
                 f"training diverged at step {self.step}: {self._nonfinite_run} non-finite losses "
                 f"in a row (steps {first}..{self.step}, each skipped without an update); {where}. "
-                "Resume from it with a lower lr, grad_clip or amp='none'")
+                "Resume from it with a lower lr, grad_clip or amp='none'"
+            )
 
     def _log_train(self, lr: float, bar: Any) -> None:
         log, now = self._window, time.perf_counter()
         bpd = (log["sum"] / log["count"]).item() if log["count"] else None
         rate = log["steps"] * self.config.batch_size * self.dist.world_size / (now - log["time"])
-        self.metrics.write("train", step=self.step, epoch=self.epoch, bpd=bpd, lr=lr,
-                           images_per_s=rate, nonfinite=log["nonfinite"])
+        self.metrics.write(
+            "train",
+            step=self.step,
+            epoch=self.epoch,
+            bpd=bpd,
+            lr=lr,
+            images_per_s=rate,
+            nonfinite=log["nonfinite"],
+        )
         bar.set_postfix(bpd=f"{bpd:.3f}" if bpd is not None else "nan", img_s=f"{rate:.1f}")
         log.update(sum=log["sum"].zero_(), count=0, nonfinite=0, steps=0, time=now)
 
@@ -758,10 +972,15 @@ class Trainer:
         """Epoch-end log line, evaluation when due, then a checkpoint at the next epoch's start."""
         cfg = self.config
         train_bpd = (self._epoch_sum / self._epoch_count).item() if self._epoch_count else None
-        self.metrics.write("epoch", step=self.step, epoch=self.epoch, train_bpd=train_bpd,
-                           lr=learning_rate(cfg, self.step - 1, self.epoch),
-                           steps=self.steps_per_epoch,
-                           phase="main" if self.epoch < cfg.epochs else "finetune")
+        self.metrics.write(
+            "epoch",
+            step=self.step,
+            epoch=self.epoch,
+            train_bpd=train_bpd,
+            lr=learning_rate(cfg, self.step - 1, self.epoch),
+            steps=self.steps_per_epoch,
+            phase="main" if self.epoch < cfg.epochs else "finetune",
+        )
         last = self.epoch + 1 == total_epochs
         # Every rank evaluates (the same numbers): no rank waits on another beyond DDP's timeouts.
         if cfg.eval_every and ((self.epoch + 1) % cfg.eval_every == 0 or last):
@@ -785,10 +1004,14 @@ class Trainer:
             device=self.device, seed=derive_seed(cfg.seed, _EVAL), progress=False,
             single=not iw, num_workers=cfg.num_workers,
         )  # fmt: skip
-        values = {"test_bpd_iw": result.bpd_iw, "iw_samples": cfg.iw_samples} if iw else {
-            "test_bpd": result.bpd_single}
-        self.metrics.write("eval", step=self.step, epoch=self.epoch, n_images=result.n_images,
-                           **values)
+        values = (
+            {"test_bpd_iw": result.bpd_iw, "iw_samples": cfg.iw_samples}
+            if iw
+            else {"test_bpd": result.bpd_single}
+        )
+        self.metrics.write(
+            "eval", step=self.step, epoch=self.epoch, n_images=result.n_images, **values
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self) -> None:
@@ -826,11 +1049,16 @@ class Trainer:
             compile_optimizer(self.optimizer)  # after any resume: it makes the lr a tensor
         if self.config.cuda_graphs:
             if self.dist.world_size > 1:
-                raise ValueError("cuda_graphs works in a single process: a captured step cannot "
-                                 "hold DistributedDataParallel's gradient all-reduce")
+                raise ValueError(
+                    "cuda_graphs works in a single process: a captured step cannot "
+                    "hold DistributedDataParallel's gradient all-reduce"
+                )
             if self.device.type != "cuda":
-                warnings.warn(f"cuda_graphs needs a CUDA device; on {self.device} the step runs "
-                              "eagerly", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"cuda_graphs needs a CUDA device; on {self.device} the step runs eagerly",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             self._graphed = GraphedTrainingStep(model, self.config.amp, self._max_norm)
         if self.dist.world_size == 1:
             return model
@@ -852,7 +1080,8 @@ class Trainer:
             # the process: a warnings.catch_warnings around each step would make every other
             # warning repeat.
             warnings.filterwarnings(
-                "ignore", message="Grad strides do not match bucket view strides")
+                "ignore", message="Grad strides do not match bucket view strides"
+            )
         return DistributedDataParallel(model, device_ids=ids)
 
 

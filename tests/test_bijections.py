@@ -1,4 +1,5 @@
-"""Every bijection: exact inverse (float64) and log-det equal to slogdet of the autograd Jacobian."""
+"""Every bijection: exact inverse (float64) and log-det equal to slogdet of the autograd
+Jacobian."""
 
 from __future__ import annotations
 
@@ -75,7 +76,9 @@ def test_actnorm_state_survives_save_and_load_and_is_not_reinitialised():
     target.load_state_dict(source.state_dict())
     assert target.initialized.item() == 1.0
     target(torch.randn(8, 4, 3, 3))  # a training step on other data must not re-initialise
-    assert torch.equal(target.shift, source.shift) and torch.equal(target.log_scale, source.log_scale)
+    assert torch.equal(target.shift, source.shift) and torch.equal(
+        target.log_scale, source.log_scale
+    )
 
 
 def test_actnorm_eval_mode_never_initialises():
@@ -178,12 +181,15 @@ def test_glow_module_every_parameter_gets_a_gradient():
     module = perturb(small_glow(6), 0.1).train()
     z, ldj = module(torch.randn(4, 6, 4, 4))
     (z.square().sum() - ldj.sum()).backward()
-    missing = [n for n, p in module.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    missing = [
+        n for n, p in module.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
+    ]
     assert not missing, missing
 
 
 def test_cross_unit_coupling_jacobian_is_block_triangular_with_det_prod_sigma():
-    """Eq. 7: as a map of (z, e), z_aug = [z, μ(z) + σ(z)·e] has Jacobian [[I, 0], [∂/∂z, diag σ]]."""
+    """Eq. 7: as a map of (z, e), z_aug = [z, μ(z) + σ(z)·e] has Jacobian
+    [[I, 0], [∂/∂z, diag σ]]."""
     coupling = perturb(CrossUnitCoupling(cond_channels=3, growth_rate=2), 0.3)
     z, e = torch.randn(1, 3, 2, 2), torch.randn(1, 2, 2, 2)
     n = z.numel()
@@ -206,8 +212,18 @@ def test_cross_unit_coupling_jacobian_is_block_triangular_with_det_prod_sigma():
 
 
 def test_cross_unit_noise_goes_last_and_is_dropped_by_the_inverse():
-    block = perturb(InvertibleDenseBlock(4, num_units=3, num_layers=1, growth_rate=2, mid_channels=8,
-                                         dense_depth=1, dense_growth=4), 0.1)
+    block = perturb(
+        InvertibleDenseBlock(
+            4,
+            num_units=3,
+            num_layers=1,
+            growth_rate=2,
+            mid_channels=8,
+            dense_depth=1,
+            dense_growth=4,
+        ),
+        0.1,
+    )
     x = torch.randn(4, 4, 4, 4)
     init_actnorms(block, x)
     z, ldj = block(x)
@@ -217,22 +233,35 @@ def test_cross_unit_noise_goes_last_and_is_dropped_by_the_inverse():
 
 def test_dense_block_conditioning_widths_follow_the_official_quirk():
     # paper block 0: 12 channels, growth 10: conditioning nets see 12, 24, 46, 78, 120 channels
-    block = InvertibleDenseBlock(12, num_units=6, num_layers=1, growth_rate=10, mid_channels=8,
-                                 dense_depth=1, dense_growth=4)
+    block = InvertibleDenseBlock(
+        12, num_units=6, num_layers=1, growth_rate=10, mid_channels=8, dense_depth=1, dense_growth=4
+    )
     widths = [c.g[0].in_channels for c in block.cross_unit]
     assert widths == [12, 24, 46, 78, 120]
 
 
 def test_dequantization_flow_log_det_and_range():
-    deq = perturb(VariationalDequantization(num_steps=2, context_channels=4, mid_channels=4, depth=1,
-                                            growth=4, context_depth=1, context_growth=4), 0.2)
+    deq = perturb(
+        VariationalDequantization(
+            num_steps=2,
+            context_channels=4,
+            mid_channels=4,
+            depth=1,
+            growth=4,
+            context_depth=1,
+            context_growth=4,
+        ),
+        0.2,
+    )
     x = torch.randint(0, 256, (2, 3, 4, 4)).double()
     context = deq.context(x)
     eps = torch.randn(2, 12, 2, 2)
     u, ldj = deq.flow(eps, context)
     assert u.shape == x.shape and torch.all((u > 0) & (u < 1))
     for i in range(2):
-        expected = jacobian_logdet(lambda t, i=i: deq.flow(t, context[i : i + 1])[0], eps[i : i + 1])
+        expected = jacobian_logdet(
+            lambda t, i=i: deq.flow(t, context[i : i + 1])[0], eps[i : i + 1]
+        )
         assert torch.allclose(ldj[i], expected, atol=1e-8)
     v, term = deq(x)
     assert torch.equal(VariationalDequantization.quantize(v), x.to(torch.uint8))

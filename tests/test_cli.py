@@ -12,12 +12,22 @@ import torch
 from densflow.cli import build_parser, main, train_config_from_args
 from densflow.train import TrainConfig, TrainingDivergedError, train_preset
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["sample"], ["data"],
-                                     ["data", "check"], ["data", "download"], ["convert"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["train"],
+        ["eval"],
+        ["sample"],
+        ["data"],
+        ["data", "check"],
+        ["data", "download"],
+        ["convert"],
+    ],
+)
 def test_every_sub_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -35,13 +45,36 @@ def test_train_options_are_the_trainconfig_fields():
 
 
 def test_cli_config_equals_the_preset_with_overrides():
-    args = build_parser().parse_args([
-        "train", "--preset", "paper", "--dataset", "cifar10", "--batch-size", "32",
-        "--no-augmentation", "--grad-clip", "none", "--eval-limit", "100", "--amp", "bf16",
-        "--model-config", '{"image_size": 32, "growth_rate": 12}'])
-    expected = train_preset("cifar10", "paper", batch_size=32, augmentation=False, grad_clip=None,
-                            eval_limit=100, amp="bf16", model_config={"image_size": 32,
-                                                                      "growth_rate": 12})
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--preset",
+            "paper",
+            "--dataset",
+            "cifar10",
+            "--batch-size",
+            "32",
+            "--no-augmentation",
+            "--grad-clip",
+            "none",
+            "--eval-limit",
+            "100",
+            "--amp",
+            "bf16",
+            "--model-config",
+            '{"image_size": 32, "growth_rate": 12}',
+        ]
+    )
+    expected = train_preset(
+        "cifar10",
+        "paper",
+        batch_size=32,
+        augmentation=False,
+        grad_clip=None,
+        eval_limit=100,
+        amp="bf16",
+        model_config={"image_size": 32, "growth_rate": 12},
+    )
     assert train_config_from_args(args) == expected
     assert train_config_from_args(build_parser().parse_args(["train"])) == TrainConfig()
 
@@ -57,16 +90,48 @@ def test_bad_options_exit_with_status_2(capsys):
 
 def test_train_eval_sample_end_to_end(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
-    code = main(["train", "--preset", "smoke", "--dataset", "photos", "--out-dir", str(run),
-                 "--batch-size", "8", "--max-steps", "3", "--log-every", "1", "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--preset",
+            "smoke",
+            "--dataset",
+            "photos",
+            "--out-dir",
+            str(run),
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "3",
+            "--log-every",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["step"] == 3 and summary["completed"] is False
     checkpoint = run / "checkpoint.pt"
 
     out = tmp_path / "eval.json"
-    code = main(["eval", str(checkpoint), "--limit", "8", "--batch-size", "4", "--iw-samples",
-                 "2", "--chunk-size", "2", "--out", str(out), "--device", "cpu"])
+    code = main(
+        [
+            "eval",
+            str(checkpoint),
+            "--limit",
+            "8",
+            "--batch-size",
+            "4",
+            "--iw-samples",
+            "2",
+            "--chunk-size",
+            "2",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
@@ -76,14 +141,34 @@ def test_train_eval_sample_end_to_end(tmp_path, capsys, monkeypatch):
 
     compiled = []  # compiling for real is tests/test_performance.py's job: minutes on a CPU
     monkeypatch.setattr("densflow.performance.compile_model", compiled.append)
-    code = main(["eval", str(checkpoint), "--limit", "8", "--batch-size", "4", "--iw-samples",
-                 "2", "--chunk-size", "2", "--device", "cpu", "--amp", "bf16",
-                 "--channels-last", "--compile"])
+    code = main(
+        [
+            "eval",
+            str(checkpoint),
+            "--limit",
+            "8",
+            "--batch-size",
+            "4",
+            "--iw-samples",
+            "2",
+            "--chunk-size",
+            "2",
+            "--device",
+            "cpu",
+            "--amp",
+            "bf16",
+            "--channels-last",
+            "--compile",
+        ]
+    )
     assert code == 0
     fast = json.loads(capsys.readouterr().out)
     [flow] = compiled
-    assert all(w.is_contiguous(memory_format=torch.channels_last)
-               for w in flow.parameters() if w.dim() == 4)
+    assert all(
+        w.is_contiguous(memory_format=torch.channels_last)
+        for w in flow.parameters()
+        if w.dim() == 4
+    )
     for bound in ("bpd_single", "bpd_iw"):  # bf16 networks: close to float32, not equal
         assert 0 < abs(fast[bound] - printed[bound]) < 0.01
 
@@ -91,11 +176,29 @@ def test_train_eval_sample_end_to_end(tmp_path, capsys, monkeypatch):
     assert main(["sample", str(checkpoint), "--out", str(png), "--n", "4", "--nrow", "2"]) == 0
     assert png.stat().st_size > 0
     fast_png = tmp_path / "fast.png"
-    assert main(["sample", str(checkpoint), "--out", str(fast_png), "--n", "4", "--amp", "bf16",
-                 "--channels-last", "--compile"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(checkpoint),
+                "--out",
+                str(fast_png),
+                "--n",
+                "4",
+                "--amp",
+                "bf16",
+                "--channels-last",
+                "--compile",
+            ]
+        )
+        == 0
+    )
     [_, flow] = compiled
-    assert all(w.is_contiguous(memory_format=torch.channels_last)
-               for w in flow.parameters() if w.dim() == 4)
+    assert all(
+        w.is_contiguous(memory_format=torch.channels_last)
+        for w in flow.parameters()
+        if w.dim() == 4
+    )
     assert fast_png.stat().st_size > 0
 
 
@@ -128,8 +231,22 @@ def test_eval_and_sample_an_official_run(reference_dir, tmp_path, capsys):
     assert main(["eval", "--official", str(run)]) == 2  # no CIFAR-10 here: a clear error
     assert capsys.readouterr().err.startswith("error: cifar10: no data_dir given")
 
-    assert main(["eval", "--official", str(run), "--dataset", "photos", "--limit", "4",
-                 "--batch-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--official",
+                str(run),
+                "--dataset",
+                "photos",
+                "--limit",
+                "4",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["model"] == str(run) and result["n_images"] == 4
     png = tmp_path / "official.png"

@@ -35,8 +35,9 @@ def batch(n=8, seed=0):
 def test_paper_forward_backward_float32(paper_on_gpu):
     model = paper_on_gpu.train()
     model.zero_grad()
-    loss = bits_per_dim(model.log_prob(batch(), torch.Generator(device="cuda").manual_seed(0)),
-                        (3, 32, 32)).mean()
+    loss = bits_per_dim(
+        model.log_prob(batch(), torch.Generator(device="cuda").manual_seed(0)), (3, 32, 32)
+    ).mean()
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
@@ -140,7 +141,9 @@ def test_graphed_training_step_replays_the_eager_step_on_the_gpu():
         opt_replayed.step()
         assert step.captured
         assert (got - expected).abs() <= 1e-5 * expected.abs(), i
-    for (name, a), b in zip(eager.state_dict().items(), replayed.state_dict().values(), strict=True):
+    for (name, a), b in zip(
+        eager.state_dict().items(), replayed.state_dict().values(), strict=True
+    ):
         assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5), name
 
 
@@ -148,11 +151,24 @@ def test_trainer_with_cuda_graphs_follows_the_eager_run_on_the_gpu(tmp_path):
     from densflow.train import TrainConfig, Trainer, read_metrics
 
     def bpds(cuda_graphs):
-        cfg = TrainConfig(dataset="photos", model="tiny", image_size=32, batch_size=8, epochs=1,
-                          max_steps=6, warmup_steps=2, log_every=1, eval_every=0,
-                          checkpoint_every=0, progress=False, device="cuda", amp="bf16",
-                          channels_last=True, cuda_graphs=cuda_graphs,
-                          out_dir=str(tmp_path / str(cuda_graphs)))
+        cfg = TrainConfig(
+            dataset="photos",
+            model="tiny",
+            image_size=32,
+            batch_size=8,
+            epochs=1,
+            max_steps=6,
+            warmup_steps=2,
+            log_every=1,
+            eval_every=0,
+            checkpoint_every=0,
+            progress=False,
+            device="cuda",
+            amp="bf16",
+            channels_last=True,
+            cuda_graphs=cuda_graphs,
+            out_dir=str(tmp_path / str(cuda_graphs)),
+        )
         trainer = Trainer(cfg)
         trainer.fit()
         assert (trainer._graphed is not None and trainer._graphed.captured) == cuda_graphs

@@ -11,13 +11,13 @@ from utils import init_actnorms, perturb
 from densflow import DenseFlow, DenseFlowConfig
 from densflow.evaluate import PAPER_IW_SAMPLES, evaluate, save_sample_grid
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def images(n: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8,
-                         generator=torch.Generator().manual_seed(seed))
+    return torch.randint(
+        0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 @pytest.fixture
@@ -86,13 +86,16 @@ def test_a_compiled_model_runs_the_last_smaller_batch_eagerly(model):
 
 
 def test_bf16_evaluation_is_within_0_01_bits_per_dim_and_not_resumed_from_float32(
-        model, tmp_path, monkeypatch):
+    model, tmp_path, monkeypatch
+):
     data = TensorDataset(images(8))
     kwargs = dict(batch_size=4, iw_samples=3, chunk_size=2, seed=5, progress=False)
     fp32 = evaluate(model, data, **kwargs)
     bf16 = evaluate(model, data, amp="bf16", **kwargs)
-    for a, b in [(fp32.per_image_single, bf16.per_image_single),
-                 (fp32.per_image_iw, bf16.per_image_iw)]:
+    for a, b in [
+        (fp32.per_image_single, bf16.per_image_single),
+        (fp32.per_image_iw, bf16.per_image_iw),
+    ]:
         assert np.abs(a - b).max() < 0.01
         assert not np.array_equal(a, b)  # the networks really ran in bf16
     with pytest.raises(ValueError, match="amp must be one of"):
@@ -108,8 +111,16 @@ def test_bf16_evaluation_is_within_0_01_bits_per_dim_and_not_resumed_from_float3
 def test_a_partial_file_of_other_settings_is_not_used(model, tmp_path, monkeypatch):
     data = TensorDataset(images(8))
     partial = tmp_path / "eval.partial"
-    interrupt(model, monkeypatch, 2, dataset=data, batch_size=4, seed=0, progress=False,
-              partial_path=partial)
+    interrupt(
+        model,
+        monkeypatch,
+        2,
+        dataset=data,
+        batch_size=4,
+        seed=0,
+        progress=False,
+        partial_path=partial,
+    )
     with pytest.warns(UserWarning, match="starting over"):
         other = evaluate(model, data, batch_size=4, seed=1, progress=False, partial_path=partial)
     fresh = evaluate(model, data, batch_size=4, seed=1, progress=False)
@@ -118,19 +129,31 @@ def test_a_partial_file_of_other_settings_is_not_used(model, tmp_path, monkeypat
 
 def test_the_importance_weighted_bound_is_tighter(model):
     model.train()
-    result = evaluate(model, TensorDataset(images(8, 2)), batch_size=8, iw_samples=16,
-                      chunk_size=8, seed=0, progress=False)
+    result = evaluate(
+        model,
+        TensorDataset(images(8, 2)),
+        batch_size=8,
+        iw_samples=16,
+        chunk_size=8,
+        seed=0,
+        progress=False,
+    )
     assert model.training  # put back in the mode it was in
     assert result.bpd_iw < result.bpd_single
-    assert result.to_dict() == {"bpd_single": result.bpd_single, "bpd_iw": result.bpd_iw,
-                                "n_images": 8, "iw_samples": 16}
+    assert result.to_dict() == {
+        "bpd_single": result.bpd_single,
+        "bpd_iw": result.bpd_iw,
+        "n_images": 8,
+        "iw_samples": 16,
+    }
 
 
 def test_same_seed_same_numbers_and_iw_only(model):
     data = TensorDataset(images(6))
     a = evaluate(model, data, batch_size=3, seed=3, progress=False)
-    b = evaluate(model, data, batch_size=3, generator=torch.Generator().manual_seed(3),
-                 progress=False)
+    b = evaluate(
+        model, data, batch_size=3, generator=torch.Generator().manual_seed(3), progress=False
+    )
     assert a.bpd_single == b.bpd_single and a.bpd_iw is None
     iw_only = evaluate(model, data, batch_size=3, iw_samples=2, single=False, progress=False)
     assert iw_only.bpd_single is None and iw_only.bpd_iw is not None
@@ -154,8 +177,11 @@ def test_sample_grid_in_bf16_keeps_the_draws_and_runs_the_networks_in_bf16(model
     dtypes = []
     net = next(m for m in model.modules() if isinstance(m, CouplingNet))
     net.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
-    grid = lambda amp: save_sample_grid(model, tmp_path / f"{amp}.png", n=8, amp=amp,  # noqa: E731
-                                        generator=torch.Generator().manual_seed(0))
+
+    def grid(amp):
+        path, g = tmp_path / f"{amp}.png", torch.Generator().manual_seed(0)
+        return save_sample_grid(model, path, n=8, amp=amp, generator=g)
+
     exact, fast = grid("none"), grid("bf16")
     assert dtypes == [torch.float32, torch.bfloat16]
     # The same noise through slightly different networks: pixels a level or so apart at most.
@@ -166,5 +192,9 @@ def test_sample_grid_in_bf16_keeps_the_draws_and_runs_the_networks_in_bf16(model
 
 
 def test_paper_iw_samples():
-    assert PAPER_IW_SAMPLES == {"cifar10": 1000, "imagenet32": 200, "imagenet64": 200,
-                                "celeba": 200}
+    assert PAPER_IW_SAMPLES == {
+        "cifar10": 1000,
+        "imagenet32": 200,
+        "imagenet64": 200,
+        "celeba": 200,
+    }

@@ -18,13 +18,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from utils import (init_actnorms, loss_and_flat_grads, optimizer_parameters, optimizer_steps,
-                   perturb)
+from utils import init_actnorms, loss_and_flat_grads, optimizer_parameters, optimizer_steps, perturb
 
 from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
 from densflow.attention import iterative_pinv
-from densflow.performance import (GraphedTrainingStep, autocast, compile_model, compile_optimizer,
-                                  forward_backward, optimizer_state_dict, to_channels_last)
+from densflow.performance import (
+    GraphedTrainingStep,
+    autocast,
+    compile_model,
+    compile_optimizer,
+    forward_backward,
+    optimizer_state_dict,
+    to_channels_last,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -33,8 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 def model_and_images():
     torch.manual_seed(0)
     model = perturb(DenseFlow(DenseFlowConfig.tiny(image_size=32)), 0.02)
-    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8,
-                      generator=torch.Generator().manual_seed(0))
+    x = torch.randint(
+        0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     init_actnorms(model, x, generator=torch.Generator().manual_seed(1))
     return model, x
 
@@ -60,8 +67,9 @@ def test_channels_last_gradients_have_their_parameters_layout(model_and_images, 
     model = to_channels_last(model.train())
     if backend is not None:
         compile_model(model, backend=backend)
-    loss = bits_per_dim(model(to_channels_last(x), generator=torch.Generator().manual_seed(0)),
-                        x.shape[1:]).mean()
+    loss = bits_per_dim(
+        model(to_channels_last(x), generator=torch.Generator().manual_seed(0)), x.shape[1:]
+    ).mean()
     loss.backward()
 
     def layout(t):
@@ -87,7 +95,9 @@ def test_bf16_autocast_training_step_has_a_float32_loss_and_finite_grads(model_a
     model, x = model_and_images
     model.train()
     with autocast("cpu", "bf16"):
-        loss = bits_per_dim(model(x, generator=torch.Generator().manual_seed(0)), x.shape[1:]).mean()
+        loss = bits_per_dim(
+            model(x, generator=torch.Generator().manual_seed(0)), x.shape[1:]
+        ).mean()
     assert loss.dtype == torch.float32
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -135,8 +145,13 @@ def test_compiled_model_draws_from_the_callers_generator_and_honours_fixed_noise
     compile_model(model, backend="eager")
     (c0, c1, c0_again), c_fixed, c_other, c_sample = run()
     assert torch.equal(c0, c0_again) and not torch.allclose(c0, c1)
-    for got, expected in ((c0, e0), (c1, e1), (c_fixed, e_fixed), (c_other, e_other),
-                          (c_sample, e_sample)):
+    for got, expected in (
+        (c0, e0),
+        (c1, e1),
+        (c_fixed, e_fixed),
+        (c_other, e_other),
+        (c_sample, e_sample),
+    ):
         assert torch.allclose(got, expected, rtol=1e-5, atol=0)
 
 
@@ -188,8 +203,9 @@ def test_compile_falls_back_to_eager_when_the_backend_fails(model_and_images):
     assert torch.equal(got, expected)
 
 
-def test_the_pseudo_inverse_iteration_runs_in_float32_under_bf16_autocast(model_and_images,
-                                                                          monkeypatch):
+def test_the_pseudo_inverse_iteration_runs_in_float32_under_bf16_autocast(
+    model_and_images, monkeypatch
+):
     # Six rounds of a cubic matrix polynomial amplify bf16 rounding; compiled bf16 training gave
     # non-finite gradients before the iteration was kept in float32.
     from densflow import attention
@@ -209,11 +225,36 @@ def test_the_pseudo_inverse_iteration_runs_in_float32_under_bf16_autocast(model_
 
 def test_benchmark_reports_ratios_against_the_baseline_of_the_same_run(tmp_path):
     import benchmark  # benchmarks/benchmark.py, on sys.path above
+
     out = tmp_path / "report.json"
-    benchmark.main(["--preset", "tiny", "--image-size", "16", "--batch-size", "2",
-                    "--variants", "eager,channels_last,ddp2", "--repeats", "1", "--steps", "1",
-                    "--warmup", "1", "--eval-iters", "1", "--iw-samples", "4", "--iw-chunk", "2",
-                    "--eval-batch", "2", "--json", str(out)])
+    benchmark.main(
+        [
+            "--preset",
+            "tiny",
+            "--image-size",
+            "16",
+            "--batch-size",
+            "2",
+            "--variants",
+            "eager,channels_last,ddp2",
+            "--repeats",
+            "1",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--eval-iters",
+            "1",
+            "--iw-samples",
+            "4",
+            "--iw-chunk",
+            "2",
+            "--eval-batch",
+            "2",
+            "--json",
+            str(out),
+        ]
+    )
     report = json.loads(out.read_text())
     (setup,) = report["setups"]
     assert len(setup["rounds"]) == 1  # the raw measurements travel with the medians
@@ -221,7 +262,8 @@ def test_benchmark_reports_ratios_against_the_baseline_of_the_same_run(tmp_path)
     assert setup["baseline"] == "eager" and eager["train_images_speedup"] == 1.0
     for row in (channels_last, ddp2):
         assert row["train_images_speedup"] == pytest.approx(
-            row["train_images_per_s"] / eager["train_images_per_s"])
+            row["train_images_per_s"] / eager["train_images_per_s"]
+        )
         assert row["train_losses_finite"] and row["max_rel_logp_diff"] < 1e-5
     assert eager["train_losses_finite"]
     # The two ranks train; evaluation and sampling are not theirs to measure.
@@ -231,6 +273,7 @@ def test_benchmark_reports_ratios_against_the_baseline_of_the_same_run(tmp_path)
 
 def test_benchmark_processes_return_in_order_and_report_a_failure_with_its_traceback():
     import benchmark
+
     assert benchmark.in_fresh_processes(math.sqrt, [(9.0,), (4.0,)]) == [3.0, 2.0]
     with pytest.raises(RuntimeError, match=r"(?s)benchmark process 1 failed:.*math domain error"):
         benchmark.in_fresh_processes(math.sqrt, [(4.0,), (-1.0,)])
@@ -238,9 +281,11 @@ def test_benchmark_processes_return_in_order_and_report_a_failure_with_its_trace
 
 def test_benchmark_ddp_variant_needs_a_batch_that_splits():
     import benchmark
+
     with pytest.raises(ValueError, match="does not split into 2 equal shards"):
-        benchmark.measure_fresh(benchmark.Setup("tiny", DenseFlowConfig.tiny(), 3), "ddp2",
-                                torch.device("cpu"), None)
+        benchmark.measure_fresh(
+            benchmark.Setup("tiny", DenseFlowConfig.tiny(), 3), "ddp2", torch.device("cpu"), None
+        )
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self")
@@ -251,6 +296,7 @@ def test_benchmark_peak_memory_sees_a_transient_allocation():
     import mmap
 
     import benchmark
+
     with benchmark.PeakRSS() as rss:
         with mmap.mmap(-1, 64 * 2**20) as pages:  # 64 MiB, written, so resident
             mib = b"\1" * 2**20
@@ -259,25 +305,38 @@ def test_benchmark_peak_memory_sees_a_transient_allocation():
     assert 60 * 2**20 < rss.bytes < 256 * 2**20
 
 
-GPU_CHECK_PARTS = ["benchmark_paper32", "cuda_tests", "train_paper", "benchmark_paper64",
-                   "benchmark_paper32_compiled", "train_paper_compiled"]
+GPU_CHECK_PARTS = [
+    "benchmark_paper32",
+    "cuda_tests",
+    "train_paper",
+    "benchmark_paper64",
+    "benchmark_paper32_compiled",
+    "train_paper_compiled",
+]
 
 
 def run_gpu_check(tmp_path, stub_body: str, budget: int | None = None):
     """benchmarks/gpu_check.sh with a stand-in interpreter (there is no GPU here): the stub
     answers the script's CUDA check and logs every other call."""
     stub = tmp_path / "python"
-    stub.write_text("#!/usr/bin/env bash\n"
-                    'if [ "$1" = -c ]; then echo "Stub GPU"; exit 0; fi\n'
-                    f'echo "$*" >> "{tmp_path}/calls"\n{stub_body}\n')
+    stub.write_text(
+        "#!/usr/bin/env bash\n"
+        'if [ "$1" = -c ]; then echo "Stub GPU"; exit 0; fi\n'
+        f'echo "$*" >> "{tmp_path}/calls"\n{stub_body}\n'
+    )
     stub.chmod(0o755)
     env = {**os.environ, "PYTHON": str(stub)}
     env.pop("BUDGET", None)
     if budget is not None:
         env["BUDGET"] = str(budget)
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
-    done = subprocess.run(["bash", str(script), str(tmp_path / "out")], env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["bash", str(script), str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     calls = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
     ran = [p for p in GPU_CHECK_PARTS if f"== {p}: exit" in done.stdout]
     return done, calls, ran
@@ -313,7 +372,9 @@ def flat_grads(model):
 def test_forward_backward_is_the_bound_its_gradients_and_their_norm(model_and_images):
     model, x = model_and_images
     model.train()
-    loss, grad_norm = forward_backward(model, x, model.draw_noise(4, torch.Generator().manual_seed(3)))
+    loss, grad_norm = forward_backward(
+        model, x, model.draw_noise(4, torch.Generator().manual_seed(3))
+    )
     grads = flat_grads(model)
     model.zero_grad(set_to_none=True)
     expected = bits_per_dim(model.log_prob(x, torch.Generator().manual_seed(3)).mean(), (3, 32, 32))
@@ -322,8 +383,12 @@ def test_forward_backward_is_the_bound_its_gradients_and_their_norm(model_and_im
     assert torch.allclose(grad_norm, grads.norm(), rtol=1e-5)  # summation order
     # Clipping scales every gradient so that their norm becomes max_norm.
     model.zero_grad(set_to_none=True)
-    forward_backward(model, x, model.draw_noise(4, torch.Generator().manual_seed(3)),
-                     max_norm=float(grad_norm) / 4)
+    forward_backward(
+        model,
+        x,
+        model.draw_noise(4, torch.Generator().manual_seed(3)),
+        max_norm=float(grad_norm) / 4,
+    )
     assert torch.allclose(flat_grads(model), grads / 4, rtol=1e-5, atol=1e-12)
 
 
@@ -356,17 +421,21 @@ def test_graphed_step_explains_what_it_cannot_take(model_and_images):
     with pytest.raises(ValueError, match="takes uint8 images"):
         step(x.float(), model.draw_noise(4))
     step(x, model.draw_noise(4))
-    with pytest.raises(ValueError, match=r"set up for images \(4, 3, 32, 32\).*build one per batch"):
+    with pytest.raises(
+        ValueError, match=r"set up for images \(4, 3, 32, 32\).*build one per batch"
+    ):
         step(x[:2], model.draw_noise(2))
 
 
 # ----------------------------------------------------------------------------- the optimizer
 
 
-@pytest.mark.parametrize("name, backend, rtol",
-                         [("Adamax", "inductor", 1e-6), ("Adam", "aot_eager", 1e-4)])
+@pytest.mark.parametrize(
+    "name, backend, rtol", [("Adamax", "inductor", 1e-6), ("Adam", "aot_eager", 1e-4)]
+)
 def test_compiled_optimizer_makes_the_eager_update_and_a_schedule_does_not_recompile(
-        name, backend, rtol):
+    name, backend, rtol
+):
     # Adamax is the Trainer's default, through the real code generator; Adam's multi-tensor path
     # takes a tensor lr only when capturable, which compile_optimizer must switch on (and off
     # again in the state dict it saves).

@@ -19,8 +19,14 @@ REPRODUCE = Path(__file__).resolve().parents[1] / "reproduce"
 
 def run_notebook(name: str, tmp_path: Path, **parameters) -> Path:
     out = tmp_path / f"{name}.out.ipynb"
-    papermill.execute_notebook(str(REPRODUCE / f"{name}.ipynb"), str(out), parameters=parameters,
-                               kernel_name="python3", progress_bar=False, cwd=str(tmp_path))
+    papermill.execute_notebook(
+        str(REPRODUCE / f"{name}.ipynb"),
+        str(out),
+        parameters=parameters,
+        kernel_name="python3",
+        progress_bar=False,
+        cwd=str(tmp_path),
+    )
     return out
 
 
@@ -37,8 +43,9 @@ def check_results(out_dir: Path, dataset: str) -> dict:
 
 FIXTURES = {
     "cifar10": lambda root: testing.write_cifar10(root, n_train_per_batch=8, n_test=12),
-    "imagenet32": lambda root: testing.write_imagenet(root, 32, n_train_per_batch=4, n_val=12,
-                                                      fmt="npz", layout="split"),
+    "imagenet32": lambda root: testing.write_imagenet(
+        root, 32, n_train_per_batch=4, n_val=12, fmt="npz", layout="split"
+    ),
     "imagenet64": lambda root: testing.write_imagenet(root, 64, n_train_per_batch=4, n_val=12),
     "celeba": lambda root: testing.write_celeba(root, n_images=40),
 }
@@ -48,8 +55,17 @@ FIXTURES = {
 def test_dataset_notebook_smoke_run_on_fixture_data(dataset, tmp_path):
     data_dir, out_dir = tmp_path / "data", tmp_path / "run"
     FIXTURES[dataset](data_dir)
-    out = run_notebook(dataset, tmp_path, data_dir=str(data_dir), preset="smoke", out_dir=str(out_dir),
-                       num_workers=0, iw_samples=2, batch_size=4, cuda_graphs=True)
+    out = run_notebook(
+        dataset,
+        tmp_path,
+        data_dir=str(data_dir),
+        preset="smoke",
+        out_dir=str(out_dir),
+        num_workers=0,
+        iw_samples=2,
+        batch_size=4,
+        cuda_graphs=True,
+    )
     results = check_results(out_dir, dataset)
     assert results["train"]["completed"] and results["paper_denseflow_bpd"] is not None
     text = out.read_text()
@@ -63,8 +79,14 @@ def test_dataset_notebook_smoke_run_on_fixture_data(dataset, tmp_path):
 def test_rerun_with_the_same_out_dir_resumes(tmp_path):
     data_dir, out_dir = tmp_path / "data", tmp_path / "run"
     FIXTURES["cifar10"](data_dir)
-    params = dict(data_dir=str(data_dir), preset="smoke", out_dir=str(out_dir), num_workers=0,
-                  iw_samples=2, batch_size=4)
+    params = dict(
+        data_dir=str(data_dir),
+        preset="smoke",
+        out_dir=str(out_dir),
+        num_workers=0,
+        iw_samples=2,
+        batch_size=4,
+    )
     run_notebook("cifar10", tmp_path, epochs=1, **params)
     first = json.loads((out_dir / "results.json").read_text())["train"]["steps"]
     run_notebook("cifar10", tmp_path, epochs=1, **params)  # nothing left to train
@@ -76,8 +98,12 @@ def test_rerun_with_the_same_out_dir_resumes(tmp_path):
 
 def test_missing_data_dir_fails_with_the_actionable_message(tmp_path):
     with pytest.raises(papermill.PapermillExecutionError) as err:
-        run_notebook("imagenet32", tmp_path, data_dir=str(tmp_path / "nowhere"),
-                     out_dir=str(tmp_path / "run"))
+        run_notebook(
+            "imagenet32",
+            tmp_path,
+            data_dir=str(tmp_path / "nowhere"),
+            out_dir=str(tmp_path / "run"),
+        )
     message = str(err.value)
     assert "imagenet32: data not found" in message
     assert "image-net.org" in message and "train_data_batch_1" in message
@@ -86,8 +112,15 @@ def test_missing_data_dir_fails_with_the_actionable_message(tmp_path):
 
 def test_quickstart_with_a_shortened_parameter_set(tmp_path):
     out_dir = tmp_path / "quick"
-    run_notebook("quickstart", tmp_path, out_dir=str(out_dir), epochs=1, steps_per_epoch=4,
-                 iw_samples=2, eval_limit=16)
+    run_notebook(
+        "quickstart",
+        tmp_path,
+        out_dir=str(out_dir),
+        epochs=1,
+        steps_per_epoch=4,
+        iw_samples=2,
+        eval_limit=16,
+    )
     results = check_results(out_dir, "photos")
     assert results["train"]["steps"] == 4 and results["test"]["n_images"] == 16
 
@@ -101,16 +134,21 @@ def test_a_loaded_checkpoint_gets_the_speed_switches_of_the_config(tmp_path, mon
     from densflow.train import train, train_preset
 
     run = tmp_path / "run"
-    train(train_preset("photos", "smoke", out_dir=str(run), batch_size=4, max_steps=1,
-                       progress=False))
+    train(
+        train_preset("photos", "smoke", out_dir=str(run), batch_size=4, max_steps=1, progress=False)
+    )
     compiled = []  # compiling for real is tests/test_performance.py's job
     monkeypatch.setattr("densflow.performance.compile_model", compiled.append)
-    config = train_preset("photos", "smoke", out_dir=str(tmp_path / "eval"), channels_last=True,
-                          compile=True)
+    config = train_preset(
+        "photos", "smoke", out_dir=str(tmp_path / "eval"), channels_last=True, compile=True
+    )
     model, trained = reproduce.train_or_load(config, run / "checkpoint.pt")
     assert trained is None and compiled == [model] and not model.training
-    assert all(w.is_contiguous(memory_format=torch.channels_last)
-               for w in model.parameters() if w.dim() == 4)
+    assert all(
+        w.is_contiguous(memory_format=torch.channels_last)
+        for w in model.parameters()
+        if w.dim() == 4
+    )
     plain, _ = reproduce.train_or_load(train_preset("photos", "smoke"), run / "checkpoint.pt")
     assert len(compiled) == 1 and all(w.is_contiguous() for w in plain.parameters() if w.dim() == 4)
 

@@ -30,7 +30,6 @@ from densflow.train import (
     train_preset,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -44,9 +43,20 @@ SETS = image_sets()  # 24 train images, batch 4: 6 steps per epoch
 
 
 def config(out_dir, **overrides) -> TrainConfig:
-    fields = dict(dataset="photos", model="tiny", image_size=16, batch_size=4, epochs=2,
-                  warmup_steps=3, gamma=0.5, out_dir=str(out_dir), log_every=1,
-                  checkpoint_every=0, eval_every=0, progress=False)
+    fields = dict(
+        dataset="photos",
+        model="tiny",
+        image_size=16,
+        batch_size=4,
+        epochs=2,
+        warmup_steps=3,
+        gamma=0.5,
+        out_dir=str(out_dir),
+        log_every=1,
+        checkpoint_every=0,
+        eval_every=0,
+        progress=False,
+    )
     return TrainConfig(**{**fields, **overrides})
 
 
@@ -59,20 +69,28 @@ def run(cfg: TrainConfig, patch=None) -> Trainer:
 
 
 def assert_same_state(a: Trainer, b: Trainer) -> None:
-    assert_same_training_state(a.model.state_dict(), a.optimizer.state_dict()["state"],
-                               b.model.state_dict(), b.optimizer.state_dict()["state"])
+    assert_same_training_state(
+        a.model.state_dict(),
+        a.optimizer.state_dict()["state"],
+        b.model.state_dict(),
+        b.optimizer.state_dict()["state"],
+    )
 
 
 def series(out_dir) -> list[tuple]:
     """Everything logged but the wall-clock values."""
     drop = {"time", "images_per_s", "elapsed_s", "config", "resumed"}
-    return [tuple(sorted((k, v) for k, v in e.items() if k not in drop))
-            for e in read_metrics(out_dir) if e["event"] not in ("start", "end")]
+    return [
+        tuple(sorted((k, v) for k, v in e.items() if k not in drop))
+        for e in read_metrics(out_dir)
+        if e["event"] not in ("start", "end")
+    ]
 
 
 def nan_at(steps: set[int]):
     """A patch: the loss of the given steps (1-based) becomes NaN after a real forward pass
     (so that BatchNorm statistics are touched and must be restored)."""
+
     def patch(trainer: Trainer) -> None:
         real = trainer.model.log_prob
 
@@ -81,6 +99,7 @@ def nan_at(steps: set[int]):
             return out * math.nan if trainer.model.training and trainer.step + 1 in steps else out
 
         trainer.model.log_prob = log_prob
+
     return patch
 
 
@@ -99,10 +118,13 @@ def test_cuda_graphs_on_a_cpu_train_exactly_as_without(tmp_path):
 # ----------------------------------------------------------------------------- exact resume
 
 
-@pytest.mark.parametrize("n, extra", [
-    (2, {}),  # inside the first epoch
-    (4, {"eval_every": 1}),  # 4 + 4 steps cross the end of epoch 0 (6 steps) and its evaluation
-])
+@pytest.mark.parametrize(
+    "n, extra",
+    [
+        (2, {}),  # inside the first epoch
+        (4, {"eval_every": 1}),  # 4 + 4 steps cross the end of epoch 0 (6 steps) and its evaluation
+    ],
+)
 def test_n_steps_resume_n_steps_equals_2n_steps(tmp_path, n, extra):
     full = run(config(tmp_path / "full", max_steps=2 * n, **extra))
     run(config(tmp_path / "split", max_steps=n, **extra))
@@ -116,8 +138,9 @@ def test_n_steps_resume_n_steps_equals_2n_steps(tmp_path, n, extra):
             assert e["lr"] == learning_rate(cfg, e["step"] - 1, e["epoch"])
 
 
-def test_a_crash_while_writing_keeps_the_previous_checkpoint_and_resume_is_exact(tmp_path,
-                                                                                 monkeypatch):
+def test_a_crash_while_writing_keeps_the_previous_checkpoint_and_resume_is_exact(
+    tmp_path, monkeypatch
+):
     reference = run(config(tmp_path / "ref", max_steps=6, checkpoint_every=2))
     real_save, calls = torch.save, []
 
@@ -171,16 +194,20 @@ def test_too_many_non_finite_steps_stop_with_the_last_good_checkpoint(tmp_path):
         holder["trainer"] = trainer
         nan_at({6, 7, 8, 9})(trainer)
 
-    with pytest.raises(TrainingDivergedError, match=r"at step 8: 3 non-finite losses in a row "
-                       r"\(steps 6\.\.8.*checkpoint\.pt \(step 6\)"):
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"at step 8: 3 non-finite losses in a row "
+        r"\(steps 6\.\.8.*checkpoint\.pt \(step 6\)",
+    ):
         run(cfg, patch=patch)
     ckpt = read_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert ckpt["progress"]["step"] == 6
     model = load_model(tmp_path / CHECKPOINT_NAME)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     # the skipped steps changed nothing: the checkpoint holds the model as it was at the stop
-    for (name, x), y in zip(model.state_dict().items(),
-                            holder["trainer"].model.state_dict().values(), strict=True):
+    for (name, x), y in zip(
+        model.state_dict().items(), holder["trainer"].model.state_dict().values(), strict=True
+    ):
         assert torch.equal(x, y), name
     assert read_metrics(tmp_path)[-1]["event"] == "diverged"
 
@@ -216,18 +243,34 @@ def test_data_order_and_sharding():
 
 
 def test_presets_follow_the_paper():
-    table = {"cifar10": (580, 70, 64, 0.9975), "imagenet32": (20, 2, 64, 0.95),
-             "imagenet64": (10, 1, 32, 0.95), "celeba": (50, 5, 32, 0.95)}
+    table = {
+        "cifar10": (580, 70, 64, 0.9975),
+        "imagenet32": (20, 2, 64, 0.95),
+        "imagenet64": (10, 1, 32, 0.95),
+        "celeba": (50, 5, 32, 0.95),
+    }
     for name, (epochs, finetune, batch, gamma) in table.items():
         cfg = train_preset(name, "paper")
         assert (cfg.epochs, cfg.finetune_epochs, cfg.batch_size, cfg.gamma) == (
-            epochs, finetune, batch, gamma)
+            epochs,
+            finetune,
+            batch,
+            gamma,
+        )
         assert (cfg.lr, cfg.finetune_lr, cfg.warmup_steps, cfg.optimizer, cfg.schedule) == (
-            1e-3, 2e-5, 5000, "adamax", "paper")
+            1e-3,
+            2e-5,
+            5000,
+            "adamax",
+            "paper",
+        )
         assert cfg.model_cfg() == DenseFlowConfig.paper(DATASETS[name].image_size)
     official = train_preset("cifar10", "official")
     assert (official.epochs, official.finetune_epochs, official.schedule) == (
-        400, 20, "official_constant")
+        400,
+        20,
+        "official_constant",
+    )
     assert set(TRAIN_PRESETS["smoke"]) == set(DATASETS)
     assert train_preset("photos", "quickstart").model_cfg() == DenseFlowConfig.small(32)
     assert train_preset("celeba", "smoke", batch_size=2).batch_size == 2
@@ -275,8 +318,9 @@ def test_compiled_training_follows_eager_training_and_resumes_either_way(tmp_pat
     run(config(tmp_path / "compiled", max_steps=2, compile=True))
     assert compiled == ["_log_prob_terms", "_sample_continuous", "Adamax"]
     resumed = run(config(tmp_path / "compiled", max_steps=4))  # the second half eagerly
-    for (name, x), y in zip(eager.model.state_dict().items(),
-                            resumed.model.state_dict().values(), strict=True):
+    for (name, x), y in zip(
+        eager.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
         assert torch.allclose(x, y, rtol=1e-4, atol=1e-6), name
 
 
@@ -284,8 +328,17 @@ def test_compiled_training_follows_eager_training_and_resumes_either_way(tmp_pat
 
 
 def test_two_epochs_on_photos_lower_the_test_bpd(tmp_path):
-    cfg = train_preset("photos", "smoke", out_dir=str(tmp_path), progress=False, epochs=2,
-                       finetune_epochs=0, steps_per_epoch=15, warmup_steps=5, eval_limit=64)
+    cfg = train_preset(
+        "photos",
+        "smoke",
+        out_dir=str(tmp_path),
+        progress=False,
+        epochs=2,
+        finetune_epochs=0,
+        steps_per_epoch=15,
+        warmup_steps=5,
+        eval_limit=64,
+    )
     test = torch.utils.data.Subset(load_dataset("photos", None, "test"), range(64))
     untrained = train(cfg.replace(max_steps=1))  # step 1 has lr 0: ActNorm-initialised, untrained
     before = evaluate(untrained.model, test, batch_size=16, seed=0, progress=False).bpd_single

@@ -43,16 +43,18 @@ def loss_and_flat_grads(model: nn.Module, x: Tensor, amp: str = "none") -> tuple
     return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
-def optimizer_parameters(seed: int = 0, dtype: torch.dtype = torch.float64,
-                         device: str = "cpu") -> list[Tensor]:
+def optimizer_parameters(
+    seed: int = 0, dtype: torch.dtype = torch.float64, device: str = "cpu"
+) -> list[Tensor]:
     """A conv weight, a bias and a matrix: a small parameter list for optimizer tests."""
     g = torch.Generator().manual_seed(seed)
     shapes = [(8, 4, 3, 3), (8,), (5, 5)]
     return [torch.randn(s, generator=g, dtype=dtype).to(device).requires_grad_() for s in shapes]
 
 
-def optimizer_steps(optimizer: torch.optim.Optimizer, params: list[Tensor], lrs: list[float],
-                    g: torch.Generator) -> None:
+def optimizer_steps(
+    optimizer: torch.optim.Optimizer, params: list[Tensor], lrs: list[float], g: torch.Generator
+) -> None:
     """One step per learning rate in ``lrs``, with standard-normal gradients drawn from ``g``."""
     from densflow.performance import set_lr
 
@@ -63,8 +65,9 @@ def optimizer_steps(optimizer: torch.optim.Optimizer, params: list[Tensor], lrs:
         optimizer.step()
 
 
-def assert_same_training_state(model_a: dict[str, Tensor], optimizer_a: dict,
-                               model_b: dict[str, Tensor], optimizer_b: dict) -> None:
+def assert_same_training_state(
+    model_a: dict[str, Tensor], optimizer_a: dict, model_b: dict[str, Tensor], optimizer_b: dict
+) -> None:
     """Bit-equal model tensors, name by name, and bit-equal optimizer states (the ``"state"`` of
     ``optimizer.state_dict()``): what an exact resume must give."""
     assert model_a.keys() == model_b.keys()
