@@ -32,7 +32,7 @@ test: $(STAMP)
 	$(PYTEST) tests --doctest-modules densflow
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
 		echo "== nbval: teaching notebooks (strict outputs) =="; \
-		$(PYTEST) --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks; \
+		DENSFLOW_STATIC=1 $(PYTEST) --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks; \
 	fi
 	@if ls reproduce/*.ipynb >/dev/null 2>&1; then \
 		echo "== nbval: reproduction notebooks (lax) =="; \
