@@ -1,20 +1,21 @@
 # Two commands for a fresh machine with python3 and pip:
 #   make demo   - create .venv, install, run the quickstart reproduction headlessly into outputs/
 #   make test   - create .venv if needed, install, run the whole suite (pytest + nbval)
+#   make docs   - build the course website offline into docs/_build/html
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.densflow-installed
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast docs clean
 
 install: $(STAMP)
 
 # Re-install only when the dependency list changes; the package itself is editable.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,docs]"
 	@touch $@
 
 # The quickstart reproduction, headless: a small DenseFlow trained on real photos on the CPU.
@@ -43,5 +44,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PYTEST) tests -m "not slow"
 
+# The course website: the notebooks with their committed outputs (not re-executed), docs/*.md and the
+# API reference, offline (MathJax is served from the site). Warnings fail the build.
+docs: $(STAMP)
+	DENSFLOW_STATIC=1 $(BIN)/python -m sphinx -W --keep-going -b html -c docs . docs/_build/html
+	@echo ""
+	@echo "course website: docs/_build/html/index.html"
+
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs .pytest_cache docs/_build docs/api
