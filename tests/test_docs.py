@@ -138,7 +138,9 @@ async () => {
   };
 }
 """
-RAW_TEX = re.compile(r"\$\$|\\\(|\\\[|\\begin\{|(?<![\w$])\$[^\s$][^$\n]{0,80}\$")
+# Pandoc's rule for inline math: no space inside either dollar, no digit right after the closing
+# one (so "$5 and $6" is money).
+RAW_TEX = re.compile(r"\$\$|\\\(|\\\[|\\begin\{|(?<![\w$])\$[^\s$][^$\n]{0,80}(?<!\s)\$(?!\d)")
 
 
 @pytest.fixture(scope="module")
@@ -238,18 +240,17 @@ class _Anchors(html.parser.HTMLParser):
                 self.ids.add(value)
 
 
-def test_every_internal_link_resolves(site, visits):
+def broken_links(site: Path, base: str, links: dict[str, list[str]]) -> tuple[int, list[str]]:
+    """Of each page's absolute hrefs, those under ``base`` whose file or anchor is not in ``site``;
+    returns (links checked, broken ones)."""
     anchors: dict[Path, set[str]] = {}
-    broken = []
-    base = next(iter(visits.values())).url.rsplit("/", 1)[0]
-    base = base[: base.index("/", len("http://")) + 1]
-    checked = 0
-    for name, visit in visits.items():
-        for href in visit.links:
+    broken, checked = [], 0
+    for name, hrefs in links.items():
+        for href in hrefs:
             if not href.startswith(base):
                 continue  # external (arXiv, GitHub): not followed, the site must not need them
             parts = urlsplit(href)
-            target = site / unquote(parts.path).lstrip("/")
+            target = site / unquote(parts.path[len(urlsplit(base).path) :])
             if target.is_dir():
                 target = target / "index.html"
             checked += 1
@@ -263,5 +264,42 @@ def test_every_internal_link_resolves(site, visits):
                     anchors[target] = parser.ids
                 if unquote(parts.fragment) not in anchors[target]:
                     broken.append(f"{name} -> {href} (no anchor #{parts.fragment})")
+    return checked, broken
+
+
+def test_the_link_checker_finds_a_missing_page_and_a_missing_anchor(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "index.html").write_text('<h1 id="top">x</h1><a name="old">y</a>')
+    base = "http://127.0.0.1:1/"
+    good = [
+        f"{base}docs/index.html#top",
+        f"{base}docs/index.html#old",
+        f"{base}docs/",
+        "https://x.org/",
+    ]
+    assert broken_links(tmp_path, base, {"a.html": good}) == (3, [])
+    bad = [f"{base}docs/index.html#gone", f"{base}docs/missing.html"]
+    checked, broken = broken_links(tmp_path, base, {"a.html": bad})
+    assert checked == 2 and "no anchor #gone" in broken[0] and "no such file" in broken[1]
+
+
+@pytest.mark.parametrize(
+    "text, raw",
+    [
+        ("the bound $$\\ln p(x)$$ holds", True),
+        ("a formula \\(x^2\\) left as TeX", True),
+        ("\\begin{align} a \\end{align}", True),
+        ("so $\\ln|\\det| = 0$.", True),
+        ("costs $5 and then $6", False),
+        ("plain prose, with eq. (5) typeset elsewhere", False),
+    ],
+)
+def test_raw_tex_is_recognised(text, raw):
+    assert bool(RAW_TEX.search(text)) == raw
+
+
+def test_every_internal_link_resolves(site, visits):
+    base = "/".join(next(iter(visits.values())).url.split("/")[:3]) + "/"
+    checked, broken = broken_links(site, base, {n: v.links for n, v in visits.items()})
     assert checked > 100, f"only {checked} internal links: the pages were not inspected"
     assert not broken, "\n".join(broken)
