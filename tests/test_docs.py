@@ -109,6 +109,7 @@ class Visit:
     math_errors: list[str] = field(default_factory=list)
     raw_tex: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
+    inspected: bool = False
 
 
 # Runs in the page after load: waits for MathJax and for every image, then reports.
@@ -117,6 +118,7 @@ async () => {
   if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
     await MathJax.startup.promise;
   }
+  await document.fonts.ready;  // MathJax's and the theme's web fonts
   const imgs = Array.from(document.images);
   imgs.forEach(i => { i.loading = 'eager'; });
   await Promise.all(imgs.map(i => i.decode().catch(() => null)));
@@ -131,8 +133,16 @@ async () => {
     brokenImages: imgs.filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src),
     math: math.length,
     typeset: math.filter(m => m.querySelector('mjx-container')).length,
-    mathErrors: Array.from(document.querySelectorAll('mjx-merror'))
-        .map(e => e.getAttribute('data-mjx-error') || e.textContent),
+    // Each TeX error with the formula it is in.
+    mathErrors: window.MathJax && MathJax.startup && MathJax.startup.document
+      ? Array.from(MathJax.startup.document.math)
+          .filter(m => m.typesetRoot && m.typesetRoot.querySelector('mjx-merror'))
+          .map(m => {
+            const e = m.typesetRoot.querySelector('mjx-merror');
+            const error = e.getAttribute('data-mjx-error') || e.textContent;
+            return `${error} in: ${m.math.slice(0, 160)}`;
+          })
+      : [],
     text: prose.textContent,
     links: Array.from(document.querySelectorAll('a[href]')).map(a => a.href),
   };
@@ -168,7 +178,14 @@ def visits(site) -> dict[str, Visit]:
         page.on("pageerror", lambda e: current.console_errors.append(f"uncaught: {e}"))
         page.on(
             "requestfailed",
-            lambda r: current.failed_requests.append(f"{r.url}: {r.failure}"),
+            # Leaving a page aborts what it still loads; only failures before that count.
+            lambda r: (
+                not current.inspected and current.failed_requests.append(f"{r.url}: {r.failure}")
+            ),
+        )
+        page.on(
+            "response",
+            lambda r: r.status >= 400 and current.failed_requests.append(f"{r.url}: {r.status}"),
         )
         for path in pages(site):
             name = path.relative_to(site).as_posix()
@@ -186,6 +203,8 @@ def visits(site) -> dict[str, Visit]:
             current.math_errors = report["mathErrors"]
             current.raw_tex = sorted(set(RAW_TEX.findall(report["text"])))
             current.links = report["links"]
+            current.inspected = True
+            page.goto("about:blank")  # its aborted loads are still this page's, and ignored
         context.close()
     return result
 
