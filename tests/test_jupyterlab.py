@@ -125,8 +125,60 @@ def _tail(tmp: Path) -> str:
     return (tmp / "jupyterlab.log").read_text()[-4000:]
 
 
+def number(readout: str | None) -> float | None:
+    """A slider's readout as a number (ipywidgets writes negatives with a Unicode minus); None
+    while it is being redrawn."""
+    try:
+        return float((readout or "").strip().replace("\u2212", "-"))
+    except ValueError:
+        return None
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_and_move_the_first_slider(page, base: str, token: str) -> None:
+    path = NOTEBOOK.relative_to(ROOT).as_posix()
+    page.goto(f"{base}lab/tree/{path}?token={token}")
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=START_TIMEOUT_S * 1000)
+    # Cells run before the kernel is connected can be lost: wait for the status bar's "Idle".
+    page.get_by_text("| Idle").first.wait_for(timeout=START_TIMEOUT_S * 1000)
+
+    # Run > Run All Cells, as a learner does.
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+
+    panel = page.locator(".widget-interact").filter(has=page.locator(".widget-slider")).first
+    panel.wait_for(state="attached", timeout=RUN_TIMEOUT_S * 1000)
+    panel.scroll_into_view_if_needed()
+    slider = panel.locator(".widget-slider").first
+    readout = slider.locator(".widget-readout").first
+    figure = panel.locator("img").first
+    figure.wait_for(timeout=REDRAW_TIMEOUT_S * 1000)
+    deadline = time.monotonic() + REDRAW_TIMEOUT_S
+    while (old_value := number(readout.text_content())) is None:
+        assert time.monotonic() < deadline, "the slider shows no value"
+        page.wait_for_timeout(200)
+    old_src = figure.get_attribute("src")
+    assert old_src and old_src.startswith("data:image/png;base64,")
+
+    # Move the slider one step with the keyboard (focus the handle, press the arrow key).
+    slider.locator(".noUi-handle").first.focus()
+    page.keyboard.press("ArrowLeft")
+    deadline = time.monotonic() + REDRAW_TIMEOUT_S
+    while (new_value := number(readout.text_content())) in (None, old_value):
+        assert time.monotonic() < deadline, "the slider did not move"
+        page.wait_for_timeout(200)
+    assert new_value < old_value, (old_value, new_value)
+
+    new_src = old_src
+    while new_src == old_src:
+        assert time.monotonic() < deadline, "moving the slider did not redraw the figure"
+        page.wait_for_timeout(250)
+        with contextlib.suppress(Exception):  # the output is cleared while it redraws
+            new_src = panel.locator("img").first.get_attribute("src", timeout=1000)
+    assert new_src.startswith("data:image/png;base64,")
 
 
 def test_a_slider_in_jupyterlab_redraws_the_figure(tmp_path):
@@ -143,43 +195,11 @@ def test_a_slider_in_jupyterlab_redraws_the_figure(tmp_path):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        path = NOTEBOOK.relative_to(ROOT).as_posix()
-        page.goto(f"{base}lab/tree/{path}?token={token}")
-        page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=START_TIMEOUT_S * 1000)
-        # Cells run before the kernel is connected can be lost: wait for the status bar's "Idle".
-        page.get_by_text("| Idle").first.wait_for(timeout=START_TIMEOUT_S * 1000)
-
-        # Run > Run All Cells, as a learner does.
-        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-
-        panel = page.locator(".widget-interact").filter(has=page.locator(".widget-slider")).first
-        panel.wait_for(timeout=RUN_TIMEOUT_S * 1000)
-        slider = panel.locator(".widget-slider").first
-        figure = panel.locator("img").first
-        figure.wait_for(timeout=REDRAW_TIMEOUT_S * 1000)
-        old_value = slider.locator(".widget-readout").inner_text().strip()
-        old_src = figure.get_attribute("src")
-        assert old_src and old_src.startswith("data:image/png;base64,")
-
-        # Move the slider one step with the keyboard (focus the handle, press the arrow key).
-        handle = slider.locator(".noUi-handle").first
-        handle.focus()
-        page.keyboard.press("ArrowLeft")
-        deadline = time.monotonic() + REDRAW_TIMEOUT_S
-        while slider.locator(".widget-readout").inner_text().strip() == old_value:
-            assert time.monotonic() < deadline, "the slider did not move"
-            page.wait_for_timeout(200)
-        new_value = slider.locator(".widget-readout").inner_text().strip()
-        assert float(new_value) < float(old_value), (old_value, new_value)
-
-        new_src = old_src
-        while new_src == old_src:
-            assert time.monotonic() < deadline, "moving the slider did not redraw the figure"
-            page.wait_for_timeout(250)
-            with contextlib.suppress(Exception):  # the output is cleared while it redraws
-                new_src = panel.locator("img").first.get_attribute("src", timeout=1000)
-        assert new_src.startswith("data:image/png;base64,")
+        try:
+            run_and_move_the_first_slider(page, base, token)
+        except BaseException:
+            page.screenshot(path=str(tmp_path / "jupyterlab-failure.png"))
+            raise
         assert not errors, f"errors in the Lab page: {errors}"
         page.screenshot(path=str(tmp_path / "jupyterlab.png"))
 
