@@ -83,6 +83,7 @@ html_theme_options = {
     "use_fullscreen_button": False,
     "use_repository_button": False,
     "navigation_with_keys": False,
+    "navbar_persistent": [],  # the sidebar has the search field; one is enough
 }
 
 # A notebook's link to a repository folder or file that is not a page of the site (``../reproduce``,
