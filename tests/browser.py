@@ -39,7 +39,7 @@ def skip_without_browser() -> None:
         found = shutil.which("chromium")
         pytest.skip(
             f"no Chromium at {CHROMIUM}"
-            + (f" (found {found}, not the Debian package)" if found else "")
+            + (f" (the one at {found} is not used: these tests run Debian's)" if found else "")
             + ": install it with `apt-get install -y --no-install-recommends chromium`"
         )
     try:
