@@ -509,7 +509,7 @@ def test_augmentation_input_checks() -> None:
 
 
 def test_photos_sizes_and_content() -> None:
-    data._photos.cache_clear()
+    data.photos._photos.cache_clear()
     start = time.process_time()  # CPU time: robust to a busy machine (wall ~0.3 s here)
     train, test = load_dataset("photos", None, "train"), load_dataset("photos", None, "test")
     assert time.process_time() - start < 2.0
@@ -526,13 +526,13 @@ def test_photos_sizes_and_content() -> None:
 
 def test_photos_deterministic() -> None:
     a = load_dataset("photos", None, "test", patch_stride=24).images
-    data._photos.cache_clear()
+    data.photos._photos.cache_clear()
     assert torch.equal(a, load_dataset("photos", None, "test", patch_stride=24).images)
 
 
 def test_photos_train_test_regions_disjoint() -> None:
     train, test = load_dataset("photos", None, "train"), load_dataset("photos", None, "test")
-    photos = data._photos()
+    photos = data.photos._photos()
     for k, photo in enumerate(photos):
         (a0, a1), (b0, b1) = train.regions[k], test.regions[k]
         assert 0 == a0 and a1 + 32 <= b0 and b1 == photo.shape[1]
