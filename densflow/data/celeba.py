@@ -90,11 +90,11 @@ def _split(info: DatasetInfo, root: Path, split: str) -> tuple[Path, list[str]]:
         if not fields:
             continue
         if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
-            raise bad_file("celeba", table, f"line {i} is {line!r}; expected '<file>.jpg <0|1|2>'")
+            raise bad_file(info.name, table, f"line {i} is {line!r}; expected '<file>.jpg <0|1|2>'")
         if int(fields[1]) == _PARTITIONS[split]:
             names.append(fields[0])
     if not names:
-        raise bad_file("celeba", table, f"no image is in the {split!r} partition")
+        raise bad_file(info.name, table, f"no image is in the {split!r} partition")
     present = set(os.listdir(image_dir))
     absent = [n for n in names if n not in present]
     if absent:
