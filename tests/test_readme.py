@@ -150,7 +150,7 @@ def test_environment_yml_names_the_same_dependencies_as_pyproject():
     import yaml
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = project["dependencies"] + project["optional-dependencies"]["dev"]
+    wanted = project["dependencies"] + sum(project["optional-dependencies"].values(), [])
     conda = {"torch": "pytorch"}  # conda-forge's names where they differ from PyPI's
 
     def normal(spec: str) -> str:
