@@ -217,7 +217,7 @@ def _commit_dir(tmp: Path, target: Path) -> None:
     """Rename the finished ``tmp`` folder onto ``target``; the rename is the commit point."""
     old = None
     if target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        old = target.with_name(f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         os.replace(target, old)
     os.replace(tmp, target)
     if old is not None:
@@ -325,7 +325,8 @@ def _load_dir(directory: Path, map_location: str | torch.device) -> DenseFlow:
 
 
 def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~", os.sep)) or spec.count("/") != 1 or os.sep in spec
+    # a Hub repo id is "owner/name": one slash, no backslash, not starting like a path
+    return spec.startswith((".", "/", "~")) or spec.count("/") != 1 or "\\" in spec
 
 
 def _from_hub(repo_id: str, revision: str | None) -> Path:

@@ -326,18 +326,20 @@ def convert_runs(
     tree: Path,
     models: Path,
     *,
-    label: str | None,
+    label: str,
     trust_checkpoint: bool = False,
     report: Callable[[str], None] = _say,
 ) -> dict[str, Path]:
     """Convert every run folder under ``tree`` into ``models/<dataset>``; name → directory.
 
-    ``label`` names the archive (``sha256:<hex>``): a model directory whose recorded source is
-    this label and the same run folder is already done and is kept. The first run folder of a
+    ``label`` names where the run folders came from (``sha256:<hex>`` of an archive, or a folder);
+    each model records ``<label>/<run folder>`` as its source. For an archive, a model directory
+    that records the same source is already done and is kept; a folder's runs are always
+    converted (its content may have changed). The first run folder of a
     dataset (in path order) gets the dataset's name, any other one ``<dataset>-<folder name>``.
     A run folder that fails to convert is reported in one line and skipped.
     """
-    runs = find_run_folders(tree)
+    runs, reuse = find_run_folders(tree), label.startswith("sha256:")
     if not runs:
         raise WeightsError(
             f"no run folder (args.pickle + check/checkpoint.pt) anywhere in {tree}: this is not "
@@ -353,8 +355,8 @@ def convert_runs(
                     f"args.pickle names dataset {dataset!r}, not one of {sorted(IMAGE_SIZES)}"
                 )
             name = _model_name(dataset, run, set(done))
-            target, source = models / name, f"{label}/{rel}" if label else None
-            if source is not None and is_model_dir(target) and _source_of(target) == source:
+            target, source = models / name, f"{label}/{rel}"
+            if reuse and is_model_dir(target) and _source_of(target) == source:
                 report(f"{name}: {target} (already converted from {rel})")
                 done[name] = target
                 continue
@@ -435,7 +437,8 @@ def download_weights(
                 digest = _sha256(archive)
                 _say(f"sha256 {digest} ({archive})")
     if archive.is_dir():
-        return convert_runs(archive, models, label=None, trust_checkpoint=trust_checkpoint)
+        label = str(archive.resolve())
+        return convert_runs(archive, models, label=label, trust_checkpoint=trust_checkpoint)
     tree = _temp_name(cache / "weights", "unpack")
     try:
         _say(f"unpacking {archive}")
