@@ -178,7 +178,7 @@ def fetch_archive(downloads: Path) -> tuple[Path, str]:
             "download weights --from FILE"
         ) from err
     unverified = downloads / UNVERIFIED_NAME
-    _say(f"downloading the authors' weights from {DRIVE_URL} (a few GB; rerun to resume)")
+    _say(f"downloading the authors' weights from {DRIVE_URL} (interrupted, rerun to resume)")
     try:
         # gdown keeps the bytes in "<output>XXXXXXXX.part" and resumes it; the output appears
         # complete, and a finished but unverified output is returned again on resume.
