@@ -370,7 +370,15 @@ def convert_runs(
         report(f"{name}: {target} ({n:,} parameters, {side}×{side} images, from {rel or '.'})")
         done[name] = target
     if not done:
-        raise WeightsError(f"none of the {len(runs)} run folders in {tree} converted (see above)")
+        hint = (
+            ""
+            if trust_checkpoint
+            else "; if they failed to load with weights_only and you "
+            "trust their source, rerun with --trust-checkpoint"
+        )
+        raise WeightsError(
+            f"none of the {len(runs)} run folders in {tree} converted (see above){hint}"
+        )
     return done
 
 
@@ -417,7 +425,7 @@ def download_weights(
     cache = cache_dir(root)
     downloads, models = cache / "downloads", models_dir(root)
     models.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(cache, models)
+    _remove_stale_temporaries(cache, downloads, models)
     if source is None:
         found = _already_done(downloads, models)
         if found is not None:

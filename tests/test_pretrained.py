@@ -489,6 +489,21 @@ def test_offline_or_without_gdown_the_error_is_one_clear_line(cache, monkeypatch
     assert pt.cached_models() == []
 
 
+def test_download_weights_has_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["download", "weights", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m densflow download weights")
+    assert "--root" in out and "--from" in out and "DENSFLOW_CACHE" in out
+
+
+def test_a_broken_run_folder_alone_is_an_error_that_names_it(tree, tmp_path, cache, capsys):
+    with pytest.raises(wt.WeightsError, match="none of the 1 run folders"):
+        wt.download_weights(source=tree / CORRUPT)
+    assert capsys.readouterr().out.startswith("skipped run folder .: CheckpointError: cannot read")
+
+
 # ----------------------------------------------------------------------------- unpacking safely
 def tar_with(tmp_path, *members: tarfile.TarInfo) -> Path:
     path = tmp_path / "evil.tar"
