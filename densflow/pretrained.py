@@ -39,8 +39,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
 from .model import DenseFlow, DenseFlowConfig
+from .official import load_official, locate_official, read_official_args
 
 __all__ = [
     "CONFIG_NAME",
@@ -431,11 +432,9 @@ def resolve_model(
     * a Hugging Face Hub repo id;
     * a :class:`~densflow.DenseFlow`, returned as it is.
 
-    A model that records its dataset and disagrees with ``dataset`` is an error.
+    A model that records its dataset and disagrees with ``dataset`` is an error. Models are
+    returned in eval mode, on ``map_location``.
     """
-    from .checkpoint import model_from_checkpoint, read_checkpoint
-    from .official import load_official, locate_official, read_official_args
-
     if isinstance(spec, DenseFlow):
         return spec, dataset
     if str(spec) == "official":
@@ -447,19 +446,16 @@ def resolve_model(
         spec = dataset
     path = Path(spec).expanduser()
     trained_on: str | None
+    ckpt = None
     if path.is_file():
         try:
             ckpt = read_checkpoint(path, map_location)
         except CheckpointError:
-            ckpt = None  # not ours: the official loader explains its own failures
-        if ckpt is not None:
-            model = model_from_checkpoint(ckpt, path, map_location)
-            trained_on = (ckpt.get("train_config") or {}).get("dataset")
-        else:
-            model = load_official(path, map_location=map_location)
-            args = locate_official(path)[1]
-            trained_on = read_official_args(args).dataset if args is not None else None
-    elif path.is_dir() and not is_model_dir(path):
+            pass  # not ours: the official loader explains its own failures
+    if ckpt is not None:
+        model = model_from_checkpoint(ckpt, path, map_location)
+        trained_on = (ckpt.get("train_config") or {}).get("dataset")
+    elif path.is_file() or (path.is_dir() and not is_model_dir(path)):
         model = load_official(path, map_location=map_location)
         args = locate_official(path)[1]
         trained_on = read_official_args(args).dataset if args is not None else None
@@ -469,4 +465,4 @@ def resolve_model(
         trained_on = read_pretrained_config(folder)[1].get("dataset")
     if dataset is not None and trained_on is not None and trained_on != dataset:
         raise CheckpointError(f"{spec} was trained on {trained_on}, not {dataset}")
-    return model, trained_on
+    return model.eval(), trained_on

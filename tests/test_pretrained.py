@@ -586,7 +586,8 @@ def test_resolve_model_maps_every_kind_of_name(golden, tree, archives, cache, ti
     assert pt.resolve_model(tree / "celeba_run")[1] == "celeba"  # an official run folder
     tiny, _ = tiny_model
     save_model(tiny, tmp_path / "t.pt")
-    assert pt.resolve_model(tmp_path / "t.pt")[1] is None
+    from_checkpoint, dataset = pt.resolve_model(tmp_path / "t.pt")
+    assert dataset is None and not from_checkpoint.training
     pt.save_pretrained(tiny, tmp_path / "dir", dataset="imagenet64")
     assert pt.resolve_model(str(tmp_path / "dir"), "imagenet64")[1] == "imagenet64"
     assert pt.resolve_model(tiny) == (tiny, None)
