@@ -379,7 +379,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
-    from .data import DATASETS
+    from .data import DATASETS, downloadable
 
     dp = sub.add_parser(
         "data",
@@ -402,7 +402,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         description="Download a dataset with torchvision (CIFAR-10, "
         "CelebA); ImageNet needs a manual download from image-net.org.",
     )
-    download.add_argument("name", choices=list(DATASETS), help="dataset name")
+    download.add_argument("name", choices=downloadable(), help="dataset name")
     download.add_argument("--root", required=True, help="folder to download into")
     download.set_defaults(run=_data_download)
 
