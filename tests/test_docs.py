@@ -30,9 +30,11 @@ BUILD_TIMEOUT_S = 600
 
 
 def public_modules() -> list[str]:
-    return sorted(
-        f"densflow.{p.stem}" for p in (ROOT / "densflow").glob("*.py") if not p.stem.startswith("_")
-    )
+    """densflow's modules and subpackages (a subpackage's page is its public interface)."""
+    package = ROOT / "densflow"
+    names = [p.stem for p in package.glob("*.py")]
+    names += [p.parent.name for p in package.glob("*/__init__.py")]
+    return sorted(f"densflow.{name}" for name in names if not name.startswith("_"))
 
 
 @pytest.fixture(scope="module")
