@@ -10,6 +10,8 @@ Sub-commands:
   importance-weighted).
 * ``sample CHECKPOINT | --official RUN_DIR --out grid.png`` — a PNG grid of samples.
 * ``data check NAME --data-dir D`` and ``data download NAME --root R``.
+* ``download weights [--root DIR]`` — the authors' released models, converted into the cache that
+  ``DenseFlow.from_pretrained("cifar10")`` reads (:mod:`densflow.weights`).
 
 Expected failures (a dataset or checkpoint that is missing or malformed, a diverged training run)
 print one ``error:`` message on stderr and exit with status 2.
@@ -37,7 +39,12 @@ def _convert(args: argparse.Namespace) -> int:
     model = load_official(
         args.official, args.args, image_size=args.image_size, trust_checkpoint=args.trust_checkpoint
     )
-    save_model(model, args.out, source=str(args.official))
+    if args.format == "pretrained":
+        from .pretrained import save_pretrained
+
+        save_pretrained(model, args.out, source=str(args.official))
+    else:
+        save_model(model, args.out, source=str(args.official))
     n = sum(p.numel() for p in model.parameters())
     print(
         f"converted {args.official} → {args.out}: {n:,} parameters, "
@@ -379,7 +386,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
-    from .data import DATASETS
+    from .data import DATASETS, downloadable
 
     dp = sub.add_parser(
         "data",
@@ -402,7 +409,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         description="Download a dataset with torchvision (CIFAR-10, "
         "CelebA); ImageNet needs a manual download from image-net.org.",
     )
-    download.add_argument("name", choices=list(DATASETS), help="dataset name")
+    download.add_argument("name", choices=downloadable(), help="dataset name")
     download.add_argument("--root", required=True, help="folder to download into")
     download.set_defaults(run=_data_download)
 
@@ -418,6 +425,51 @@ def _data_download(args: argparse.Namespace) -> int:
     from .data import download
 
     print(f"data_dir: {download(args.name, args.root)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- download weights
+
+
+def _add_download(sub: argparse._SubParsersAction) -> None:
+    dp = sub.add_parser(
+        "download", help="download the authors' released weights",
+        description="Fetch the authors' run folders from Google Drive (needs the 'weights' extra: "
+        "gdown), verify the archive's sha256, unpack it, and convert every run folder into a model "
+        "directory named after its dataset in the cache, where DenseFlow.from_pretrained(NAME) "
+        "finds it. Interrupted, the same command resumes.",
+    )  # fmt: skip
+    what = dp.add_subparsers(dest="what", required=True)
+    weights = what.add_parser(
+        "weights",
+        help="the authors' DenseFlow-74-10 models (cifar10, imagenet32, imagenet64, celeba)",
+        description="Download, verify, unpack and convert the authors' weights into the cache.",
+    )
+    weights.add_argument(
+        "--root",
+        default=None,
+        help="cache folder (default: $DENSFLOW_CACHE, else ~/.cache/densflow)",
+    )
+    weights.add_argument(
+        "--from",
+        dest="source",
+        default=None,
+        metavar="PATH",
+        help="an archive (zip or tar) or folder you downloaded yourself: no network",
+    )
+    weights.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow full unpickling if weights_only loading fails (trusted files only)",
+    )
+    weights.set_defaults(run=_download_weights)
+
+
+def _download_weights(args: argparse.Namespace) -> int:
+    from .weights import download_weights
+
+    found = download_weights(args.root, source=args.source, trust_checkpoint=args.trust_checkpoint)
+    print(f"load with DenseFlow.from_pretrained(NAME), NAME in {sorted(found)}")
     return 0
 
 
@@ -437,7 +489,14 @@ def build_parser() -> argparse.ArgumentParser:
         "densflow.checkpoint.load_model (and every other sub-command) reads.",
     )
     convert.add_argument("official", help="official run folder, or its check/checkpoint.pt")
-    convert.add_argument("out", help="where to write the densflow checkpoint (.pt)")
+    convert.add_argument("out", help="the densflow checkpoint (.pt) or model directory to write")
+    convert.add_argument(
+        "--format",
+        choices=["checkpoint", "pretrained"],
+        default="checkpoint",
+        help="checkpoint: one .pt file (default); pretrained: a model directory (config.json + "
+        "model.safetensors, no pickle) that DenseFlow.from_pretrained loads",
+    )
     convert.add_argument(
         "--args",
         default=None,
@@ -459,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_sample(sub)
     _add_data(sub)
+    _add_download(sub)
     return parser
 
 

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .bounds import bits_per_dim
 from .checkpoint import atomic_save
+from .data import paper_datasets
 from .model import DenseFlow
 from .performance import autocast, run_eagerly
 
@@ -44,7 +45,7 @@ __all__ = [
     "save_sample_grid",
 ]
 
-PAPER_IW_SAMPLES = {"cifar10": 1000, "imagenet32": 200, "imagenet64": 200, "celeba": 200}
+PAPER_IW_SAMPLES = {name: d.paper.iw_samples for name, d in paper_datasets().items()}
 """Importance samples k of the paper's reported test bits/dim, per dataset."""
 
 _PARTIAL_FORMAT, _PARTIAL_VERSION = "densflow-eval-partial", 1

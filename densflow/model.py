@@ -514,3 +514,19 @@ class DenseFlow(nn.Module):
             c = block.out_channels
             shapes.append((f"block{b}", (batch_size, c, s, s)))
         return shapes
+
+    # ------------------------------------------------------------------ model directories
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str, **kwargs) -> DenseFlow:
+        """A model directory, a cached name (``"cifar10"``…) or a Hub repo id: see
+        :func:`densflow.pretrained.from_pretrained`."""
+        from .pretrained import from_pretrained  # pretrained imports this module
+
+        return from_pretrained(name_or_dir, **kwargs)
+
+    def save_pretrained(self, directory: str, **kwargs) -> None:
+        """``config.json`` + ``model.safetensors``, atomically: see
+        :func:`densflow.pretrained.save_pretrained`."""
+        from .pretrained import save_pretrained
+
+        save_pretrained(self, directory, **kwargs)

@@ -15,7 +15,7 @@ buffers of the transitions.
 from __future__ import annotations
 
 import argparse
-import io
+import copyreg
 import math
 import os
 import pickle
@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from .checkpoint import CheckpointError
+from .data import DATASETS, AllowList, restricted_unpickle
 from .dense_block import DenseBlock
 from .model import DenseFlow, DenseFlowConfig
 
@@ -40,7 +41,7 @@ __all__ = [
     "IMAGE_SIZES",
 ]
 
-IMAGE_SIZES = {"cifar10": 32, "imagenet32": 32, "imagenet64": 64, "celeba": 64}
+IMAGE_SIZES = {d.official_name: d.image_size for d in DATASETS.values() if d.official_name}
 """Image size of each dataset name the official code accepts in ``args.dataset``."""
 
 _CONSTANTS: list[tuple[re.Pattern[str], float | None]] = [
@@ -195,33 +196,21 @@ def config_from_state_dict(
     return DenseFlowConfig(**inferred)
 
 
-class _ArgsUnpickler(pickle.Unpickler):
-    """Admits ``argparse.Namespace`` and plain values only: a pickle can run arbitrary code."""
-
-    _ALLOWED = {
-        ("argparse", "Namespace"),
-        ("copyreg", "_reconstructor"),
-        ("builtins", "object"),
-        ("builtins", "set"),
-        ("builtins", "frozenset"),
-        ("builtins", "slice"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(
-                f"args.pickle refers to {module}.{name}; only argparse.Namespace and plain values "
-                "are "
-                "allowed (a pickle can run code)"
-            )
-        return super().find_class(module, name)
+_ARGS_PICKLE = AllowList.of(
+    "argparse.Namespace and plain values",
+    argparse.Namespace,
+    copyreg._reconstructor,
+    object,
+    set,
+    frozenset,
+    slice,
+)
 
 
 def read_official_args(path: str | os.PathLike) -> argparse.Namespace:
     """Read an official ``args.pickle`` safely."""
     try:
-        with open(path, "rb") as f:
-            args = _ArgsUnpickler(io.BytesIO(f.read())).load()
+        args = restricted_unpickle(path, _ARGS_PICKLE)
     except (OSError, pickle.UnpicklingError, EOFError) as err:
         raise CheckpointError(f"cannot read official args file {path}: {err}") from err
     if not isinstance(args, argparse.Namespace):

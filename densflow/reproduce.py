@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Subset
 
 from .checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
-from .data import DATASETS, load_dataset
+from .data import DATASETS, load_dataset, paper_datasets, paper_table1
 from .evaluate import PAPER_IW_SAMPLES, EvalResult, evaluate
 from .model import DenseFlow
 from .official import load_official, locate_official, read_official_args
@@ -40,21 +40,10 @@ __all__ = [
     "write_results",
 ]
 
-PAPER_RESULTS: dict[str, dict[str, float | None]] = {
-    # Table 1 of the paper: test bits/dim, lower is better (None: not reported).
-    "DenseFlow-74-10": {"cifar10": 2.98, "imagenet32": 3.63, "imagenet64": 3.35, "celeba": 1.99},
-    "VFlow": {"cifar10": 2.98, "imagenet32": 3.83, "imagenet64": 3.66, "celeba": None},
-    "Flow++": {"cifar10": 3.08, "imagenet32": 3.86, "imagenet64": 3.69, "celeba": None},
-    "Glow": {"cifar10": 3.35, "imagenet32": 4.09, "imagenet64": 3.81, "celeba": None},
-}
+PAPER_RESULTS: dict[str, dict[str, float | None]] = paper_table1()
 """Published test bits/dim of DenseFlow and the flows the paper compares with."""
 
-PAPER_COST: dict[str, str] = {
-    "cifar10": "about 250 GPU-hours (one RTX 3090)",
-    "imagenet32": "about 310 GPU-hours (one V100)",
-    "imagenet64": "about 2 weeks (one V100)",
-    "celeba": "about 224 GPU-hours (one V100)",
-}
+PAPER_COST: dict[str, str] = {name: d.paper.cost for name, d in paper_datasets().items()}
 """Training time the paper reports for each dataset."""
 
 

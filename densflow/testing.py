@@ -96,7 +96,7 @@ def write_cifar10(
         batch = {
             "batch_label": label,
             "labels": [int(v) for v in rng.integers(0, 10, len(x))],
-            "data": x.reshape(len(x), -1),  # channel-major rows: R plane, G plane, B plane
+            "data": x.reshape(len(x), 3072),  # channel-major rows: R plane, G plane, B plane
             "filenames": [f"image_{k}_{i}.png" for i in range(len(x))],
         }
         (folder / fname).write_bytes(py2_pickle_dumps(batch))
@@ -160,7 +160,7 @@ def write_imagenet(
 
     def write(path: Path, x: np.ndarray, train: bool) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = x.reshape(len(x), -1)
+        data = x.reshape(len(x), 3 * size * size)
         batch: dict[str, Any] = {
             "data": data,
             "labels": [int(v) for v in rng.integers(1, 1001, len(x))],

@@ -55,6 +55,7 @@ class Slider:
             max=self.high,
             step=self.step,
             description=name,
+            style={"description_width": "initial"},
             continuous_update=False,
         )
 
@@ -76,7 +77,12 @@ class Choice:
     def widget(self, name: str) -> Any:
         import ipywidgets
 
-        return ipywidgets.Dropdown(options=list(self.options), value=self.default, description=name)
+        return ipywidgets.Dropdown(
+            options=list(self.options),
+            value=self.default,
+            description=name,
+            style={"description_width": "initial"},
+        )
 
 
 def is_static() -> bool:
@@ -94,8 +100,8 @@ def explore(draw: Callable[..., Any], **controls: Slider | Choice) -> Any:
     """Draw ``draw(**defaults)``; in a live notebook, attach one widget per control.
 
     ``draw`` makes a matplotlib figure (with ``plt.subplots``) from keyword arguments named like the
-    controls. Returns the ipywidgets ``interactive`` object in a live notebook, else whatever
-    ``draw`` returned.
+    controls. Returns the ipywidgets ``interactive`` object in a live notebook and ``None`` in a
+    static run, so that a cell ending in ``explore(...)`` shows its figure once.
     """
     for name, control in controls.items():
         if not isinstance(control, Slider | Choice):
@@ -106,9 +112,9 @@ def explore(draw: Callable[..., Any], **controls: Slider | Choice) -> Any:
     import matplotlib.pyplot as plt
 
     if is_static():
-        result = draw(**{name: c.default for name, c in controls.items()})
+        draw(**{name: c.default for name, c in controls.items()})
         plt.show()
-        return result
+        return None
 
     import ipywidgets
     from IPython.display import display

@@ -6,6 +6,7 @@ import codecs
 import dataclasses
 import os
 import pickle
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -18,15 +19,21 @@ import torch.nn.functional as F
 from densflow import data
 from densflow.data import (
     DATASETS,
+    AllowList,
     Augmentation,
     DatasetError,
     DatasetFormatError,
+    DatasetInfo,
     DatasetNotFoundError,
+    ImageTensorDataset,
     augmentation_for,
     check_dataset,
     download,
+    downloadable,
     image_shape,
     load_dataset,
+    paper_datasets,
+    paper_table1,
     restricted_unpickle,
 )
 from densflow.testing import write_celeba, write_cifar10, write_imagenet
@@ -60,6 +67,112 @@ def test_paper_augmentations() -> None:
     assert augmentation_for("imagenet64") == Augmentation(flip=True, shift=3)
     assert augmentation_for("celeba") == Augmentation(flip=True, shift=0)
     assert augmentation_for("photos") == Augmentation(flip=True, shift=1)
+
+
+def test_paper_facts() -> None:
+    # Table 1 (test bits/dim, k), the reported training cost, and Appendix C's protocol.
+    table = paper_table1()
+    assert list(table) == ["DenseFlow-74-10", "VFlow", "Flow++", "Glow"]
+    assert table["DenseFlow-74-10"] == {
+        "cifar10": 2.98,
+        "imagenet32": 3.63,
+        "imagenet64": 3.35,
+        "celeba": 1.99,
+    }
+    assert table["Glow"] == {
+        "cifar10": 3.35,
+        "imagenet32": 4.09,
+        "imagenet64": 3.81,
+        "celeba": None,
+    }
+    assert table["VFlow"]["imagenet64"] == 3.66 and table["Flow++"]["imagenet32"] == 3.86
+    assert {n: d.paper.iw_samples for n, d in paper_datasets().items()} == {
+        "cifar10": 1000,
+        "imagenet32": 200,
+        "imagenet64": 200,
+        "celeba": 200,
+    }
+    assert DATASETS["photos"].paper is None and DATASETS["photos"].protocol is None
+    assert "2 weeks" in DATASETS["imagenet64"].paper.cost
+    epochs = {
+        n: (d.protocol.epochs, d.protocol.finetune_epochs) for n, d in paper_datasets().items()
+    }
+    assert epochs == {
+        "cifar10": (580, 70),
+        "imagenet32": (20, 2),
+        "imagenet64": (10, 1),
+        "celeba": (50, 5),
+    }
+    assert [d.protocol.batch_size for d in paper_datasets().values()] == [64, 64, 32, 32]
+    assert [d.protocol.gamma for d in paper_datasets().values()] == [0.9975, 0.95, 0.95, 0.95]
+    cifar = DATASETS["cifar10"].protocol.train_fields()
+    assert cifar == dict(
+        epochs=580,
+        finetune_epochs=70,
+        batch_size=64,
+        gamma=0.9975,
+        lr=1e-3,
+        finetune_lr=2e-5,
+        warmup_steps=5000,
+        optimizer="adamax",
+        eval_every=10,
+    )
+    official = DATASETS["cifar10"].protocol.train_fields(official=True)
+    assert official == {**cifar, "epochs": 400, "finetune_epochs": 20}
+    celeba = DATASETS["celeba"].protocol
+    assert celeba.train_fields(official=True) == celeba.train_fields()
+
+
+def test_facts_elsewhere_come_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    from densflow import evaluate, official, reproduce
+
+    assert official.IMAGE_SIZES == {"cifar10": 32, "imagenet32": 32, "imagenet64": 64, "celeba": 64}
+    assert evaluate.PAPER_IW_SAMPLES == {
+        "cifar10": 1000,
+        "imagenet32": 200,
+        "imagenet64": 200,
+        "celeba": 200,
+    }
+    assert reproduce.PAPER_RESULTS == paper_table1()
+    assert reproduce.PAPER_COST["cifar10"] == "about 250 GPU-hours (one RTX 3090)"
+    assert set(reproduce.PAPER_COST) == set(paper_datasets())
+
+
+def test_a_new_dataset_is_one_entry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Everything dispatches on the registry entry: a dataset with its own format functions works
+    with every entry point, without any other change."""
+    images = torch.arange(5 * 3 * 8 * 8, dtype=torch.int64).remainder(256).to(torch.uint8)
+    fetched: list[Path] = []
+
+    def load(info, root, split, options):
+        assert root == tmp_path and options.patch_stride == 16
+        return ImageTensorDataset(images.view(5, 3, 8, 8)[: 3 if split == "train" else 2])
+
+    def check(info, root, splits):
+        return {s: 3 if s == "train" else 2 for s in splits}, f"toys in {root}"
+
+    toy = DatasetInfo(
+        name="toy",
+        image_size=8,
+        train_size=3,
+        test_size=2,
+        files=("toy.bin",),
+        layout="one file",
+        source="nowhere",
+        augmentation=Augmentation(flip=False, shift=2),
+        load=load,
+        check=check,
+        download=fetched.append,
+    )
+    monkeypatch.setitem(DATASETS, "toy", toy)
+    assert image_shape("toy") == (3, 8, 8) and augmentation_for("toy").shift == 2
+    assert torch.equal(load_dataset("toy", tmp_path, "test")[1], images.view(5, 3, 8, 8)[1])
+    assert check_dataset("toy", tmp_path) == f"toy: 3 train + 2 test toys in {tmp_path}"
+    assert "toy" in downloadable() and download("toy", tmp_path) == tmp_path
+    assert fetched == [tmp_path]
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset("toy", None, "train")
+    assert_message(err, "toy: no data_dir given", "toy.bin", "nowhere", "data download toy")
 
 
 # ----------------------------------------------------------------------------- CIFAR-10
@@ -356,6 +469,25 @@ def test_celeba_errors(tmp_path: Path) -> None:
     assert_message(err, "missing: list_eval_partition.txt\n", "holds img_align_celeba/")
 
 
+def test_empty_split_is_refused(tmp_path: Path) -> None:
+    write_cifar10(tmp_path, n_train_per_batch=0, n_test=2)
+    with pytest.raises(DatasetFormatError) as err:
+        check_dataset("cifar10", tmp_path)
+    assert_message(err, "cifar10: the 'train' split holds no images", "50,000", CIFAR_URL)
+    with pytest.raises(DatasetFormatError, match="'train' split holds no images"):
+        load_dataset("cifar10", tmp_path, "train")
+    assert check_dataset("cifar10", tmp_path, "test").startswith("cifar10: 2 test images")
+    for fmt in ("pickle", "npz"):
+        root = tmp_path / fmt
+        write_imagenet(root, 32, n_train_per_batch=1, n_val=0, fmt=fmt)
+        with pytest.raises(DatasetFormatError) as err:
+            check_dataset("imagenet32", root)
+        assert_message(err, "imagenet32: the 'test' split holds no images", str(root), "50,000")
+        assert check_dataset("imagenet32", root, "train").startswith("imagenet32: 10 train")
+        with pytest.raises(DatasetFormatError, match="'test' split holds no images"):
+            load_dataset("imagenet32", root, "test")
+
+
 def test_unknown_names() -> None:
     with pytest.raises(ValueError, match="unknown dataset 'svhn'"):
         load_dataset("svhn", None, "train")
@@ -409,6 +541,22 @@ def test_unpickler_reads_plain_values(tmp_path: Path) -> None:
         assert np.array_equal(got["m"], value["m"]) and got["m"].dtype == np.float32
 
 
+def test_unpickler_takes_any_allow_list(tmp_path: Path) -> None:
+    import argparse
+    import io
+
+    allow = AllowList.of("argparse.Namespace", argparse.Namespace)
+    ns = argparse.Namespace(a=1, b=[2.5, "x"])
+    for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        raw = pickle.dumps(ns, protocol=protocol)
+        assert restricted_unpickle(io.BytesIO(raw), allow) == ns
+        with pytest.raises(pickle.UnpicklingError, match="only plain values and numpy arrays"):
+            restricted_unpickle(io.BytesIO(raw))  # the default list has no Namespace
+    (tmp_path / "p").write_bytes(pickle.dumps(np.zeros(2)))
+    with pytest.raises(pickle.UnpicklingError, match=r"forbidden global .*only argparse.Namespace"):
+        restricted_unpickle(tmp_path / "p", allow)
+
+
 # ----------------------------------------------------------------------------- download
 
 
@@ -429,6 +577,62 @@ def test_download_failure_is_clear(tmp_path: Path, name: str) -> None:
         CIFAR_URL if name == "cifar10" else "mmlab.ie.cuhk.edu.hk",
     )
     assert download("photos", tmp_path) == tmp_path
+
+
+def test_download_celeba_without_gdown_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fetched: list[Path] = []
+    monkeypatch.setitem(
+        DATASETS, "celeba", dataclasses.replace(DATASETS["celeba"], download=fetched.append)
+    )
+    monkeypatch.setitem(sys.modules, "gdown", None)  # import gdown raises ImportError
+    with pytest.raises(DatasetNotFoundError) as err:
+        download("celeba", tmp_path)
+    assert fetched == []  # refused before anything is fetched
+    assert_message(
+        err,
+        f"celeba: download into {tmp_path} failed",
+        "'gdown'",
+        'pip install -e ".[celeba]"',
+        "get it by hand: https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html",
+        "img_align_celeba.zip",
+        "drive.google.com/uc?id=0B7EVK8r0v71pZjFTYXZWM3FlRnM",
+        "list_eval_partition.txt",
+    )
+    message = str(err.value)
+    assert "data download" not in message and "densflow.data.download" not in message
+    with pytest.raises(DatasetNotFoundError) as err:  # where the data is missing, both ways
+        load_dataset("celeba", tmp_path, "train")
+    assert_message(
+        err,
+        "mmlab",
+        'python -m densflow data download celeba --root DIR (needs pip install -e ".[celeba]")',
+    )
+
+
+def test_the_celeba_extra_provides_gdown() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parents[1]
+    module, extra = DATASETS["celeba"].download_needs
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert any(d.startswith(module) for d in project["optional-dependencies"][extra])
+    assert f"- {module}" in (root / "environment.yml").read_text()
+
+
+def test_data_download_offers_only_downloadable_datasets(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from densflow.cli import build_parser
+
+    assert downloadable() == ("cifar10", "celeba")
+    parser = build_parser()
+    assert parser.parse_args(["data", "download", "celeba", "--root", "d"]).name == "celeba"
+    for name in ("imagenet32", "imagenet64", "photos"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["data", "download", name, "--root", "d"])
+        assert "invalid choice" in capsys.readouterr().err
+    assert parser.parse_args(["data", "check", "imagenet64"]).name == "imagenet64"
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -509,7 +713,7 @@ def test_augmentation_input_checks() -> None:
 
 
 def test_photos_sizes_and_content() -> None:
-    data._photos.cache_clear()
+    data.photos._photos.cache_clear()
     start = time.process_time()  # CPU time: robust to a busy machine (wall ~0.3 s here)
     train, test = load_dataset("photos", None, "train"), load_dataset("photos", None, "test")
     assert time.process_time() - start < 2.0
@@ -526,13 +730,13 @@ def test_photos_sizes_and_content() -> None:
 
 def test_photos_deterministic() -> None:
     a = load_dataset("photos", None, "test", patch_stride=24).images
-    data._photos.cache_clear()
+    data.photos._photos.cache_clear()
     assert torch.equal(a, load_dataset("photos", None, "test", patch_stride=24).images)
 
 
 def test_photos_train_test_regions_disjoint() -> None:
     train, test = load_dataset("photos", None, "train"), load_dataset("photos", None, "test")
-    photos = data._photos()
+    photos = data.photos._photos()
     for k, photo in enumerate(photos):
         (a0, a1), (b0, b1) = train.regions[k], test.regions[k]
         assert 0 == a0 and a1 + 32 <= b0 and b1 == photo.shape[1]

@@ -29,8 +29,9 @@ def test_headless_runs_draw_once_at_the_defaults(monkeypatch):
     monkeypatch.setenv("DENSFLOW_STATIC", "1")
     assert is_static()
     draw, calls = recorder()
-    explore(draw, t=Slider(0.1, 1.2, 0.1, default=0.8), level=Choice(["z", "dropped"]))
+    shown = explore(draw, t=Slider(0.1, 1.2, 0.1, default=0.8), level=Choice(["z", "dropped"]))
     assert calls == [{"t": 0.8, "level": "z"}]
+    assert shown is None  # the figure is shown once, by plt.show(), not again as the cell's value
 
 
 def test_a_live_notebook_gets_widgets_that_redraw(monkeypatch):

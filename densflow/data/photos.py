@@ -1,0 +1,109 @@
+"""Patches of the photographs shipped with scikit-image: real images that need no download.
+
+Nothing is read from a data folder: the photographs come with the ``scikit-image`` package
+(``skimage.data``), so notebooks and tests can train on real images anywhere. See
+:class:`PhotoPatches` for how the 32×32 patches and the train/test regions are cut.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .arrays import ImageTensorDataset
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .registry import DatasetInfo, LoadOptions
+
+__all__ = ["PhotoPatches", "check", "load"]
+
+_PHOTOS = tuple(
+    "astronaut chelsea coffee rocket hubble_deep_field immunohistochemistry motorcycle".split()
+)
+_PHOTO_SIDE = 320  # shorter side after resizing: 32 px patches then show object parts, not texture
+_PHOTO_GAP = 32  # columns between the train and the test region of each photo
+_PATCH = 32
+
+
+@functools.lru_cache(maxsize=1)
+def _photos() -> tuple[np.ndarray, ...]:
+    """The photographs, each resized (Lanczos) to a shorter side of 320 px, ``(H, W, 3)`` uint8."""
+    import skimage.data
+    from PIL import Image
+
+    out = []
+    for name in _PHOTOS:  # all are RGB and bundled with scikit-image (no download)
+        img = (
+            skimage.data.stereo_motorcycle()[0]
+            if name == "motorcycle"
+            else getattr(skimage.data, name)()
+        )
+        h, w = img.shape[:2]
+        scale = _PHOTO_SIDE / min(h, w)
+        size = (round(w * scale), round(h * scale))
+        arr = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS))
+        arr.setflags(write=False)  # cached and shared
+        out.append(arr)
+    return tuple(out)
+
+
+def _photo_region(width: int, split: str) -> tuple[int, int]:
+    """Columns ``[start, stop)`` of a photo that a split may use: train the left 80 % less a gap
+    of 32 columns, test the right 20 %."""
+    cut = round(0.8 * width)
+    return (0, cut - _PHOTO_GAP) if split == "train" else (cut, width)
+
+
+class PhotoPatches(ImageTensorDataset):
+    """32×32 patches of real photographs shipped with scikit-image; needs no download.
+
+    Photos: astronaut, chelsea, coffee, rocket, hubble_deep_field, immunohistochemistry and the
+    left view of stereo_motorcycle (all RGB; the greyscale ones and the mostly black retina are left
+    out), resized to a shorter side of 320 px. Train patches come from the left 80 % of each photo's
+    columns less 32, test patches from the right 20 %, so no pixel of a test patch lies within 32 px
+    of a train patch. Patches lie on a grid of step ``patch_stride``; nothing is random. With the
+    default stride 16 there are 2356 train and 532 test patches.
+
+    Attributes:
+        images: ``(N, 3, 32, 32)`` uint8.
+        origins: ``(N, 3)`` int64 rows of (photo index, top, left) of each patch.
+        photos: the photo names, indexed by ``origins[:, 0]``.
+        regions: the columns ``[start, stop)`` of each photo that this split used.
+    """
+
+    def __init__(self, split: str, patch_stride: int = 16) -> None:
+        if patch_stride < 1:
+            raise ValueError(f"patch_stride must be positive, got {patch_stride}")
+        patches, origins, regions = [], [], []
+        for k, photo in enumerate(_photos()):
+            h, w, _ = photo.shape
+            start, stop = _photo_region(w, split)
+            tops = np.arange(0, h - _PATCH + 1, patch_stride)
+            lefts = np.arange(start, stop - _PATCH + 1, patch_stride)
+            windows = np.lib.stride_tricks.sliding_window_view(photo, (_PATCH, _PATCH), (0, 1))
+            # windows: (h-31, w-31, 3, 32, 32); the grid picks (len(tops), len(lefts), 3, 32, 32)
+            patches.append(windows[tops[:, None], lefts[None, :]].reshape(-1, 3, _PATCH, _PATCH))
+            grid = np.stack(np.meshgrid(tops, lefts, indexing="ij"), -1).reshape(-1, 2)
+            origins.append(np.concatenate([np.full((len(grid), 1), k), grid], 1))
+            regions.append((start, stop))
+        super().__init__(torch.from_numpy(np.concatenate(patches)))
+        self.origins = torch.from_numpy(np.concatenate(origins)).long()
+        self.photos, self.regions = _PHOTOS, tuple(regions)
+
+
+def load(info: DatasetInfo, root: Path | None, split: str, options: LoadOptions) -> PhotoPatches:
+    """One split, on the grid of step ``options.patch_stride``."""
+    return PhotoPatches(split, options.patch_stride)
+
+
+def check(
+    info: DatasetInfo, root: Path | None, splits: Sequence[str]
+) -> tuple[dict[str, int], str]:
+    """Builds every split with the default stride: patches per split."""
+    return {s: len(PhotoPatches(s)) for s in splits}, "patches (3, 32, 32), built in"

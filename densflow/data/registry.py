@@ -1,0 +1,374 @@
+"""One entry per dataset, holding every fact about it that densflow uses.
+
+A :class:`DatasetInfo` says how the dataset lies on disk and how to read it (its format module's
+``load`` and ``check``), its image shape and splits, how to get it (a ``download`` function, or the
+manual ``source``), its training augmentation, the paper's training protocol
+(:class:`TrainingProtocol`, Appendix C) and the paper's results (:class:`PaperResult`, Table 1).
+Loading, checking, downloading, evaluation, the reproduction notebooks and the official-checkpoint
+converter all read these entries; none of them names a dataset in its code.
+
+To add a dataset: write one module with ``load(info, root, split, options)`` and
+``check(info, root, splits)`` (see :mod:`densflow.data.cifar`), and add its entry to
+:data:`DATASETS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from . import celeba, cifar, imagenet, photos
+from .augmentation import Augmentation
+
+__all__ = [
+    "DATASETS",
+    "PAPER_MODEL",
+    "DatasetInfo",
+    "LoadOptions",
+    "PaperResult",
+    "TrainingProtocol",
+    "augmentation_for",
+    "dataset_info",
+    "downloadable",
+    "image_shape",
+    "paper_datasets",
+    "paper_table1",
+]
+
+PAPER_MODEL = "DenseFlow-74-10"
+"""The paper's architecture, whose results :class:`PaperResult` holds."""
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Options of :func:`~densflow.data.load_dataset` that some formats use.
+
+    Attributes:
+        celeba_crop: CelebA's crop, ``"official"`` or ``"center148"`` (see
+            :class:`~densflow.data.CelebA64`).
+        patch_stride: the grid step of the ``photos`` patches.
+    """
+
+    celeba_crop: str = "official"
+    patch_stride: int = 16
+
+
+@dataclass(frozen=True)
+class PaperResult:
+    """What the paper reports for a dataset.
+
+    Attributes:
+        bpd: DenseFlow-74-10's test bits/dim (Table 1).
+        iw_samples: ``k`` of the importance-weighted bound that ``bpd`` is (eq. 21, Appendix D).
+        cost: the training time the paper reports.
+        compared: Table 1's test bits/dim of the flows compared with, ``(model, bpd)`` pairs
+            (None: not reported).
+    """
+
+    bpd: float
+    iw_samples: int
+    cost: str
+    compared: tuple[tuple[str, float | None], ...]
+
+
+@dataclass(frozen=True)
+class TrainingProtocol:
+    """The paper's training protocol for a dataset (Appendix C); the defaults are those every
+    dataset shares ("the same as in ImageNet32 training"). Names match the training config's.
+
+    Attributes:
+        epochs: training epochs.
+        finetune_epochs: fine-tuning epochs after them, at ``finetune_lr``.
+        batch_size: images per step.
+        gamma: exponential learning-rate decay factor applied after every epoch.
+        lr: Adamax learning rate after the linear warm-up.
+        finetune_lr: learning rate of the fine-tuning epochs.
+        warmup_steps: steps of linear learning-rate warm-up.
+        optimizer: the optimizer's name.
+        eval_every: epochs between test evaluations (densflow's choice, not the paper's: a
+            CIFAR-10 evaluation after each of its 650 epochs would add about 7 %).
+        official_epochs: the epochs the official scripts run, where they differ from the paper.
+        official_finetune_epochs: the same for fine-tuning.
+    """
+
+    epochs: int
+    finetune_epochs: int
+    batch_size: int
+    gamma: float = 0.95
+    lr: float = 1e-3
+    finetune_lr: float = 2e-5
+    warmup_steps: int = 5000
+    optimizer: str = "adamax"
+    eval_every: int = 1
+    official_epochs: int | None = None
+    official_finetune_epochs: int | None = None
+
+    def train_fields(self, official: bool = False) -> dict[str, Any]:
+        """The protocol as training-config fields; ``official``: with the official scripts'
+        epochs.
+
+        Example:
+            >>> DATASETS["cifar10"].protocol.train_fields(official=True)["epochs"]
+            400
+        """
+        fields = {
+            k: getattr(self, k)
+            for k in (
+                "epochs",
+                "finetune_epochs",
+                "batch_size",
+                "gamma",
+                "lr",
+                "finetune_lr",
+                "warmup_steps",
+                "optimizer",
+                "eval_every",
+            )
+        }
+        if official and self.official_epochs is not None:
+            fields["epochs"] = self.official_epochs
+        if official and self.official_finetune_epochs is not None:
+            fields["finetune_epochs"] = self.official_finetune_epochs
+        return fields
+
+
+Loader = Callable[["DatasetInfo", Path | None, str, LoadOptions], Dataset[Tensor]]
+Checker = Callable[["DatasetInfo", Path | None, Sequence[str]], tuple[dict[str, int], str]]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Every fact about one dataset (see :data:`DATASETS`).
+
+    Attributes:
+        name: the registry key.
+        image_size: the side ``S`` of the ``(3, S, S)`` uint8 images.
+        train_size: images in the full train split.
+        test_size: images in the full test split (ImageNet: ``val_data``; CelebA: partition 2).
+        files: what ``data_dir`` must hold (relative paths); empty when nothing is read from disk.
+        layout: the accepted variants of that layout, in words.
+        source: where to get the files by hand.
+        augmentation: the paper's training augmentation.
+        load: the format's reader of one split, ``load(info, root, split, options)``; ``root`` is
+            None when ``files`` is empty.
+        check: the format's quick validation, ``check(info, root, splits)`` → (count per split,
+            what was counted and where).
+        splits: the split names, in order.
+        valid_size: images in the validation split, where there is one.
+        download: fetches the files into a folder, ``download(root)``; None when only a manual
+            download is possible (or nothing is needed).
+        download_needs: ``(module, pip extra)`` that ``download`` imports beyond the base install.
+        official_name: the name the official code gives the dataset (its ``args.dataset``), if it
+            knows it.
+        paper: what the paper reports for it, if it is one of the paper's datasets.
+        protocol: the paper's training protocol for it, likewise.
+    """
+
+    name: str
+    image_size: int
+    train_size: int
+    test_size: int
+    files: tuple[str, ...]
+    layout: str
+    source: str
+    augmentation: Augmentation
+    load: Loader
+    check: Checker
+    splits: tuple[str, ...] = ("train", "test")
+    valid_size: int | None = None
+    download: Callable[[Path], None] | None = None
+    download_needs: tuple[str, str] | None = None
+    official_name: str | None = None
+    paper: PaperResult | None = None
+    protocol: TrainingProtocol | None = None
+
+    @property
+    def manual_download(self) -> bool:
+        """True when the files must be fetched by hand (see ``source``)."""
+        return self.download is None and bool(self.files)
+
+    @property
+    def how_to_get(self) -> str:
+        """Where and how to get the files, for messages: ``source``, then the command that
+        downloads them, if any."""
+        if self.download is None:
+            return self.source
+        needs = (
+            f' (needs pip install -e ".[{self.download_needs[1]}]")' if self.download_needs else ""
+        )
+        return f"{self.source}; or python -m densflow data download {self.name} --root DIR{needs}"
+
+    def split_size(self, split: str) -> int:
+        """Images in the full ``split``."""
+        return {"train": self.train_size, "test": self.test_size, "valid": self.valid_size}[split]
+
+
+def _imagenet(size: int, paper: PaperResult, protocol: TrainingProtocol) -> DatasetInfo:
+    """Downsampled ImageNet at ``size``×``size``: the two differ in size, shift and paper facts."""
+    return DatasetInfo(
+        name=f"imagenet{size}",
+        image_size=size,
+        train_size=1_281_167,
+        test_size=50_000,
+        files=imagenet.TRAIN_FILES + (imagenet.VAL_FILE,),
+        layout=imagenet.layout(size),
+        source="manual download: https://image-net.org/download-images.php ('Downsampled "
+        f"ImageNet {size}x{size}', pickle or npz version); image-net.org requires an account "
+        "and login, so densflow cannot download it for you",
+        augmentation=Augmentation(flip=True, shift=1 if size == 32 else 3),
+        load=imagenet.load,
+        check=imagenet.check,
+        official_name=f"imagenet{size}",
+        paper=paper,
+        protocol=protocol,
+    )
+
+
+_CELEBA_DRIVE = "https://drive.google.com/uc?id="
+
+DATASETS: dict[str, DatasetInfo] = {
+    "cifar10": DatasetInfo(
+        name="cifar10",
+        image_size=32,
+        train_size=50_000,
+        test_size=10_000,
+        files=tuple(f"{cifar.FOLDER}/{f}" for f in cifar.FILES),
+        layout=f"data_dir may also be the {cifar.FOLDER} folder itself",
+        source="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (extract it)",
+        augmentation=Augmentation(flip=True, shift=1),
+        load=cifar.load,
+        check=cifar.check,
+        download=cifar.download,
+        official_name="cifar10",
+        paper=PaperResult(
+            bpd=2.98,
+            iw_samples=1000,
+            cost="about 250 GPU-hours (one RTX 3090)",
+            compared=(("VFlow", 2.98), ("Flow++", 3.08), ("Glow", 3.35)),
+        ),
+        protocol=TrainingProtocol(
+            epochs=580,
+            finetune_epochs=70,
+            batch_size=64,
+            gamma=0.9975,
+            eval_every=10,
+            official_epochs=400,
+            official_finetune_epochs=20,
+        ),
+    ),
+    "imagenet32": _imagenet(
+        32,
+        PaperResult(
+            bpd=3.63,
+            iw_samples=200,
+            cost="about 310 GPU-hours (one V100)",
+            compared=(("VFlow", 3.83), ("Flow++", 3.86), ("Glow", 4.09)),
+        ),
+        TrainingProtocol(epochs=20, finetune_epochs=2, batch_size=64),
+    ),
+    "imagenet64": _imagenet(
+        64,
+        PaperResult(
+            bpd=3.35,
+            iw_samples=200,
+            cost="about 2 weeks (one V100)",
+            compared=(("VFlow", 3.66), ("Flow++", 3.69), ("Glow", 3.81)),
+        ),
+        TrainingProtocol(epochs=10, finetune_epochs=1, batch_size=32),
+    ),
+    "celeba": DatasetInfo(
+        name="celeba",
+        image_size=64,
+        train_size=162_770,
+        test_size=19_962,
+        valid_size=19_867,
+        splits=("train", "valid", "test"),
+        files=("celeba/img_align_celeba/", "celeba/list_eval_partition.txt"),
+        layout="torchvision's layout; data_dir may also be the celeba folder itself",
+        source="https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html: Img/img_align_celeba.zip "
+        f"({_CELEBA_DRIVE}0B7EVK8r0v71pZjFTYXZWM3FlRnM, unzip it into celeba/) and "
+        f"Eval/list_eval_partition.txt ({_CELEBA_DRIVE}0B7EVK8r0v71pY0NSMzRuSXJEVkk, into celeba/)",
+        augmentation=Augmentation(flip=True, shift=0),
+        load=celeba.load,
+        check=celeba.check,
+        download=celeba.download,
+        download_needs=("gdown", "celeba"),
+        official_name="celeba",
+        paper=PaperResult(
+            bpd=1.99,
+            iw_samples=200,
+            cost="about 224 GPU-hours (one V100)",
+            compared=(("VFlow", None), ("Flow++", None), ("Glow", None)),
+        ),
+        protocol=TrainingProtocol(epochs=50, finetune_epochs=5, batch_size=32),
+    ),
+    "photos": DatasetInfo(
+        name="photos",
+        image_size=32,
+        train_size=2356,
+        test_size=532,
+        files=(),
+        layout="built in: 32x32 patches of the photographs shipped with scikit-image",
+        source="scikit-image (skimage.data), no download",
+        augmentation=Augmentation(flip=True, shift=1),
+        load=photos.load,
+        check=photos.check,
+    ),
+}
+"""Dataset name → :class:`DatasetInfo`. Sizes of ``photos`` are those of the default
+``patch_stride=16``."""
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The registry entry of ``name``; an unknown name is a ``ValueError`` listing the known."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def image_shape(name: str) -> tuple[int, int, int]:
+    """The ``(3, S, S)`` shape of one image of dataset ``name``."""
+    size = dataset_info(name).image_size
+    return (3, size, size)
+
+
+def augmentation_for(name: str) -> Augmentation:
+    """The paper's training augmentation for dataset ``name`` (flip; shift 1, or 3 at 64×64; CelebA
+    flip only)."""
+    return dataset_info(name).augmentation
+
+
+def downloadable() -> tuple[str, ...]:
+    """The datasets :func:`~densflow.data.download` can fetch.
+
+    Example:
+        >>> downloadable()
+        ('cifar10', 'celeba')
+    """
+    return tuple(name for name, info in DATASETS.items() if info.download is not None)
+
+
+def paper_datasets() -> dict[str, DatasetInfo]:
+    """The entries of the paper's datasets (those with a :class:`PaperResult`), in order."""
+    return {name: info for name, info in DATASETS.items() if info.paper is not None}
+
+
+def paper_table1() -> dict[str, dict[str, float | None]]:
+    """Table 1's test bits/dim: model → dataset → bits/dim, DenseFlow-74-10 first.
+
+    Example:
+        >>> paper_table1()["Glow"]["imagenet64"]
+        3.81
+    """
+    table: dict[str, dict[str, float | None]] = {PAPER_MODEL: {}}
+    for name, info in paper_datasets().items():
+        assert info.paper is not None
+        table[PAPER_MODEL][name] = info.paper.bpd
+        for model, bpd in info.paper.compared:
+            table.setdefault(model, {})[name] = bpd
+    return table

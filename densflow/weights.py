@@ -1,0 +1,465 @@
+"""The authors' released weights, one command away: fetch, verify, unpack, convert, cache.
+
+``python -m densflow download weights`` (:func:`download_weights`) runs five steps, each safe to
+interrupt and rerun:
+
+1. **fetch** the Google Drive file that the official README links (:data:`DRIVE_FILE_ID`) with
+   ``gdown`` (the optional ``weights`` extra) into ``<cache>/downloads/``. gdown writes a ``.part``
+   file and resumes it; the finished file is called ``weights.unverified`` until step 2 passes, and
+   only then is it renamed to ``weights.archive``.
+2. **verify** its sha256 against :data:`ARCHIVE_SHA256`, or — while that constant is ``None`` —
+   against the digest the first download recorded in ``weights.sha256``. A mismatch deletes the
+   file and stops with an error; nothing from it is unpacked.
+3. **unpack** it (zip or tar, told apart by content) into a hidden temporary folder, refusing
+   absolute paths and ``..`` and never creating links, so no member lands outside that folder.
+4. **find** every run folder, at any depth: a folder with ``args.pickle`` and
+   ``check/checkpoint.pt``.
+5. **convert** each with :func:`densflow.official.load_official` into a model directory
+   (:mod:`densflow.pretrained`) named after its dataset — ``<cache>/models/cifar10`` and so on.
+   A run folder that does not convert is reported in one line and skipped.
+
+Every result appears by a rename once complete (the archive, each model directory, and last a
+``weights.done`` record), so a later call never takes a partial file or folder for a finished one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tarfile
+import uuid
+import zipfile
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+
+from .checkpoint import CheckpointError
+from .official import IMAGE_SIZES, load_official, read_official_args
+from .pretrained import CONFIG_NAME, cache_dir, is_model_dir, models_dir, save_pretrained
+
+__all__ = [
+    "DRIVE_FILE_ID",
+    "DRIVE_URL",
+    "ARCHIVE_SHA256",
+    "WeightsError",
+    "download_weights",
+    "fetch_archive",
+    "verify_archive",
+    "unpack",
+    "find_run_folders",
+    "convert_runs",
+]
+
+DRIVE_FILE_ID = "1CAX-TV4ZTtNbb57UYTn6j-rY7CQFpocp"
+"""The Google Drive file that the official README links: the authors' run folders."""
+DRIVE_URL = f"https://drive.google.com/file/d/{DRIVE_FILE_ID}/view"
+
+ARCHIVE_SHA256: str | None = None
+"""sha256 of the authors' archive. Not yet known: fill it in (lower-case hex) from the line that
+``python -m densflow download weights`` prints on its first download (also stored in
+``<cache>/downloads/weights.sha256``). Until then each cache checks later downloads against the
+digest its first download recorded."""
+
+ARCHIVE_NAME, UNVERIFIED_NAME = "weights.archive", "weights.unverified"
+DIGEST_NAME, DONE_NAME = "weights.sha256", "weights.done"
+_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz")
+_TEMP = re.compile(r"\..+\.(?:tmp|old|unpack)-(\d+)-[0-9a-f]+")
+
+
+class WeightsError(CheckpointError):
+    """The authors' weights cannot be fetched, verified, unpacked or converted."""
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+# ----------------------------------------------------------------------------- temporaries
+def _temp_name(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temporaries(*folders: Path) -> None:
+    """Delete what a killed run left (its process is gone): unpacked trees, half-written models."""
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            match = _TEMP.fullmatch(entry.name)
+            if match and not _pid_alive(int(match.group(1))):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = _temp_name(path, "tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------- fetch and verify
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_archive(path: Path, digest_file: Path, *, delete: bool = True) -> str:
+    """Check ``path``'s sha256; return it.
+
+    The expected digest is :data:`ARCHIVE_SHA256`, else the one recorded in ``digest_file``; with
+    neither, the digest is recorded there (and printed) for later calls. On a mismatch the file
+    is deleted (when ``delete``) and :class:`WeightsError` is raised.
+    """
+    digest = _sha256(path)
+    if ARCHIVE_SHA256 is not None:
+        expected, origin = ARCHIVE_SHA256.lower(), "densflow.weights.ARCHIVE_SHA256"
+    elif digest_file.is_file():
+        expected = digest_file.read_text().split()[0].lower()
+        origin = f"the digest the first download recorded in {digest_file}"
+    else:
+        _write_text_atomic(digest_file, f"{digest}  {ARCHIVE_NAME}\n")
+        _say(
+            f"sha256 {digest} ({path.name}): recorded in {digest_file}; later downloads are "
+            "checked against it"
+        )
+        return digest
+    if digest != expected:
+        fate = "deleted" if delete else "left in place"
+        if delete:
+            path.unlink(missing_ok=True)
+        raise WeightsError(
+            f"{path} has sha256 {digest}, expected {expected} ({origin}): the file is corrupt or "
+            f"not the authors' archive and was {fate}; run the command again to download it anew"
+        )
+    return digest
+
+
+def fetch_archive(downloads: Path) -> tuple[Path, str]:
+    """The verified archive in ``downloads`` (downloaded with gdown if needed) and its sha256."""
+    downloads.mkdir(parents=True, exist_ok=True)
+    final, digest_file = downloads / ARCHIVE_NAME, downloads / DIGEST_NAME
+    if final.is_file():  # checked again: a file at rest can be damaged too
+        return final, verify_archive(final, digest_file)
+    try:
+        import gdown
+    except ImportError as err:
+        raise WeightsError(
+            'downloading the authors\' weights needs gdown: pip install -e ".[weights]" (or pip '
+            f"install gdown); or download {DRIVE_URL} in a browser and run python -m densflow "
+            "download weights --from FILE"
+        ) from err
+    unverified = downloads / UNVERIFIED_NAME
+    _say(f"downloading the authors' weights from {DRIVE_URL} (interrupted, rerun to resume)")
+    try:
+        # gdown keeps the bytes in "<output>XXXXXXXX.part" and resumes it; the output appears
+        # complete, and a finished but unverified output is returned again on resume.
+        result = gdown.download(id=DRIVE_FILE_ID, output=str(unverified), quiet=False, resume=True)
+    except OSError as err:  # requests' ConnectionError and Timeout are OSErrors
+        raise WeightsError(
+            f"cannot reach Google Drive ({_first_line(err)}): check the internet connection and "
+            "run the command again (it resumes), or download the file in a browser and pass it "
+            "with --from FILE"
+        ) from err
+    except Exception as err:  # gdown's refusals: quota exceeded, permission, changed page
+        raise WeightsError(
+            f"Google Drive did not serve {DRIVE_URL} ({_first_line(err)}): try again later, or "
+            "download it in a browser and run python -m densflow download weights --from FILE"
+        ) from err
+    if result is None or not unverified.is_file():
+        raise WeightsError(
+            f"gdown returned without writing {unverified}: download {DRIVE_URL} in a browser "
+            "and run python -m densflow download weights --from FILE"
+        )
+    digest = verify_archive(unverified, digest_file)
+    os.replace(unverified, final)
+    return final, digest
+
+
+# ----------------------------------------------------------------------------- unpack
+def _member_path(dest: Path, name: str) -> Path:
+    """Where archive member ``name`` goes under ``dest``; absolute paths and ``..`` are refused."""
+    text = name.replace("\\", "/")
+    rel = PurePosixPath(text)
+    if rel.is_absolute() or re.match(r"[A-Za-z]:", text) or ".." in rel.parts:
+        raise WeightsError(
+            f"archive member {name!r} points outside the archive (absolute path or '..'): "
+            "refusing to unpack it"
+        )
+    return dest.joinpath(*[p for p in rel.parts if p not in ("", ".")])
+
+
+def _copy_member(source, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as out:
+        shutil.copyfileobj(source, out, 1 << 20)
+
+
+def _unpack_zip(archive: Path, dest: Path) -> list[str]:
+    skipped = []
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            target = _member_path(dest, info.filename)
+            mode = info.external_attr >> 16
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+            elif (mode & 0o170000) in (0, 0o100000):  # a regular file (or no Unix mode recorded)
+                with zf.open(info) as source:
+                    _copy_member(source, target)
+            else:  # a symbolic link or a special file: never created
+                skipped.append(info.filename)
+    return skipped
+
+
+def _unpack_tar(archive: Path, dest: Path) -> list[str]:
+    skipped = []
+    with tarfile.open(archive, "r:*") as tf:
+        for member in tf:
+            target = _member_path(dest, member.name)
+            if member.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+            elif member.isfile():
+                source = tf.extractfile(member)
+                assert source is not None  # a regular file always has data
+                with source:
+                    _copy_member(source, target)
+            else:  # symbolic and hard links, devices, FIFOs: never created
+                skipped.append(member.name)
+    return skipped
+
+
+def unpack(archive: Path, dest: Path, *, nested: bool = True) -> None:
+    """Unpack a zip or tar (plain, gz, bz2, xz) ``archive`` into ``dest``, by its content.
+
+    Members with absolute paths or ``..`` stop the unpacking; links and special files are skipped
+    (and reported): no member can write outside ``dest``. Archives found inside (by their suffix)
+    are unpacked beside themselves (``nested``, one level), in case the run folders were packed one
+    by one.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    with open(archive, "rb") as f:
+        head = f.read(8)
+    try:
+        if zipfile.is_zipfile(archive):
+            skipped = _unpack_zip(archive, dest)
+        elif tarfile.is_tarfile(archive):
+            skipped = _unpack_tar(archive, dest)
+        else:
+            raise WeightsError(
+                f"{archive} is neither a zip nor a tar archive (it starts with {head!r}): unpack "
+                "it yourself and run python -m densflow download weights --from FOLDER"
+            )
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
+        raise WeightsError(
+            f"{archive} is damaged ({_first_line(err)}): delete it and run the command again"
+        ) from err
+    for name in skipped:
+        _say(f"skipped archive member {name}: not a regular file (links are never created)")
+    if nested:
+        for inner in sorted(p for p in dest.rglob("*") if p.is_file() and _is_archive_name(p)):
+            unpack(inner, inner.with_name(inner.name + ".unpacked"), nested=False)
+            inner.unlink()
+
+
+def _is_archive_name(path: Path) -> bool:
+    return path.name.lower().endswith(_ARCHIVE_SUFFIXES)
+
+
+# ----------------------------------------------------------------------------- find and convert
+def find_run_folders(root: Path) -> list[Path]:
+    """Every folder under ``root`` (``root`` included) with ``args.pickle`` and
+    ``check/checkpoint.pt``, in path order. Links to folders are not followed."""
+    runs = []
+    for folder, _, files in os.walk(root, followlinks=False):
+        here = Path(folder)
+        if "args.pickle" in files and (here / "check" / "checkpoint.pt").is_file():
+            runs.append(here)
+    return sorted(runs)
+
+
+def _model_name(dataset: str, run: Path, taken: set[str]) -> str:
+    if dataset not in taken:
+        return dataset
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", run.name).strip("-.") or "run"
+    name, k = f"{dataset}-{stem}", 2
+    while name in taken:
+        name, k = f"{dataset}-{stem}-{k}", k + 1
+    return name
+
+
+def _source_of(directory: Path) -> str | None:
+    try:
+        return json.loads((directory / CONFIG_NAME).read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def convert_runs(
+    tree: Path,
+    models: Path,
+    *,
+    label: str,
+    trust_checkpoint: bool = False,
+    report: Callable[[str], None] = _say,
+) -> dict[str, Path]:
+    """Convert every run folder under ``tree`` into ``models/<dataset>``; name → directory.
+
+    ``label`` names where the run folders came from (``sha256:<hex>`` of an archive, or a folder);
+    each model records ``<label>/<run folder>`` as its source. For an archive, a model directory
+    that records the same source is already done and is kept; a folder's runs are always
+    converted (its content may have changed). The first run folder of a
+    dataset (in path order) gets the dataset's name, any other one ``<dataset>-<folder name>``.
+    A run folder that fails to convert is reported in one line and skipped.
+    """
+    runs, reuse = find_run_folders(tree), label.startswith("sha256:")
+    if not runs:
+        raise WeightsError(
+            f"no run folder (args.pickle + check/checkpoint.pt) anywhere in {tree}: this is not "
+            "the authors' archive"
+        )
+    done: dict[str, Path] = {}
+    for run in runs:
+        rel = run.relative_to(tree).as_posix()
+        try:
+            dataset = read_official_args(run / "args.pickle").dataset
+            if dataset not in IMAGE_SIZES:
+                raise CheckpointError(
+                    f"args.pickle names dataset {dataset!r}, not one of {sorted(IMAGE_SIZES)}"
+                )
+            name = _model_name(dataset, run, set(done))
+            target, source = models / name, f"{label}/{rel}"
+            if reuse and is_model_dir(target) and _source_of(target) == source:
+                report(f"{name}: {target} (already converted from {rel})")
+                done[name] = target
+                continue
+            model = load_official(run, trust_checkpoint=trust_checkpoint)
+            save_pretrained(model, target, dataset=dataset, source=source)
+        except (CheckpointError, ValueError, RuntimeError, OSError) as err:
+            report(f"skipped run folder {rel or '.'}: {_first_line(err)}")
+            continue
+        n = sum(p.numel() for p in model.parameters())
+        side = model.config.image_size
+        report(f"{name}: {target} ({n:,} parameters, {side}×{side} images, from {rel or '.'})")
+        done[name] = target
+    if not done:
+        hint = (
+            ""
+            if trust_checkpoint
+            else "; if they failed to load with weights_only and you "
+            "trust their source, rerun with --trust-checkpoint"
+        )
+        raise WeightsError(
+            f"none of the {len(runs)} run folders in {tree} converted (see above){hint}"
+        )
+    return done
+
+
+def _already_done(downloads: Path, models: Path) -> dict[str, Path] | None:
+    """The models of a finished earlier call for the expected archive, if all are still there."""
+    try:
+        record = json.loads((downloads / DONE_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    expected = ARCHIVE_SHA256
+    if expected is None and (downloads / DIGEST_NAME).is_file():
+        expected = (downloads / DIGEST_NAME).read_text().split()[0]
+    if not isinstance(record, dict) or expected is None or record.get("sha256") != expected:
+        return None
+    runs = record.get("models")
+    if not isinstance(runs, dict) or not runs:
+        return None
+    for name, rel in runs.items():
+        path = models / name
+        if not is_model_dir(path) or _source_of(path) != f"sha256:{expected}/{rel}":
+            return None
+    return {name: models / name for name in runs}
+
+
+def download_weights(
+    root: str | os.PathLike | None = None,
+    *,
+    source: str | os.PathLike | None = None,
+    trust_checkpoint: bool = False,
+) -> dict[str, Path]:
+    """Fetch, verify, unpack and convert the authors' weights into the cache; name → directory.
+
+    Arguments:
+        root: the cache folder (default ``$DENSFLOW_CACHE``, else ``~/.cache/densflow``).
+        source: an archive or an unpacked folder you downloaded yourself (no network then). An
+            archive is checked against :data:`ARCHIVE_SHA256` when that is known, and never
+            deleted.
+        trust_checkpoint: allow full unpickling of a checkpoint that ``weights_only`` loading
+            refuses (see :func:`densflow.official.load_official`).
+
+    After it, ``DenseFlow.from_pretrained("cifar10")`` (and each other dataset found) loads from
+    the cache.
+    """
+    cache = cache_dir(root)
+    downloads, models = cache / "downloads", models_dir(root)
+    models.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(cache, downloads, models)
+    if source is None:
+        found = _already_done(downloads, models)
+        if found is not None:
+            for name, path in found.items():
+                _say(f"{name}: {path} (already downloaded and converted)")
+            return found
+        archive, digest = fetch_archive(downloads)
+    else:
+        archive = Path(source).expanduser()
+        if not archive.exists():
+            raise WeightsError(f"--from {archive}: no such file or folder")
+        digest = None
+        if archive.is_file():
+            if ARCHIVE_SHA256 is not None:
+                digest = verify_archive(archive, downloads / DIGEST_NAME, delete=False)
+            else:
+                digest = _sha256(archive)
+                _say(f"sha256 {digest} ({archive})")
+    if archive.is_dir():
+        label = str(archive.resolve())
+        return convert_runs(archive, models, label=label, trust_checkpoint=trust_checkpoint)
+    tree = _temp_name(cache / "weights", "unpack")
+    try:
+        _say(f"unpacking {archive}")
+        unpack(archive, tree)
+        done = convert_runs(
+            tree, models, label=f"sha256:{digest}", trust_checkpoint=trust_checkpoint
+        )
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+    if source is None:  # written last: the record that this archive is fully converted
+        record = {
+            "sha256": digest,
+            "models": {name: _source_of(path).split("/", 1)[1] for name, path in done.items()},
+        }
+        _write_text_atomic(downloads / DONE_NAME, json.dumps(record, indent=2) + "\n")
+    return done

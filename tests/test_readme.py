@@ -1,0 +1,169 @@
+"""The README's commands work exactly as printed, and the repository stands alone.
+
+Every fenced ``bash`` block of README.md is preceded by a marker comment saying what this test does
+with it: ``run`` (executed in order, offline, on the CPU), ``check`` (needs data the tests cannot
+have: each notebook, papermill parameter and CLI argument is checked instead) or ``skip`` (the
+``make`` targets, which are the suite itself).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKER = re.compile(r"<!-- readme-commands: (run|check|skip)\b[^>]*-->\s*\n```bash\n(.*?)```", re.S)
+
+
+def readme_blocks(text: str) -> list[tuple[str, list[str]]]:
+    blocks = []
+    for kind, body in MARKER.findall(text):
+        lines = [line.split("  #")[0].strip() for line in body.splitlines()]
+        blocks.append((kind, [line for line in lines if line and not line.startswith("#")]))
+    return blocks
+
+
+def commands(kind: str) -> list[str]:
+    return [
+        c
+        for k, block in readme_blocks((ROOT / "README.md").read_text())
+        if k == kind
+        for c in block
+    ]
+
+
+def test_every_shell_block_in_the_readme_says_how_it_is_tested():
+    text = (ROOT / "README.md").read_text()
+    assert len(readme_blocks(text)) == text.count("```bash"), (
+        "a ```bash block in README.md lacks its <!-- readme-commands: run|check|skip --> marker"
+    )
+    assert commands("run") and commands("check")
+
+
+def test_the_marker_parser_finds_blocks_and_drops_comments():
+    text = "<!-- readme-commands: run (why) -->\n```bash\necho a  # note\n# only a comment\n```\n"
+    assert readme_blocks(text) == [("run", ["echo a"])]
+    assert readme_blocks("```bash\necho a\n```\n") == []
+
+
+@pytest.mark.slow
+def test_the_runnable_readme_commands_run_as_printed(tmp_path):
+    """In an empty folder, as a user would after `source .venv/bin/activate`."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    for command in commands("run"):
+        done = subprocess.run(
+            ["bash", "-c", command],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, (
+            f"`{command}` failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        )
+    assert (tmp_path / "runs" / "smoke" / "checkpoint.pt").is_file()
+    assert (tmp_path / "runs" / "smoke" / "samples.png").stat().st_size > 0
+
+
+def check_papermill(argv: list[str], made_dirs: set[str]) -> None:
+    import papermill
+
+    notebook, output = argv[1], argv[2]
+    assert (ROOT / notebook).is_file(), f"{notebook} does not exist"
+    parent = os.path.dirname(output)
+    assert not parent or parent in made_dirs, f"output folder {parent} is not made before {argv}"
+    names = set(papermill.inspect_notebook(str(ROOT / notebook)))
+    given = [argv[i + 1] for i, arg in enumerate(argv) if arg in ("-p", "--parameters")]
+    unknown = set(given) - names
+    assert not unknown, f"{notebook} has no parameter(s) {sorted(unknown)}; it has {sorted(names)}"
+
+
+def check_densflow_cli(argv: list[str]) -> None:
+    from densflow.cli import build_parser
+
+    try:
+        build_parser().parse_args(argv[3:])
+    except SystemExit as exit:  # argparse rejects the arguments
+        raise AssertionError(f"`{shlex.join(argv)}` is not a valid densflow command") from exit
+
+
+def test_the_readme_commands_that_need_data_are_valid():
+    for command in commands("check"):
+        made_dirs: set[str] = set()
+        for part in command.split("&&"):
+            argv = shlex.split(part)
+            if argv[:2] == ["mkdir", "-p"]:
+                made_dirs.update(argv[2:])
+            elif argv[0] == "papermill":
+                check_papermill(argv, made_dirs)
+            elif argv[:3] == ["python", "-m", "densflow"]:
+                check_densflow_cli(argv)
+            else:
+                raise AssertionError(f"README command `{part.strip()}` is neither run nor checked")
+
+
+def test_the_checker_catches_a_missing_output_folder_and_unknown_parameters():
+    with pytest.raises(AssertionError, match="output folder runs"):
+        check_papermill(["papermill", "reproduce/cifar10.ipynb", "runs/x.ipynb"], set())
+    with pytest.raises(AssertionError, match="no parameter"):
+        argv = ["papermill", "reproduce/cifar10.ipynb", "x.ipynb", "-p", "no_such_parameter", "1"]
+        check_papermill(argv, set())
+    with pytest.raises(AssertionError, match="not a valid densflow command"):
+        check_densflow_cli(["python", "-m", "densflow", "train", "--no-such-flag"])
+
+
+OUTSIDE = ("../" + "shared", "shared/" + "reference")
+
+
+def tracked_files() -> list[Path]:
+    try:
+        out = subprocess.run(
+            ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout: the tracked files are unknown")
+    return [ROOT / name for name in out.stdout.splitlines()]
+
+
+def test_no_tracked_file_names_a_path_outside_the_repository():
+    offenders = []
+    for path in tracked_files():
+        if path.suffix in (".pt", ".png", ".jpg") or not path.is_file():
+            continue
+        text = path.read_text(errors="ignore")
+        offenders += [f"{path.relative_to(ROOT)}: {o}" for o in OUTSIDE if o in text]
+    assert not offenders, (
+        "the repository must stand alone; these name paths outside it:\n" + "\n".join(offenders)
+    )
+
+
+def test_environment_yml_names_the_same_dependencies_as_pyproject():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from 3.11")
+    import yaml
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + sum(project["optional-dependencies"].values(), [])
+    conda = {"torch": "pytorch"}  # conda-forge's names where they differ from PyPI's
+
+    def normal(spec: str) -> str:
+        name, version = re.match(r"([A-Za-z0-9_.\-]+)\s*(.*)", spec).groups()
+        return conda.get(name.lower(), name.lower()) + version.replace(" ", "")
+
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert env["channels"] == ["conda-forge"], (
+        "use conda-forge only (the pytorch channel stopped at 2.5)"
+    )
+    listed = {normal(d) for d in env["dependencies"] if isinstance(d, str)}
+    listed -= {normal("pip")} | {d for d in listed if d.startswith("python")}
+    # Packages conda-forge does not carry are installed by pip inside the environment.
+    pip = [d for d in env["dependencies"] if isinstance(d, dict)]
+    listed |= {normal(d) for section in pip for d in section.get("pip", []) if d != "-e ."}
+    assert listed == {normal(d) for d in wanted}
