@@ -5,7 +5,8 @@ Sub-commands:
 * ``convert OFFICIAL_DIR OUT.pt`` — turn an official DenseFlow run folder (``args.pickle`` and
   ``check/checkpoint.pt``) or checkpoint file into a densflow checkpoint.
 * ``train [--preset P] [--FIELD VALUE ...]`` — train or resume; one option per
-  :class:`~densflow.train.TrainConfig` field, generated from the dataclass.
+  :class:`~densflow.training.TrainConfig` field, generated from the dataclass. Progress goes to
+  stderr as ``logging`` lines (and a bar on a terminal).
 * ``eval CHECKPOINT | --official RUN_DIR`` — test-set bits/dim (single-sample and
   importance-weighted).
 * ``sample CHECKPOINT | --official RUN_DIR --out grid.png`` — a PNG grid of samples.
@@ -18,8 +19,10 @@ print one ``error:`` message on stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import logging
 import sys
 import types
 import typing
@@ -37,7 +40,7 @@ def _convert(args: argparse.Namespace) -> int:
     model = load_official(
         args.official, args.args, image_size=args.image_size, trust_checkpoint=args.trust_checkpoint
     )
-    save_model(model, args.out, source=str(args.official))
+    save_model(model, args.out)
     n = sum(p.numel() for p in model.parameters())
     print(
         f"converted {args.official} → {args.out}: {n:,} parameters, "
@@ -80,15 +83,17 @@ def _model_config(text: str) -> Any:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     """One option per TrainConfig field, typed and documented from the dataclass itself."""
     from .model import DenseFlowConfig
-    from .train import TRAIN_PRESETS, TrainConfig
+    from .training import TRAIN_PRESETS, TrainConfig
 
     train = sub.add_parser(
         "train", help="train DenseFlow (or resume an interrupted run)",
         description="Train DenseFlow with the paper's protocol. --preset picks the settings of a "
         "named preset for --dataset (paper, official, smoke, quickstart); every other option sets "
-        "one field of densflow.train.TrainConfig and overrides the preset. Without --preset the "
-        "TrainConfig defaults apply. Running the same command again resumes from "
-        "OUT_DIR/checkpoint.pt.",
+        "one field of densflow.training.TrainConfig and overrides the preset. Without --preset "
+        "the TrainConfig defaults apply: the quickstart settings, the small model on photos for "
+        "4 epochs (minutes on a CPU). Running the same command again resumes from "
+        "OUT_DIR/checkpoint.pt. One log line per --log-every steps, evaluation and checkpoint "
+        "goes to stderr.",
     )  # fmt: skip
     train.add_argument(
         "--preset",
@@ -115,9 +120,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def train_config_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`~densflow.train.TrainConfig` that parsed ``train`` options describe: the preset's
-    fields (if ``--preset``) overridden by every option given."""
-    from .train import TrainConfig, train_preset
+    """The :class:`~densflow.training.TrainConfig` that parsed ``train`` options describe: the
+    preset's fields (if ``--preset``) overridden by every option given."""
+    from .training import TrainConfig, train_preset
 
     fields = {
         f.name: getattr(args, f.name)
@@ -129,15 +134,35 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
     return TrainConfig(**fields)
 
 
+@contextlib.contextmanager
+def _log_to_stderr() -> Any:
+    """The ``densflow`` logger's lines on stderr for the duration (above a bar on a terminal)."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    logger = logging.getLogger("densflow")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with logging_redirect_tqdm([logger]) if sys.stderr.isatty() else contextlib.nullcontext():
+            yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def _train(args: argparse.Namespace) -> int:
-    from .train import train
+    from .training import train
 
     try:
         config = train_config_from_args(args)
     except ValueError as err:
         args.parser.error(str(err))
     try:
-        result = train(config)
+        with _log_to_stderr():
+            result = train(config)
     except KeyboardInterrupt:
         print(
             f"interrupted; the same command resumes from {config.out_dir}/checkpoint.pt",
@@ -176,9 +201,10 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[Any, str | None]:
     """The model to evaluate or sample, and the dataset it was trained on (when recorded)."""
-    from .reproduce import load_any_checkpoint
+    from .checkpoint import load_any_checkpoint
+    from .runtime import resolve_device
 
-    return load_any_checkpoint(args.official or args.checkpoint, args.device)
+    return load_any_checkpoint(args.official or args.checkpoint, resolve_device(args.device))
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -284,10 +310,9 @@ def _load_for_speed(args: argparse.Namespace) -> tuple[Any, str | None]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from torch.utils.data import Subset
-
     from .data import load_dataset
     from .evaluate import PAPER_IW_SAMPLES, evaluate
+    from .runtime import first_images
 
     model, trained_on = _load_for_speed(args)
     dataset = args.dataset or trained_on
@@ -300,8 +325,7 @@ def _eval(args: argparse.Namespace) -> int:
         k = PAPER_IW_SAMPLES[dataset]
     k = int(k) if k is not None else None
     images = load_dataset(dataset, args.data_dir, args.split, celeba_crop=args.celeba_crop)
-    if args.limit is not None and args.limit < len(images):
-        images = Subset(images, range(args.limit))
+    images = first_images(images, args.limit)
     partial = args.partial or (f"{args.out}.partial" if args.out else None)
     result = evaluate(
         model,
@@ -465,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .data import DatasetError
-    from .train import TrainingDivergedError
+    from .training import TrainingDivergedError
 
     args = build_parser().parse_args(argv)
     try:
