@@ -19,10 +19,8 @@ print one ``error:`` message on stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
-import logging
 import sys
 import types
 import typing
@@ -134,26 +132,8 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
     return TrainConfig(**fields)
 
 
-@contextlib.contextmanager
-def _log_to_stderr() -> Any:
-    """The ``densflow`` logger's lines on stderr for the duration (above a bar on a terminal)."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    logger = logging.getLogger("densflow")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        with logging_redirect_tqdm([logger]) if sys.stderr.isatty() else contextlib.nullcontext():
-            yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
 def _train(args: argparse.Namespace) -> int:
+    from .runtime import log_to_stderr
     from .training import train
 
     try:
@@ -161,7 +141,7 @@ def _train(args: argparse.Namespace) -> int:
     except ValueError as err:
         args.parser.error(str(err))
     try:
-        with _log_to_stderr():
+        with log_to_stderr():
             result = train(config)
     except KeyboardInterrupt:
         print(

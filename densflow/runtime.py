@@ -9,8 +9,10 @@ images, the first images of a split, and progress that stays visible wherever a 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -21,6 +23,7 @@ __all__ = [
     "collate_images",
     "first_images",
     "in_notebook",
+    "log_to_stderr",
     "progress_bar",
     "resolve_device",
 ]
@@ -81,3 +84,24 @@ def progress_bar(
         mininterval=0.5 if terminal or widget else 30.0,
         disable=not enabled,
     )
+
+
+@contextlib.contextmanager
+def log_to_stderr() -> Iterator[None]:
+    """Show the ``densflow`` logger's lines (level INFO: training log points, evaluations,
+    checkpoints) on stderr for the duration; on a terminal above the progress bar. For the
+    command line and notebooks; a library caller configures ``logging`` as it likes instead."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    logger = logging.getLogger("densflow")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with logging_redirect_tqdm([logger]) if sys.stderr.isatty() else contextlib.nullcontext():
+            yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
