@@ -13,7 +13,7 @@ Variants: ``eager`` (float32, NCHW: the baseline), ``channels_last``, ``bf16`` (
 ``channels_last+bf16``, and with ``compile`` (``densflow.performance.compile_model``: the whole
 flow, forward and backward; minutes to warm up on a CPU) ``compile``, ``compile+channels_last``,
 ``compile+bf16``, ``compile+channels_last+bf16``; on a GPU, with ``graph``
-(``densflow.performance.GraphedTrainingStep``: the forward and backward pass captured in a CUDA
+(``densflow.training.step.GraphedTrainingStep``: the forward and backward pass captured in a CUDA
 graph and replayed, as ``--cuda-graphs`` does) ``graph``, ``graph+channels_last``, ``graph+bf16``,
 ``graph+channels_last+bf16``; on a CPU, each of the first eight with ``ddp2`` in front (``ddp2``,
 ``ddp2+compile+channels_last+bf16``, …): the cores split between two data-parallel processes
@@ -45,14 +45,9 @@ from dataclasses import dataclass
 import torch
 
 from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
-from densflow.performance import (
-    GraphedTrainingStep,
-    autocast,
-    compile_model,
-    compile_optimizer,
-    forward_backward,
-    to_channels_last,
-)
+from densflow.performance import autocast, compile_model, to_channels_last
+from densflow.training.optim import compile_optimizer
+from densflow.training.step import GraphedTrainingStep, forward_backward
 
 SINGLE = (
     "eager",

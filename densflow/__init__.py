@@ -5,10 +5,10 @@ Layout (one paper part per module): :mod:`~densflow.dequantization`, :mod:`~dens
 (ActNorm, 1×1 conv, glow-like module), :mod:`~densflow.coupling`, :mod:`~densflow.dense_block`,
 :mod:`~densflow.attention`, :mod:`~densflow.cross_unit`, :mod:`~densflow.multiscale`,
 :mod:`~densflow.prior`, :mod:`~densflow.model`, :mod:`~densflow.bounds`, :mod:`~densflow.official`,
-:mod:`~densflow.data`, :mod:`~densflow.train`, :mod:`~densflow.evaluate`, :mod:`~densflow.cli`.
+:mod:`~densflow.data`, :mod:`~densflow.training`, :mod:`~densflow.evaluate`, :mod:`~densflow.cli`.
 
-The training loop and the evaluation are ``densflow.train.train`` and ``densflow.evaluate.evaluate``
-(not re-exported here, so that the module names stay the modules).
+The training loop and the evaluation are ``densflow.training.train`` and
+``densflow.evaluate.evaluate`` (not re-exported here, so that the module names stay the modules).
 """
 
 from . import data
@@ -19,7 +19,7 @@ from .evaluate import save_sample_grid
 from .model import PRESETS, DenseFlow, DenseFlowConfig
 from .noise import fixed_noise, make_generator
 from .official import load_official
-from .train import TrainConfig, train_preset
+from .training import TrainConfig, train_preset
 
 __version__ = "0.1.0"
 

@@ -1,28 +1,45 @@
-"""densflow checkpoint files: written atomically, validated on load.
+"""densflow checkpoint files: the one place that writes and reads them, atomically and
+validated.
 
-A densflow checkpoint is a ``torch.save``d dict with at least ``format`` (``"densflow"``),
-``version``, ``config`` (a :class:`~densflow.model.DenseFlowConfig` as a plain dict) and
-``model`` (the state dict). Training checkpoints add optimizer, scheduler and RNG state under
-other keys; :func:`load_model` reads the model out of either kind.
+A densflow checkpoint is a ``torch.save``d dict (tensors and plain values only, so that it loads
+with ``weights_only=True``):
+
+* every checkpoint: ``format`` (``"densflow"``), ``version``, ``config`` (a
+  :class:`~densflow.model.DenseFlowConfig` as a plain dict) and ``model`` (the state dict);
+* a training checkpoint (:func:`save_training_checkpoint`) adds ``train_config`` (the run's
+  ``TrainConfig`` as a dict), ``optimizer`` (its state dict), ``progress`` (the position and the
+  running sums of :class:`TrainingState`), ``data_order`` (``world_size``: the sharding of the
+  epoch's order) and ``rng`` (the global torch and CUDA generator states).
+
+:func:`load_model` reads the model out of either kind, :func:`read_training_checkpoint` the state
+a run resumes from, and :func:`load_any_checkpoint` also an official DenseFlow run.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from .model import DenseFlow, DenseFlowConfig
 
 __all__ = [
     "CheckpointError",
+    "TrainingCheckpoint",
+    "TrainingState",
     "atomic_save",
     "save_model",
     "load_model",
+    "load_any_checkpoint",
     "read_checkpoint",
+    "read_training_checkpoint",
+    "restore_rng",
+    "save_training_checkpoint",
     "model_from_checkpoint",
     "FORMAT",
     "VERSION",
@@ -116,3 +133,124 @@ def model_from_checkpoint(
     except RuntimeError as err:
         raise CheckpointError(f"{path}: the state dict does not fit its own config: {err}") from err
     return model.to(map_location)
+
+
+# ----------------------------------------------------------------------------- training checkpoints
+
+
+@dataclass
+class TrainingState:
+    """Where a run stands after ``step`` steps: enough, with the model and the optimizer, to go
+    on exactly as if it had not stopped.
+
+    Attributes:
+        step: global steps done.
+        epoch, step_in_epoch: the position of the next step.
+        nonfinite_run: consecutive skipped (non-finite) steps up to now.
+        epoch_sum, epoch_count: the running sum of the epoch's losses (0-dim float64) and its
+            count.
+        metrics_bytes: the size of ``metrics.jsonl`` at this point.
+        world_size: processes that trained (the sharding of the epoch's data order).
+    """
+
+    step: int
+    epoch: int
+    step_in_epoch: int
+    nonfinite_run: int
+    epoch_sum: Tensor
+    epoch_count: int
+    metrics_bytes: int
+    world_size: int
+
+
+@dataclass
+class TrainingCheckpoint:
+    """A training checkpoint as read by :func:`read_training_checkpoint`."""
+
+    model: dict[str, Tensor]
+    train_config: dict[str, Any]
+    optimizer: dict[str, Any]
+    state: TrainingState
+    rng: dict[str, Any]
+
+
+def save_training_checkpoint(
+    path: str | os.PathLike,
+    model: DenseFlow,
+    *,
+    train_config: dict[str, Any],
+    optimizer: dict[str, Any],
+    state: TrainingState,
+) -> None:
+    """Write a training checkpoint atomically: a crash leaves the previous one intact."""
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    progress = {
+        "step": state.step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
+        "nonfinite_run": state.nonfinite_run, "epoch_sum": state.epoch_sum.detach().cpu(),
+        "epoch_count": state.epoch_count, "metrics_bytes": state.metrics_bytes,
+    }  # fmt: skip
+    save_model(
+        model,
+        path,
+        train_config=train_config,
+        optimizer=optimizer,
+        progress=progress,
+        data_order={"world_size": state.world_size},
+        rng={"torch": torch.get_rng_state(), "cuda": cuda_rng},
+    )
+
+
+def read_training_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> TrainingCheckpoint:
+    """The state a run resumes from (also from checkpoints of earlier versions, which stored a
+    few entries more)."""
+    ckpt = read_checkpoint(path, map_location)
+    missing = [k for k in ("train_config", "optimizer", "progress", "rng") if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a training checkpoint (no {', '.join(missing)}); a converted model "
+            "cannot be resumed, start a new run in another out_dir"
+        )
+    p, world_size = ckpt["progress"], ckpt.get("data_order", {}).get("world_size", 1)
+    state = TrainingState(
+        step=p["step"], epoch=p["epoch"], step_in_epoch=p["step_in_epoch"],
+        nonfinite_run=p["nonfinite_run"], epoch_sum=p["epoch_sum"], epoch_count=p["epoch_count"],
+        metrics_bytes=p["metrics_bytes"], world_size=world_size,
+    )  # fmt: skip
+    return TrainingCheckpoint(
+        ckpt["model"], ckpt["train_config"], ckpt["optimizer"], state, ckpt["rng"]
+    )
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    """Set the global torch (and CUDA, where recorded and present) generators to a checkpoint's."""
+    torch.set_rng_state(rng["torch"].cpu())
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+
+
+def load_any_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[DenseFlow, str | None]:
+    """A model from a densflow checkpoint or an official run folder / checkpoint file, and the
+    dataset it was trained on when the files record it."""
+    from .official import load_official, locate_official, read_official_args
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(
+            f"no checkpoint at {path}: expected a densflow checkpoint (.pt) or an "
+            "official DenseFlow run folder (args.pickle + check/checkpoint.pt)"
+        )
+    if path.is_file():
+        try:
+            ckpt = read_checkpoint(path, device)
+        except CheckpointError:
+            ckpt = None  # not ours: try the official format, which explains its own failures
+        if ckpt is not None:
+            dataset = (ckpt.get("train_config") or {}).get("dataset")
+            return model_from_checkpoint(ckpt, path, device), dataset
+    model = load_official(path, map_location=device)
+    _, args_file = locate_official(path)
+    return model, read_official_args(args_file).dataset if args_file is not None else None

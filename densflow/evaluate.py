@@ -17,10 +17,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import sys
 import time
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,32 +33,14 @@ from .checkpoint import atomic_save
 from .data import paper_datasets
 from .model import DenseFlow
 from .performance import autocast, run_eagerly
+from .runtime import collate_images, progress_bar, resolve_device
 
-__all__ = [
-    "EvalResult",
-    "PAPER_IW_SAMPLES",
-    "collate_images",
-    "evaluate",
-    "progress_interval",
-    "save_sample_grid",
-]
+__all__ = ["EvalResult", "PAPER_IW_SAMPLES", "evaluate", "save_sample_grid"]
 
 PAPER_IW_SAMPLES = {name: d.paper.iw_samples for name, d in paper_datasets().items()}
 """Importance samples k of the paper's reported test bits/dim, per dataset."""
 
 _PARTIAL_FORMAT, _PARTIAL_VERSION = "densflow-eval-partial", 1
-
-
-def progress_interval() -> float:
-    """Seconds between progress-bar refreshes: live on a terminal, sparse elsewhere (a notebook
-    run by papermill stores every refresh, and a paper-size run lasts days)."""
-    return 0.5 if sys.stderr.isatty() else 30.0
-
-
-def collate_images(items: Sequence[Tensor | tuple | list]) -> Tensor:
-    """Stack dataset items into a uint8 batch ``(B, 3, H, W)``; an item may be an image or a tuple
-    whose first entry is the image (``TensorDataset``, labelled datasets)."""
-    return torch.stack([it[0] if isinstance(it, (tuple, list)) else it for it in items])
 
 
 @dataclass(frozen=True)
@@ -137,10 +117,11 @@ def evaluate(
         chunk_size: importance samples per forward pass (paper: 50).
         single: compute the single-sample bound (turn off to save one pass per batch when only the
             importance-weighted bound is wanted).
-        device: where to run (default: where the model's parameters are).
+        device: where to run (default: where the model's parameters are; ``"auto"``: CUDA when
+            available).
         seed: seeds a new generator on ``device`` when ``generator`` is None.
         generator: the source of every draw; advanced in place.
-        progress: a tqdm bar (None: only on a terminal).
+        progress: a progress bar (None: on a terminal and in notebooks).
         partial_path: where to keep progress: it is written atomically at most every
             ``save_interval_s`` seconds (0: after every batch), read back by a later call with the
             same arguments and model, and deleted when the evaluation completes.
@@ -158,7 +139,7 @@ def evaluate(
     """
     if iw_samples is None and not single:
         raise ValueError("nothing to compute: single=False and no iw_samples")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = resolve_device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     n = len(dataset)
     settings = {
@@ -205,17 +186,7 @@ def evaluate(
         num_workers=num_workers,
         collate_fn=collate_images,
     )
-    from tqdm import tqdm  # text bars: they also survive in papermill output
-
-    bar = tqdm(
-        total=n,
-        initial=done,
-        unit="img",
-        desc="evaluate",
-        dynamic_ncols=True,
-        mininterval=progress_interval(),
-        disable=None if progress is None else not progress,
-    )
+    bar = progress_bar(n, initial=done, desc="evaluate", unit="img", enabled=progress)
     last_save = time.monotonic()
     try:
         with torch.no_grad(), precision:

@@ -1,10 +1,10 @@
-"""The steps of a paper reproduction, shared by the ``reproduce/`` notebooks and the CLI.
+"""A paper reproduction, as the ``reproduce/`` notebooks run it.
 
-A reproduction notebook is a thin, readable sequence of calls into this module (and into
-:mod:`densflow.train` / :mod:`densflow.evaluate`): check the data, train with the paper's protocol
-(or load a given checkpoint), evaluate the test split with the single-sample and the
-importance-weighted bound, draw samples, and set the result beside the paper's Table 1. No step
-lives only in a notebook.
+Every reproduction notebook calls :func:`reproduce` with its parameters and shows what it returns:
+check the data, train with the paper's protocol (or load a given checkpoint), evaluate the test
+split with the single-sample and the importance-weighted bound, draw samples, and set the result
+beside the paper's Table 1. The notebooks differ only in their parameters and prose; the steps are
+also public here, one function each, for use outside a notebook.
 """
 
 from __future__ import annotations
@@ -13,26 +13,28 @@ import json
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Subset
 
-from .checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
-from .data import DATASETS, load_dataset, paper_datasets, paper_table1
-from .evaluate import PAPER_IW_SAMPLES, EvalResult, evaluate
+from .checkpoint import load_any_checkpoint
+from .data import DATASETS, check_dataset, load_dataset, paper_datasets, paper_table1
+from .evaluate import PAPER_IW_SAMPLES, EvalResult, evaluate, save_sample_grid
 from .model import DenseFlow
-from .official import load_official, locate_official, read_official_args
+from .noise import make_generator
 from .performance import prepare_model
-from .train import TrainConfig, TrainResult, read_metrics, train, train_preset
+from .runtime import first_images, log_to_stderr, resolve_device
+from .training import TrainConfig, TrainResult, read_metrics, train, train_preset
 
 __all__ = [
     "PAPER_RESULTS",
     "PAPER_COST",
+    "Reproduction",
+    "reproduce",
     "reproduction_config",
     "default_iw_samples",
-    "load_any_checkpoint",
     "train_or_load",
     "evaluate_test_split",
     "comparison_table",
@@ -61,9 +63,9 @@ def reproduction_config(
     seed: int = 0,
     **overrides: Any,
 ) -> TrainConfig:
-    """The :class:`~densflow.train.TrainConfig` of a reproduction notebook's parameters.
+    """The :class:`~densflow.training.TrainConfig` of a reproduction notebook's parameters.
 
-    ``preset`` is a training preset of :data:`densflow.train.TRAIN_PRESETS` (``paper``,
+    ``preset`` is a training preset of :data:`densflow.training.TRAIN_PRESETS` (``paper``,
     ``official``, ``smoke``, ``quickstart``); ``None`` values keep the preset's setting.
     """
     changes: dict[str, Any] = dict(
@@ -90,34 +92,6 @@ def default_iw_samples(dataset: str, preset: str) -> int:
     return PAPER_IW_SAMPLES.get(dataset, 8)
 
 
-def _device(name: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-
-
-def load_any_checkpoint(
-    path: str | os.PathLike, device: str = "auto"
-) -> tuple[DenseFlow, str | None]:
-    """A model from a densflow checkpoint or an official run folder / checkpoint file, and the
-    dataset it was trained on when the files record it."""
-    path, device = Path(path), _device(device)
-    if not path.exists():
-        raise CheckpointError(
-            f"no checkpoint at {path}: expected a densflow checkpoint (.pt) or an "
-            "official DenseFlow run folder (args.pickle + check/checkpoint.pt)"
-        )
-    if path.is_file():
-        try:
-            ckpt = read_checkpoint(path, device)
-        except CheckpointError:
-            ckpt = None  # not ours: try the official format, which explains its own failures
-        if ckpt is not None:
-            dataset = (ckpt.get("train_config") or {}).get("dataset")
-            return model_from_checkpoint(ckpt, path, device), dataset
-    model = load_official(path, map_location=device)
-    _, args_file = locate_official(path)
-    return model, read_official_args(args_file).dataset if args_file is not None else None
-
-
 def train_or_load(
     config: TrainConfig, checkpoint: str | os.PathLike | None = None
 ) -> tuple[DenseFlow, TrainResult | None]:
@@ -127,7 +101,7 @@ def train_or_load(
     one has them from the Trainer, so that its evaluation runs as fast.
     """
     if checkpoint is not None:
-        model, trained_on = load_any_checkpoint(checkpoint, config.device)
+        model, trained_on = load_any_checkpoint(checkpoint, resolve_device(config.device))
         if trained_on is not None and trained_on != config.dataset:
             raise ValueError(f"{checkpoint} was trained on {trained_on}, not {config.dataset}")
         return prepare_model(model.eval(), config.channels_last, config.compile), None
@@ -142,12 +116,11 @@ def evaluate_test_split(
     iw_samples: int | None,
     chunk_size: int = 50,
     limit: int | None = None,
-    progress: bool | None = True,
+    progress: bool | None = None,
 ) -> EvalResult:
     """Test bits/dim, single-sample and importance-weighted, resumable from ``out_dir``."""
     test = load_dataset(config.dataset, config.data_dir, "test", celeba_crop=config.celeba_crop)
-    if limit is not None and limit < len(test):
-        test = Subset(test, range(limit))
+    test = first_images(test, limit)
     batch = config.eval_batch_size or config.batch_size
     # The IW bound forwards batch × chunk images at once; keep that near a training batch.
     if iw_samples:
@@ -248,3 +221,120 @@ def write_results(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return path
+
+
+@dataclass
+class Reproduction:
+    """What :func:`reproduce` did.
+
+    Attributes:
+        dataset: the dataset name.
+        data_summary: :func:`densflow.data.check_dataset`'s one-line summary.
+        config: the training config (also that of a loaded checkpoint's evaluation).
+        model: the trained or loaded model (eval mode).
+        train_result: the training run (None when a checkpoint was evaluated).
+        test: the test-split bits/dim.
+        table: this run beside the paper's Table 1 (Markdown).
+        samples: the PNG grid of samples.
+        results: the ``results.json`` written.
+    """
+
+    dataset: str
+    data_summary: str
+    config: TrainConfig
+    model: DenseFlow
+    train_result: TrainResult | None
+    test: EvalResult
+    table: str
+    samples: Path
+    results: Path
+
+    def summary(self) -> str:
+        """The data, and what was trained or loaded."""
+        if self.train_result is None:
+            done = "evaluated a given checkpoint"
+        else:
+            r = self.train_result
+            state = "all epochs done" if r.completed else "stopped before the last epoch"
+            done = f"trained {r.step} steps ({state}) in {self.config.out_dir}"
+        n = sum(p.numel() for p in self.model.parameters())
+        return f"{self.data_summary}\n{n:,} parameters; {done}"
+
+    def plot_learning_curve(self, ax: Any = None) -> Any:
+        """Train and test bits/dim of the run (None when a checkpoint was evaluated)."""
+        if self.train_result is None:
+            return None
+        ax = plot_learning_curve(self.config.out_dir, ax)
+        ax.set_title(f"DenseFlow on {self.dataset}")
+        return ax
+
+
+def reproduce(
+    dataset: str,
+    *,
+    data_dir: str | None,
+    out_dir: str | os.PathLike,
+    preset: str = "paper",
+    device: str = "auto",
+    resume: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    epochs: int | None = None,
+    steps_per_epoch: int | None = None,
+    batch_size: int | None = None,
+    iw_samples: int | None = None,
+    eval_limit: int | None = None,
+    num_workers: int = 0,
+    seed: int = 0,
+    temperature: float = 1.0,
+    amp: str = "none",
+    channels_last: bool = False,
+    compile: bool = False,
+    cuda_graphs: bool = False,
+) -> Reproduction:
+    """A reproduction: check the data, train (resuming from ``out_dir``) or load ``checkpoint``,
+    evaluate the test split, draw 64 samples and write ``results.json``, all in ``out_dir``.
+    Progress shows as a bar and as ``logging`` lines on stderr.
+
+    Arguments:
+        dataset, data_dir: the data (:func:`densflow.data.load_dataset`).
+        out_dir: the run folder.
+        preset: the training preset (:data:`densflow.training.TRAIN_PRESETS`).
+        device, resume, epochs, steps_per_epoch, batch_size, num_workers, seed, amp,
+            channels_last, compile, cuda_graphs: :class:`~densflow.training.TrainConfig` fields
+            (None keeps the preset's).
+        checkpoint: a densflow checkpoint or official run to evaluate instead of training.
+        iw_samples: k of the importance-weighted bound (None: :func:`default_iw_samples`).
+        eval_limit: evaluate the first N test images only (None: the whole split; ``smoke``: the
+            preset's limit).
+        temperature: of the samples.
+    """
+    with log_to_stderr():  # the training's log lines, also in a notebook's output
+        summary = check_dataset(dataset, data_dir)
+        overrides: dict[str, Any] = dict(
+            amp=amp, channels_last=channels_last, compile=compile, cuda_graphs=cuda_graphs
+        )
+        if steps_per_epoch is not None:
+            overrides["steps_per_epoch"] = steps_per_epoch
+        if eval_limit is not None:
+            overrides["eval_limit"] = eval_limit
+        config = reproduction_config(
+            dataset, data_dir=data_dir, preset=preset, out_dir=out_dir, device=device,
+            resume=resume, epochs=epochs, batch_size=batch_size, num_workers=num_workers,
+            seed=seed, **overrides,
+        )  # fmt: skip
+        model, train_result = train_or_load(config, checkpoint)
+        k = iw_samples or default_iw_samples(dataset, preset)
+        limit = eval_limit
+        if limit is None and preset == "smoke":
+            limit = config.eval_limit
+        test = evaluate_test_split(
+            model, config, iw_samples=k, chunk_size=config.chunk_size, limit=limit
+        )
+        samples = Path(out_dir) / "samples.png"
+        generator = make_generator(model, seed)
+        save_sample_grid(model, samples, n=64, temperature=temperature, generator=generator)
+        results = write_results(out_dir, dataset, config, test, train_result, checkpoint)
+        table = comparison_table(dataset, test)
+        return Reproduction(
+            dataset, summary, config, model, train_result, test, table, samples, results
+        )

@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from densflow.cli import build_parser, main, train_config_from_args
-from densflow.train import TrainConfig, TrainingDivergedError, train_preset
+from densflow.training import TrainConfig, TrainingDivergedError, train_preset
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,6 +84,34 @@ def test_cli_config_equals_the_preset_with_overrides():
     )
     assert train_config_from_args(args) == expected
     assert train_config_from_args(build_parser().parse_args(["train"])) == TrainConfig()
+
+
+def test_a_bare_train_command_gets_the_quickstart_settings():
+    config = train_config_from_args(build_parser().parse_args(["train"]))
+    quickstart = train_preset("photos", "quickstart", out_dir=config.out_dir)
+    assert config == quickstart.replace(eval_limit=None)
+    assert config.warmup_steps < 2 * 147  # photos: 147 steps of 16 per epoch
+
+
+def test_a_training_run_redirected_to_a_file_logs_its_progress(tmp_path):
+    log = tmp_path / "log"
+    command = [sys.executable, "-m", "densflow", "train", "--preset", "smoke", "--dataset",
+               "photos", "--out-dir", str(tmp_path / "run"), "--batch-size", "8", "--epochs", "1",
+               "--finetune-epochs", "0", "--steps-per-epoch", "4", "--log-every", "2",
+               "--checkpoint-every", "2", "--eval-limit", "8"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    with open(log, "w") as out:  # `densflow train ... > log 2>&1`: not a terminal
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=600)
+    text = log.read_text()
+    assert done.returncode == 0, text
+    for step in (2, 4):
+        line = re.search(rf"^\S+ \S+ step {step}/4  epoch 1  bits/dim .*$", text, re.MULTILINE)
+        assert line is not None, text
+        assert re.search(r"bits/dim \d+\.\d{4}  lr \S+  [\d.]+ images/s  ETA \d+m\d\ds$", line[0])
+    assert re.search(r"step 4  evaluation on 8 test images: test_bpd \d+\.\d{4}", text), text
+    assert len(re.findall(r"step [24]  checkpoint .*checkpoint\.pt", text)) == 2, text
+    assert "%|" not in text  # no progress bar where nobody watches
+    assert json.loads(text[text.index("{") :])["step"] == 4
 
 
 def test_bad_options_exit_with_status_2(capsys):
@@ -213,7 +248,7 @@ def test_expected_failures_are_one_error_line_and_status_2(tmp_path, capsys, mon
     def diverge(config):
         raise TrainingDivergedError("training diverged at step 8")
 
-    monkeypatch.setattr("densflow.train.train", diverge)
+    monkeypatch.setattr("densflow.training.train", diverge)
     assert main(["train", "--out-dir", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err == "error: training diverged at step 8\n"
 

@@ -93,7 +93,7 @@ def test_compiled_optimizer_step_matches_eager_on_the_gpu(name):
 
     from utils import optimizer_parameters, optimizer_steps
 
-    from densflow.performance import compile_optimizer, optimizer_state_dict
+    from densflow.training.optim import compile_optimizer, optimizer_state_dict
 
     optim = getattr(torch.optim, name)
     eager_params = optimizer_parameters(dtype=torch.float32, device="cuda")
@@ -121,7 +121,7 @@ def test_graphed_training_step_replays_the_eager_step_on_the_gpu():
     # and each replay must rewrite the gradients, not add to the last step's.
     import copy
 
-    from densflow.performance import GraphedTrainingStep, forward_backward
+    from densflow.training.step import GraphedTrainingStep, forward_backward
 
     torch.manual_seed(0)
     eager = DenseFlow(DenseFlowConfig.small()).cuda().train()
@@ -148,7 +148,8 @@ def test_graphed_training_step_replays_the_eager_step_on_the_gpu():
 
 
 def test_trainer_with_cuda_graphs_follows_the_eager_run_on_the_gpu(tmp_path):
-    from densflow.train import TrainConfig, Trainer, read_metrics
+    from densflow.training import TrainConfig, Trainer, read_metrics
+    from densflow.training.step import GraphedStep
 
     def bpds(cuda_graphs):
         cfg = TrainConfig(
@@ -171,7 +172,8 @@ def test_trainer_with_cuda_graphs_follows_the_eager_run_on_the_gpu(tmp_path):
         )
         trainer = Trainer(cfg)
         trainer.fit()
-        assert (trainer._graphed is not None and trainer._graphed.captured) == cuda_graphs
+        step = trainer.train_step
+        assert (isinstance(step, GraphedStep) and step.graphed.captured) == cuda_graphs
         return [e["bpd"] for e in read_metrics(cfg.out_dir) if e["event"] == "train"]
 
     expected, got = bpds(False), bpds(True)

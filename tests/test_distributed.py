@@ -13,7 +13,8 @@ import pytest
 import torch
 from utils import assert_same_training_state
 
-from densflow.train import CHECKPOINT_NAME, read_checkpoint, read_metrics
+from densflow.checkpoint import read_checkpoint
+from densflow.training import CHECKPOINT_NAME, read_metrics
 
 pytestmark = pytest.mark.slow  # four torchrun launches, ≈ 1.5 minutes
 
@@ -22,14 +23,14 @@ pytestmark = pytest.mark.slow  # four torchrun launches, ≈ 1.5 minutes
 RANK_SCRIPT = textwrap.dedent("""
     import os, sys, torch
     from torch.utils.data import TensorDataset
-    import densflow.train as train_module
     from densflow import performance
-    from densflow.train import TrainConfig, Trainer
+    from densflow.training import TrainConfig, Trainer, optim
+    from densflow.training import step as step_module
 
     out_dir, max_steps, fast = sys.argv[1], int(sys.argv[2]), sys.argv[3:] == ["fast"]
     if fast:  # aot_eager: dynamo and AOTAutograd's graphs without code generation (seconds)
-        train_module.compile_model = lambda m: performance.compile_model(m, backend="aot_eager")
-        train_module.compile_optimizer = lambda o: performance.compile_optimizer(
+        step_module.compile_model = lambda m: performance.compile_model(m, backend="aot_eager")
+        step_module.compile_optimizer = lambda o: optim.compile_optimizer(
             o, backend="aot_eager")
     x = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8,
                       generator=torch.Generator().manual_seed(0))
@@ -135,5 +136,5 @@ def test_compiled_channels_last_ranks_stay_in_step_and_follow_eager(script, full
     assert_equal_states(*ranks)
     for name, x in final_state(full, 0)["params"].items():
         assert torch.allclose(ranks[0]["params"][name], x, rtol=1e-4, atol=1e-6), name
-    # Only nominal stride differences, which the Trainer silences (see Trainer._wrap).
+    # Only nominal stride differences, which the step silences (see wrap_distributed).
     assert "Grad strides do not match" not in output

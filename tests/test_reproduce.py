@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import json
+import logging
 import math
 import socket
 from pathlib import Path
@@ -10,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from densflow import testing
+from densflow import reproduce, testing
 
 papermill = pytest.importorskip("papermill")
 
 REPRODUCE = Path(__file__).resolve().parents[1] / "reproduce"
+NOTEBOOKS = ["celeba", "cifar10", "imagenet32", "imagenet64", "quickstart"]
 
 
 def run_notebook(name: str, tmp_path: Path, **parameters) -> Path:
@@ -110,9 +114,9 @@ def test_missing_data_dir_fails_with_the_actionable_message(tmp_path):
     assert not (tmp_path / "run" / "results.json").exists()
 
 
-def test_quickstart_with_a_shortened_parameter_set(tmp_path):
+def test_quickstart_with_a_shortened_parameter_set_shows_its_progress(tmp_path):
     out_dir = tmp_path / "quick"
-    run_notebook(
+    out = run_notebook(
         "quickstart",
         tmp_path,
         out_dir=str(out_dir),
@@ -123,15 +127,68 @@ def test_quickstart_with_a_shortened_parameter_set(tmp_path):
     )
     results = check_results(out_dir, "photos")
     assert results["train"]["steps"] == 4 and results["test"]["n_images"] == 16
+    # The run is visible in the output notebook: the log lines, and tqdm.auto's bar (a widget
+    # whose final state the notebook stores, or text where ipywidgets is missing).
+    notebook = json.loads(out.read_text())
+    streams = "".join(
+        "".join(o.get("text", ""))
+        for cell in notebook["cells"]
+        for o in cell.get("outputs", [])
+        if o["output_type"] == "stream"
+    )
+    assert "training at step 0 of 4 (1 epochs of 4 steps)" in streams
+    assert "step 4  evaluation on 16 test images: test_bpd" in streams
+    assert "step 4  checkpoint" in streams and "done at step 4" in streams
+    widgets = notebook["metadata"].get("widgets", {})
+    states = widgets.get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    bars = [s["state"] for s in states.values() if s["model_name"] == "FloatProgressModel"]
+    assert {"value": 4.0, "max": 4.0} in [{k: b[k] for k in ("value", "max")} for b in bars] or (
+        "4/4 [" in streams
+    )
+
+
+def parameters_cell(name: str) -> str:
+    cells = json.loads((REPRODUCE / f"{name}.ipynb").read_text())["cells"]
+    [cell] = [c for c in cells if "parameters" in c["metadata"].get("tags", [])]
+    return "".join(cell["source"])
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_papermill_lists_every_parameter_with_its_type_and_help(name, caplog):
+    assigned = [
+        (node.target if isinstance(node, ast.AnnAssign) else node.targets[0]).id
+        for node in ast.parse(parameters_cell(name)).body
+    ]
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        listed = papermill.inspect_notebook(str(REPRODUCE / f"{name}.ipynb"))
+    assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()]
+    assert list(listed) == assigned
+    for parameter in listed.values():
+        assert parameter["inferred_type_name"] not in ("", "None"), parameter
+        assert len(parameter["help"]) > 10, parameter
+    # Every parameter reaches the shared function, and the function takes no other.
+    assert set(assigned) == set(inspect.signature(reproduce.reproduce).parameters)
+
+
+def test_the_notebooks_differ_only_in_parameters_and_prose():
+    def code(name: str) -> list[str]:
+        cells = json.loads((REPRODUCE / f"{name}.ipynb").read_text())["cells"]
+        return [
+            "".join(c["source"])
+            for c in cells
+            if c["cell_type"] == "code" and "parameters" not in c["metadata"].get("tags", [])
+        ]
+
+    first = code(NOTEBOOKS[0])
+    assert any("reproduce.reproduce(" in source for source in first)
+    for name in NOTEBOOKS[1:]:
+        assert code(name) == first, name
 
 
 def test_a_loaded_checkpoint_gets_the_speed_switches_of_the_config(tmp_path, monkeypatch):
     # A trained model leaves the Trainer channels_last and compiled when asked; a loaded one
-    # must be evaluated the same way, or -p torch_compile True would do nothing for it.
-    import torch
-
-    from densflow import reproduce
-    from densflow.train import train, train_preset
+    # must be evaluated the same way, or -p compile True would do nothing for it.
+    from densflow.training import train, train_preset
 
     run = tmp_path / "run"
     train(

@@ -4,6 +4,8 @@ smoke run on real photos."""
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,11 +13,10 @@ from torch.utils.data import TensorDataset
 from utils import assert_same_training_state
 
 from densflow import DenseFlowConfig, performance
-from densflow import train as train_module
 from densflow.checkpoint import CheckpointError, load_model, read_checkpoint
 from densflow.data import DATASETS, load_dataset
 from densflow.evaluate import evaluate
-from densflow.train import (
+from densflow.training import (
     CHECKPOINT_NAME,
     METRICS_NAME,
     TRAIN_PRESETS,
@@ -24,11 +25,13 @@ from densflow.train import (
     TrainingDivergedError,
     epoch_permutation,
     learning_rate,
+    optim,
     read_metrics,
     shard_indices,
     train,
     train_preset,
 )
+from densflow.training import step as step_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -264,7 +267,8 @@ def test_presets_follow_the_paper():
             "adamax",
             "paper",
         )
-        assert cfg.model_cfg() == DenseFlowConfig.paper(DATASETS[name].image_size)
+        size = DATASETS[name].image_size
+        assert cfg.architecture(size) == DenseFlowConfig.paper(size)
     official = train_preset("cifar10", "official")
     assert (official.epochs, official.finetune_epochs, official.schedule) == (
         400,
@@ -272,7 +276,7 @@ def test_presets_follow_the_paper():
         "official_constant",
     )
     assert set(TRAIN_PRESETS["smoke"]) == set(DATASETS)
-    assert train_preset("photos", "quickstart").model_cfg() == DenseFlowConfig.small(32)
+    assert train_preset("photos", "quickstart").architecture(32) == DenseFlowConfig.small(32)
     assert train_preset("celeba", "smoke", batch_size=2).batch_size == 2
     with pytest.raises(ValueError, match="no settings for 'cifar10'"):
         train_preset("cifar10", "quickstart")
@@ -309,11 +313,11 @@ def test_compiled_training_follows_eager_training_and_resumes_either_way(tmp_pat
         compiled.extend(performance.compile_model(model, backend="aot_eager"))
 
     def compile_optimizer(optimizer):
-        if performance.compile_optimizer(optimizer, backend="aot_eager"):
+        if optim.compile_optimizer(optimizer, backend="aot_eager"):
             compiled.append(type(optimizer).__name__)
 
-    monkeypatch.setattr(train_module, "compile_model", compile_model)
-    monkeypatch.setattr(train_module, "compile_optimizer", compile_optimizer)
+    monkeypatch.setattr(step_module, "compile_model", compile_model)
+    monkeypatch.setattr(step_module, "compile_optimizer", compile_optimizer)
     eager = run(config(tmp_path / "eager", max_steps=4))
     run(config(tmp_path / "compiled", max_steps=2, compile=True))
     assert compiled == ["_log_prob_terms", "_sample_continuous", "Adamax"]
@@ -322,6 +326,60 @@ def test_compiled_training_follows_eager_training_and_resumes_either_way(tmp_pat
         eager.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):
         assert torch.allclose(x, y, rtol=1e-4, atol=1e-6), name
+
+
+# ----------------------------------------------------------------------------- earlier checkpoints
+
+RUN_V1 = Path(__file__).resolve().parent / "fixtures" / "run_v1"  # see its README.md
+
+
+def test_a_run_written_by_the_earlier_code_loads_and_resumes(tmp_path):
+    model = load_model(RUN_V1 / CHECKPOINT_NAME)
+    assert model.config == DenseFlowConfig.tiny(32)
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(RUN_V1, run_dir)
+    settings = dict(progress=False, max_steps=4)
+    resumed = Trainer(train_preset("photos", "smoke", out_dir=str(run_dir), **settings))
+    assert (resumed.step, resumed.epoch, resumed.step_in_epoch) == (2, 0, 2)
+    for name, x in model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], x), name
+    resumed.fit()
+    reference = Trainer(train_preset("photos", "smoke", out_dir=str(tmp_path / "ref"), **settings))
+    reference.fit()
+    assert resumed.step == reference.step == 4
+    # Equal up to rounding: the first two steps ran in the earlier code.
+    for (name, x), y in zip(
+        reference.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.allclose(x.double(), y.double(), rtol=1e-4, atol=1e-6), name
+    # The log is cut back to what the checkpoint had seen (its "end" line came after it).
+    events = [(e["event"], e["step"]) for e in read_metrics(run_dir)]
+    assert events == [("start", 0), ("start", 2), ("end", 4)]
+    assert read_checkpoint(run_dir / CHECKPOINT_NAME)["progress"]["step"] == 4
+
+
+def test_the_old_module_name_still_gives_the_training_api():
+    import densflow.train as old
+    import densflow.training as new
+
+    for name in old.__all__:
+        if name != "read_checkpoint":
+            assert getattr(old, name) is getattr(new, name), name
+
+
+# ----------------------------------------------------------------------------- defaults
+
+
+def test_the_defaults_train_on_photos_and_are_the_quickstart_preset():
+    cfg = TrainConfig()
+    quick = train_preset("photos", "quickstart", out_dir=cfg.out_dir)
+    assert quick.replace(eval_limit=None) == cfg
+    steps_per_epoch = len(load_dataset("photos", None, "train")) // cfg.batch_size
+    # Past half the peak rate within the first epoch, the warm-up over within the second, and the
+    # rate still near the peak in the last one.
+    assert learning_rate(cfg, steps_per_epoch - 1, 0) > 0.5 * cfg.lr
+    assert learning_rate(cfg, 2 * steps_per_epoch - 1, 1) == pytest.approx(cfg.lr * cfg.gamma)
+    assert learning_rate(cfg, cfg.epochs * steps_per_epoch - 1, cfg.epochs - 1) > 0.8 * cfg.lr
 
 
 # ----------------------------------------------------------------------------- a real smoke run

@@ -56,7 +56,7 @@ def optimizer_steps(
     optimizer: torch.optim.Optimizer, params: list[Tensor], lrs: list[float], g: torch.Generator
 ) -> None:
     """One step per learning rate in ``lrs``, with standard-normal gradients drawn from ``g``."""
-    from densflow.performance import set_lr
+    from densflow.training.optim import set_lr
 
     for lr in lrs:
         for p in params:

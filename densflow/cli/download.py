@@ -1,0 +1,50 @@
+"""``python -m densflow download weights``: the authors' released models, into the cache."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_download"]
+
+
+def add_download(sub: argparse._SubParsersAction) -> None:
+    dp = sub.add_parser(
+        "download",
+        help="download the authors' released weights",
+        description="Fetch the authors' run folders from Google Drive (needs the 'weights' extra: "
+        "gdown), verify the archive's sha256, unpack it, and convert every run folder into a model "
+        "directory named after its dataset in the cache, where DenseFlow.from_pretrained(NAME) "
+        "finds it. Interrupted, the same command resumes.",
+    )
+    what = dp.add_subparsers(dest="what", required=True)
+    weights = what.add_parser(
+        "weights",
+        help="the authors' DenseFlow-74-10 models (cifar10, imagenet32, imagenet64, celeba)",
+        description="Download, verify, unpack and convert the authors' weights into the cache.",
+    )
+    weights.add_argument(
+        "--root",
+        default=None,
+        help="cache folder (default: $DENSFLOW_CACHE, else ~/.cache/densflow)",
+    )
+    weights.add_argument(
+        "--from",
+        dest="source",
+        default=None,
+        metavar="PATH",
+        help="an archive (zip or tar) or folder you downloaded yourself: no network",
+    )
+    weights.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow full unpickling if weights_only loading fails (trusted files only)",
+    )
+    weights.set_defaults(run=_download_weights)
+
+
+def _download_weights(args: argparse.Namespace) -> int:
+    from ..weights import download_weights
+
+    found = download_weights(args.root, source=args.source, trust_checkpoint=args.trust_checkpoint)
+    print(f"load with DenseFlow.from_pretrained(NAME), NAME in {sorted(found)}")
+    return 0

@@ -1,0 +1,230 @@
+"""The ``eval`` and ``sample`` sub-commands: a densflow checkpoint or an official run, evaluated
+on a dataset split or sampled into a PNG grid."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_eval", "add_sample"]
+
+
+def _add_model_source(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="a densflow checkpoint (.pt): from training, or converted with 'convert'",
+    )
+    source.add_argument(
+        "--official",
+        metavar="RUN_DIR",
+        help="an official DenseFlow run folder (args.pickle + check/checkpoint.pt)",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="'auto' (cuda if available), 'cpu', 'cuda', ... (default: auto)",
+    )
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """The model to evaluate or sample, and the dataset it was trained on (when recorded)."""
+    from ..checkpoint import load_any_checkpoint
+    from ..runtime import resolve_device
+
+    return load_any_checkpoint(args.official or args.checkpoint, resolve_device(args.device))
+
+
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    from ..data import CELEBA_CROPS, DATASETS
+
+    ev = sub.add_parser(
+        "eval", help="test-set bits/dim of a checkpoint",
+        description="Bits/dim on a dataset split: the single-sample bound and, with --iw-samples, "
+        "the importance-weighted bound the paper reports (k=1000 for CIFAR-10 in chunks of 50, "
+        "k=200 otherwise: --iw-samples paper). Prints JSON; --out also writes it to a file.",
+    )  # fmt: skip
+    _add_model_source(ev)
+    ev.add_argument(
+        "--dataset",
+        default=None,
+        choices=list(DATASETS),
+        help="dataset name (default: the one the checkpoint was trained on, from its "
+        "train config or the official args.pickle)",
+    )
+    ev.add_argument("--data-dir", default=None, help="folder holding the dataset files")
+    ev.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "valid", "test"],
+        help="split to evaluate; valid exists for CelebA only (default: test)",
+    )
+    ev.add_argument(
+        "--celeba-crop",
+        default="official",
+        choices=CELEBA_CROPS,
+        help="CelebA crop: official resizes the whole image, center148 crops first "
+        "(default: official)",
+    )
+    ev.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
+    ev.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="images per forward pass; the "
+        "importance-weighted bound runs batch-size x chunk-size (default: 64)",
+    )
+    ev.add_argument(
+        "--iw-samples",
+        default=None,
+        help="k of the importance-weighted bound, or "
+        "'paper' for the paper's k of the dataset (default: single-sample only)",
+    )
+    ev.add_argument(
+        "--chunk-size",
+        type=int,
+        default=50,
+        help="importance samples per forward pass (default: 50)",
+    )
+    ev.add_argument("--seed", type=int, default=0, help="seed of the noise draws (default: 0)")
+    ev.add_argument(
+        "--partial",
+        default=None,
+        help="progress file: an interrupted evaluation "
+        "resumes from it (default: OUT.partial when --out is given)",
+    )
+    ev.add_argument("--out", default=None, help="also write the JSON results to this file")
+    ev.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: 0)")
+    ev.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: only on a terminal)",
+    )
+    _add_speed_switches(
+        ev,
+        amp_help="bf16: the coupling networks in bfloat16, log-dets and "
+        "bits/dim in float32; the paper's numbers are float32 (default: none)",
+        compile_help="worth it for importance-weighted runs of the whole test set",
+    )
+    ev.set_defaults(run=_eval, parser=ev)
+
+
+def _add_speed_switches(parser: argparse.ArgumentParser, amp_help: str, compile_help: str) -> None:
+    from ..performance import AMP_MODES
+
+    speed = parser.add_argument_group(
+        "speed",
+        "switches of densflow.performance (docs/performance.md): --channels-last and "
+        "--compile change results by rounding only (1e-5 relative), --amp bf16 a little more",
+    )
+    speed.add_argument("--amp", default="none", choices=AMP_MODES, help=amp_help)
+    speed.add_argument(
+        "--channels-last", action="store_true", help="NHWC memory format for the convolutions"
+    )
+    speed.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the flow: minutes of compilation, then faster passes; " + compile_help,
+    )
+
+
+def _load_for_speed(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """:func:`_load`, then the model prepared for ``--channels-last`` and ``--compile``."""
+    from ..performance import prepare_model
+
+    model, trained_on = _load(args)
+    return prepare_model(model, args.channels_last, args.compile), trained_on
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ..data import load_dataset
+    from ..evaluate import PAPER_IW_SAMPLES, evaluate
+    from ..runtime import first_images
+
+    model, trained_on = _load_for_speed(args)
+    dataset = args.dataset or trained_on
+    if dataset is None:
+        args.parser.error("--dataset is needed: the checkpoint does not record its dataset")
+    k = args.iw_samples
+    if k == "paper":
+        if dataset not in PAPER_IW_SAMPLES:
+            args.parser.error(f"the paper reports no importance-weighted bound for {dataset}")
+        k = PAPER_IW_SAMPLES[dataset]
+    k = int(k) if k is not None else None
+    images = load_dataset(dataset, args.data_dir, args.split, celeba_crop=args.celeba_crop)
+    images = first_images(images, args.limit)
+    partial = args.partial or (f"{args.out}.partial" if args.out else None)
+    result = evaluate(
+        model,
+        images,
+        batch_size=args.batch_size,
+        iw_samples=k,
+        chunk_size=args.chunk_size,
+        seed=args.seed,
+        progress=args.progress,
+        partial_path=partial,
+        num_workers=args.num_workers,
+        amp=args.amp,
+    )
+    summary = {
+        "dataset": dataset,
+        "split": args.split,
+        "model": args.checkpoint or args.official,
+        **result.to_dict(),
+    }
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+def add_sample(sub: argparse._SubParsersAction) -> None:
+    sp = sub.add_parser(
+        "sample",
+        help="write a PNG grid of samples",
+        description="Draw samples from a checkpoint and save them as a PNG grid.",
+    )
+    _add_model_source(sp)
+    sp.add_argument("--out", required=True, help="the PNG file to write")
+    sp.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
+    sp.add_argument("--nrow", type=int, default=8, help="images per grid row (default: 8)")
+    sp.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="scale of the prior's standard deviation (default: 1.0)",
+    )
+    sp.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
+    _add_speed_switches(
+        sp,
+        amp_help="bf16: the coupling networks in bfloat16; the same draws, "
+        "so pixels differ slightly from the float32 samples (default: none)",
+        compile_help="worth it only for a large --n",
+    )
+    sp.set_defaults(run=_sample)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..evaluate import save_sample_grid
+
+    model, _ = _load_for_speed(args)
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(args.seed)
+    save_sample_grid(
+        model,
+        args.out,
+        n=args.n,
+        temperature=args.temperature,
+        generator=generator,
+        nrow=args.nrow,
+        amp=args.amp,
+    )
+    print(f"wrote {args.n} samples to {args.out}")
+    return 0

@@ -1,0 +1,57 @@
+"""Training DenseFlow with the paper's protocol, with exact resume.
+
+One concern per module:
+
+* :mod:`~densflow.training.config` — :class:`TrainConfig`, every setting of a run;
+* :mod:`~densflow.training.presets` — :data:`TRAIN_PRESETS` and :func:`train_preset`, the paper's
+  settings per dataset (and smoke and quickstart runs);
+* :mod:`~densflow.training.schedule` — the learning rate, data order and seeds of each step;
+* :mod:`~densflow.training.step` — the loss and ``step(x, noise, lr)``: eager, compiled or
+  CUDA-graphed, under DistributedDataParallel when run by ``torchrun``;
+* :mod:`~densflow.training.optim` — the optimizer, compiled or not;
+* :mod:`~densflow.training.trainer` — :class:`Trainer` and :func:`train`: the loop, evaluations,
+  checkpoints (written by :mod:`densflow.checkpoint`) and resume;
+* :mod:`~densflow.training.metrics` — ``metrics.jsonl``, log lines and progress.
+"""
+
+from .config import CHECKPOINT_NAME, METRICS_NAME, Speed, TrainConfig
+from .metrics import read_metrics
+from .optim import compile_optimizer, optimizer_state_dict, set_lr
+from .presets import TRAIN_PRESETS, train_preset
+from .schedule import derive_seed, epoch_permutation, learning_rate, shard_indices
+from .step import (
+    GraphedTrainingStep,
+    StepMetrics,
+    TrainStep,
+    forward_backward,
+    make_step,
+    training_loss,
+)
+from .trainer import Trainer, TrainingDivergedError, TrainResult, train
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "METRICS_NAME",
+    "TRAIN_PRESETS",
+    "GraphedTrainingStep",
+    "Speed",
+    "StepMetrics",
+    "TrainConfig",
+    "TrainResult",
+    "TrainStep",
+    "Trainer",
+    "TrainingDivergedError",
+    "compile_optimizer",
+    "derive_seed",
+    "epoch_permutation",
+    "forward_backward",
+    "learning_rate",
+    "make_step",
+    "optimizer_state_dict",
+    "read_metrics",
+    "set_lr",
+    "shard_indices",
+    "train",
+    "train_preset",
+    "training_loss",
+]

@@ -1,0 +1,328 @@
+"""The settings of a training run: one frozen dataclass, from which the command line's ``train``
+options are generated (field, type, ``help`` metadata), so notebooks and the CLI share one config.
+
+The defaults train the ``small`` model on the built-in ``photos`` in minutes on a CPU (the
+``quickstart`` settings); :func:`densflow.training.train_preset` gives the paper's settings per
+dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import data
+from ..model import PRESETS, DenseFlowConfig
+from ..performance import AMP_MODES
+
+__all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "OPTIMIZERS", "SCHEDULES", "Speed", "TrainConfig"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+"""The training checkpoint inside ``out_dir``; :func:`densflow.checkpoint.load_model` reads it."""
+METRICS_NAME = "metrics.jsonl"
+"""The metrics log inside ``out_dir``: one JSON object per line (see ``read_metrics``)."""
+
+SCHEDULES = ("paper", "official_constant")
+OPTIMIZERS = ("adamax", "adam")
+
+# Changing these between a run and its resumption does not change what is learned (or, for
+# epochs and max_steps, only how long it goes on); every other field must match the checkpoint.
+RESUMABLE_CHANGES = frozenset({
+    "data_dir", "device", "num_workers", "out_dir", "resume", "checkpoint_every", "log_every",
+    "eval_every", "eval_limit", "eval_batch_size", "iw_samples", "chunk_size", "max_steps",
+    "max_nonfinite", "progress", "epochs", "finetune_epochs", "amp", "channels_last", "compile",
+    "cuda_graphs",
+})  # fmt: skip
+
+# Fields of checkpoints written before a rename or removal: old name -> new name (None: dropped).
+_LEGACY_FIELDS = {"iw_chunk_size": "chunk_size", "pin_memory": None}
+
+
+def _help(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The speed switches of a training step (``densflow.training.step.make_step``): none of
+    them changes what is learned beyond rounding (bf16: within 0.01 bits/dim)."""
+
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    cuda_graphs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.cuda_graphs and self.compile:
+            raise ValueError(
+                "choose one of compile and cuda_graphs: a capture of the compiled "
+                "flow has not been validated"
+            )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on.
+
+    Use :func:`~densflow.training.train_preset` for the paper's settings per dataset.
+    """
+
+    # ---- data and model
+    dataset: str = field(
+        default="photos", metadata=_help("dataset name", choices=tuple(data.DATASETS))
+    )
+    data_dir: str | None = field(
+        default=None, metadata=_help("folder holding the dataset files (not needed for photos)")
+    )
+    celeba_crop: str = field(
+        default="official",
+        metadata=_help(
+            "CelebA crop: 'official' resizes the whole image, 'center148' crops 148x148 first",
+            choices=data.CELEBA_CROPS,
+        ),
+    )
+    model: str = field(
+        default="small",
+        metadata=_help(
+            "model preset: paper (DenseFlow-74-10), small (CPU-trainable) or tiny (tests)",
+            choices=tuple(PRESETS),
+        ),
+    )
+    image_size: int | None = field(
+        default=None, metadata=_help("image side of the model (default: the training images')")
+    )
+    model_config: DenseFlowConfig | None = field(
+        default=None,
+        metadata=_help(
+            "a full DenseFlowConfig as a JSON object or a .json file; overrides model and "
+            "image_size"
+        ),
+    )
+    # ---- length and optimisation
+    batch_size: int = field(default=16, metadata=_help("images per optimizer step (per GPU)"))
+    epochs: int = field(default=4, metadata=_help("epochs of the main phase"))
+    finetune_epochs: int = field(
+        default=0,
+        metadata=_help("epochs of the fine-tuning phase after the main one, at finetune_lr"),
+    )
+    steps_per_epoch: int | None = field(
+        default=None,
+        metadata=_help("cap on steps per epoch (default: the whole train split; for smoke runs)"),
+    )
+    max_steps: int | None = field(
+        default=None,
+        metadata=_help(
+            "stop (with a checkpoint) after this many steps in total; run again with a larger "
+            "value to continue"
+        ),
+    )
+    lr: float = field(default=1e-3, metadata=_help("peak learning rate of the main phase"))
+    finetune_lr: float = field(
+        default=2e-5, metadata=_help("constant learning rate of the fine-tuning phase")
+    )
+    warmup_steps: int = field(
+        default=200,
+        metadata=_help(
+            "linear warm-up length in steps (the paper: 5000; it says epochs, the official code "
+            "counts steps)"
+        ),
+    )
+    gamma: float = field(
+        default=0.95,
+        metadata=_help("exponential lr decay per epoch (paper: 0.95; 0.9975 for CIFAR-10)"),
+    )
+    schedule: str = field(
+        default="paper",
+        metadata=_help(
+            "'paper': warm-up, then decay by gamma per epoch; 'official_constant': as the official "
+            "code runs, where the warm-up overwrites the decay and the lr stays at lr",
+            choices=SCHEDULES,
+        ),
+    )
+    optimizer: str = field(
+        default="adamax",
+        metadata=_help("optimizer (the paper: adamax; betas 0.9, 0.999)", choices=OPTIMIZERS),
+    )
+    grad_clip: float | None = field(
+        default=None,
+        metadata=_help("clip the gradient norm to this value (the official runs use none)"),
+    )
+    augmentation: bool = field(
+        default=True,
+        metadata=_help(
+            "random flips and shifts of the paper (per dataset, see densflow.data.augmentation_for)"
+        ),
+    )
+    # ---- speed switches (grouped as TrainConfig.speed)
+    amp: str = field(
+        default="none",
+        metadata=_help(
+            "mixed precision: 'bf16' runs the coupling networks under bfloat16 autocast; the "
+            "invertible path and the loss stay float32 (on the CPU it pays together with compile)",
+            choices=AMP_MODES,
+        ),
+    )
+    channels_last: bool = field(
+        default=False,
+        metadata=_help(
+            "channels-last memory format for the model and inputs (can speed up GPU convolutions)"
+        ),
+    )
+    compile: bool = field(
+        default=False,
+        metadata=_help(
+            "torch.compile the whole flow and the optimizer step: faster steps after minutes of "
+            "compilation, paid again for each new batch size; for long runs"
+        ),
+    )
+    cuda_graphs: bool = field(
+        default=False,
+        metadata=_help(
+            "capture the forward and backward pass in a CUDA graph and replay it each step: on a "
+            "GPU the eager step is bound by the host issuing ~70,000 operator calls; not with "
+            "compile or several processes; eager on a CPU"
+        ),
+    )
+    # ---- where and how
+    device: str = field(
+        default="auto",
+        metadata=_help("'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."),
+    )
+    num_workers: int = field(
+        default=0,
+        metadata=_help(
+            "DataLoader worker processes (useful for CelebA, whose JPEGs are decoded on the fly)"
+        ),
+    )
+    seed: int = field(
+        default=0,
+        metadata=_help("seed of the model initialisation, data order, augmentation and noise"),
+    )
+    out_dir: str = field(
+        default="runs/densflow",
+        metadata=_help(f"run folder: {CHECKPOINT_NAME} and {METRICS_NAME} are written there"),
+    )
+    resume: bool = field(
+        default=True,
+        metadata=_help(
+            f"continue from out_dir/{CHECKPOINT_NAME} when it exists; with --no-resume an existing "
+            "checkpoint is an error instead"
+        ),
+    )
+    checkpoint_every: int = field(
+        default=100,
+        metadata=_help(
+            "write the checkpoint every this many steps (0: only at epoch ends and at the end)"
+        ),
+    )
+    log_every: int = field(
+        default=25,
+        metadata=_help(
+            "steps between train log lines (and the only points where the loss is read back)"
+        ),
+    )
+    # ---- evaluation
+    eval_every: int = field(
+        default=1,
+        metadata=_help(
+            "epochs between test-set evaluations (0: never; the last epoch is always evaluated)"
+        ),
+    )
+    eval_limit: int | None = field(
+        default=None,
+        metadata=_help("evaluate on the first N test images only (default: the whole test split)"),
+    )
+    eval_batch_size: int | None = field(
+        default=None, metadata=_help("batch size of evaluations (default: batch_size)")
+    )
+    iw_samples: int | None = field(
+        default=None,
+        metadata=_help(
+            "after the last epoch, also the importance-weighted bound with this many samples "
+            "(paper: 1000 for CIFAR-10, 200 otherwise; costs that many forward passes per image)"
+        ),
+    )
+    chunk_size: int = field(
+        default=50,
+        metadata=_help("samples of the importance-weighted bound evaluated per forward pass"),
+    )
+    max_nonfinite: int = field(
+        default=20,
+        metadata=_help("stop after this many consecutive non-finite losses (each is skipped)"),
+    )
+    progress: bool | None = field(
+        default=None,
+        metadata=_help(
+            "progress bar (default: on a terminal and in notebooks; elsewhere log lines only)"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model_config, dict):  # from JSON or a checkpoint
+            object.__setattr__(self, "model_config", DenseFlowConfig.from_dict(self.model_config))
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(
+                    f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}"
+                )
+        positive = ("batch_size", "log_every", "chunk_size", "max_nonfinite", "steps_per_epoch",
+                    "eval_limit", "eval_batch_size", "iw_samples", "image_size")  # fmt: skip
+        for name in positive:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
+        non_negative = ("epochs", "finetune_epochs", "warmup_steps", "checkpoint_every",
+                        "eval_every", "num_workers", "max_steps")  # fmt: skip
+        for name in non_negative:
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be non-negative, got {value}")
+        if self.epochs + self.finetune_epochs == 0:
+            raise ValueError("epochs + finetune_epochs must be at least 1")
+        if not (0.0 < self.gamma <= 1.0) or self.lr <= 0 or self.finetune_lr <= 0:
+            raise ValueError(
+                f"need 0 < gamma <= 1 and positive learning rates, got gamma="
+                f"{self.gamma}, lr={self.lr}, finetune_lr={self.finetune_lr}"
+            )
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be positive, got {self.grad_clip}")
+        self.speed  # noqa: B018 (validates the switches together)
+
+    @property
+    def speed(self) -> Speed:
+        """The speed switches, as the training step takes them."""
+        return Speed(self.amp, self.channels_last, self.compile, self.cuda_graphs)
+
+    def architecture(self, image_size: int) -> DenseFlowConfig:
+        """The model: ``model_config``, or the ``model`` preset at ``self.image_size`` (default:
+        ``image_size``, the side of the training images)."""
+        if self.model_config is not None:
+            return self.model_config
+        return DenseFlowConfig.preset(self.model, self.image_size or image_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values only (for JSON and ``weights_only`` checkpoints)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """The config of :meth:`to_dict`, also as written by earlier versions (renamed and
+        removed fields are mapped)."""
+        d = dict(d)
+        for old, new in _LEGACY_FIELDS.items():
+            if old in d:
+                value = d.pop(old)
+                if new is not None:
+                    d.setdefault(new, value)
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,364 @@
+r"""One optimisation step, ``step(x, noise, lr) -> StepMetrics``, chosen once at start-up.
+
+The loss is the single-sample lower bound (eq. 5, with the cross-unit terms of eq. 9) in bits per
+dimension, averaged over the batch (:func:`training_loss`):
+
+.. math:: \mathcal{L} = -\frac{1}{B}\sum_{b=1}^{B}\frac{\ln \hat p(x_b)}{D \ln 2}.
+
+Implementations (:func:`make_step` picks one from :class:`~densflow.training.config.Speed`):
+
+* :class:`TrainStep` — eager; under ``torchrun`` its network is the model wrapped in
+  DistributedDataParallel (:func:`wrap_distributed`), which all-reduces the gradients.
+* :class:`CompiledStep` — the same, after ``torch.compile`` of the flow
+  (:func:`densflow.performance.compile_model`) and of the optimizer update
+  (:func:`~densflow.training.optim.compile_optimizer`).
+* :class:`GraphedStep` — the forward and backward pass captured once in a CUDA graph and replayed
+  (:class:`GraphedTrainingStep`).
+
+Every implementation skips a step whose loss or gradient norm is not finite: no optimizer update,
+and the BatchNorm running statistics its forward pass touched are restored, so the model is
+exactly as before. Deciding that needs the loss on the host: the one scalar read per step (the
+same one ``torch.amp.GradScaler`` makes).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..bounds import bits_per_dim
+from ..glow import ActNorm
+from ..model import DenseFlow
+from ..performance import autocast, compile_model
+from .config import Speed
+from .optim import compile_optimizer, set_lr
+
+__all__ = [
+    "BatchNormStats",
+    "CompiledStep",
+    "Dist",
+    "GraphedStep",
+    "GraphedTrainingStep",
+    "StepMetrics",
+    "TrainStep",
+    "forward_backward",
+    "make_step",
+    "training_loss",
+    "wrap_distributed",
+]
+
+
+def training_loss(log_prob: Tensor, image_shape: tuple[int, ...]) -> Tensor:
+    """The training objective: the batch mean of the single-sample bound in bits/dim, in float32
+    whatever precision the networks ran in."""
+    return bits_per_dim(log_prob.float().mean(), image_shape)
+
+
+def forward_backward(
+    net: nn.Module,
+    x: Tensor,
+    noise: dict[str, Tensor],
+    amp: str = "none",
+    max_norm: float = math.inf,
+    cache_enabled: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """The forward and backward pass of one step; the gradients land in ``p.grad``.
+
+    ``net`` is a :class:`~densflow.model.DenseFlow` or a wrapper that forwards ``noise`` to it
+    (DistributedDataParallel); ``noise`` comes from ``DenseFlow.draw_noise``. Returns
+    :func:`training_loss` and the gradient norm (after clipping to ``max_norm``; infinite:
+    measured, not clipped), both on the device: reading them is the caller's choice.
+    """
+    with autocast(x.device, amp, cache_enabled):
+        log_prob = net(x, noise=noise)
+    loss = training_loss(log_prob, x.shape[1:])
+    loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(net.parameters(), max_norm)
+    return loss.detach(), grad_norm
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    """What a step reports, on the device: ``loss`` (None when the step was skipped as
+    non-finite) and the gradient norm before clipping."""
+
+    loss: Tensor | None
+    grad_norm: Tensor
+
+
+class BatchNormStats:
+    """Snapshot and restore of the BatchNorm running statistics (the only state a forward pass
+    changes), so that a skipped step leaves the model exactly as it was."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.buffers = [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                        for b in m.buffers()]  # fmt: skip
+        self.saved = [b.clone() for b in self.buffers]
+
+    def save(self) -> None:
+        if self.buffers:
+            torch._foreach_copy_(self.saved, self.buffers)
+
+    def restore(self) -> None:
+        if self.buffers:
+            torch._foreach_copy_(self.buffers, self.saved)
+
+
+class GraphedTrainingStep:
+    """:func:`forward_backward` captured once in a CUDA graph, then replayed for every batch.
+
+    Why: run eagerly, one training step of the paper model calls ~69,000 operators (29,000 in the
+    forward pass, 39,000 in the backward, counted with a dispatch hook), and on a GPU the host
+    issuing them is the bottleneck (docs/performance.md: the eager step takes about as long at
+    64×64 as at 32×32). A replay launches the recorded kernels with no Python, dispatcher or
+    autograd work.
+
+    Use: ``step(x, noise)`` copies the uint8 batch and the noise (drawn eagerly on the caller's
+    generator, ``model.draw_noise``) into the graph's input buffers, replays, and returns copies
+    of the loss and the gradient norm. The first call captures, after ``warmup`` eager passes on
+    a side stream (CUDA's libraries set up their workspaces then); the model's buffers (BatchNorm
+    statistics) are restored afterwards, so capturing changes nothing. Then:
+
+    * the gradients are the graph's tensors, rewritten by each replay: take the optimizer step
+      after each call, and do not set them to None (``zero_grad(set_to_none=True)``) in between;
+    * shapes and memory formats are those of the first call, and ActNorm must be initialised;
+    * the optimizer step stays outside the graph, so that the caller can skip it when the loss is
+      not finite, as the Trainer does (its one host read per step).
+
+    On a CPU, or where the capture fails (a warning says why), each call runs
+    :func:`forward_backward` eagerly on the same buffers instead: the same numbers either way.
+    """
+
+    def __init__(
+        self, model: DenseFlow, amp: str = "none", max_norm: float = math.inf, warmup: int = 3
+    ) -> None:
+        if not isinstance(model, DenseFlow):
+            raise TypeError(f"GraphedTrainingStep expects a DenseFlow, got {type(model).__name__}")
+        if not all(m.is_initialized() for m in model.modules() if isinstance(m, ActNorm)):
+            raise ValueError(
+                "ActNorm is not initialised: run one training-mode forward pass on a "
+                "batch first (the Trainer does), then build the GraphedTrainingStep"
+            )
+        autocast("cpu", amp)  # checks amp now rather than at the first step
+        self.model, self.amp, self.max_norm, self.warmup = model, amp, max_norm, warmup
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self._x: Tensor | None = None
+        self._noise: dict[str, Tensor] = {}
+        self._out: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def captured(self) -> bool:
+        """Whether calls replay a CUDA graph (rather than running eagerly)."""
+        return self.graph is not None
+
+    def __call__(self, x: Tensor, noise: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        if self._x is None:
+            self._set_up(x, noise)
+        else:
+            self._check_like(x, noise)
+            self._x.copy_(x)
+            for name, t in noise.items():
+                self._noise[name].copy_(t)
+        if self.graph is not None:
+            self.graph.replay()
+            loss, grad_norm = self._out
+        else:
+            self.model.zero_grad(set_to_none=True)
+            loss, grad_norm = self._run()
+        return loss.clone(), grad_norm.clone()
+
+    def _run(self, cache_enabled: bool = True) -> tuple[Tensor, Tensor]:
+        return forward_backward(
+            self.model, self._x, self._noise, self.amp, self.max_norm, cache_enabled
+        )
+
+    def _set_up(self, x: Tensor, noise: dict[str, Tensor]) -> None:
+        if x.dtype != torch.uint8:
+            raise ValueError(f"GraphedTrainingStep takes uint8 images, got {x.dtype}")
+        self._x = x.clone()  # clone keeps the memory format (channels_last stays so)
+        self._noise = {name: t.clone() for name, t in noise.items()}
+        if x.device.type != "cuda":
+            return  # nothing to capture: eager calls on the buffers
+        try:
+            self._capture()
+        except Exception as err:  # an operator that cannot be captured on this platform, …
+            # self.graph is set only by a capture that completed: calls run eagerly.
+            warnings.warn(
+                f"CUDA graph capture failed ({err.__class__.__name__}: {err}); the "
+                "training step runs eagerly",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def _capture(self) -> None:
+        buffers = list(self.model.buffers())
+        saved = [b.clone() for b in buffers]
+        side = torch.cuda.Stream(self._x.device)
+        side.wait_stream(torch.cuda.current_stream(self._x.device))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self.model.zero_grad(set_to_none=True)
+                self._run()
+        torch.cuda.current_stream(self._x.device).wait_stream(side)
+        torch._foreach_copy_(buffers, saved)
+        # Gradients None at capture: the graph's backward then writes them rather than adding.
+        self.model.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._out = self._run(cache_enabled=False)
+        self.graph = graph
+
+    def _check_like(self, x: Tensor, noise: dict[str, Tensor]) -> None:
+        got = (tuple(x.shape), x.dtype, {n: tuple(t.shape) for n, t in noise.items()})
+        want = (
+            tuple(self._x.shape),
+            self._x.dtype,
+            {n: tuple(t.shape) for n, t in self._noise.items()},
+        )
+        if got != want:
+            raise ValueError(
+                f"GraphedTrainingStep was set up for images {want[0]} {want[1]} and "
+                f"noise {want[2]}, got {got[0]} {got[1]} and {got[2]}; build one "
+                "per batch size"
+            )
+
+
+class TrainStep:
+    """The eager step: ``step(x, noise, lr)`` sets the rate, runs :func:`forward_backward` on
+    ``net`` (the model, or its DDP wrapper) and updates, or skips a non-finite step."""
+
+    def __init__(
+        self,
+        model: DenseFlow,
+        optimizer: torch.optim.Optimizer,
+        *,
+        net: nn.Module | None = None,
+        amp: str = "none",
+        max_norm: float = math.inf,
+    ) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.net = model if net is None else net
+        self.amp, self.max_norm = amp, max_norm
+        self._stats = BatchNormStats(model)
+
+    def __call__(self, x: Tensor, noise: dict[str, Tensor], lr: float) -> StepMetrics:
+        set_lr(self.optimizer, lr)
+        self._stats.save()
+        loss, grad_norm = self._forward_backward(x, noise)
+        finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))  # the one read per step
+        if finite:
+            self.optimizer.step()
+        else:
+            self._stats.restore()
+        self._clear_grads()
+        return StepMetrics(loss if finite else None, grad_norm)
+
+    def _forward_backward(self, x: Tensor, noise: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return forward_backward(self.net, x, noise, self.amp, self.max_norm)
+
+    def _clear_grads(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+class CompiledStep(TrainStep):
+    """:class:`TrainStep` with the flow and the optimizer update compiled (in place, so that the
+    state-dict keys and checkpoints do not change). Build it after ActNorm's initialisation, so
+    that the flow compiles without the initialisation branch, and after any resume (compiling
+    the optimizer makes its lr a tensor)."""
+
+    def __init__(self, model: DenseFlow, optimizer: torch.optim.Optimizer, **kwargs) -> None:
+        compile_model(model)
+        compile_optimizer(optimizer)
+        super().__init__(model, optimizer, **kwargs)
+
+
+class GraphedStep(TrainStep):
+    """:class:`TrainStep` whose forward and backward pass replays a CUDA graph
+    (:class:`GraphedTrainingStep`; eager on a CPU, with the same numbers)."""
+
+    def __init__(
+        self, model: DenseFlow, optimizer: torch.optim.Optimizer, *, amp: str = "none",
+        max_norm: float = math.inf,
+    ) -> None:  # fmt: skip
+        super().__init__(model, optimizer, amp=amp, max_norm=max_norm)
+        self.graphed = GraphedTrainingStep(model, amp, max_norm)
+
+    def _forward_backward(self, x: Tensor, noise: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return self.graphed(x, noise)
+
+    def _clear_grads(self) -> None:
+        pass  # the graph's gradients are its own tensors, rewritten by each replay
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a ``torchrun`` job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Dist:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls()
+        return cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def wrap_distributed(model: DenseFlow, device: torch.device, channels_last: bool) -> nn.Module:
+    """``model`` in DistributedDataParallel, joining the ``torchrun`` process group (NCCL on
+    CUDA, gloo on the CPU). The wrapper broadcasts rank 0's parameters and buffers, so every rank
+    starts from rank 0's initialisation."""
+    import torch.distributed as tdist
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's communicator uses the current device
+    if not tdist.is_initialized():
+        tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if channels_last:
+        # DDP gives each gradient bucket its parameter's strides and warns (once) when a
+        # gradient's differ. Under channels_last they differ only for tensors shaped (·, ·, 1, 1),
+        # whose two layouts are the same bytes; tests/test_performance.py checks that every
+        # gradient has its parameter's layout in the dimensions larger than 1. A filter for the
+        # process: a catch_warnings around each step would make every other warning repeat.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def make_step(
+    model: DenseFlow,
+    optimizer: torch.optim.Optimizer,
+    speed: Speed,
+    *,
+    max_norm: float = math.inf,
+    dist: Dist = Dist(),
+) -> TrainStep:
+    """The step implementation for ``speed`` and this process (ActNorm must be initialised)."""
+    device = next(model.parameters()).device
+    if speed.cuda_graphs:
+        if dist.world_size > 1:
+            raise ValueError(
+                "cuda_graphs works in a single process: a captured step cannot hold "
+                "DistributedDataParallel's gradient all-reduce"
+            )
+        if device.type != "cuda":
+            warnings.warn(
+                f"cuda_graphs needs a CUDA device; on {device} the step runs eagerly",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return GraphedStep(model, optimizer, amp=speed.amp, max_norm=max_norm)
+    kind = CompiledStep if speed.compile else TrainStep
+    # Compiled before the wrapping, so that DDP wraps the compiled flow.
+    step = kind(model, optimizer, amp=speed.amp, max_norm=max_norm)
+    if dist.world_size > 1:
+        step.net = wrap_distributed(model, device, speed.channels_last)
+    return step

@@ -1,0 +1,423 @@
+r"""The training loop: data order, steps, evaluations, checkpoints and exact resume.
+
+The loop only calls ``step(x, noise, lr)`` (:mod:`densflow.training.step`, chosen once at
+start-up); what each step sees comes from :mod:`densflow.training.schedule`.
+
+**Exact resume.** Every random draw of a step comes from generators re-seeded from
+``(seed, step, rank)``: the data order of an epoch is a permutation seeded by ``(seed, epoch)``,
+augmentation and model noise are seeded by the step. A checkpoint (written atomically every
+``checkpoint_every`` steps and at each epoch end, by :mod:`densflow.checkpoint`) therefore only
+needs the model, the optimizer, the position ``(epoch, step in epoch)`` and a few running sums;
+resuming skips the batches of the current epoch that are already done. On CPU, ``N`` steps +
+resume + ``N`` steps give bit-identical parameters to ``2N`` steps (tests/test_train.py). On GPU
+some kernels are not deterministic, so a resumed run agrees only to rounding.
+
+**Non-finite losses.** A skipped step (see :class:`~densflow.training.step.TrainStep`) changes
+nothing; after ``max_nonfinite`` of them in a row, :class:`TrainingDivergedError` stops the run and
+names the last checkpoint, which is left as it was.
+
+**Multi-GPU.** Under ``torchrun`` (``WORLD_SIZE > 1``) each rank takes its shard of the epoch's
+permutation (:func:`~densflow.training.schedule.shard_indices`) and the step wraps the model in
+DistributedDataParallel; only rank 0 writes checkpoints, metrics and progress. ActNorm's
+data-dependent initialisation runs on each rank's first batch *before* the wrapping, and the
+wrapper then broadcasts rank 0's parameters and buffers, so all ranks start identical. Logged
+train bits/dim are rank 0's share of the batch; every rank evaluates the same test images.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from .. import data
+from ..checkpoint import (
+    CheckpointError,
+    TrainingState,
+    read_training_checkpoint,
+    restore_rng,
+    save_training_checkpoint,
+)
+from ..evaluate import evaluate
+from ..glow import ActNorm
+from ..model import DenseFlow
+from ..performance import autocast, to_channels_last
+from ..runtime import collate_images, first_images, resolve_device
+from .config import CHECKPOINT_NAME, RESUMABLE_CHANGES, TrainConfig
+from .metrics import RunLog, RunningMean, read_metrics
+from .optim import build_optimizer, optimizer_state_dict
+from .schedule import Stream, derive_seed, epoch_permutation, learning_rate, shard_indices
+from .step import BatchNormStats, Dist, TrainStep, make_step
+
+__all__ = ["TrainResult", "Trainer", "TrainingDivergedError", "train"]
+
+
+class TrainingDivergedError(RuntimeError):
+    """Too many consecutive non-finite losses; the message names the step and the last good
+    checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        model: the trained model (in eval mode, on the training device).
+        out_dir: the run folder.
+        checkpoint: path of the last checkpoint written.
+        step: global steps done.
+        epoch: epochs completed.
+        completed: whether all epochs are done (False when stopped by ``max_steps``).
+        train_bpd: the last logged train bits/dim (None before the first log point).
+        test_bpd: the last single-sample test bits/dim (None when not evaluated).
+        test_bpd_iw: the importance-weighted test bits/dim (only with ``iw_samples``).
+        elapsed_s: wall time of this call.
+    """
+
+    model: DenseFlow
+    out_dir: Path
+    checkpoint: Path
+    step: int
+    epoch: int
+    completed: bool
+    train_bpd: float | None
+    test_bpd: float | None
+    test_bpd_iw: float | None
+    elapsed_s: float
+
+
+class Trainer:
+    """One training run of :class:`TrainConfig`; :meth:`fit` trains (resuming when a checkpoint
+    exists) and returns a :class:`TrainResult`.
+
+    Arguments:
+        config: the run.
+        train_set, test_set: datasets of uint8 ``(3, S, S)`` images (or tuples whose first item is
+            one) to use instead of ``load_dataset(config.dataset, ...)``.
+
+    Attributes:
+        model: the :class:`DenseFlow` being trained (without any DDP wrapper).
+        optimizer: its optimizer.
+        train_step: the step implementation (built by :meth:`fit`).
+        step, epoch, step_in_epoch: the position of the next step.
+    """
+
+    def __init__(
+        self, config: TrainConfig, *, train_set: Dataset | None = None,
+        test_set: Dataset | None = None,
+    ) -> None:  # fmt: skip
+        self.config = cfg = config
+        self.dist = Dist.from_env()
+        self.is_main = self.dist.rank == 0
+        if self.dist.world_size > 1 and torch.cuda.is_available():
+            self.device = torch.device("cuda", self.dist.local_rank)
+        else:
+            self.device = resolve_device(cfg.device)
+        self.out_dir = Path(cfg.out_dir)
+        self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
+        if train_set is None:
+            train_set = self._load("train")
+        self.train_set, self._test_set = train_set, test_set
+
+        shape = tuple(collate_images([train_set[0]]).shape[1:])
+        with torch.random.fork_rng(devices=[]):  # the init must not depend on (or move) global RNG
+            torch.manual_seed(derive_seed(cfg.seed, Stream.INIT))
+            self.model = DenseFlow(cfg.architecture(shape[-1]))
+        if shape != self.model.image_shape:
+            raise ValueError(
+                f"the train images are {shape} but the model expects "
+                f"{self.model.image_shape}; set image_size or model_config to match"
+            )
+        memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
+        self.model.to(self.device, memory_format=memory_format).train()
+        self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr)
+        self.augment = data.augmentation_for(cfg.dataset) if cfg.augmentation else None
+        # Generators on the training device: drawing on the CPU for a CUDA model would make every
+        # draw a synchronous host-to-device copy.
+        self._noise = torch.Generator(self.device)
+        self._aug_gen = torch.Generator(self.device)
+        order_len = len(train_set) // self.dist.world_size
+        self.steps_per_epoch = order_len // cfg.batch_size
+        if cfg.steps_per_epoch is not None:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.steps_per_epoch)
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{order_len} training images per process do not fill one batch of {cfg.batch_size}"
+            )
+
+        self.step = self.epoch = self.step_in_epoch = 0
+        self._nonfinite_run = 0
+        self._epoch_mean = RunningMean(self.device)
+        self._last_checkpoint: tuple[Path, int] | None = None
+        self._metrics_bytes = self._maybe_resume()
+        self.train_step: TrainStep | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def _load(self, split: str) -> Dataset:
+        cfg = self.config
+        return data.load_dataset(cfg.dataset, cfg.data_dir, split, celeba_crop=cfg.celeba_crop)
+
+    @property
+    def test_set(self) -> Dataset:
+        if self._test_set is None:
+            self._test_set = self._load("test")
+        return self._test_set
+
+    def _maybe_resume(self) -> int:
+        """Load ``out_dir/checkpoint.pt`` if allowed; return the metrics bytes to keep."""
+        if not self.checkpoint_path.exists():
+            return 0
+        if not self.config.resume:
+            raise CheckpointError(
+                f"{self.checkpoint_path} exists and resume is off; choose "
+                "another out_dir or remove the old run"
+            )
+        ckpt = read_training_checkpoint(self.checkpoint_path, map_location=self.device)
+        saved = TrainConfig.from_dict(ckpt.train_config).to_dict()
+        now = self.config.to_dict()
+        changed = [
+            f"{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now"
+            for k in now
+            if k not in RESUMABLE_CHANGES and saved[k] != now[k]
+        ]
+        if changed:
+            raise CheckpointError(
+                f"cannot resume {self.checkpoint_path} with a different "
+                f"configuration ({'; '.join(changed)}); use another out_dir"
+            )
+        self.model.load_state_dict(ckpt.model)
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        s = ckpt.state
+        self.step, self.epoch, self.step_in_epoch = s.step, s.epoch, s.step_in_epoch
+        self._nonfinite_run, self._epoch_mean.count = s.nonfinite_run, s.epoch_count
+        self._epoch_mean.sum.copy_(s.epoch_sum)
+        if s.world_size != self.dist.world_size and self.step_in_epoch:
+            warnings.warn(
+                "resuming mid-epoch with another number of processes: the rest of this "
+                "epoch does not follow the original data order",
+                stacklevel=2,
+            )
+        restore_rng(ckpt.rng)
+        self._last_checkpoint = (self.checkpoint_path, self.step)
+        return s.metrics_bytes
+
+    def _build_step(self) -> TrainStep:
+        """ActNorm's data-dependent init on the first batch when the run starts, as the first
+        training forward would do it (same inputs, same noise; running statistics untouched),
+        then the step of the config's speed switches."""
+        initialized = all(
+            m.is_initialized() for m in self.model.modules() if isinstance(m, ActNorm)
+        )
+        if self.step == 0 and not initialized:
+            x = self._prepare(next(self._batches(self._order(0), 0, 1)))
+            stats = BatchNormStats(self.model)
+            self._noise.manual_seed(self._seed_step(Stream.NOISE))
+            with torch.no_grad(), autocast(self.device, self.config.amp):
+                self.model(x, self._noise)
+            stats.restore()
+        max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
+        return make_step(
+            self.model, self.optimizer, self.config.speed, max_norm=max_norm, dist=self.dist
+        )
+
+    # ------------------------------------------------------------------ data
+    def _order(self, epoch: int) -> Tensor:
+        """This rank's index order for ``epoch``."""
+        order = epoch_permutation(len(self.train_set), self.config.seed, epoch)
+        return shard_indices(order, self.dist.rank, self.dist.world_size)
+
+    def _batches(self, order: Tensor, start: int, stop: int) -> Iterator[Tensor]:
+        """Batches ``start..stop-1`` of the epoch (full batches only)."""
+        b = self.config.batch_size
+        chunks = order[: stop * b].view(stop, b)[start:].tolist()
+        loader = DataLoader(
+            self.train_set, batch_sampler=chunks, num_workers=self.config.num_workers,
+            collate_fn=collate_images, pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
+        return iter(loader)
+
+    def _seed_step(self, stream: int) -> int:
+        return derive_seed(self.config.seed, stream, self.step, self.dist.rank)
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        """Move a batch to the device, then augment it there (draws from a per-step generator)."""
+        x = x.to(self.device, non_blocking=True)
+        if self.augment is not None:
+            self._aug_gen.manual_seed(self._seed_step(Stream.AUGMENT))
+            x = self.augment(x, self._aug_gen)
+        return to_channels_last(x) if self.config.channels_last else x
+
+    def _draw_noise(self, x: Tensor) -> dict[str, Tensor]:
+        self._noise.manual_seed(self._seed_step(Stream.NOISE))
+        return self.model.draw_noise(x.shape[0], self._noise)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> TrainResult:
+        """Train until all epochs are done or ``max_steps`` is reached."""
+        cfg, start_time = self.config, time.time()
+        total_epochs = cfg.epochs + cfg.finetune_epochs
+        n_steps = self.steps_per_epoch
+        plan = n_steps * total_epochs
+        if cfg.max_steps is not None:
+            plan = min(plan, cfg.max_steps)
+        self.log = RunLog(
+            self.out_dir, self._metrics_bytes, enabled=self.is_main, total_steps=plan,
+            done_steps=self.step, images_per_step=cfg.batch_size * self.dist.world_size,
+            progress=cfg.progress, device=self.device,
+        )  # fmt: skip
+        self.log.event(
+            "start", step=self.step, epoch=self.epoch, resumed=self.step > 0,
+            world_size=self.dist.world_size, config=cfg.to_dict(),
+        )  # fmt: skip
+        self.log.info(
+            "%s at step %d of %d (%d epochs of %d steps) in %s on %s",
+            "resuming" if self.step else "training", self.step, plan, total_epochs, n_steps,
+            self.out_dir, self.device,
+        )  # fmt: skip
+        self.train_step = self._build_step()
+        try:
+            while self.epoch < total_epochs and (
+                cfg.max_steps is None or self.step < cfg.max_steps
+            ):
+                stop = n_steps
+                if cfg.max_steps is not None:
+                    stop = min(n_steps, self.step_in_epoch + cfg.max_steps - self.step)
+                self.log.begin_epoch(self.epoch, total_epochs)
+                for x in self._batches(self._order(self.epoch), self.step_in_epoch, stop):
+                    lr = learning_rate(cfg, self.step, self.epoch)
+                    x = self._prepare(x)
+                    metrics = self.train_step(x, self._draw_noise(x), lr)
+                    self.step += 1
+                    self.step_in_epoch += 1
+                    self._account(metrics.loss)
+                    if self.step % cfg.log_every == 0:
+                        self.log.train(self.step, self.epoch, lr)
+                    every = cfg.checkpoint_every
+                    if every and self.step % every == 0 and self.step_in_epoch < n_steps:
+                        self._save()
+                if self.step_in_epoch == n_steps:
+                    self._end_epoch(total_epochs)
+                elif self._last_checkpoint is None or self._last_checkpoint[1] != self.step:
+                    self._save()  # stopped by max_steps mid-epoch
+            completed = self.epoch >= total_epochs
+            if completed and cfg.iw_samples:
+                self._evaluate(iw=True)
+            elapsed = time.time() - start_time
+            self.log.event(
+                "end", step=self.step, epoch=self.epoch, completed=completed, elapsed_s=elapsed
+            )
+            self.log.info("%s at step %d after %.0f s", "done" if completed else "stopped",
+                          self.step, elapsed)  # fmt: skip
+        finally:
+            self.log.close()
+        self.model.eval()
+        # The latest values of the whole run (also those logged before a resume), from the log.
+        last = {
+            k: v
+            for e in read_metrics(self.out_dir)
+            for k, v in e.items()
+            if k in ("bpd", "test_bpd", "test_bpd_iw") and v is not None
+        }
+        return TrainResult(
+            self.model, self.out_dir, self.checkpoint_path, self.step, self.epoch, completed,
+            last.get("bpd"), last.get("test_bpd"), last.get("test_bpd_iw"),
+            time.time() - start_time,
+        )  # fmt: skip
+
+    def _account(self, loss: Tensor | None) -> None:
+        """Sums for the log and the epoch; non-finite steps counted and checked. Called after
+        step number ``self.step`` (1-based: steps done) finished."""
+        self.log.step_done(loss)
+        if loss is not None:
+            self._nonfinite_run = 0
+            self._epoch_mean.add(loss)
+            return
+        self._nonfinite_run += 1
+        self.log.event("nonfinite", step=self.step, epoch=self.epoch, run=self._nonfinite_run)
+        if self._nonfinite_run >= self.config.max_nonfinite:
+            first = self.step - self._nonfinite_run + 1
+            where = (
+                f"the last good checkpoint is {self._last_checkpoint[0]} (step "
+                f"{self._last_checkpoint[1]}), left as it was"
+                if self._last_checkpoint
+                else "no checkpoint had been written yet"
+            )
+            self.log.event("diverged", step=self.step, epoch=self.epoch)
+            raise TrainingDivergedError(
+                f"training diverged at step {self.step}: {self._nonfinite_run} non-finite losses "
+                f"in a row (steps {first}..{self.step}, each skipped without an update); {where}. "
+                "Resume from it with a lower lr, grad_clip or amp='none'"
+            )
+
+    def _end_epoch(self, total_epochs: int) -> None:
+        """Epoch-end log line, evaluation when due, then a checkpoint at the next epoch's start."""
+        cfg = self.config
+        self.log.event(
+            "epoch", step=self.step, epoch=self.epoch, train_bpd=self._epoch_mean.mean(),
+            lr=learning_rate(cfg, self.step - 1, self.epoch), steps=self.steps_per_epoch,
+            phase="main" if self.epoch < cfg.epochs else "finetune",
+        )  # fmt: skip
+        last = self.epoch + 1 == total_epochs
+        # Every rank evaluates (the same numbers): no rank waits on another beyond DDP's timeouts.
+        if cfg.eval_every and ((self.epoch + 1) % cfg.eval_every == 0 or last):
+            start = time.perf_counter()
+            self._evaluate(iw=False)
+            self.log.exclude(time.perf_counter() - start)  # images/s counts training only
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self._epoch_mean.reset()
+        self._save()
+
+    def _evaluate(self, iw: bool) -> None:
+        cfg = self.config
+        result = evaluate(
+            self.model, first_images(self.test_set, cfg.eval_limit),
+            batch_size=cfg.eval_batch_size or cfg.batch_size,
+            iw_samples=cfg.iw_samples if iw else None, chunk_size=cfg.chunk_size,
+            device=self.device, seed=derive_seed(cfg.seed, Stream.EVAL), progress=False,
+            single=not iw, num_workers=cfg.num_workers,
+        )  # fmt: skip
+        if iw:
+            values = {"test_bpd_iw": result.bpd_iw, "iw_samples": cfg.iw_samples}
+        else:
+            values = {"test_bpd": result.bpd_single}
+        self.log.evaluation(self.step, self.epoch, result.n_images, **values)
+
+    def _save(self) -> None:
+        """Write the checkpoint (rank 0); a crash leaves the previous one intact."""
+        if not self.is_main:
+            return
+        state = TrainingState(
+            step=self.step, epoch=self.epoch, step_in_epoch=self.step_in_epoch,
+            nonfinite_run=self._nonfinite_run, epoch_sum=self._epoch_mean.sum,
+            epoch_count=self._epoch_mean.count, metrics_bytes=self.log.offset(),
+            world_size=self.dist.world_size,
+        )  # fmt: skip
+        save_training_checkpoint(
+            self.checkpoint_path, self.model, train_config=self.config.to_dict(),
+            optimizer=optimizer_state_dict(self.optimizer),  # loads into eager and compiled
+            state=state,
+        )  # fmt: skip
+        self._last_checkpoint = (self.checkpoint_path, self.step)
+        self.log.checkpoint(self.checkpoint_path, self.step)
+
+
+def train(
+    config: TrainConfig, *, train_set: Dataset | None = None, test_set: Dataset | None = None
+) -> TrainResult:
+    """Train (or resume) the run described by ``config``; see :class:`Trainer`.
+
+    Example (a few steps of the tiny model on the built-in photos)::
+
+        from densflow.training import train, train_preset
+        result = train(train_preset("photos", "smoke", out_dir="runs/try"))
+        print(result.test_bpd)
+    """
+    return Trainer(config, train_set=train_set, test_set=test_set).fit()
