@@ -39,9 +39,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
+from .checkpoint import CheckpointError, load_any_checkpoint
 from .model import DenseFlow, DenseFlowConfig
-from .official import load_official, locate_official, read_official_args
 
 __all__ = [
     "CONFIG_NAME",
@@ -446,19 +445,14 @@ def resolve_model(
         spec = dataset
     path = Path(spec).expanduser()
     trained_on: str | None
-    ckpt = None
-    if path.is_file():
-        try:
-            ckpt = read_checkpoint(path, map_location)
-        except CheckpointError:
-            pass  # not ours: the official loader explains its own failures
-    if ckpt is not None:
-        model = model_from_checkpoint(ckpt, path, map_location)
-        trained_on = (ckpt.get("train_config") or {}).get("dataset")
-    elif path.is_file() or (path.is_dir() and not is_model_dir(path)):
-        model = load_official(path, map_location=map_location)
-        args = locate_official(path)[1]
-        trained_on = read_official_args(args).dataset if args is not None else None
+    if path.is_file() or (path.is_dir() and not is_model_dir(path)):
+        model, trained_on = load_any_checkpoint(path, map_location)
+    elif not path.exists() and not _NAME.fullmatch(str(spec)) and _looks_like_path(str(spec)):
+        raise CheckpointError(
+            f"no checkpoint at {path}: expected a densflow checkpoint (.pt), an official run "
+            "folder (args.pickle + check/checkpoint.pt), a model directory, a cached name "
+            "(cifar10, imagenet32, imagenet64, celeba) or a Hub repo id"
+        )
     else:
         folder = _locate(spec, cache, None)
         model = _load_dir(folder, map_location)

@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_any_checkpoint
 from .data import DATASETS, check_dataset, load_dataset, paper_datasets, paper_table1
 from .evaluate import PAPER_IW_SAMPLES, EvalResult, evaluate, save_sample_grid
 from .model import DenseFlow
 from .noise import make_generator
 from .performance import prepare_model
+from .pretrained import resolve_model
 from .runtime import first_images, log_to_stderr, resolve_device
 from .training import TrainConfig, TrainResult, read_metrics, train, train_preset
 
@@ -101,9 +101,10 @@ def train_or_load(
     one has them from the Trainer, so that its evaluation runs as fast.
     """
     if checkpoint is not None:
-        model, trained_on = load_any_checkpoint(checkpoint, resolve_device(config.device))
-        if trained_on is not None and trained_on != config.dataset:
-            raise ValueError(f"{checkpoint} was trained on {trained_on}, not {config.dataset}")
+        # A path, an official run folder, a model directory or cached name, or "official" for
+        # the authors' model of this dataset; a model trained on another dataset is refused.
+        device = resolve_device(config.device)
+        model, _ = resolve_model(checkpoint, config.dataset, map_location=device)
         return prepare_model(model.eval(), config.channels_last, config.compile), None
     result = train(config)
     return result.model, result

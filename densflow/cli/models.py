@@ -32,10 +32,10 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[Any, str | None]:
     """The model to evaluate or sample, and the dataset it was trained on (when recorded)."""
-    from ..checkpoint import load_any_checkpoint
+    from ..pretrained import resolve_model
     from ..runtime import resolve_device
 
-    return load_any_checkpoint(args.official or args.checkpoint, resolve_device(args.device))
+    return resolve_model(args.official or args.checkpoint, map_location=resolve_device(args.device))
 
 
 def add_eval(sub: argparse._SubParsersAction) -> None:

@@ -10,33 +10,27 @@ from .config import TrainConfig
 
 __all__ = ["TRAIN_PRESETS", "train_preset"]
 
-# The paper's epochs (+ fine-tuning epochs), batch and decay per dataset (Sec. 3 and Appendix).
-_PAPER_TABLE: dict[str, dict[str, Any]] = {
-    "cifar10": dict(epochs=580, finetune_epochs=70, batch_size=64, gamma=0.9975, eval_every=10),
-    "imagenet32": dict(epochs=20, finetune_epochs=2, batch_size=64),
-    "imagenet64": dict(epochs=10, finetune_epochs=1, batch_size=32),
-    "celeba": dict(epochs=50, finetune_epochs=5, batch_size=32),
-}
+# What every paper preset shares beyond the dataset's protocol (epochs, batch, decay, lr and warm-up
+# live in the dataset's registry entry, densflow.data.DATASETS[name].protocol, Appendix C).
 _PAPER_COMMON: dict[str, Any] = dict(
-    model="paper", lr=1e-3, finetune_lr=2e-5, warmup_steps=5000, gamma=0.95, schedule="paper",
-    optimizer="adamax", augmentation=True, checkpoint_every=1000, log_every=100, eval_every=1,
-)  # fmt: skip
+    model="paper", schedule="paper", augmentation=True, checkpoint_every=1000, log_every=100
+)
 
 
-def _paper(dataset: str, **changes: Any) -> dict[str, Any]:
-    return {"dataset": dataset, **_PAPER_COMMON, **_PAPER_TABLE[dataset], **changes}
+def _paper(dataset: str, official: bool = False, **changes: Any) -> dict[str, Any]:
+    protocol = data.DATASETS[dataset].protocol.train_fields(official=official)
+    return {"dataset": dataset, **_PAPER_COMMON, **protocol, **changes}
 
 
 TRAIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The paper's protocol with DenseFlow-74-10. CIFAR-10 is evaluated every 10th epoch only
     # (every epoch would add about 7 % to its 650). The importance-weighted test bound is left to
     # `python -m densflow eval`.
-    "paper": {d: _paper(d) for d in _PAPER_TABLE},
+    "paper": {d: _paper(d) for d in data.paper_datasets()},
     # What the official scripts run: the warm-up overwrites the decay (constant lr 1e-3 after it),
     # and CIFAR-10 trains 400 (+20) epochs instead of the paper's 580 (+70).
-    "official": {d: _paper(d, schedule="official_constant",
-                           **({"epochs": 400, "finetune_epochs": 20} if d == "cifar10" else {}))
-                 for d in _PAPER_TABLE},
+    "official": {d: _paper(d, official=True, schedule="official_constant")
+                 for d in data.paper_datasets()},
     # Minutes on a CPU: every code path (warm-up, epoch end, evaluation, fine-tuning, checkpoints)
     # with the tiny model and 2 short epochs. Not for results.
     "smoke": {d: dict(dataset=d, model="tiny", batch_size=16, epochs=1, finetune_epochs=1,
