@@ -50,6 +50,7 @@ from densflow.performance import (
     autocast,
     compile_model,
     compile_optimizer,
+    compose_coupling_nets,
     forward_backward,
     to_channels_last,
 )
@@ -149,6 +150,7 @@ def build(setup: Setup, variant: str, device: torch.device, seed: int = 0):
     )
     with torch.no_grad():
         model.train()(x, generator=g)  # data-dependent ActNorm init, as the first training step
+    compose_coupling_nets(model)  # every variant runs the composed 1×1 convolutions
     if "channels_last" in variant:
         model, x = to_channels_last(model), to_channels_last(x)
     if "compile" in variant:

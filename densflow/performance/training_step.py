@@ -1,15 +1,6 @@
-"""Speed without changing the numbers: mixed precision, memory format and compilation.
+"""The training-step helpers: the optimizer compiled, its learning rate and state, the forward and
+backward pass of one step, and that pass captured in a CUDA graph.
 
-Each switch here is optional and keeps the log-likelihood equal to the plain float32 path
-(float32 switches within 1e-5 relative, bf16 within 0.01 bits/dim; see ``tests/test_performance.py``
-and ``benchmarks/benchmark.py`` for what each one buys on a given machine):
-
-* :func:`autocast` — bf16 autocast for the networks inside the flow (coupling and conditioning
-  nets). The invertible path itself (1×1 convolutions, affine updates) and every log-det, prior
-  term and the loss stay in float32: see :func:`densflow.base.full_precision`.
-* ``channels_last`` — NHWC memory format for the convolutions (:func:`to_channels_last`).
-* :func:`compile_model` — ``torch.compile`` of the whole flow (density and sampler) as one
-  graph each, with a fallback to eager execution if compilation fails on this platform.
 * :func:`compile_optimizer` — ``torch.compile`` of the optimizer's update, with the learning
   rate as a tensor (:func:`set_lr`) so that a schedule does not recompile it, and checkpoints
   that load into an eager optimizer (:func:`optimizer_state_dict`).
@@ -20,157 +11,26 @@ and ``benchmarks/benchmark.py`` for what each one buys on a given machine):
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
-import types
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .bounds import bits_per_dim
-from .glow import ActNorm
-from .model import DenseFlow
+from ..bounds import bits_per_dim
+from ..glow import ActNorm
+from ..model import DenseFlow
+from .compile import _compile_with_fallback
+from .precision import autocast
 
 __all__ = [
-    "AMP_MODES",
-    "autocast",
-    "to_channels_last",
-    "compile_model",
-    "prepare_model",
     "compile_optimizer",
-    "run_eagerly",
     "set_lr",
     "optimizer_state_dict",
     "forward_backward",
     "GraphedTrainingStep",
 ]
-
-AMP_MODES = ("none", "bf16")
-
-
-def autocast(
-    device: torch.device | str, amp: str = "none", cache_enabled: bool = True
-) -> contextlib.AbstractContextManager:
-    """The autocast context for ``amp`` in ``AMP_MODES`` on ``device`` (CPU or CUDA).
-
-    ``cache_enabled=False`` for a CUDA graph capture: autocast's cache of casted weights would
-    outlive the capture. (Each weight is cast once per pass here, so the cache saves nothing.)
-    """
-    if amp not in AMP_MODES:
-        raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(
-        torch.device(device).type, dtype=torch.bfloat16, cache_enabled=cache_enabled
-    )
-
-
-def to_channels_last(module_or_tensor: nn.Module | Tensor) -> nn.Module | Tensor:
-    """Convert a model (its 4-D parameters) or an image batch to NHWC memory format.
-
-    Only the layout changes: every reshape in densflow is logical, so results are identical up
-    to the summation order of the convolution kernels.
-    """
-    if isinstance(module_or_tensor, Tensor):
-        return module_or_tensor.contiguous(memory_format=torch.channels_last)
-    return module_or_tensor.to(memory_format=torch.channels_last)
-
-
-def _compile_with_fallback(
-    owner: object, name: str, on_fallback: Callable[[], None] | None = None, **compile_kwargs
-) -> bool:
-    """Replace the method ``owner.<name>`` by a compiled version that falls back to eager on
-    failure (after calling ``on_fallback``); ``False`` if it already was compiled.
-
-    The compiled method is bound on the instance (rather than wrapping the module), so state-dict
-    keys do not change and checkpoints move freely between compiled and eager models; being a
-    bound method, it follows the model through ``copy.deepcopy``.
-    """
-    if getattr(getattr(owner, name), "densflow_compiled", False):
-        return False
-    eager = getattr(type(owner), name)
-    compiled = torch.compile(eager, **compile_kwargs)
-    failed = False
-
-    @functools.wraps(eager)
-    def method(self, *args, **kwargs):
-        nonlocal failed
-        if not failed:
-            try:
-                return compiled(self, *args, **kwargs)
-            except Exception as err:  # no C++ compiler, unsupported GPU, a dynamo gap, …
-                failed = True
-                if on_fallback is not None:
-                    on_fallback()
-                warnings.warn(
-                    f"torch.compile failed ({err.__class__.__name__}: {err}); running "
-                    f"{type(self).__name__}.{name} eagerly",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-        return eager(self, *args, **kwargs)
-
-    method.densflow_compiled = True
-    setattr(owner, name, types.MethodType(method, owner))
-    return True
-
-
-COMPILED_METHODS = ("_log_prob_terms", "_sample_continuous")
-"""The :class:`~densflow.model.DenseFlow` methods :func:`compile_model` compiles: every
-likelihood (``log_prob``, ``iw_log_prob``, training) goes through the first, sampling through the
-second. Both take their noise already drawn (``DenseFlow.draw_noise``), so each is one graph."""
-
-
-def compile_model(model: DenseFlow, **compile_kwargs) -> list[str]:
-    """``torch.compile`` the whole flow in place: its log-density and its sampler.
-
-    Each is compiled as one graph: the noise is drawn beforehand, eagerly, on the caller's
-    generator (``DenseFlow.draw_noise``), so inductor fuses the element-wise work of the
-    couplings, ActNorms, attention and log-det sums, forward and backward, across the whole
-    flow. Shapes are static (one graph per batch size; dynamic shapes trip inductor on the
-    channel arithmetic of the dense blocks). If compilation fails on this platform, a warning
-    is issued and the method runs eagerly. Returns the names of the methods compiled now (empty
-    when already compiled).
-
-    Compilation takes minutes on a CPU and is paid again for each new batch size: worth it for
-    training runs and long evaluations, not for a quick look. A compiled model cannot be pickled
-    whole; save its ``state_dict``.
-    """
-    if not isinstance(model, DenseFlow):
-        raise TypeError(f"compile_model expects a DenseFlow, got {type(model).__name__}")
-    compile_kwargs.setdefault("dynamic", False)
-    # One graph per batch size and mode (train/eval, grad/no-grad), each a cache entry.
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    return [
-        name for name in COMPILED_METHODS if _compile_with_fallback(model, name, **compile_kwargs)
-    ]
-
-
-def prepare_model(
-    model: DenseFlow, channels_last: bool = False, compile: bool = False
-) -> DenseFlow:
-    """``model`` with the ``channels_last`` and ``compile`` switches applied, in place: for a
-    loaded model that is to evaluate or sample as fast as the Trainer leaves a trained one."""
-    if channels_last:
-        model = to_channels_last(model)
-    if compile:
-        compile_model(model)
-    return model
-
-
-def run_eagerly() -> contextlib.AbstractContextManager:
-    """A context in which compiled functions run their eager code instead of compiling.
-
-    For a shape met once, such as the last, smaller batch of an evaluation, where a compilation
-    (minutes) costs more than the eager pass it replaces. ``torch.compiler.set_stance`` needs
-    torch 2.6; on older versions this is a no-op and such shapes compile as usual.
-    """
-    set_stance = getattr(torch.compiler, "set_stance", None)
-    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
 def compile_optimizer(optimizer: torch.optim.Optimizer, **compile_kwargs) -> bool:
