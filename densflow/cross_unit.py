@@ -84,7 +84,10 @@ class CrossUnitCoupling(FlowStep):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """``context``: the earlier representations ``g_i`` reads; ``noise[""]``: ``e``."""
         if context is None:
-            raise ValueError("a cross-unit coupling needs its conditioning input as context")
+            raise ValueError(
+                "CrossUnitCoupling.flow_forward needs context: the earlier representations g_i "
+                "reads, concatenated by channel (InvertibleDenseBlock passes them)"
+            )
         e = noise[""]
         mu, log_sigma = self.noise_params(context)
         e_hat = mu + torch.exp(log_sigma) * e  # eq. 6

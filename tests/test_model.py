@@ -8,7 +8,7 @@ import pytest
 import torch
 from utils import init_actnorms, perturb
 
-from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
+from densflow import PRESETS, DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
 
 PAPER_PARAMS = 130_647_294
 
@@ -352,8 +352,40 @@ def test_config_presets_and_dict_round_trip():
         cfg = DenseFlowConfig.preset(name)
         assert DenseFlowConfig.from_dict(cfg.to_dict()) == cfg
     assert DenseFlowConfig.preset("paper", 64).image_size == 64
+    assert DenseFlowConfig.preset("tiny", 32) == DenseFlowConfig.tiny(32)
+    assert PRESETS == ("paper", "small", "tiny")
     with pytest.raises(ValueError, match="unknown preset"):
         DenseFlowConfig.preset("huge")
+
+
+def test_the_flow_is_its_named_steps_in_a_loop():
+    model = tiny_model()
+    names = [name for name, _ in model.named_steps()]
+    assert names == [
+        "dequantization",
+        "squeeze",
+        "block0",
+        "transition0",
+        "block1",
+        "transition1",
+        "block2",
+        "prior",
+    ]
+    # the stages' shapes follow from the steps' output shapes, as the pass makes them
+    v, _ = model.dequantization(images(2).float(), torch.Generator().manual_seed(0))
+    latents = model.encode(v, torch.Generator().manual_seed(1))
+    stages = dict(model.stage_shapes(2))
+    assert [tuple(t.shape) for t in latents] == [
+        stages["transition0"],
+        stages["transition1"],
+        stages["block2"],
+    ]
+    # a step's terms are named after it: every term of the bound belongs to exactly one step
+    with torch.no_grad(), fixed_noise(0.1):
+        terms = model.log_prob_terms(images(2))
+    owners = [[name for name in names if t == name or t.startswith(name + ".")] for t in terms]
+    assert all(len(o) == 1 for o in owners)
+    assert {o[0] for o in owners} == set(names) - {"squeeze"}  # a reshape adds no term
 
 
 def test_a_checkpoint_written_by_the_first_release_loads_with_its_numbers():
