@@ -165,7 +165,7 @@ class DenseFlow(nn.Module):
             return {
                 site: shape
                 for name, step, _, out_shape in reversed(stages)
-                for site, shape in nested(name, step.noise_shapes(out_shape, True)).items()
+                for site, shape in nested(name, step.noise_shapes(out_shape, sampling=True)).items()
             }
         return {
             site: shape
