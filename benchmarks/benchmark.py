@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
-from densflow.performance import autocast, compile_model, to_channels_last
+from densflow.performance import autocast, compile_model, compose_coupling_nets, to_channels_last
 from densflow.training.optim import compile_optimizer
 from densflow.training.step import GraphedTrainingStep, forward_backward
 
@@ -144,6 +144,7 @@ def build(setup: Setup, variant: str, device: torch.device, seed: int = 0):
     )
     with torch.no_grad():
         model.train()(x, generator=g)  # data-dependent ActNorm init, as the first training step
+    compose_coupling_nets(model)  # every variant runs the composed 1×1 convolutions
     if "channels_last" in variant:
         model, x = to_channels_last(model), to_channels_last(x)
     if "compile" in variant:

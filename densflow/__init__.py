@@ -3,8 +3,10 @@ NeurIPS 2021, arXiv:2106.04627) from first principles.
 
 Layout (one paper part per module): :mod:`~densflow.dequantization`, :mod:`~densflow.glow`
 (ActNorm, 1×1 conv, glow-like module), :mod:`~densflow.coupling`, :mod:`~densflow.dense_block`,
-:mod:`~densflow.attention`, :mod:`~densflow.cross_unit`, :mod:`~densflow.multiscale`,
-:mod:`~densflow.prior`, :mod:`~densflow.model`, :mod:`~densflow.bounds`, :mod:`~densflow.official`,
+:mod:`~densflow.attention`, :mod:`~densflow.cross_unit`, :mod:`~densflow.invertible_dense_block`,
+:mod:`~densflow.multiscale`, :mod:`~densflow.prior`, :mod:`~densflow.base` (the contract of every
+step), :mod:`~densflow.config`, :mod:`~densflow.model`, :mod:`~densflow.bounds`; speed as
+transforms of a built model in :mod:`~densflow.performance`; :mod:`~densflow.official`,
 :mod:`~densflow.data`, :mod:`~densflow.training`, :mod:`~densflow.evaluate`, :mod:`~densflow.cli`.
 
 The training loop and the evaluation are ``densflow.training.train`` and

@@ -28,17 +28,20 @@ import torch
 from torch import Tensor, nn
 
 from .base import full_precision, ldj_dtype
+from .config import PAPER
 
-__all__ = ["NystromAttention", "iterative_pinv"]
+__all__ = ["NystromAttention", "iterative_pinv", "broadcast_matmul"]
 
 
-def _broadcast_matmul(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b`` as a broadcast product and a sum: for m×m matrices with small m, inductor fuses
-    this with its neighbours, where each ``@`` would be a separate tiny batched-GEMM call."""
+def broadcast_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` written as a broadcast product and a sum (the same numbers up to the order of
+    summation)."""
     return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(dim=-2)
 
 
-def iterative_pinv(k2: Tensor, iterations: int = 6, fused: bool | None = None) -> Tensor:
+def iterative_pinv(
+    k2: Tensor, iterations: int = PAPER.pinv_iterations, fused: bool = False
+) -> Tensor:
     """Approximate Moore–Penrose pseudo-inverse of a batch of square matrices ``(B, m, m)``.
 
     Start from :math:`V_0 = K^\\top / (\\max_j \\sum_i |K_{ij}| \\cdot \\max_i \\sum_j |K_{ij}|)`
@@ -46,13 +49,11 @@ def iterative_pinv(k2: Tensor, iterations: int = 6, fused: bool | None = None) -
     :math:`P = K V`. The maxima are taken per matrix, so every example of a batch is independent
     of the others (this reproduces the official fixtures exactly; batch-wide maxima do not).
 
-    ``fused`` writes the m×m products as broadcast sums (the same numbers up to summation order),
-    which a compiler fuses into a few kernels; by default it does so only under ``torch.compile``
-    (eagerly, ``@`` is faster).
+    ``fused`` writes the m×m products as broadcast sums (:func:`broadcast_matmul`), which a
+    compiler fuses into a few kernels where each ``@`` would be a tiny batched matrix product
+    (:func:`densflow.performance.compile_model` uses it; eagerly, ``@`` is faster).
     """
-    if fused is None:
-        fused = torch.compiler.is_compiling()
-    mm = _broadcast_matmul if fused else torch.matmul
+    mm = broadcast_matmul if fused else torch.matmul
     eye = torch.eye(k2.shape[-1], dtype=k2.dtype, device=k2.device)
     abs_k2 = k2.abs()
     scale = abs_k2.sum(dim=-2).amax(dim=-1) * abs_k2.sum(dim=-1).amax(dim=-1)  # (B,)
@@ -74,7 +75,11 @@ class NystromAttention(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, embed_dim: int, num_landmarks: int = 4, pinv_iterations: int = 6
+        self,
+        in_channels: int,
+        embed_dim: int,
+        num_landmarks: int = PAPER.num_landmarks,
+        pinv_iterations: int = PAPER.pinv_iterations,
     ) -> None:
         super().__init__()
         self.embed_dim, self.num_landmarks = embed_dim, num_landmarks
@@ -83,12 +88,16 @@ class NystromAttention(nn.Module):
         self.out = nn.Conv2d(embed_dim, in_channels, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(B, in_channels, H, W) → (B, in_channels, H, W)``: project, then attend."""
         return self.attend(self.qkv(x))
 
+    def pseudo_inverse(self, k2: Tensor) -> Tensor:
+        """:math:`K_2^{+}` of the landmark kernel ``(B, m, m)`` by :func:`iterative_pinv`."""
+        return iterative_pinv(k2, self.pinv_iterations)
+
     def attend(self, qkv: Tensor) -> Tensor:
-        """The attention given the projection ``qkv = self.qkv(x)`` ``(B, 3E, H, W)``; returns
-        ``(B, in_channels, H, W)``. A caller that computes ``qkv`` together with other 1×1
-        convolutions of ``x`` (see :class:`~densflow.coupling.CouplingNet`) passes it here."""
+        """The attention of the projected tokens ``qkv = self.qkv(x)`` ``(B, 3E, H, W)``;
+        returns ``(B, in_channels, H, W)``."""
         b, _, h, w = qkv.shape
         n, m, e = h * w, self.num_landmarks, self.embed_dim
         if n % m:
@@ -102,6 +111,6 @@ class NystromAttention(nn.Module):
         # The pseudo-inverse iteration amplifies rounding (a cubic polynomial, six times), so it
         # runs in float32 or wider even under bf16 autocast; on m×m matrices this costs nothing.
         with full_precision(k2):
-            k2_pinv = iterative_pinv(k2.to(ldj_dtype(k2)), self.pinv_iterations)
+            k2_pinv = self.pseudo_inverse(k2.to(ldj_dtype(k2)))
         out = (k1 @ k2_pinv.to(k1.dtype)) @ (k3 @ v) + v  # (B, n, E)
         return self.out(out.reshape(b, e, h, w))  # memory-order back to a map

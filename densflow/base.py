@@ -1,26 +1,45 @@
-"""The contract every invertible step of densflow follows, and the squeeze.
+"""The contract every step of densflow follows, and the squeeze.
 
 Direction, stated once: ``forward`` maps **data to latent** (x → z) and returns the output together
 with the log-determinant of its Jacobian, one value per example; ``inverse`` maps latent to data.
-With z = f(x), the change of variables (eq. 2 of the paper) gives
+With z = f(x), the change of variables (eq. 2, Sec. 1) gives
 
 .. math:: \\ln p(x) = \\ln p(z) + \\ln \\left|\\det \\frac{\\partial f(x)}{\\partial x}\\right|,
 
 so a flow's log-likelihood is the prior's log-density plus the sum of the forward log-dets.
 Log-dets are returned in float32 or wider, whatever the activations' dtype, so that mixed
 precision never rounds the likelihood.
+
+Not every step of DenseFlow is a bijection: dequantization and the cross-unit couplings add noise,
+a transition factors out half of the state, the prior ends the flow. Each still contributes named
+terms to the likelihood bound, and each is a :class:`FlowStep`:
+
+* ``flow_forward(x, noise, context) → (z, terms)``: ``noise`` holds the step's standard-normal
+  draws and ``terms`` its contributions to ``ln p(x)``, one ``(B,)`` tensor per name;
+* ``flow_inverse(z, noise, temperature) → x``: ``noise`` holds the draws sampling needs;
+* ``noise_shapes(shape, sampling)`` and ``output_shape(shape)``: what it draws and what it makes,
+  without running a network.
+
+Names are relative to the step (``""`` is the step itself); the composite name of a draw or term,
+such as ``block0.cross_unit1``, is made by :func:`site` alone. Every :class:`Bijection` is a
+:class:`FlowStep` with one term, its log-det, and no draws.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "FlowStep",
     "Bijection",
+    "site",
+    "nested",
+    "within",
     "Squeeze",
     "squeeze",
     "unsqueeze",
@@ -30,6 +49,9 @@ __all__ = [
 ]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+Shape = tuple[int, ...]
+NO_NOISE: Mapping[str, Tensor] = {}
 
 
 def ldj_dtype(x: Tensor) -> torch.dtype:
@@ -55,7 +77,56 @@ def full_precision(x: Tensor) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-class Bijection(nn.Module):
+def site(step: str, key: str) -> str:
+    """The name of a draw or a term: ``key`` within ``step`` (``""`` names the step itself)."""
+    return f"{step}.{key}" if key else step
+
+
+def nested(step: str, named: Mapping[str, object]) -> dict:
+    """``named`` (keys relative to ``step``) with the keys made absolute by :func:`site`."""
+    return {site(step, key): value for key, value in named.items()}
+
+
+def within(step: str, named: Mapping[str, object]) -> dict:
+    """The entries of ``named`` that belong to ``step``, with keys relative to it."""
+    prefix = step + "."
+    return {
+        ("" if key == step else key[len(prefix) :]): value
+        for key, value in named.items()
+        if key == step or key.startswith(prefix)
+    }
+
+
+class FlowStep(nn.Module):
+    """One step of the flow (x → z), with its likelihood terms and its draws.
+
+    The defaults describe a step with no draws that keeps the shape; subclasses override what
+    differs.
+    """
+
+    def flow_forward(
+        self, x: Tensor, noise: Mapping[str, Tensor] = NO_NOISE, context: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:  # pragma: no cover - interface
+        """Return ``(z, terms)``: the output and the step's terms of ``ln p(x)``, each ``(B,)``."""
+        raise NotImplementedError
+
+    def flow_inverse(
+        self, z: Tensor, noise: Mapping[str, Tensor] = NO_NOISE, temperature: float = 1.0
+    ) -> Tensor:  # pragma: no cover - interface
+        """Return ``x``; ``noise`` holds the draws of :meth:`noise_shapes` with ``sampling``."""
+        raise NotImplementedError
+
+    def noise_shapes(self, shape: Shape, sampling: bool = False) -> dict[str, Shape]:
+        """The standard-normal draws of :meth:`flow_forward` given its input ``shape``, or with
+        ``sampling`` those of :meth:`flow_inverse` given its input (the forward output) shape."""
+        return {}
+
+    def output_shape(self, shape: Shape) -> Shape:
+        """The shape :meth:`flow_forward` returns for an input of ``shape``."""
+        return tuple(shape)
+
+
+class Bijection(FlowStep):
     """An invertible map with a tractable log-determinant (x → z)."""
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - interface
@@ -65,6 +136,17 @@ class Bijection(nn.Module):
     def inverse(self, z: Tensor) -> Tensor:  # pragma: no cover - interface
         """Return ``x`` with ``forward(x)[0] == z``."""
         raise NotImplementedError
+
+    def flow_forward(
+        self, x: Tensor, noise: Mapping[str, Tensor] = NO_NOISE, context: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        z, ldj = self(x)
+        return z, {"": ldj}
+
+    def flow_inverse(
+        self, z: Tensor, noise: Mapping[str, Tensor] = NO_NOISE, temperature: float = 1.0
+    ) -> Tensor:
+        return self.inverse(z)
 
 
 def squeeze(x: Tensor) -> Tensor:
@@ -100,3 +182,7 @@ class Squeeze(Bijection):
 
     def inverse(self, z: Tensor) -> Tensor:
         return unsqueeze(z)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        b, c, h, w = shape
+        return (b, 4 * c, h // 2, w // 2)

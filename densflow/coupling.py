@@ -1,7 +1,7 @@
-"""Affine coupling (Dinh et al., 2017) with DenseFlow's coupling network (Sec. 3.3, Fig. 2).
+"""Affine coupling (Dinh et al., 2017) with DenseFlow's coupling network (Sec. 2.2, eq. 15, Fig. 2).
 
 The input is split into ``x1`` (the first ⌈C/2⌉ channels) and ``x2`` (the rest). ``x1`` passes
-unchanged and conditions an affine map of ``x2``:
+unchanged and conditions an affine map of ``x2`` (eq. 15):
 
 .. math:: z_2 = t(x_1) + \\exp(\\log s(x_1)) \\odot x_2, \\qquad \\log s = 2\\tanh(\\tfrac{r}{2}),
 
@@ -11,27 +11,21 @@ so the Jacobian is triangular and :math:`\\ln|\\det J| = \\sum \\log s`. Boundin
 checkpoints do.
 
 The coupling network is the paper's fusion of a densely connected block and Nyström
-self-attention: a 1×1 projection to ``mid`` channels, the two branches in parallel, their
-concatenation ``[attention, dense]`` fused by BatchNorm–ReLU–1×1 conv, and a zero-initialised
-1×1 output convolution so that every coupling starts as the identity.
-
-The network's parameters are exactly those of that description (and of the official checkpoints),
-but it runs fewer convolutions: 1×1 convolutions applied one after another with nothing in
-between are one linear map, ``W₂(W₁x + b₁) + b₂ = (W₂W₁)x + (W₂b₁ + b₂)``. So ``x`` is projected
-once to ``[h, qkv(h), conv_in(h)]`` (the input projection with the two 1×1 convolutions that read
-``h`` first: the attention's and the dense block's), and the fusion's 1×1 convolution and the
-output convolution are one. That is 3 convolutions fewer per coupling network, for products of
-small weight matrices; it matters because a small convolution's cost is mostly per call.
+self-attention (Fig. 2): a 1×1 projection of the input to ``mid`` channels ("a low-dimensional
+manifold"), the two branches in parallel on it, their concatenation ``[attention, dense]`` mixed by
+a BatchNorm–ReLU–1×1 conv unit, and a zero-initialised 1×1 output convolution, so that every
+coupling starts as the identity. :func:`densflow.performance.compose_coupling_nets` runs the same
+network with fewer convolutions.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import NystromAttention
 from .base import Bijection, full_precision, ldj_dtype
+from .config import PAPER
 from .dense_block import DenseBlock
 
 __all__ = ["CouplingNet", "AffineCoupling", "affine_scale"]
@@ -53,6 +47,11 @@ def zero_conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
 class CouplingNet(nn.Module):
     """DenseFlow's coupling network: dense block ∥ Nyström attention, fused (Fig. 2).
 
+    .. code-block:: text
+
+        x ─ in_conv ─ h ┬─ attention ─┐
+                        └─ dense ─────┴─ concat ─ mix_norm ─ ReLU ─ mix_conv ─ out_conv ─ (r, t)
+
     Arguments:
         in_channels: channels of the conditioning half.
         out_channels: channels produced (``2·⌊C/2⌋``: interleaved raw scale and shift).
@@ -66,10 +65,10 @@ class CouplingNet(nn.Module):
         in_channels: int,
         out_channels: int,
         mid_channels: int,
-        dense_depth: int = 7,
-        dense_growth: int = 64,
-        num_landmarks: int = 4,
-        pinv_iterations: int = 6,
+        dense_depth: int = PAPER.coupling_dense_depth,
+        dense_growth: int = PAPER.coupling_dense_growth,
+        num_landmarks: int = PAPER.num_landmarks,
+        pinv_iterations: int = PAPER.pinv_iterations,
     ) -> None:
         super().__init__()
         if dense_depth < 1:
@@ -84,29 +83,9 @@ class CouplingNet(nn.Module):
         self.out_conv = zero_conv1x1(mid_channels, out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        mid, e = self.in_conv.out_channels, self.attention.embed_dim
-        h, qkv, first_in = F.conv2d(x, *self._input_projection()).split([mid, 3 * e, mid], dim=1)
-        u = torch.cat(
-            [self.attention.attend(qkv), self.dense(h, first_in)], dim=1
-        )  # attention first
-        return F.conv2d(torch.relu(self.mix_norm(u)), *self._output_projection())
-
-    def _input_projection(self) -> tuple[Tensor, Tensor]:
-        """Weight and bias of ``x ↦ [h, qkv(h), conv_in(h)]`` with ``h = in_conv(x)``."""
-        w_in, b_in = self.in_conv.weight.flatten(1), self.in_conv.bias
-        readers = (self.attention.qkv, self.dense.layers[0].conv_in)  # the 1×1 convs that read h
-        w_h = torch.cat([conv.weight for conv in readers]).flatten(1)
-        b_h = torch.cat([conv.bias for conv in readers])
-        with full_precision(w_in):  # composed once in full precision, cast once by autocast
-            weight = torch.cat([w_in, w_h @ w_in])
-            bias = torch.cat([b_in, w_h @ b_in + b_h])
-        return weight[:, :, None, None], bias
-
-    def _output_projection(self) -> tuple[Tensor, Tensor]:
-        """Weight and bias of ``out_conv ∘ mix_conv`` (``mix_conv`` has no bias)."""
-        with full_precision(self.out_conv.weight):
-            weight = self.out_conv.weight.flatten(1) @ self.mix_conv.weight.flatten(1)
-        return weight[:, :, None, None], self.out_conv.bias
+        h = self.in_conv(x)  # (B, mid, H, W)
+        u = torch.cat([self.attention(h), self.dense(h)], dim=1)  # (B, 2·mid, H, W)
+        return self.out_conv(self.mix_conv(torch.relu(self.mix_norm(u))))
 
 
 class AffineCoupling(Bijection):

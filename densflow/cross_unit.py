@@ -1,4 +1,4 @@
-"""Cross-unit coupling and the invertible dense block (Sec. 3.1–3.2, eqs. 5–9 of the paper).
+"""Cross-unit coupling (Sec. 2.1, eqs. 5–9 of the paper): noise augmentation between two units.
 
 A dense block chains *units*; each unit is a stack of glow-like modules. Between two units the
 state is **augmented** with ``growth_rate`` noise channels whose distribution depends on the
@@ -10,41 +10,38 @@ block's earlier representations (dense connectivity):
 .. math:: z_{aug} = [z,\\; \\sigma \\odot e + \\mu] \\qquad \\text{(eq. 6)}.
 
 Seen as a map of ``(z, e)`` the Jacobian is block lower-triangular with identity and
-``diag(σ)`` on its diagonal (eq. 7), so :math:`\\ln|\\det| = \\sum \\log\\sigma`. The noise is not
-part of the data, so its density enters the Monte-Carlo lower bound of eq. 5 (Appendix D):
+``diag(σ)`` on its diagonal (eq. 7), so :math:`\\ln|\\det| = \\sum \\log\\sigma` (eq. 8). The noise
+is not part of the data, so its density enters the Monte-Carlo lower bound of eq. 5 (proved in
+Appendix D):
 
 .. math:: \\ln p(z) \\ge \\mathbb E_{e}\\left[\\ln p(z_{aug}) + \\sum\\log\\sigma
    - \\ln\\mathcal N(e; 0, I)\\right]
    \\qquad \\text{(eq. 9)}.
 
-The inverse simply drops the appended channels: no conditioning network is evaluated.
-
-Conditioning, as in the official implementation (and its released checkpoints): unit ``i ≥ 1``
-is conditioned on the block input and the outputs of units ``0 … i−2`` — every earlier
-representation except the immediately preceding unit's output, which is the tensor being
-augmented.
+The inverse simply drops the appended channels: no conditioning network is evaluated. The units
+and couplings of one block make an
+:class:`~densflow.invertible_dense_block.InvertibleDenseBlock`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 
-from .base import ldj_dtype, standard_normal_log_prob
+from .base import NO_NOISE, FlowStep, Shape, ldj_dtype, standard_normal_log_prob
 from .coupling import affine_scale, zero_conv1x1
-from .glow import GlowModule
 from .noise import randn
 
-__all__ = ["CrossUnitCoupling", "InvertibleDenseBlock", "standard_normal_log_prob"]
+__all__ = ["CrossUnitCoupling", "standard_normal_log_prob"]
 
 
-class CrossUnitCoupling(nn.Module):
+class CrossUnitCoupling(FlowStep):
     """Noise augmentation between units ``i−1`` and ``i`` (eqs. 6–9).
 
     Arguments:
-        cond_channels: channels of the conditioning input of :math:`g_i`.
+        cond_channels: channels of the conditioning input of :math:`g_i` (the ``context``).
         growth_rate: noise channels appended (10 in DenseFlow-74-10).
 
     :math:`g_i` is a 3×3 conv to ``4·cond_channels``, ReLU, and a zero-initialised 1×1 conv to
@@ -76,100 +73,47 @@ class CrossUnitCoupling(nn.Module):
 
         ``e`` (``(B, growth_rate, H, W)``) is drawn from N(0, I) with ``generator`` unless given.
         """
-        b, _, h, w = z.shape
         if e is None:
-            # Drawn before g runs, matching the official order of random draws.
-            e = randn(
-                (b, self.growth_rate, h, w),
-                generator=generator,
-                dtype=ldj_dtype(z),
-                device=z.device,
-            )
-        mu, log_sigma = self.noise_params(cond)
-        e_hat = mu + torch.exp(log_sigma) * e
-        z_aug = torch.cat([z, e_hat.to(z.dtype)], dim=1)
-        return z_aug, log_sigma.flatten(1).sum(dim=1) - standard_normal_log_prob(e)
+            shape = self.noise_shapes(tuple(z.shape))[""]
+            e = randn(shape, generator=generator, dtype=ldj_dtype(z), device=z.device)
+        z_aug, terms = self.flow_forward(z, {"": e}, cond)
+        return z_aug, terms[""]
 
-
-class InvertibleDenseBlock(nn.Module):
-    """A dense block of ``num_units`` units joined by cross-unit couplings (Fig. 1).
-
-    Unit ``i`` has ``in_channels + i·growth_rate`` channels and ``num_layers`` glow-like
-    modules. The block maps ``(B, C0, H, W)`` to ``(B, C0 + (U−1)·growth_rate, H, W)``.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        num_units: int,
-        num_layers: int,
-        growth_rate: int,
-        mid_channels: int,
-        **module_kwargs,
-    ) -> None:
-        super().__init__()
-        self.in_channels, self.growth_rate = in_channels, growth_rate
-        self.cross_unit = nn.ModuleList(
-            CrossUnitCoupling(self.cond_channels(i), growth_rate) for i in range(1, num_units)
-        )
-        self.units = nn.ModuleList(
-            nn.ModuleList(
-                GlowModule(in_channels + i * growth_rate, mid_channels, **module_kwargs)
-                for _ in range(num_layers)
-            )
-            for i in range(num_units)
-        )
-
-    @property
-    def out_channels(self) -> int:
-        return self.in_channels + (len(self.units) - 1) * self.growth_rate
-
-    def cond_channels(self, i: int) -> int:
-        """Width of ``[x0, out_0, …, out_{i−2}]``, the conditioning input of unit ``i ≥ 1``."""
-        c0, gr = self.in_channels, self.growth_rate
-        return c0 + sum(c0 + j * gr for j in range(i - 1))
-
-    def forward_terms(
-        self,
-        x: Tensor,
-        generator: torch.Generator | None = None,
-        noise: Sequence[Tensor] | None = None,
-    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-        """Return ``(z, unit_ldjs, cross_unit_terms)``: one log-det per unit and one bound
-        term per cross-unit coupling, each of shape ``(B,)``.
-
-        ``noise`` holds the ``e`` of each cross-unit coupling in order (``U − 1`` tensors of
-        ``(B, growth_rate, H, W)``); without it each is drawn with ``generator`` when needed.
-        """
-        if noise is not None and len(noise) != len(self.cross_unit):
+    def flow_forward(
+        self, x: Tensor, noise: Mapping[str, Tensor] = NO_NOISE, context: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``context``: the earlier representations ``g_i`` reads; ``noise[""]``: ``e``."""
+        if context is None:
             raise ValueError(
-                f"expected {len(self.cross_unit)} noise tensors (one per cross-unit "
-                f"coupling), got {len(noise)}"
+                "CrossUnitCoupling.flow_forward needs context: the earlier representations g_i "
+                "reads, concatenated by channel (InvertibleDenseBlock passes them)"
             )
-        earlier = [x]  # x0, out_0, out_1, … : what the conditioning nets may look at
-        unit_ldjs, cross_terms = [], []
-        h = x
-        for i, unit in enumerate(self.units):
-            if i > 0:
-                e = None if noise is None else noise[i - 1]
-                h, term = self.cross_unit[i - 1](h, torch.cat(earlier[:i], dim=1), generator, e)
-                cross_terms.append(term)
-            ldj = h.new_zeros(h.shape[0], dtype=ldj_dtype(h))
-            for module in unit:
-                h, module_ldj = module(h)
-                ldj = ldj + module_ldj
-            unit_ldjs.append(ldj)
-            earlier.append(h)
-        return h, unit_ldjs, cross_terms
+        e = noise[""]
+        mu, log_sigma = self.noise_params(context)
+        e_hat = mu + torch.exp(log_sigma) * e  # eq. 6
+        z_aug = torch.cat([x, e_hat.to(x.dtype)], dim=1)
+        return z_aug, {"": log_sigma.flatten(1).sum(dim=1) - standard_normal_log_prob(e)}
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        z, unit_ldjs, cross_terms = self.forward_terms(x, generator)
-        return z, torch.stack(unit_ldjs + cross_terms).sum(dim=0)
+    def flow_inverse(
+        self, z: Tensor, noise: Mapping[str, Tensor] = NO_NOISE, temperature: float = 1.0
+    ) -> Tensor:
+        return z[:, : -self.growth_rate]  # drop the appended noise channels
 
-    def inverse(self, z: Tensor) -> Tensor:
-        for i in reversed(range(len(self.units))):
-            for module in reversed(self.units[i]):
-                z = module.inverse(z)
-            if i > 0:
-                z = z[:, : -self.growth_rate]  # drop the appended noise channels
-        return z
+    def noise_shapes(self, shape: Shape, sampling: bool = False) -> dict[str, Shape]:
+        if sampling:
+            return {}
+        b, _, h, w = shape
+        return {"": (b, self.growth_rate, h, w)}
+
+    def output_shape(self, shape: Shape) -> Shape:
+        b, c, h, w = shape
+        return (b, c + self.growth_rate, h, w)
+
+
+def __getattr__(name: str) -> object:
+    # InvertibleDenseBlock lived here once; it has its own module now, which imports this one.
+    if name == "InvertibleDenseBlock":
+        from .invertible_dense_block import InvertibleDenseBlock
+
+        return InvertibleDenseBlock
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,8 @@
 """Densely connected convolutional block (Huang et al., 2017), as used inside DenseFlow's
-coupling networks (Fig. 2 of the paper) and in its dequantization flow.
+coupling networks (Fig. 2, Sec. 2.2) and in its dequantization flow.
+
+A plain (not invertible) network. The *invertible* dense block of DenseFlow, a chain of flow units
+joined by cross-unit couplings, is :class:`densflow.invertible_dense_block.InvertibleDenseBlock`.
 
 Layer ``k`` sees the block input concatenated with the outputs of all earlier layers
 (``c_k = c_in + k·growth`` channels) and appends ``growth`` new feature maps:
@@ -28,11 +31,8 @@ class DenseLayer(nn.Module):
         self.conv_in = nn.Conv2d(in_channels, in_channels, kernel_size=1)
         self.conv_out = nn.Conv2d(in_channels, growth, kernel_size=3, padding=1)
 
-    def forward(self, x: Tensor, x_in: Tensor | None = None) -> Tensor:
-        """``x_in``: ``conv_in(x)``, if the caller has computed it already."""
-        if x_in is None:
-            x_in = self.conv_in(x)
-        h = torch.relu(self.conv_out(torch.relu(x_in)))
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.conv_out(torch.relu(self.conv_in(x))))
         return torch.cat([x, h], dim=1)
 
 
@@ -75,11 +75,6 @@ class DenseBlock(nn.Module):
         )
         self.gate = GatedConv1x1(in_channels + depth * growth, out_channels)
 
-    def forward(self, x: Tensor, first_in: Tensor | None = None) -> Tensor:
-        """``first_in``: the first layer's ``conv_in(x)``, if the caller has computed it already
-        (:class:`~densflow.coupling.CouplingNet` does, together with other 1×1 convolutions)."""
-        h = x
-        for k, layer in enumerate(self.layers):
-            h = layer(h, first_in if k == 0 else None)
-        h = self.gate(h)
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.gate(self.layers(x))
         return x + h if self.residual else h

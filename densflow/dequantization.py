@@ -1,4 +1,4 @@
-"""Variational dequantization (Ho et al., 2019, "Flow++", Sec. 3.1), DenseFlow's input layer.
+"""Variational dequantization (Ho et al., 2019, "Flow++", Sec. 3.1 there), DenseFlow's input layer.
 
 A density model of continuous values assigns no probability mass to the integers of an 8-bit
 image. Dequantization adds noise ``u ∈ [0, 1)^D`` and models ``v = (x + u)/256``. For any noise
@@ -19,12 +19,14 @@ conditional flow: a Gaussian ``ε`` at half resolution (12 channels) is pushed t
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ldj_dtype, standard_normal_log_prob, unsqueeze
+from .base import NO_NOISE, FlowStep, Shape, ldj_dtype, standard_normal_log_prob, unsqueeze
+from .config import PAPER
 from .coupling import AffineCoupling, zero_conv1x1
 from .dense_block import DenseBlock
 from .glow import InvertibleConv1x1
@@ -51,8 +53,11 @@ class DequantizationContext(nn.Module):
         return self.dense_out(self.down(self.dense_in(2.0 * x / 255.0 - 1.0)))
 
 
-class VariationalDequantization(nn.Module):
+class VariationalDequantization(FlowStep):
     """``q(u | x)`` as a conditional flow, and the dequantization bound term.
+
+    As the first step of the flow: its term is ``−D ln 256 − ln q(u | x)``, its draw the base
+    noise ``ε``, and its inverse the quantization ``floor(256·v)``.
 
     Arguments:
         num_steps: S, the number of (1×1 conv, conditional coupling) steps (official: 4).
@@ -66,13 +71,13 @@ class VariationalDequantization(nn.Module):
 
     def __init__(
         self,
-        num_steps: int = 4,
-        context_channels: int = 64,
-        mid_channels: int = 64,
-        depth: int = 4,
-        growth: int = 64,
-        context_depth: int = 4,
-        context_growth: int = 16,
+        num_steps: int = PAPER.deq_num_steps,
+        context_channels: int = PAPER.deq_context_channels,
+        mid_channels: int = PAPER.deq_mid_channels,
+        depth: int = PAPER.deq_depth,
+        growth: int = PAPER.deq_growth,
+        context_depth: int = PAPER.deq_context_depth,
+        context_growth: int = PAPER.deq_context_growth,
     ) -> None:
         super().__init__()
         c, half = self.channels, self.channels // 2
@@ -124,19 +129,31 @@ class VariationalDequantization(nn.Module):
         example: what dequantization adds to the log-likelihood bound. The base noise ``eps``
         (``(B, 12, H/2, W/2)``) is drawn from N(0, I) with ``generator`` unless given.
         """
-        b, _, h, w = x.shape
-        context = self.context(x)
         if eps is None:
-            eps = randn(
-                (b, self.channels, h // 2, w // 2),
-                generator=generator,
-                dtype=x.dtype,
-                device=x.device,
-            )
-        u, flow_ldj = self.flow(eps, context)
+            shape = self.noise_shapes(tuple(x.shape))[""]
+            eps = randn(shape, generator=generator, dtype=x.dtype, device=x.device)
+        v, terms = self.flow_forward(x, {"": eps})
+        return v, terms[""]
+
+    def flow_forward(
+        self, x: Tensor, noise: Mapping[str, Tensor] = NO_NOISE, context: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        eps = noise[""]
+        u, flow_ldj = self.flow(eps, self.context(x))
         # ln q(u|x) = ln N(ε; 0, I) − ln|det ∂u/∂ε|  (the base's own scale is inside flow_ldj)
         log_q = standard_normal_log_prob(eps) - flow_ldj
-        return (x + u) / 256.0, -x[0].numel() * LOG_256 - log_q
+        return (x + u) / 256.0, {"": -x[0].numel() * LOG_256 - log_q}
+
+    def flow_inverse(
+        self, z: Tensor, noise: Mapping[str, Tensor] = NO_NOISE, temperature: float = 1.0
+    ) -> Tensor:
+        return self.quantize(z)
+
+    def noise_shapes(self, shape: Shape, sampling: bool = False) -> dict[str, Shape]:
+        if sampling:
+            return {}
+        b, _, h, w = shape
+        return {"": (b, self.channels, h // 2, w // 2)}  # ε lives at the squeezed resolution
 
     @staticmethod
     def quantize(v: Tensor) -> Tensor:

@@ -1,11 +1,13 @@
-"""The glow-like module (Kingma & Dhariwal, 2018), DenseFlow's intra-unit building block (Sec. 3.3):
+"""The glow-like module (Kingma & Dhariwal, 2018), DenseFlow's intra-unit building block (Sec. 2.2):
 
-    ActNorm → invertible 1×1 convolution → affine coupling → swap of the two halves.
+    ActNorm (eq. 14) → invertible 1×1 convolution → affine coupling (eq. 15) → swap of the halves.
 
 Each step is a :class:`~densflow.base.Bijection` (x → z, returning the log-det per example).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,12 @@ from torch import Tensor, nn
 from .base import Bijection, full_precision, ldj_dtype
 from .coupling import AffineCoupling, CouplingNet
 
+CouplingNetFactory = Callable[[int, int], nn.Module]
+"""``factory(in_channels, out_channels)`` → a network from the conditioning half
+``(B, in_channels, H, W)`` to the interleaved raw scales and shifts ``(B, out_channels, H, W)``."""
+
 __all__ = [
+    "CouplingNetFactory",
     "ActNorm",
     "InvertibleConv1x1",
     "LUInvertibleConv1x1",
@@ -24,7 +31,7 @@ __all__ = [
 
 
 class ActNorm(Bijection):
-    """Per-channel affine normalisation with data-dependent initialisation.
+    """Per-channel affine normalisation with data-dependent initialisation (eq. 14).
 
     .. math:: z = (x - \\mu_c)\\, e^{-\\log\\sigma_c}, \\qquad
        \\ln|\\det J| = -H W \\sum_c \\log\\sigma_c.
@@ -176,42 +183,52 @@ class ChannelSwap(Bijection):
 
 
 class GlowModule(Bijection):
-    """ActNorm → 1×1 conv → affine coupling (DenseFlow coupling net) → channel swap.
+    """ActNorm → 1×1 conv → affine coupling → channel swap.
 
     Arguments:
         channels: C of the input ``(B, C, H, W)``.
-        mid_channels, dense_depth, dense_growth, num_landmarks, pinv_iterations: the coupling
-            network, see :class:`~densflow.coupling.CouplingNet`.
+        mid_channels: width of DenseFlow's coupling network
+            (:class:`~densflow.coupling.CouplingNet`), built with ``coupling_net_options``
+            (``dense_depth``, ``dense_growth``, ``num_landmarks``, ``pinv_iterations``).
+        coupling_net: instead of ``mid_channels``, a :data:`CouplingNetFactory` that builds
+            the coupling network from ``(⌈C/2⌉, 2·⌊C/2⌋)`` channels, for another network.
         conv1x1: ``"plain"`` (the paper) or ``"lu"``.
     """
 
     def __init__(
         self,
         channels: int,
-        mid_channels: int,
-        dense_depth: int = 7,
-        dense_growth: int = 64,
-        num_landmarks: int = 4,
-        pinv_iterations: int = 6,
+        mid_channels: int | None = None,
+        *,
+        coupling_net: CouplingNetFactory | None = None,
         conv1x1: str = "plain",
+        **coupling_net_options: int,
     ) -> None:
         super().__init__()
         if conv1x1 not in ("plain", "lu"):
             raise ValueError(f"conv1x1 must be 'plain' or 'lu', got {conv1x1!r}")
+        if (mid_channels is None) == (coupling_net is None):
+            raise ValueError(
+                "GlowModule needs either mid_channels (DenseFlow's coupling network) or a "
+                "coupling_net factory, not both and not neither"
+            )
+        if coupling_net is None:
+
+            def coupling_net(in_channels: int, out_channels: int) -> nn.Module:
+                return CouplingNet(in_channels, out_channels, mid_channels, **coupling_net_options)
+
+        elif coupling_net_options:
+            raise ValueError(
+                f"options {sorted(coupling_net_options)} are for the default coupling network; "
+                "a coupling_net factory takes its own"
+            )
         self.actnorm = ActNorm(channels)
         self.conv1x1 = (
             InvertibleConv1x1(channels) if conv1x1 == "plain" else LUInvertibleConv1x1(channels)
         )
-        net = CouplingNet(
-            (channels + 1) // 2,
-            2 * (channels // 2),
-            mid_channels,
-            dense_depth,
-            dense_growth,
-            num_landmarks,
-            pinv_iterations,
+        self.coupling = AffineCoupling(
+            channels, coupling_net((channels + 1) // 2, 2 * (channels // 2))
         )
-        self.coupling = AffineCoupling(channels, net)
         self.swap = ChannelSwap()
 
     def steps(self) -> tuple[Bijection, ...]:

@@ -1,17 +1,20 @@
 """DenseFlow, assembled from a configuration (Grcić, Grubišić & Šegvić, NeurIPS 2021).
 
-Read top to bottom, the log-likelihood of an 8-bit image ``x`` of shape ``(B, 3, H, W)``:
+Read top to bottom, the log-likelihood of an 8-bit image ``x`` of shape ``(B, 3, H, W)`` is a
+chain of steps (:class:`~densflow.base.FlowStep`), each adding its terms to the bound:
 
-1. variational dequantization: ``v = (x + u)/256`` with ``u ~ q(u | x)``; bound term
+1. variational dequantization: ``v = (x + u)/256`` with ``u ~ q(u | x)``; term
    ``−D ln 256 − ln q(u | x)`` (:mod:`densflow.dequantization`);
-2. shift by −0.5 and squeeze 2×2 → ``(B, 12, H/2, W/2)`` (log-det 0);
-3. for each dense block ``b``: the block (glow-like modules, and cross-unit couplings that append
-   ``growth_rate`` noise channels, eq. 6–9), then — except after the last block — a transition that
-   squeezes and factors out half of the channels under N(0, I) (:mod:`densflow.multiscale`);
+2. shift by −0.5 and squeeze 2×2 → ``(B, 12, H/2, W/2)`` (log-det 0, no term);
+3. for each dense block ``b``: the block (units of glow-like modules, and cross-unit couplings
+   that append ``growth_rate`` noise channels, eqs. 6–9, Sec. 2.1;
+   :mod:`densflow.invertible_dense_block`), then — except after the last block — a transition
+   that squeezes and factors out half of the channels under N(0, I) (:mod:`densflow.multiscale`);
 4. the learned per-channel Gaussian prior on what is left (:mod:`densflow.prior`).
 
-``log_prob`` is the single-sample lower bound (eq. 5 with one noise draw per coupling plus the
-dequantization bound); ``iw_log_prob`` the importance-weighted bound with ``k`` samples.
+``log_prob`` is the single-sample lower bound (eq. 9 for every coupling, with one noise draw
+each, plus the dequantization bound); ``iw_log_prob`` the importance-weighted bound with ``k``
+samples. Sampling runs the same chain backwards.
 
 DenseFlow-74-10 (:meth:`DenseFlowConfig.paper`): blocks of ``(6, 4, 1)`` units with
 ``(5, 6, 20)`` glow-like modules each (6·5 + 4·6 + 20 = 74), growth rate 10 — 130,647,294
@@ -20,156 +23,35 @@ parameters at 32×32 and at 64×64.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import math
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from .base import squeeze, unsqueeze
-from .cross_unit import InvertibleDenseBlock
+from .base import FlowStep, nested, within
+from .config import PRESETS, DenseFlowConfig
+from .coupling import CouplingNet
 from .dequantization import VariationalDequantization
-from .multiscale import Transition
-from .noise import randn
+from .glow import CouplingNetFactory
+from .invertible_dense_block import InvertibleDenseBlock
+from .multiscale import CentredSqueeze, Transition
+from .noise import draw
 from .prior import LearnedGaussianPrior
 
-__all__ = ["DenseFlowConfig", "DenseFlow", "PRESETS"]
+__all__ = ["DenseFlowConfig", "DenseFlow", "PRESETS", "coupling_net_factory"]
 
 
-@dataclass(frozen=True)
-class DenseFlowConfig:
-    """Architecture of a DenseFlow. Defaults are DenseFlow-74-10 at 32×32 (the paper)."""
-
-    image_size: int = 32
-    """Height = width of the input images (32 for CIFAR-10/ImageNet32, 64 for ImageNet64/CelebA)."""
-    block_config: tuple[int, ...] = (6, 4, 1)
-    """Units per dense block."""
-    layers_config: tuple[int, ...] = (5, 6, 20)
-    """Glow-like modules per unit, per block."""
-    mid_channels: tuple[int, ...] = (48, 48, 48)
-    """Width of the coupling networks' branches, per block."""
-    growth_rate: int = 10
-    """Noise channels appended by each cross-unit coupling."""
-    coupling_dense_depth: int = 7
-    coupling_dense_growth: int = 64
-    num_landmarks: int = 4
-    """Landmarks of the Nyström attention."""
-    pinv_iterations: int = 6
-    conv1x1: str = "plain"
-    """``"plain"`` (the paper) or ``"lu"`` (LU-parameterised)."""
-    deq_num_steps: int = 4
-    deq_context_channels: int = 64
-    deq_mid_channels: int = 64
-    deq_depth: int = 4
-    deq_growth: int = 64
-    deq_context_depth: int = 4
-    deq_context_growth: int = 16
-    num_bits: int = field(default=8)
-
-    def __post_init__(self) -> None:
-        # Lists from JSON or argparse become tuples, so configs compare and hash by value.
-        for name in ("block_config", "layers_config", "mid_channels"):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
-        n = len(self.block_config)
-        if not (len(self.layers_config) == len(self.mid_channels) == n) or n == 0:
-            raise ValueError(
-                "block_config, layers_config and mid_channels need one entry per dense block, got "
-                f"{self.block_config}, {self.layers_config}, {self.mid_channels}"
-            )
-        if self.num_bits != 8:
-            raise ValueError(f"only 8-bit images are supported, got num_bits={self.num_bits}")
-        if self.conv1x1 not in ("plain", "lu"):
-            raise ValueError(f"conv1x1 must be 'plain' or 'lu', got {self.conv1x1!r}")
-        if self.image_size % 2**n:
-            raise ValueError(
-                f"image_size {self.image_size} cannot be squeezed {n} times (one initial squeeze "
-                "and "
-                f"{n - 1} transitions): it must be divisible by {2**n}"
-            )
-        for b in range(n):
-            side = self.image_size // 2 ** (b + 1)
-            if (side * side) % self.num_landmarks:
-                raise ValueError(
-                    f"dense block {b} works at {side}×{side}, whose {side * side} positions "
-                    "cannot be "
-                    f"split into {self.num_landmarks} Nyström landmarks; use a larger image_size, "
-                    "fewer "
-                    "blocks or another num_landmarks"
-                )
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (3, self.image_size, self.image_size)
-
-    @classmethod
-    def paper(cls, image_size: int = 32, **overrides) -> DenseFlowConfig:
-        """DenseFlow-74-10, the configuration of every result in the paper."""
-        return cls(image_size=image_size, **overrides)
-
-    @classmethod
-    def small(cls, image_size: int = 32, **overrides) -> DenseFlowConfig:
-        """A CPU-trainable DenseFlow with every component of the paper's (486,056 parameters)."""
-        return cls(image_size=image_size, **{**_SMALL, **overrides})
-
-    @classmethod
-    def tiny(cls, image_size: int = 16, **overrides) -> DenseFlowConfig:
-        """The smallest DenseFlow with every component, for tests (16×16 images)."""
-        return cls(image_size=image_size, **{**_TINY, **overrides})
-
-    @classmethod
-    def preset(cls, name: str, image_size: int | None = None) -> DenseFlowConfig:
-        """A named preset (see :data:`PRESETS`), optionally at another image size."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        factory = getattr(cls, PRESETS[name])
-        return factory() if image_size is None else factory(image_size)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DenseFlowConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown DenseFlowConfig fields {sorted(unknown)}")
-        return cls(**d)
-
-
-_SMALL = dict(
-    block_config=(2, 2, 1),
-    layers_config=(2, 2, 4),
-    mid_channels=(24, 24, 24),
-    growth_rate=4,
-    coupling_dense_depth=3,
-    coupling_dense_growth=16,
-    deq_num_steps=2,
-    deq_context_channels=16,
-    deq_mid_channels=16,
-    deq_depth=2,
-    deq_growth=16,
-    deq_context_depth=2,
-    deq_context_growth=8,
-)
-_TINY = dict(
-    block_config=(2, 2, 1),
-    layers_config=(1, 1, 2),
-    mid_channels=(8, 8, 8),
-    growth_rate=2,
-    coupling_dense_depth=2,
-    coupling_dense_growth=4,
-    deq_num_steps=1,
-    deq_context_channels=4,
-    deq_mid_channels=4,
-    deq_depth=1,
-    deq_growth=4,
-    deq_context_depth=1,
-    deq_context_growth=4,
-)
-
-PRESETS = {"paper": "paper", "small": "small", "tiny": "tiny"}
-"""Preset name → :class:`DenseFlowConfig` factory method."""
+def coupling_net_factory(config: DenseFlowConfig, block: int) -> CouplingNetFactory:
+    """The coupling networks of dense block ``block``: DenseFlow's (Fig. 2, Sec. 2.2)."""
+    return functools.partial(
+        CouplingNet,
+        mid_channels=config.mid_channels[block],
+        dense_depth=config.coupling_dense_depth,
+        dense_growth=config.coupling_dense_growth,
+        num_landmarks=config.num_landmarks,
+        pinv_iterations=config.pinv_iterations,
+    )
 
 
 class DenseFlow(nn.Module):
@@ -200,9 +82,10 @@ class DenseFlow(nn.Module):
             config.deq_context_depth,
             config.deq_context_growth,
         )
+        self.squeeze = CentredSqueeze()
         blocks, channels, side = [], 12, config.image_size // 2
-        for b, (units, layers, mid) in enumerate(
-            zip(config.block_config, config.layers_config, config.mid_channels, strict=True)
+        for b, (units, layers) in enumerate(
+            zip(config.block_config, config.layers_config, strict=True)
         ):
             if b > 0:  # transition: squeeze (×4 channels) and keep half
                 channels, side = 2 * channels, side // 2
@@ -211,11 +94,7 @@ class DenseFlow(nn.Module):
                 units,
                 layers,
                 config.growth_rate,
-                mid,
-                dense_depth=config.coupling_dense_depth,
-                dense_growth=config.coupling_dense_growth,
-                num_landmarks=config.num_landmarks,
-                pinv_iterations=config.pinv_iterations,
+                coupling_net=coupling_net_factory(config, b),
                 conv1x1=config.conv1x1,
             )
             blocks.append(block)
@@ -224,14 +103,24 @@ class DenseFlow(nn.Module):
         self.transition = Transition()
         self.prior = LearnedGaussianPrior(channels, (side, side))
 
+    def named_steps(self) -> list[tuple[str, FlowStep]]:
+        """The flow's steps in the x → z order, each with the name of its draws and terms.
+
+        ``dequantization``, ``squeeze``, ``block0``, ``transition0``, ``block1``, …, ``prior``:
+        the one place these names are made (a draw or term inside a step is named
+        ``f"{step}.{key}"``, e.g. ``block0.cross_unit1``; see :func:`densflow.base.site`).
+        """
+        steps = [("dequantization", self.dequantization), ("squeeze", self.squeeze)]
+        for b, block in enumerate(self.blocks):
+            if b > 0:
+                steps.append((f"transition{b - 1}", self.transition))
+            steps.append((f"block{b}", block))
+        return [*steps, ("prior", self.prior)]
+
     # ------------------------------------------------------------------ input checks
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return self.config.image_shape
-
-    @property
-    def num_dims(self) -> int:
-        return math.prod(self.image_shape)
 
     def _check_images(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
@@ -267,23 +156,38 @@ class DenseFlow(nn.Module):
         """Shape of every Gaussian draw of one pass, in the order the official code draws them.
 
         Likelihood (the default): ``dequantization`` (the base noise ε of q(u|x)), then
-        ``block{b}.cross_unit{i}`` (the ``e`` of each cross-unit coupling, eq. 8). Sampling
+        ``block{b}.cross_unit{i}`` (the ``e`` of each cross-unit coupling, eq. 6). Sampling
         (``sampling=True``): ``prior``, then ``transition{b}`` from the last transition back to
         the first (the dropped halves). The names match the terms of :meth:`log_prob_terms`.
         """
-        # Every draw has the shape of a stage of the forward pass (or its spatial size).
-        stages = dict(self.stage_shapes(batch_size))
-        if sampling:
-            shapes = {"prior": stages[f"block{len(self.blocks) - 1}"]}
-            for b in reversed(range(1, len(self.blocks))):  # the dropped half = the kept half
-                shapes[f"transition{b - 1}"] = stages[f"transition{b - 1}"]
-            return shapes
-        shapes = {"dequantization": stages["squeeze"]}  # ε lives at the squeezed resolution
-        for b, block in enumerate(self.blocks):
-            side = stages[f"block{b}"][-1]
-            for i in range(1, len(block.units)):
-                shapes[f"block{b}.cross_unit{i}"] = (batch_size, block.growth_rate, side, side)
-        return shapes
+        stages = self._stages(batch_size)
+        if sampling:  # the steps backwards, each given the shape it starts from
+            return {
+                site: shape
+                for name, step, _, out_shape in reversed(stages)
+                for site, shape in nested(name, step.noise_shapes(out_shape, sampling=True)).items()
+            }
+        return {
+            site: shape
+            for name, step, in_shape, _ in stages
+            for site, shape in nested(name, step.noise_shapes(in_shape)).items()
+        }
+
+    def _stages(self, batch_size: int) -> list[tuple[str, FlowStep, tuple, tuple]]:
+        """``(name, step, input shape, output shape)`` of every step, in the x → z order."""
+        shape = (batch_size, *self.image_shape)
+        stages = []
+        for name, step in self.named_steps():
+            out = step.output_shape(shape)
+            stages.append((name, step, shape, out))
+            shape = out
+        return stages
+
+    def stage_shapes(self, batch_size: int = 1) -> list[tuple[str, tuple[int, ...]]]:
+        """Tensor shape after each stage of the forward pass, without running the networks:
+        the input, then every step between dequantization and the prior."""
+        stages = self._stages(batch_size)
+        return [("input", stages[0][2])] + [(name, out) for name, _, _, out in stages[1:-1]]
 
     def draw_noise(
         self,
@@ -300,12 +204,9 @@ class DenseFlow(nn.Module):
         is used (no draw depends on the data), and leaves the pass itself free of random draws:
         one graph for ``torch.compile`` (:func:`densflow.performance.compile_model`).
         """
-        dtype, device = self.prior.loc.dtype, self.prior.loc.device
-        return {
-            name: randn(shape, generator=generator, dtype=dtype, device=device)
-            for name, shape in self.noise_shapes(batch_size, sampling=sampling).items()
-            if name not in skip
-        }
+        shapes = self.noise_shapes(batch_size, sampling=sampling)
+        shapes = {name: shape for name, shape in shapes.items() if name not in skip}
+        return draw(shapes, generator, dtype=self.prior.loc.dtype, device=self.prior.loc.device)
 
     def _check_noise(self, noise: dict[str, Tensor], batch_size: int, sampling: bool) -> None:
         expected = self.noise_shapes(batch_size, sampling=sampling)
@@ -323,30 +224,6 @@ class DenseFlow(nn.Module):
             )
 
     # ------------------------------------------------------------------ likelihood
-    def _flow(
-        self, v: Tensor, noise: dict[str, Tensor], terms: dict[str, Tensor] | None
-    ) -> list[Tensor]:
-        """Dequantized ``v`` → multi-scale latents ``[dropped_0, …, z]``; fills ``terms``."""
-        latents = []
-        h = squeeze(v - 0.5)
-        for b, block in enumerate(self.blocks):
-            if b > 0:
-                h, dropped = self.transition(h)
-                latents.append(dropped)
-                if terms is not None:
-                    terms[f"transition{b - 1}"] = self.transition.log_prob_dropped(dropped)
-            e = [noise[f"block{b}.cross_unit{i}"] for i in range(1, len(block.units))]
-            h, unit_ldjs, cross_terms = block.forward_terms(h, noise=e)
-            if terms is not None:
-                for i, ldj in enumerate(unit_ldjs):
-                    if i > 0:
-                        terms[f"block{b}.cross_unit{i}"] = cross_terms[i - 1]
-                    terms[f"block{b}.unit{i}"] = ldj
-        latents.append(h)
-        if terms is not None:
-            terms["prior"] = self.prior.log_prob(h)
-        return latents
-
     def log_prob_terms(
         self,
         x: Tensor,
@@ -368,14 +245,17 @@ class DenseFlow(nn.Module):
             noise = self.draw_noise(x.shape[0], generator)
         else:
             self._check_noise(noise, x.shape[0], sampling=False)
-        return self._log_prob_terms(x, noise)
+        return self.terms_from_noise(x, noise)
 
-    def _log_prob_terms(self, x: Tensor, noise: dict[str, Tensor]) -> dict[str, Tensor]:
-        """:meth:`log_prob_terms` of checked float images and drawn noise: no random draws, no
-        host reads (what :func:`~densflow.performance.compile_model` compiles)."""
-        v, deq_term = self.dequantization(x, eps=noise["dequantization"])
-        terms = {"dequantization": deq_term}
-        self._flow(v, noise, terms)
+    def terms_from_noise(self, x: Tensor, noise: dict[str, Tensor]) -> dict[str, Tensor]:
+        """:meth:`log_prob_terms` of checked float images and drawn noise: each step's terms,
+        named by :meth:`named_steps`. A pure function (no random draws, no host reads): what
+        :func:`~densflow.performance.compile_model` compiles."""
+        terms = {}
+        h = x
+        for name, step in self.named_steps():
+            h, step_terms = step.flow_forward(h, within(name, noise))
+            terms.update(nested(name, step_terms))
         return terms
 
     def encode(self, v: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
@@ -386,7 +266,15 @@ class DenseFlow(nn.Module):
         Dequantize uint8 images first with
         ``model.dequantization(x.to(model.prior.loc.dtype), generator)[0]``.
         """
-        return self._flow(v, self.draw_noise(v.shape[0], generator, skip=("dequantization",)), None)
+        noise = self.draw_noise(v.shape[0], generator, skip=("dequantization",))
+        latents, h = [], v
+        for name, step in self.named_steps()[1:-1]:  # between dequantization and the prior
+            if isinstance(step, Transition):  # the factored-out half is a latent
+                h, dropped = step(h)
+                latents.append(dropped)
+            else:
+                h, _ = step.flow_forward(h, within(name, noise))
+        return [*latents, h]
 
     def decode(self, latents: list[Tensor]) -> Tensor:
         """Inverse of :meth:`encode`: latents → continuous ``v``
@@ -396,12 +284,12 @@ class DenseFlow(nn.Module):
                 f"expected {len(self.blocks)} latents (the dropped halves and z), got "
                 f"{len(latents)}"
             )
-        h = latents[-1]
-        for b in reversed(range(len(self.blocks))):
-            h = self.blocks[b].inverse(h)
-            if b > 0:
-                h = self.transition.inverse(h, latents[b - 1])
-        return unsqueeze(h) + 0.5
+        h, dropped = latents[-1], list(latents[:-1])
+        for _, step in reversed(self.named_steps()[1:-1]):
+            # a transition takes its dropped half where sampling takes a draw (temperature 1)
+            wanted = step.noise_shapes(tuple(h.shape), sampling=True)
+            h = step.flow_inverse(h, {key: dropped.pop() for key in wanted})
+        return h
 
     def log_prob(
         self,
@@ -471,7 +359,7 @@ class DenseFlow(nn.Module):
         deviations scaled by ``temperature``); the noise channels of the cross-unit couplings are
         simply dropped, and dequantization is undone by ``floor(256·v)``.
         """
-        return VariationalDequantization.quantize(self.sample_continuous(n, temperature, generator))
+        return self.dequantization.flow_inverse(self.sample_continuous(n, temperature, generator))
 
     @torch.no_grad()
     def sample_continuous(
@@ -492,28 +380,15 @@ class DenseFlow(nn.Module):
             noise = self.draw_noise(n, generator, sampling=True)
         else:
             self._check_noise(noise, n, sampling=True)
-        return self._sample_continuous(noise, temperature)
+        return self.sample_from_noise(noise, temperature)
 
-    def _sample_continuous(self, noise: dict[str, Tensor], temperature: float) -> Tensor:
-        """:meth:`sample_continuous` from drawn noise (what ``compile_model`` compiles)."""
-        h = self.prior.sample_from(noise["prior"], temperature)
-        for b in reversed(range(len(self.blocks))):
-            h = self.blocks[b].inverse(h)
-            if b > 0:
-                h = self.transition.inverse(h, temperature * noise[f"transition{b - 1}"])
-        return unsqueeze(h) + 0.5
-
-    def stage_shapes(self, batch_size: int = 1) -> list[tuple[str, tuple[int, ...]]]:
-        """Tensor shape after each stage of the forward pass, without running the networks."""
-        c, s = 12, self.config.image_size // 2
-        shapes = [("input", (batch_size, 3, 2 * s, 2 * s)), ("squeeze", (batch_size, c, s, s))]
-        for b, block in enumerate(self.blocks):
-            if b > 0:
-                c, s = 2 * c, s // 2
-                shapes.append((f"transition{b - 1}", (batch_size, c, s, s)))
-            c = block.out_channels
-            shapes.append((f"block{b}", (batch_size, c, s, s)))
-        return shapes
+    def sample_from_noise(self, noise: dict[str, Tensor], temperature: float = 1.0) -> Tensor:
+        """:meth:`sample_continuous` from drawn noise: the steps' inverses, from the prior back
+        to the squeeze. A pure function, like :meth:`terms_from_noise`."""
+        h = None  # nothing above the prior: it draws z from its noise
+        for name, step in reversed(self.named_steps()[1:]):
+            h = step.flow_inverse(h, within(name, noise), temperature)
+        return h
 
     # ------------------------------------------------------------------ model directories
     @classmethod

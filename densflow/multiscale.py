@@ -1,4 +1,5 @@
-"""Transitions between dense blocks: squeeze, then factor out half of the channels.
+"""The reshapes of the multi-scale architecture (Sec. 2.2): the first squeeze, and the
+transitions between dense blocks, which squeeze and factor out half of the channels.
 
 The multi-scale architecture of RealNVP (Dinh et al., 2017): after a 2×2 squeeze
 ``(C, H, W) → (4C, H/2, W/2)`` the first ``2C`` channels continue through the next block and the
@@ -14,16 +15,43 @@ before un-squeezing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .base import squeeze, standard_normal_log_prob, unsqueeze
+from .base import NO_NOISE, FlowStep, Shape, squeeze, standard_normal_log_prob, unsqueeze
 
-__all__ = ["Transition"]
+__all__ = ["CentredSqueeze", "Transition"]
 
 
-class Transition(nn.Module):
-    """Squeeze ``(B, C, H, W) → (B, 4C, H/2, W/2)``, keep ``[0, 2C)``, score ``[2C, 4C)``."""
+class CentredSqueeze(FlowStep):
+    """``v ∈ [0, 1)`` → ``squeeze(v − ½)``: the flow's first step after dequantization.
+
+    A shift and a permutation: log-det 0, so no term.
+    """
+
+    def flow_forward(
+        self, x: Tensor, noise: Mapping[str, Tensor] = NO_NOISE, context: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        return squeeze(x - 0.5), {}
+
+    def flow_inverse(
+        self, z: Tensor, noise: Mapping[str, Tensor] = NO_NOISE, temperature: float = 1.0
+    ) -> Tensor:
+        return unsqueeze(z) + 0.5
+
+    def output_shape(self, shape: Shape) -> Shape:
+        b, c, h, w = shape
+        return (b, 4 * c, h // 2, w // 2)
+
+
+class Transition(FlowStep):
+    """Squeeze ``(B, C, H, W) → (B, 4C, H/2, W/2)``, keep ``[0, 2C)``, score ``[2C, 4C)``.
+
+    Its term is ``ln N(z_drop; 0, I)``; sampling draws the dropped half (:meth:`noise_shapes`
+    with ``sampling``).
+    """
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(z_keep, z_drop)``."""
@@ -39,3 +67,23 @@ class Transition(nn.Module):
     def inverse(self, z: Tensor, dropped: Tensor) -> Tensor:
         """Put the factored-out half back after the kept one and un-squeeze."""
         return unsqueeze(torch.cat([z, dropped.to(z.dtype)], dim=1))
+
+    def flow_forward(
+        self, x: Tensor, noise: Mapping[str, Tensor] = NO_NOISE, context: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        keep, dropped = self(x)
+        return keep, {"": self.log_prob_dropped(dropped)}
+
+    def flow_inverse(
+        self, z: Tensor, noise: Mapping[str, Tensor] = NO_NOISE, temperature: float = 1.0
+    ) -> Tensor:
+        """``noise[""]``: a standard-normal draw for the dropped half, scaled by ``temperature``
+        (or, with ``temperature = 1``, the dropped half itself)."""
+        return self.inverse(z, temperature * noise[""])
+
+    def noise_shapes(self, shape: Shape, sampling: bool = False) -> dict[str, Shape]:
+        return {"": tuple(shape)} if sampling else {}  # the dropped half is as large as the kept
+
+    def output_shape(self, shape: Shape) -> Shape:
+        b, c, h, w = shape
+        return (b, 2 * c, h // 2, w // 2)

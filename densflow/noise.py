@@ -13,13 +13,13 @@ Two reasons to funnel the draws through one function:
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
-__all__ = ["fixed_noise", "make_generator", "randn"]
+__all__ = ["fixed_noise", "make_generator", "randn", "draw"]
 
 _state = threading.local()
 
@@ -75,3 +75,17 @@ def randn(
         out = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=generator.device)
         return out.to(device)
     return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+
+
+def draw(
+    shapes: Mapping[str, Sequence[int]],
+    generator: torch.Generator | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, Tensor]:
+    """One :func:`randn` draw per entry of ``shapes``, in their order."""
+    return {
+        name: randn(shape, generator=generator, dtype=dtype, device=device)
+        for name, shape in shapes.items()
+    }

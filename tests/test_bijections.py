@@ -13,7 +13,8 @@ from densflow.coupling import AffineCoupling, CouplingNet
 from densflow.cross_unit import CrossUnitCoupling, InvertibleDenseBlock
 from densflow.dequantization import VariationalDequantization
 from densflow.glow import ActNorm, ChannelSwap, GlowModule, InvertibleConv1x1, LUInvertibleConv1x1
-from densflow.multiscale import Transition
+from densflow.multiscale import CentredSqueeze, Transition
+from densflow.noise import draw
 from densflow.prior import LearnedGaussianPrior
 
 pytestmark = pytest.mark.usefixtures("float64")
@@ -117,42 +118,31 @@ def test_affine_coupling_starts_as_identity():
     assert torch.equal(z, x) and torch.all(ldj == 0)
 
 
-def plain_coupling_net(net: CouplingNet, x: torch.Tensor) -> torch.Tensor:
-    """Fig. 2 as drawn: every convolution of ``net`` called on its own."""
+def test_coupling_net_calls_every_layer_as_fig_2_draws_it():
+    # Fig. 2 layer by layer: every layer that holds weights is called, once, in this order.
+    net = perturb(CouplingNet(3, 6, mid_channels=8, dense_depth=2, dense_growth=4), 0.3)
+    calls = []
+    for name, module in net.named_modules():
+        if any(True for _ in module.parameters(recurse=False)):
+            module.register_forward_hook(lambda m, i, o, name=name: calls.append(name))
+    x = torch.randn(2, 3, 8, 8)
+    y = net(x)
+    assert calls == [
+        "in_conv",
+        "attention.qkv",
+        "attention.out",
+        "dense.layers.0.conv_in",
+        "dense.layers.0.conv_out",
+        "dense.layers.1.conv_in",
+        "dense.layers.1.conv_out",
+        "dense.gate.conv",
+        "mix_norm",
+        "mix_conv",
+        "out_conv",
+    ]
     h = net.in_conv(x)
     u = torch.cat([net.attention(h), net.dense.gate(net.dense.layers(h))], dim=1)
-    return net.out_conv(net.mix_conv(torch.relu(net.mix_norm(u))))
-
-
-def test_coupling_net_composed_convolutions_equal_the_plain_network_and_its_gradients():
-    # CouplingNet composes adjacent 1×1 convolutions into fewer calls: the output and every
-    # parameter's gradient must equal those of the network called layer by layer.
-    net = perturb(CouplingNet(3, 6, mid_channels=8, dense_depth=2, dense_growth=4), 0.3)
-    x = torch.randn(2, 3, 8, 8)
-    weights = torch.randn(2, 6, 8, 8)
-    grads = []
-    for forward in (net, lambda t: plain_coupling_net(net, t)):
-        net.zero_grad()
-        y = forward(x)
-        (y * weights).sum().backward()
-        grads.append((y.detach(), [p.grad.clone() for p in net.parameters()]))
-    (y_fused, g_fused), (y_plain, g_plain) = grads
-    assert y_plain.abs().max() > 0.1 and torch.allclose(y_fused, y_plain, rtol=0, atol=1e-12)
-    scale = max(g.abs().max() for g in g_plain)  # some are ~0: a bias followed by a batch norm
-    for (name, _), a, b in zip(net.named_parameters(), g_fused, g_plain, strict=True):
-        assert torch.allclose(a, b, rtol=0, atol=1e-12 * scale), name
-
-
-def test_coupling_net_composes_its_weights_in_float32_under_bf16_autocast():
-    # The products of weight matrices are formed in float32 and cast to bf16 once, by the
-    # convolution; autocast must not round them to bf16 first.
-    net = perturb(CouplingNet(3, 6, mid_channels=8, dense_depth=2, dense_growth=4), 0.3).float()
-    composed = [net._input_projection()[0], net._output_projection()[0]]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        under_autocast = [net._input_projection()[0], net._output_projection()[0]]
-        y = net(torch.randn(2, 3, 8, 8, dtype=torch.float32))
-    assert all(torch.equal(a, b) for a, b in zip(composed, under_autocast, strict=True))
-    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, net.out_conv(net.mix_conv(torch.relu(net.mix_norm(u)))))
 
 
 def test_coupling_net_needs_a_dense_layer():
@@ -185,6 +175,56 @@ def test_glow_module_every_parameter_gets_a_gradient():
         n for n, p in module.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
     ]
     assert not missing, missing
+
+
+def test_glow_module_takes_a_coupling_network_factory():
+    built = []
+
+    def conv_net(in_channels, out_channels):
+        built.append((in_channels, out_channels))
+        return torch.nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+
+    module = perturb(GlowModule(7, coupling_net=conv_net), 0.1)
+    assert built == [(4, 6)] and isinstance(module.coupling.net, torch.nn.Conv2d)
+    x = torch.randn(4, 7, 4, 4)
+    init_actnorms(module, x)
+    check_bijection(module, x[:2])
+    with pytest.raises(ValueError, match="either mid_channels"):
+        GlowModule(6)
+    with pytest.raises(ValueError, match="either mid_channels"):
+        GlowModule(6, 8, coupling_net=conv_net)
+    with pytest.raises(ValueError, match="default coupling network"):
+        GlowModule(6, coupling_net=conv_net, dense_depth=2)
+
+
+def test_module_defaults_are_the_papers_config():
+    # Each default lives in DenseFlowConfig; a module built on its own takes it from there.
+    import inspect
+
+    def defaults(f):
+        return {
+            k: p.default
+            for k, p in inspect.signature(f).parameters.items()
+            if p.default is not p.empty
+        }
+
+    assert defaults(CouplingNet) == {
+        "dense_depth": 7,
+        "dense_growth": 64,
+        "num_landmarks": 4,
+        "pinv_iterations": 6,
+    }
+    assert defaults(NystromAttention) == {"num_landmarks": 4, "pinv_iterations": 6}
+    assert defaults(iterative_pinv) == {"iterations": 6, "fused": False}
+    assert defaults(VariationalDequantization) == {
+        "num_steps": 4,
+        "context_channels": 64,
+        "mid_channels": 64,
+        "depth": 4,
+        "growth": 64,
+        "context_depth": 4,
+        "context_growth": 16,
+    }
 
 
 def test_cross_unit_coupling_jacobian_is_block_triangular_with_det_prod_sigma():
@@ -300,3 +340,68 @@ def test_nystrom_attention_output_shape_and_landmark_check():
     assert attention(torch.randn(2, 8, 4, 4)).shape == (2, 8, 4, 4)
     with pytest.raises(ValueError, match="landmarks"):
         attention(torch.randn(1, 8, 3, 3))
+
+
+def flow_steps():
+    """One small instance of every kind of flow step, with an input and a context."""
+    x6 = torch.randn(3, 6, 4, 4)
+    return {
+        "glow": (perturb(small_glow(6), 0.1), x6, None),
+        "cross_unit": (perturb(CrossUnitCoupling(3, 2), 0.3), x6, torch.randn(3, 3, 4, 4)),
+        "block": (
+            perturb(
+                InvertibleDenseBlock(
+                    6, 3, 1, growth_rate=2, mid_channels=8, dense_depth=1, dense_growth=4
+                ),
+                0.1,
+            ),
+            x6,
+            None,
+        ),
+        "transition": (Transition(), x6, None),
+        "squeeze": (CentredSqueeze(), torch.rand(3, 3, 4, 4), None),
+        "prior": (perturb(LearnedGaussianPrior(6, (4, 4)), 0.3), x6, None),
+        "dequantization": (
+            perturb(VariationalDequantization(1, 4, 4, 1, 4, 1, 4), 0.1),
+            torch.randint(0, 256, (3, 3, 4, 4)).double(),
+            None,
+        ),
+    }
+
+
+@pytest.mark.parametrize("kind", list(flow_steps()))
+def test_every_flow_step_keeps_the_contract(kind):
+    """flow_forward → (z, terms) with the shape output_shape predicts and one (B,) float64 term
+    per name; flow_inverse, given what sampling draws (here: what the forward factored out),
+    gives back x."""
+    step, x, context = flow_steps()[kind]
+    step.eval()
+    noise = draw(step.noise_shapes(tuple(x.shape)), torch.Generator().manual_seed(0))
+    z, terms = step.flow_forward(x, noise, context)
+    assert tuple(z.shape) == step.output_shape(tuple(x.shape))
+    assert all(t.shape == (3,) and t.dtype == torch.float64 for t in terms.values())
+    sampling = step.noise_shapes(tuple(z.shape), sampling=True)
+    if kind == "transition":
+        assert sampling == {"": tuple(z.shape)}
+        assert torch.equal(step.flow_inverse(z, {"": step(x)[1]}), x)
+        assert torch.equal(terms[""], Transition.log_prob_dropped(step(x)[1]))
+    elif kind == "prior":
+        eps = torch.randn(sampling[""])
+        assert torch.allclose(step.flow_inverse(None, {"": eps}), step.sample_from(eps))
+        assert torch.equal(terms[""], step.log_prob(x)) and torch.equal(z, x)
+    elif kind == "dequantization":
+        assert sampling == {} and torch.equal(step.flow_inverse(z), x.to(torch.uint8))
+        assert torch.equal(terms[""], step(x, eps=noise[""])[1])
+    else:
+        assert sampling == {}
+        assert (step.flow_inverse(z) - x).abs().max() < 1e-10
+    if kind == "block":
+        assert list(terms) == ["unit0", "cross_unit1", "unit1", "cross_unit2", "unit2"]
+        assert list(noise) == ["cross_unit1", "cross_unit2"]
+        # forward_terms draws the same noise in the same order from a generator
+        z2, unit_ldjs, cross_terms = step.forward_terms(x, torch.Generator().manual_seed(0))
+        assert torch.equal(z2, z)
+        assert torch.equal(
+            torch.stack(unit_ldjs), torch.stack([terms[f"unit{i}"] for i in (0, 1, 2)])
+        )
+        assert torch.equal(cross_terms[1], terms["cross_unit2"])

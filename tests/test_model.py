@@ -8,7 +8,7 @@ import pytest
 import torch
 from utils import init_actnorms, perturb
 
-from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
+from densflow import PRESETS, DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
 
 PAPER_PARAMS = 130_647_294
 
@@ -352,5 +352,73 @@ def test_config_presets_and_dict_round_trip():
         cfg = DenseFlowConfig.preset(name)
         assert DenseFlowConfig.from_dict(cfg.to_dict()) == cfg
     assert DenseFlowConfig.preset("paper", 64).image_size == 64
+    assert DenseFlowConfig.preset("tiny", 32) == DenseFlowConfig.tiny(32)
+    assert PRESETS == ("paper", "small", "tiny")
     with pytest.raises(ValueError, match="unknown preset"):
         DenseFlowConfig.preset("huge")
+
+
+def test_the_flow_is_its_named_steps_in_a_loop():
+    model = tiny_model()
+    names = [name for name, _ in model.named_steps()]
+    assert names == [
+        "dequantization",
+        "squeeze",
+        "block0",
+        "transition0",
+        "block1",
+        "transition1",
+        "block2",
+        "prior",
+    ]
+    # the stages' shapes follow from the steps' output shapes, as the pass makes them
+    v, _ = model.dequantization(images(2).float(), torch.Generator().manual_seed(0))
+    latents = model.encode(v, torch.Generator().manual_seed(1))
+    stages = dict(model.stage_shapes(2))
+    assert [tuple(t.shape) for t in latents] == [
+        stages["transition0"],
+        stages["transition1"],
+        stages["block2"],
+    ]
+    # a step's terms are named after it: every term of the bound belongs to exactly one step
+    with torch.no_grad(), fixed_noise(0.1):
+        terms = model.log_prob_terms(images(2))
+    owners = [[name for name in names if t == name or t.startswith(name + ".")] for t in terms]
+    assert all(len(o) == 1 for o in owners)
+    assert {o[0] for o in owners} == set(names) - {"squeeze"}  # a reshape adds no term
+
+
+def test_a_checkpoint_written_by_the_first_release_loads_with_its_numbers():
+    """``tests/fixtures/checkpoint_v1_tiny.pt`` was written by ``save_model`` at commit bf0d936
+    (a perturbed tiny model at 32×32, ActNorm initialised on 16 ``photos`` images), with the
+    numbers that code computed stored beside the weights under ``expected``. A model loaded
+    from it must give them again: the state-dict keys, the noise order and every computation
+    of the flow are those of the checkpoints users already have."""
+    from pathlib import Path
+
+    from densflow import load_model
+
+    path = Path(__file__).parent / "fixtures" / "checkpoint_v1_tiny.pt"
+    expected = torch.load(path, weights_only=True)["expected"]
+    model = load_model(path).eval()
+    x = expected["x"]
+
+    def close(a, b):
+        return torch.allclose(a, b, rtol=1e-5, atol=0)
+
+    with torch.no_grad():
+        with fixed_noise(0.0):
+            assert close(model.log_prob(x), expected["log_prob_fixed_noise_0"])
+        assert close(
+            model.log_prob(x, torch.Generator().manual_seed(2)), expected["log_prob_seed_2"]
+        )
+        terms = model.log_prob_terms(x, torch.Generator().manual_seed(3))
+        assert list(terms) == list(expected["log_prob_terms_seed_3"])
+        for name, value in expected["log_prob_terms_seed_3"].items():
+            assert torch.allclose(terms[name], value, rtol=1e-5, atol=1e-3), name
+        iw = model.iw_log_prob(x, 3, 2, torch.Generator().manual_seed(5))
+        assert close(iw, expected["iw_log_prob_k3_chunk2_seed_5"])
+        sample = model.sample(2, 0.8, torch.Generator().manual_seed(4))
+        # pixels equal but where float32 rounding moves a value across a level boundary
+        diff = (sample.int() - expected["sample_seed_4_t08"].int()).abs()
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3

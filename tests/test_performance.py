@@ -1,4 +1,4 @@
-"""Every speed switch keeps the log-likelihood of the plain float32 path (issue: performance).
+"""Every speed transform keeps the log-likelihood of the plain float32 path.
 
 float32 switches: within 1e-5 relative; bf16 autocast: within 0.01 bits/dim, with every log-det,
 prior term and the bound itself still in float32.
@@ -18,17 +18,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from utils import init_actnorms, loss_and_flat_grads, optimizer_parameters, optimizer_steps, perturb
+from utils import init_actnorms, loss_and_flat_grads, perturb
 
 from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
-from densflow.attention import iterative_pinv
+from densflow.attention import NystromAttention, iterative_pinv
+from densflow.coupling import CouplingNet
 from densflow.performance import (
-    GraphedTrainingStep,
+    COMPILED_FUNCTIONS,
+    ComposedCouplingNet,
+    FusedPinvNystromAttention,
     autocast,
     compile_model,
-    compile_optimizer,
-    forward_backward,
-    optimizer_state_dict,
+    compose_coupling_nets,
+    plain_coupling_nets,
+    prepare_model,
     to_channels_last,
 )
 
@@ -114,7 +117,8 @@ def test_compiled_model_keeps_keys_and_numbers(model_and_images):
     model, x = model_and_images
     expected = reference_log_prob(model, x)
     keys = list(model.state_dict())
-    assert compile_model(model, backend="eager") == ["_log_prob_terms", "_sample_continuous"]
+    assert COMPILED_FUNCTIONS == ("terms_from_noise", "sample_from_noise")
+    assert compile_model(model, backend="eager") == list(COMPILED_FUNCTIONS)
     assert compile_model(model, backend="eager") == []  # idempotent
     assert list(model.state_dict()) == keys
     assert torch.allclose(reference_log_prob(model, x), expected, rtol=1e-5, atol=0)
@@ -161,21 +165,22 @@ def test_the_likelihood_and_the_sampler_each_trace_to_one_graph(model_and_images
     model, x = model_and_images
     model.train()
     noise = model.draw_noise(x.shape[0], torch.Generator().manual_seed(0))
-    likelihood = torch._dynamo.explain(model._log_prob_terms)(x.float(), noise)
+    likelihood = torch._dynamo.explain(model.terms_from_noise)(x.float(), noise)
     noise = model.draw_noise(2, torch.Generator().manual_seed(0), sampling=True)
     with torch.no_grad():
-        sampler = torch._dynamo.explain(model._sample_continuous)(noise, 0.7)
+        sampler = torch._dynamo.explain(model.sample_from_noise)(noise, 0.7)
     for report in (likelihood, sampler):
         assert (report.graph_count, report.graph_break_count) == (1, 0), report.break_reasons
 
 
 def test_inductor_compiled_training_step_matches_eager(model_and_images):
     # The real code generator (a C++ compiler on the CPU), forward and backward, on a model small
-    # enough to compile in about a minute: loss and gradients as the eager float32 path's.
+    # enough to compile in about a minute: loss and gradients of the composed and compiled model
+    # (what training runs) as the plain eager float32 path's.
     model, x = model_and_images
     model.train()
     compiled = copy.deepcopy(model)
-    compile_model(compiled)
+    compile_model(compose_coupling_nets(compiled))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a silent fallback to eager must fail here
         got_loss, got_grads = loss_and_flat_grads(compiled, x)
@@ -198,9 +203,12 @@ def test_compile_falls_back_to_eager_when_the_backend_fails(model_and_images):
         raise RuntimeError("no compiler here")
 
     compile_model(model, backend=broken_backend)
-    with pytest.warns(RuntimeWarning, match="running DenseFlow._log_prob_terms eagerly"):
+    assert any(type(m) is FusedPinvNystromAttention for m in model.modules())
+    with pytest.warns(RuntimeWarning, match="running DenseFlow.terms_from_noise eagerly"):
         got = reference_log_prob(model, x)
     assert torch.equal(got, expected)
+    # back to the eager form of the pseudo-inverse, which is faster when not compiled
+    assert not any(type(m) is FusedPinvNystromAttention for m in model.modules())
 
 
 def test_the_pseudo_inverse_iteration_runs_in_float32_under_bf16_autocast(
@@ -221,6 +229,96 @@ def test_the_pseudo_inverse_iteration_runs_in_float32_under_bf16_autocast(
     with torch.no_grad(), fixed_noise(0.3), autocast("cpu", "bf16"):
         model.log_prob(x)
     assert dtypes and set(dtypes) == {(torch.float32, False)}
+
+
+def small_coupling_net():
+    return perturb(CouplingNet(3, 6, mid_channels=8, dense_depth=2, dense_growth=4), 0.3)
+
+
+def test_composed_coupling_net_equals_the_plain_network_and_its_gradients(float64):
+    # The composed 1×1 convolutions: the output and every parameter's gradient equal those of
+    # the network called layer by layer (Fig. 2), in float64.
+    plain = small_coupling_net()
+    composed = compose_coupling_nets(copy.deepcopy(plain))
+    assert type(composed) is ComposedCouplingNet
+    x, weights = torch.randn(2, 3, 8, 8), torch.randn(2, 6, 8, 8)
+    results = []
+    for net in (composed, plain):
+        y = net(x)
+        (y * weights).sum().backward()
+        results.append((y.detach(), [p.grad for p in net.parameters()]))
+    (y_fast, g_fast), (y_plain, g_plain) = results
+    assert y_plain.abs().max() > 0.1 and torch.allclose(y_fast, y_plain, rtol=0, atol=1e-12)
+    scale = max(g.abs().max() for g in g_plain)  # some are ~0: a bias followed by a batch norm
+    for (name, _), a, b in zip(plain.named_parameters(), g_fast, g_plain, strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12 * scale), name
+
+
+def test_composed_coupling_net_composes_its_weights_in_float32_under_bf16_autocast():
+    # The products of weight matrices are formed in float32 and cast to bf16 once, by the
+    # convolution; autocast must not round them to bf16 first.
+    net = compose_coupling_nets(small_coupling_net().float())
+    composed = [net._input_projection()[0], net._output_projection()[0]]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = [net._input_projection()[0], net._output_projection()[0]]
+        y = net(torch.randn(2, 3, 8, 8, dtype=torch.float32))
+    assert all(torch.equal(a, b) for a, b in zip(composed, under_autocast, strict=True))
+    assert y.dtype == torch.bfloat16
+
+
+def test_composing_a_model_keeps_its_parameters_state_dict_and_numbers(model_and_images):
+    model, x = model_and_images
+    expected = reference_log_prob(model, x)
+    # a training step from the same state (BatchNorm statistics included) on each
+    expected_loss, expected_grads = loss_and_flat_grads(copy.deepcopy(model).train(), x)
+    got_loss, got_grads = loss_and_flat_grads(
+        compose_coupling_nets(copy.deepcopy(model)).train(), x
+    )
+    assert torch.allclose(got_loss, expected_loss, rtol=1e-5, atol=0)
+    assert (got_grads - expected_grads).norm() <= 1e-5 * expected_grads.norm()
+
+    params, state = list(model.parameters()), model.state_dict()
+    nets = sum(type(m) is CouplingNet for m in model.modules())
+    assert compose_coupling_nets(model) is model
+    assert sum(type(m) is ComposedCouplingNet for m in model.modules()) == nets > 0
+    assert all(a is b for a, b in zip(model.parameters(), params, strict=True))  # optimizers
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert torch.allclose(reference_log_prob(model, x), expected, rtol=1e-5, atol=0)
+    copied = copy.deepcopy(model)  # follows copies, and loads into a plain model
+    assert all(type(m) is not CouplingNet for m in copied.modules())
+    twin = DenseFlow(model.config).eval()
+    twin.load_state_dict(copied.state_dict())
+    assert torch.equal(reference_log_prob(twin, x), expected)
+    plain_coupling_nets(model)
+    assert sum(type(m) is CouplingNet for m in model.modules()) == nets
+    assert torch.equal(reference_log_prob(model, x), expected)
+
+
+def test_fused_pseudo_inverse_attention_equals_the_plain_one(float64):
+    plain = perturb(NystromAttention(8, 4, num_landmarks=4), 0.3)
+    fused = copy.deepcopy(plain)
+    fused.__class__ = FusedPinvNystromAttention
+    x = torch.randn(2, 8, 4, 4)
+    assert torch.allclose(fused(x), plain(x), rtol=0, atol=1e-12)
+
+
+def test_prepare_model_applies_the_transforms_it_is_asked_for(model_and_images, monkeypatch):
+    model, x = model_and_images
+    expected = reference_log_prob(model, x)
+    compiled = []
+    monkeypatch.setattr("densflow.performance.compile_model", compiled.append)
+    assert prepare_model(model, channels_last=True, compile=True) is model
+    assert compiled == [model]
+    assert any(type(m) is ComposedCouplingNet for m in model.modules())
+    assert all(
+        p.is_contiguous(memory_format=torch.channels_last)
+        for p in model.parameters()
+        if p.dim() == 4
+    )
+    plain = prepare_model(DenseFlow(model.config), compose=False)
+    assert not any(type(m) is ComposedCouplingNet for m in plain.modules())
+    assert torch.allclose(reference_log_prob(model, to_channels_last(x)), expected, rtol=1e-5)
 
 
 def test_benchmark_reports_ratios_against_the_baseline_of_the_same_run(tmp_path):
@@ -360,141 +458,3 @@ def test_gpu_check_stays_within_its_budget(tmp_path):
     assert ran == ["benchmark_paper32"] and len(calls) == 1
     assert re.search(r"== benchmark_paper32 \(limit 6[12]s\) ==", done.stdout)  # 1 s ticks
     assert done.stdout.count("skipped") == 5 and done.returncode == 0
-
-
-# ----------------------------------------------------------------------------- the training step
-
-
-def flat_grads(model):
-    return torch.cat([p.grad.flatten() for p in model.parameters()])
-
-
-def test_forward_backward_is_the_bound_its_gradients_and_their_norm(model_and_images):
-    model, x = model_and_images
-    model.train()
-    loss, grad_norm = forward_backward(
-        model, x, model.draw_noise(4, torch.Generator().manual_seed(3))
-    )
-    grads = flat_grads(model)
-    model.zero_grad(set_to_none=True)
-    expected = bits_per_dim(model.log_prob(x, torch.Generator().manual_seed(3)).mean(), (3, 32, 32))
-    expected.backward()
-    assert torch.equal(loss, expected.detach()) and torch.equal(grads, flat_grads(model))
-    assert torch.allclose(grad_norm, grads.norm(), rtol=1e-5)  # summation order
-    # Clipping scales every gradient so that their norm becomes max_norm.
-    model.zero_grad(set_to_none=True)
-    forward_backward(
-        model,
-        x,
-        model.draw_noise(4, torch.Generator().manual_seed(3)),
-        max_norm=float(grad_norm) / 4,
-    )
-    assert torch.allclose(flat_grads(model), grads / 4, rtol=1e-5, atol=1e-12)
-
-
-def test_graphed_step_without_cuda_runs_the_eager_step_on_its_buffers(model_and_images):
-    # No capture on a CPU: each call is forward_backward on fresh gradients (not added to the
-    # last call's), with the noise passed in.
-    model, x = model_and_images
-    model.train()
-    step = GraphedTrainingStep(model)
-    for seed, images in ((1, x), (2, x.flip(0))):
-        noise = model.draw_noise(4, torch.Generator().manual_seed(seed))
-        loss, grad_norm = step(images, noise)
-        grads = flat_grads(model)
-        model.zero_grad(set_to_none=True)
-        expected = forward_backward(model, images, noise)
-        assert torch.equal(loss, expected[0]) and torch.equal(grad_norm, expected[1])
-        assert torch.equal(grads, flat_grads(model))
-    assert not step.captured
-
-
-def test_graphed_step_explains_what_it_cannot_take(model_and_images):
-    model, x = model_and_images
-    with pytest.raises(ValueError, match="ActNorm is not initialised"):
-        GraphedTrainingStep(DenseFlow(DenseFlowConfig.tiny(image_size=32)))
-    with pytest.raises(TypeError, match="expects a DenseFlow"):
-        GraphedTrainingStep(torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="amp must be one of"):
-        GraphedTrainingStep(model, amp="fp16")
-    step = GraphedTrainingStep(model.train())
-    with pytest.raises(ValueError, match="takes uint8 images"):
-        step(x.float(), model.draw_noise(4))
-    step(x, model.draw_noise(4))
-    with pytest.raises(
-        ValueError, match=r"set up for images \(4, 3, 32, 32\).*build one per batch"
-    ):
-        step(x[:2], model.draw_noise(2))
-
-
-# ----------------------------------------------------------------------------- the optimizer
-
-
-@pytest.mark.parametrize(
-    "name, backend, rtol", [("Adamax", "inductor", 1e-6), ("Adam", "aot_eager", 1e-4)]
-)
-def test_compiled_optimizer_makes_the_eager_update_and_a_schedule_does_not_recompile(
-    name, backend, rtol
-):
-    # Adamax is the Trainer's default, through the real code generator; Adam's multi-tensor path
-    # takes a tensor lr only when capturable, which compile_optimizer must switch on (and off
-    # again in the state dict it saves).
-    from torch._dynamo.testing import CompileCounterWithBackend
-
-    optim = getattr(torch.optim, name)
-    eager_params, compiled_params = optimizer_parameters(), optimizer_parameters()
-    eager = optim(eager_params, lr=1e-3, foreach=True)
-    compiled = optim(compiled_params, lr=1e-3, foreach=True)
-    counter = CompileCounterWithBackend(backend)
-    assert compile_optimizer(compiled, backend=counter)
-    assert not compile_optimizer(compiled, backend=counter)  # idempotent
-    start = [p.detach().clone() for p in eager_params]
-    lrs = [0.0, 1e-3, 5e-4, 2e-4]  # a warm-up and a decay
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # a silent fallback to eager must fail here
-        optimizer_steps(eager, eager_params, lrs, torch.Generator().manual_seed(1))
-        grads = torch.Generator().manual_seed(1)  # the same gradients
-        optimizer_steps(compiled, compiled_params, lrs[:1], grads)
-        first = counter.frame_count
-        optimizer_steps(compiled, compiled_params, lrs[1:], grads)
-    assert first > 0 and counter.frame_count == first  # no recompilation when the lr changes
-    # float64 parameters: what remains is torch's float32 step count, from which a capturable
-    # update computes its bias corrections (eagerly, in Python floats): ~1e-7 relative for
-    # Adamax's 1 − β₁ᵗ, ~1e-5 for Adam's 1 − β₂ᵗ with β₂ = 0.999.
-    for p0, a, b in zip(start, eager_params, compiled_params, strict=True):
-        assert (b - a).norm() <= rtol * (a - p0).norm()
-    assert isinstance(compiled.param_groups[0]["lr"], torch.Tensor)
-
-    # Its checkpoint is an eager optimizer's: it continues in either, as the eager run does.
-    saved = optimizer_state_dict(compiled)
-    assert saved["param_groups"][0]["lr"] == pytest.approx(2e-4)
-    assert type(saved["param_groups"][0]["lr"]) is float
-    assert saved["param_groups"][0].get("capturable") in (None, False)
-    resumed_params = [p.detach().clone().requires_grad_() for p in compiled_params]
-    resumed = optim(resumed_params, lr=1.0, foreach=True)
-    resumed.load_state_dict(saved)
-    optimizer_steps(resumed, resumed_params, [1e-4], torch.Generator().manual_seed(2))
-    optimizer_steps(eager, eager_params, [1e-4], torch.Generator().manual_seed(2))
-    for a, b in zip(eager_params, resumed_params, strict=True):
-        assert torch.allclose(a, b, rtol=0, atol=100 * rtol * 1e-3)  # lr ≤ 1e-3 per step
-
-
-def test_compiled_optimizer_falls_back_to_the_eager_update():
-    def broken_backend(graph_module, example_inputs):
-        raise RuntimeError("no compiler here")
-
-    eager_params, compiled_params = optimizer_parameters(), optimizer_parameters()
-    eager = torch.optim.Adam(eager_params, lr=1e-3, foreach=True)
-    compiled = torch.optim.Adam(compiled_params, lr=1e-3, foreach=True)
-    compile_optimizer(compiled, backend=broken_backend)
-    with pytest.warns(RuntimeWarning, match="running Adam.step eagerly"):
-        optimizer_steps(compiled, compiled_params, [1e-3, 5e-4], torch.Generator().manual_seed(1))
-    optimizer_steps(eager, eager_params, [1e-3, 5e-4], torch.Generator().manual_seed(1))
-    assert compiled.param_groups[0]["lr"] == 5e-4 and not compiled.param_groups[0]["capturable"]
-    for a, b in zip(eager_params, compiled_params, strict=True):
-        assert torch.equal(a, b)
-
-
-def test_compile_optimizer_rejects_other_objects():
-    with pytest.raises(TypeError, match="expects a torch.optim.Optimizer"):
-        compile_optimizer(torch.nn.Linear(2, 2))

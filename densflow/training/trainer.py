@@ -48,7 +48,7 @@ from ..checkpoint import (
 from ..evaluate import evaluate
 from ..glow import ActNorm
 from ..model import DenseFlow
-from ..performance import autocast, to_channels_last
+from ..performance import autocast, compose_coupling_nets, to_channels_last
 from ..runtime import collate_images, first_images, resolve_device
 from .config import CHECKPOINT_NAME, RESUMABLE_CHANGES, TrainConfig
 from .metrics import RunLog, RunningMean, read_metrics
@@ -135,6 +135,8 @@ class Trainer:
                 f"the train images are {shape} but the model expects "
                 f"{self.model.image_shape}; set image_size or model_config to match"
             )
+        # Same parameters and numbers, fewer convolution calls per step (docs/performance.md).
+        compose_coupling_nets(self.model)
         memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
         self.model.to(self.device, memory_format=memory_format).train()
         self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr)

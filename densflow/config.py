@@ -1,0 +1,161 @@
+"""The architecture of a DenseFlow, as a frozen dataclass: every default of the model lives here.
+
+The defaults are DenseFlow-74-10, the configuration of every result in the paper (Sec. 2.2):
+dense blocks of ``(6, 4, 1)`` units with ``(5, 6, 20)`` glow-like modules each
+(6·5 + 4·6 + 20 = 74), growth rate 10, coupling networks of width 48 with a dense block of 7
+layers of 64 channels and Nyström attention with 4 landmarks and 6 pseudo-inverse iterations.
+The modules of :mod:`densflow` take these values from :data:`PAPER` when built on their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+__all__ = ["DenseFlowConfig", "PAPER", "PRESETS"]
+
+
+@dataclass(frozen=True)
+class DenseFlowConfig:
+    """Architecture of a DenseFlow. Defaults are DenseFlow-74-10 at 32×32 (the paper)."""
+
+    image_size: int = 32
+    """Height = width of the input images (32 for CIFAR-10/ImageNet32, 64 for ImageNet64/CelebA)."""
+    block_config: tuple[int, ...] = (6, 4, 1)
+    """Units per dense block."""
+    layers_config: tuple[int, ...] = (5, 6, 20)
+    """Glow-like modules per unit, per block."""
+    mid_channels: tuple[int, ...] = (48, 48, 48)
+    """Width of the coupling networks' branches, per block."""
+    growth_rate: int = 10
+    """Noise channels appended by each cross-unit coupling (eq. 6)."""
+    coupling_dense_depth: int = 7
+    """Layers of the dense block in each coupling network (Fig. 2)."""
+    coupling_dense_growth: int = 64
+    """Channels each of those layers appends."""
+    num_landmarks: int = 4
+    """Landmarks of the Nyström attention in each coupling network."""
+    pinv_iterations: int = 6
+    """Iterations of the attention's pseudo-inverse."""
+    conv1x1: str = "plain"
+    """``"plain"`` (the paper) or ``"lu"`` (LU-parameterised)."""
+    deq_num_steps: int = 4
+    """(1×1 conv, conditional coupling) steps of the dequantization flow q(u | x)."""
+    deq_context_channels: int = 64
+    """Width of the dequantization flow's context."""
+    deq_mid_channels: int = 64
+    """Width of its coupling networks and of its context network."""
+    deq_depth: int = 4
+    """Layers of the residual dense block in each of its coupling networks."""
+    deq_growth: int = 64
+    """Channels each of those layers appends."""
+    deq_context_depth: int = 4
+    """Layers of each dense block of the context network."""
+    deq_context_growth: int = 16
+    """Channels each of those layers appends."""
+    num_bits: int = 8
+    """Bits per sub-pixel of the modelled images (only 8 is supported)."""
+
+    def __post_init__(self) -> None:
+        # Lists from JSON or argparse become tuples, so configs compare and hash by value.
+        for name in ("block_config", "layers_config", "mid_channels"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        n = len(self.block_config)
+        if not (len(self.layers_config) == len(self.mid_channels) == n) or n == 0:
+            raise ValueError(
+                "block_config, layers_config and mid_channels need one entry per dense block, got "
+                f"{self.block_config}, {self.layers_config}, {self.mid_channels}"
+            )
+        if self.num_bits != 8:
+            raise ValueError(f"only 8-bit images are supported, got num_bits={self.num_bits}")
+        if self.conv1x1 not in ("plain", "lu"):
+            raise ValueError(f"conv1x1 must be 'plain' or 'lu', got {self.conv1x1!r}")
+        if self.image_size % 2**n:
+            raise ValueError(
+                f"image_size {self.image_size} cannot be squeezed {n} times (one initial squeeze "
+                f"and {n - 1} transitions): it must be divisible by {2**n}"
+            )
+        for b in range(n):
+            side = self.image_size // 2 ** (b + 1)
+            if (side * side) % self.num_landmarks:
+                raise ValueError(
+                    f"dense block {b} works at {side}×{side}, whose {side * side} positions cannot "
+                    f"be split into {self.num_landmarks} Nyström landmarks; use a larger "
+                    "image_size, fewer blocks or another num_landmarks"
+                )
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (3, self.image_size, self.image_size)
+
+    @classmethod
+    def paper(cls, image_size: int = 32, **overrides) -> DenseFlowConfig:
+        """DenseFlow-74-10, the configuration of every result in the paper."""
+        return cls(image_size=image_size, **overrides)
+
+    @classmethod
+    def small(cls, image_size: int = 32, **overrides) -> DenseFlowConfig:
+        """A CPU-trainable DenseFlow with every component of the paper's (486,056 parameters)."""
+        return cls(image_size=image_size, **{**_SMALL, **overrides})
+
+    @classmethod
+    def tiny(cls, image_size: int = 16, **overrides) -> DenseFlowConfig:
+        """The smallest DenseFlow with every component, for tests (16×16 images)."""
+        return cls(image_size=image_size, **{**_TINY, **overrides})
+
+    @classmethod
+    def preset(cls, name: str, image_size: int | None = None) -> DenseFlowConfig:
+        """The preset ``name`` (one of :data:`PRESETS`), optionally at another image size."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        factory = getattr(cls, name)
+        return factory() if image_size is None else factory(image_size)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DenseFlowConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown DenseFlowConfig fields {sorted(unknown)}")
+        return cls(**d)
+
+
+PRESETS = ("paper", "small", "tiny")
+"""The names of the presets, each a :class:`DenseFlowConfig` class method."""
+
+PAPER = DenseFlowConfig()
+"""DenseFlow-74-10 at 32×32: the source of every module's default."""
+
+_SMALL = dict(
+    block_config=(2, 2, 1),
+    layers_config=(2, 2, 4),
+    mid_channels=(24, 24, 24),
+    growth_rate=4,
+    coupling_dense_depth=3,
+    coupling_dense_growth=16,
+    deq_num_steps=2,
+    deq_context_channels=16,
+    deq_mid_channels=16,
+    deq_depth=2,
+    deq_growth=16,
+    deq_context_depth=2,
+    deq_context_growth=8,
+)
+_TINY = dict(
+    block_config=(2, 2, 1),
+    layers_config=(1, 1, 2),
+    mid_channels=(8, 8, 8),
+    growth_rate=2,
+    coupling_dense_depth=2,
+    coupling_dense_growth=4,
+    deq_num_steps=1,
+    deq_context_channels=4,
+    deq_mid_channels=4,
+    deq_depth=1,
+    deq_growth=4,
+    deq_context_depth=1,
+    deq_context_growth=4,
+)

@@ -1,0 +1,58 @@
+"""Speed without changing the numbers: transforms of a built model, each proven equal to the plain
+model by ``tests/test_performance.py``.
+
+The model modules compute the paper's equations layer by layer; everything here changes *how*
+they run, never *what*: float32 transforms keep the log-likelihood within 1e-5 relative, bf16
+within 0.01 bits/dim (``benchmarks/benchmark.py`` measures what each buys on a machine).
+
+* :mod:`~densflow.performance.compose` — :func:`compose_coupling_nets`: the coupling networks'
+  adjacent 1×1 convolutions run as one (same parameters and state-dict keys).
+* :mod:`~densflow.performance.precision` — :func:`autocast` (bf16 for the networks inside the
+  flow; the invertible path and every term stay float32) and :func:`to_channels_last` (NHWC).
+* :mod:`~densflow.performance.compile` — :func:`compile_model`: ``torch.compile`` of the flow's
+  two pure functions, its log-density and its sampler, one graph each; :func:`prepare_model`
+  applies the transforms to a loaded model; :func:`run_eagerly` skips compilation for a shape
+  met once.
+"""
+
+from ..model import DenseFlow
+from .compile import (
+    COMPILED_FUNCTIONS,
+    FusedPinvNystromAttention,
+    _compile_with_fallback,
+    compile_model,
+    run_eagerly,
+)
+from .compose import ComposedCouplingNet, compose_coupling_nets, plain_coupling_nets
+from .precision import AMP_MODES, autocast, to_channels_last
+
+__all__ = [
+    "AMP_MODES",
+    "autocast",
+    "to_channels_last",
+    "compose_coupling_nets",
+    "plain_coupling_nets",
+    "ComposedCouplingNet",
+    "compile_model",
+    "prepare_model",
+    "run_eagerly",
+    "COMPILED_FUNCTIONS",
+    "FusedPinvNystromAttention",
+    "_compile_with_fallback",
+]
+
+
+def prepare_model(
+    model: DenseFlow, channels_last: bool = False, compile: bool = False, compose: bool = True
+) -> DenseFlow:
+    """``model`` with the speed transforms applied, in place: for a loaded model that is to
+    evaluate or sample as fast as a trained one. ``compose``: the coupling networks' composed
+    1×1 convolutions (:func:`compose_coupling_nets`); ``channels_last``
+    (:func:`to_channels_last`); ``compile`` (:func:`compile_model`)."""
+    if compose:
+        compose_coupling_nets(model)
+    if channels_last:
+        model = to_channels_last(model)
+    if compile:
+        compile_model(model)
+    return model
