@@ -1,7 +1,8 @@
 r"""Likelihood bounds and their unit, bits per dimension.
 
-DenseFlow's log-likelihood is a lower bound twice over: variational dequantization (Sec. 3,
-the Flow++ bound) and the noise appended by the cross-unit couplings (eq. 5). With one noise
+DenseFlow's log-likelihood is a lower bound twice over: variational dequantization (the Flow++
+bound of Ho et al., 2019, which the official implementation uses; docs/official.md) and the noise
+appended by the cross-unit couplings (eq. 5, Sec. 2.1). With one noise
 sample the bound is
 
 .. math:: \ln p(x) \ge \mathbb{E}_{e\sim q}\left[\ln p(x, e) - \ln q(e \mid x)\right],

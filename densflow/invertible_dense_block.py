@@ -6,10 +6,11 @@ channels (eqs. 6–9), so unit ``i`` works on ``C0 + i·growth_rate`` channels. 
 coupling after it. (Not to be confused with :class:`~densflow.dense_block.DenseBlock`, the plain
 convolutional block inside the coupling networks.)
 
-Conditioning, as in the official implementation (and its released checkpoints): the coupling
-before unit ``i ≥ 1`` is conditioned on the block input and the outputs of units ``0 … i−2`` —
-every earlier representation except the immediately preceding unit's output, which is the tensor
-being augmented.
+Conditioning, as eq. 6 (Sec. 2.1) defines it: the coupling before unit ``i ≥ 1`` (0-based) is
+conditioned on the block input and the outputs of units ``0 … i−2`` — the paper's
+:math:`z_{<i} = [z_0, …, z_{i-1}]` in its 1-based numbering, every earlier representation except
+the tensor being augmented (Example 1: :math:`g_1` takes :math:`z_0`). The released checkpoints'
+parameter counts confirm it (docs/official.md).
 
 Its terms of the bound, named within the block: ``unit{i}`` (the summed log-dets of unit ``i``'s
 modules, eq. 4) and ``cross_unit{i}`` (the term of eq. 9 of the coupling before unit ``i``), in the

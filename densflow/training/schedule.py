@@ -2,7 +2,7 @@ r"""What step ``s`` of a run sees, from the config and ``s`` alone: its learning
 order of its epoch, and the seeds of its random draws. Nothing here keeps state, which is why a
 resumed run can rebuild all of it from a checkpoint's position.
 
-The schedule (Sec. 3): Adamax at lr 1e-3 with a linear warm-up over the first steps and an
+The schedule (Appendix C): Adamax at lr 1e-3 with a linear warm-up over the first steps and an
 exponential decay per epoch, then a fine-tuning phase at a constant lr 2e-5.
 """
 
