@@ -300,10 +300,13 @@ def reproduce(
         dataset, data_dir: the data (:func:`densflow.data.load_dataset`).
         out_dir: the run folder.
         preset: the training preset (:data:`densflow.training.TRAIN_PRESETS`).
-        device, resume, epochs, steps_per_epoch, batch_size, num_workers, seed, amp,
-            channels_last, compile, cuda_graphs: :class:`~densflow.training.TrainConfig` fields
+        device, resume, epochs, steps_per_epoch, batch_size, num_workers, seed: training
+            settings, as the :class:`~densflow.training.TrainConfig` fields of the same names
             (None keeps the preset's).
-        checkpoint: a densflow checkpoint or official run to evaluate instead of training.
+        amp, channels_last, compile, cuda_graphs: the speed switches of the same names.
+        checkpoint: a model to evaluate instead of training: a densflow checkpoint, an official
+            run folder, a model directory, a cached name, or ``"official"`` for the authors'
+            model of ``dataset`` (:func:`densflow.pretrained.resolve_model`).
         iw_samples: k of the importance-weighted bound (None: :func:`default_iw_samples`).
         eval_limit: evaluate the first N test images only (None: the whole split; ``smoke``: the
             preset's limit).

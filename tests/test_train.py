@@ -358,15 +358,6 @@ def test_a_run_written_by_the_earlier_code_loads_and_resumes(tmp_path):
     assert read_checkpoint(run_dir / CHECKPOINT_NAME)["progress"]["step"] == 4
 
 
-def test_the_old_module_name_still_gives_the_training_api():
-    import densflow.train as old
-    import densflow.training as new
-
-    for name in old.__all__:
-        if name != "read_checkpoint":
-            assert getattr(old, name) is getattr(new, name), name
-
-
 # ----------------------------------------------------------------------------- defaults
 
 
