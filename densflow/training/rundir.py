@@ -39,12 +39,15 @@ class RunFolderLock:
     """An exclusive lock on a run folder, created (with its parents) if missing.
 
     :meth:`acquire` raises :class:`TrainingSetupError` when the path is a file, cannot be created
-    or written, or another run holds it; :meth:`release` (idempotent) gives it back.
+    or written, or another run holds it; :meth:`release` (idempotent) gives it back, and removes
+    the folders :meth:`acquire` created if they are still empty (a run refused at set-up leaves
+    no trace).
     """
 
     def __init__(self, out_dir: str | os.PathLike) -> None:
         self.out_dir = Path(out_dir)
         self._fd: int | None = None
+        self._created: list[Path] = []
 
     @property
     def held(self) -> bool:
@@ -58,8 +61,10 @@ class RunFolderLock:
             raise TrainingSetupError(
                 f"the run folder {out} is a file; choose another --out-dir (out_dir)"
             )
+        missing = [p for p in (out, *out.parents) if not p.exists()]
         try:
             out.mkdir(parents=True, exist_ok=True)
+            self._created = missing  # deepest first
             fd = os.open(out, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except OSError as err:
             raise TrainingSetupError(
@@ -97,6 +102,12 @@ class RunFolderLock:
         (self.out_dir / LOCK_NAME).unlink(missing_ok=True)
         os.close(self._fd)  # closing the descriptor releases the flock
         self._fd = None
+        for folder in self._created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: the run wrote to it
+                break
+        self._created = []
 
     def _holder(self) -> int | None:
         try:
