@@ -64,16 +64,16 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def assert_refused(argv: list[str], pattern: str, capsys, root: Path) -> str:
-    """Exit code 2, one ``error:`` line matching ``pattern``, no traceback, nothing written."""
+    """Exit code 2, one ``error:`` line matching ``pattern`` and nothing else, nothing written."""
     before = snapshot(root)
     code, out, err = run_cli(argv, capsys)
     assert code == 2, err
     assert "Traceback" not in err and out == ""
-    errors = [line for line in err.splitlines() if "error:" in line]
-    assert len(errors) == 1, err
-    assert re.search(pattern, errors[0]), errors[0]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "error: " in lines[0], err  # no usage block, no log lines
+    assert re.search(pattern, lines[0]), lines[0]
     assert snapshot(root) == before
-    return errors[0]
+    return lines[0]
 
 
 # ----------------------------------------------------------------------------- the table

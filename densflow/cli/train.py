@@ -77,6 +77,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
             opts["type"], opts["metavar"] = _model_config, "JSON"
         else:
             opts["type"] = _optional(kind) if optional else kind
+            if "metavar" in f.metadata:
+                opts["metavar"] = f.metadata["metavar"]
             if "choices" in f.metadata:
                 opts["choices"] = f.metadata["choices"]
         default = f.default if f.default is not dataclasses.MISSING else None
@@ -107,8 +109,8 @@ def _train(args: argparse.Namespace) -> int:
 
     try:
         config = train_config_from_args(args)
-    except ValueError as err:
-        args.parser.error(str(err))
+    except ValueError as err:  # one line: the message names the option and a value that works
+        args.parser.exit(2, f"{args.parser.prog}: error: {err}\n")
     try:
         with log_to_stderr():
             result = train(config)

@@ -170,6 +170,7 @@ class TrainConfig:
             "good checkpoint of a diverged run), with this run's optimizer settings; the model "
             "must be the checkpoint's",
             aliases=("--resume-from",),
+            metavar="CHECKPOINT",
         ),
     )
     # ---- length and optimisation
