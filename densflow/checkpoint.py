@@ -17,6 +17,7 @@ a run resumes from, and :func:`load_any_checkpoint` also an official DenseFlow r
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from dataclasses import dataclass
@@ -30,16 +31,19 @@ from .model import DenseFlow, DenseFlowConfig
 
 __all__ = [
     "CheckpointError",
+    "CheckpointWriteError",
     "TrainingCheckpoint",
     "TrainingState",
     "atomic_save",
     "save_model",
     "load_model",
     "load_any_checkpoint",
+    "nonfinite_entries",
     "read_checkpoint",
     "read_training_checkpoint",
     "restore_rng",
     "save_training_checkpoint",
+    "temporaries_of",
     "model_from_checkpoint",
     "FORMAT",
     "VERSION",
@@ -52,22 +56,63 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or does not fit the model."""
 
 
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint the system could not write (a full disk, a folder without write access);
+    the file it would have replaced is left as it was. ``errno`` is the system's."""
+
+    def __str__(self) -> str:  # the message, not OSError's "[Errno N] ..." form
+        return str(self.args[0]) if self.args else ""
+
+
+TEMP_SUFFIX = ".tmp"
+"""The ending of :func:`atomic_save`'s temporaries, named ``.NAME.<random>.tmp`` beside NAME."""
+
+
+def temporaries_of(path: str | os.PathLike) -> list[Path]:
+    """The temporaries that :func:`atomic_save` of ``path`` leaves behind only when its process
+    is killed mid-write (any other failure removes its own)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*{TEMP_SUFFIX}"))
+
+
+def nonfinite_entries(state: dict[str, Any]) -> list[str]:
+    """The names of the floating-point tensors of a state dict that hold a NaN or an infinity."""
+    return [
+        name
+        for name, t in state.items()
+        if isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
 
     A crash at any moment leaves either the previous file or the new one, never a torn file.
+    A system error (a full disk, no write access) raises :class:`CheckpointWriteError`, after
+    removing the temporary.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, CheckpointError):
+            reason = err.strerror or str(err)
+            kept = f"{path} is left as it was" if path.exists() else "nothing was written"
+            error = CheckpointWriteError(
+                f"cannot write {path}: {reason}; {kept}. Free disk space or fix the folder's "
+                "permissions, then run the same command again"
+            )
+            error.errno = err.errno
+            raise error from err
         raise
 
 
@@ -182,7 +227,20 @@ def save_training_checkpoint(
     optimizer: dict[str, Any],
     state: TrainingState,
 ) -> None:
-    """Write a training checkpoint atomically: a crash leaves the previous one intact."""
+    """Write a training checkpoint atomically: a crash leaves the previous one intact.
+
+    Model tensors that are not finite raise :class:`CheckpointError` and nothing is written: a
+    run resumed from such a checkpoint could never recover, and it would replace the last good
+    one.
+    """
+    bad = nonfinite_entries(model.state_dict())
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        kept = f"{path} is left as it was" if Path(path).exists() else "no checkpoint was written"
+        raise CheckpointError(
+            f"refusing to write {path}: non-finite values in {shown}; {kept}. Start a new run "
+            "from the last good checkpoint with a lower lr (--init-from CHECKPOINT)"
+        )
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     progress = {
         "step": state.step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,

@@ -30,10 +30,32 @@ __all__ = [
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` (or None): CUDA when available, else the CPU; any other name as torch reads it."""
+    """``"auto"`` (or None): CUDA when available, else the CPU; any other name as torch reads it.
+
+    A CUDA device that this machine does not have raises ``ValueError`` at once, rather than at
+    the first tensor moved there.
+    """
     if name is None or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"unknown device {name!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from err
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(
+                f"device {str(name)!r} asked for, but CUDA is not available on this machine; use "
+                "--device cpu (or auto)"
+            )
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"device {str(name)!r} asked for, but this machine has {count} CUDA device(s) "
+                f"(cuda:0..cuda:{count - 1}); use one of them or --device auto"
+            )
+    return device
 
 
 def collate_images(items: Sequence[Tensor | tuple | list]) -> Tensor:

@@ -68,18 +68,23 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         kind, optional = _unwrap_optional(hints[f.name])
-        opts: dict[str, Any] = {"help": f.metadata["help"], "default": argparse.SUPPRESS}
+        opts: dict[str, Any] = {
+            "help": f.metadata["help"], "default": argparse.SUPPRESS, "dest": f.name
+        }  # fmt: skip
         if kind is bool:
             opts["action"] = argparse.BooleanOptionalAction
         elif kind is DenseFlowConfig:
             opts["type"], opts["metavar"] = _model_config, "JSON"
         else:
             opts["type"] = _optional(kind) if optional else kind
+            if "metavar" in f.metadata:
+                opts["metavar"] = f.metadata["metavar"]
             if "choices" in f.metadata:
                 opts["choices"] = f.metadata["choices"]
         default = f.default if f.default is not dataclasses.MISSING else None
         opts["help"] += f" [TrainConfig default: {default}]"
-        train.add_argument("--" + f.name.replace("_", "-"), **opts)
+        flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
+        train.add_argument(*flags, **opts)
     train.set_defaults(run=_train, parser=train)
 
 
@@ -100,15 +105,18 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
 
 def _train(args: argparse.Namespace) -> int:
     from ..runtime import log_to_stderr
-    from ..training import train
+    from ..training import TrainingSetupError, train
 
     try:
         config = train_config_from_args(args)
-    except ValueError as err:
-        args.parser.error(str(err))
+    except ValueError as err:  # one line: the message names the option and a value that works
+        args.parser.exit(2, f"{args.parser.prog}: error: {err}\n")
     try:
         with log_to_stderr():
             result = train(config)
+    except TrainingSetupError as err:  # found before any training work
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(
             f"interrupted; the same command resumes from {config.out_dir}/checkpoint.pt",

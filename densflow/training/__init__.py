@@ -11,7 +11,8 @@ One concern per module:
 * :mod:`~densflow.training.optim` — the optimizer, compiled or not;
 * :mod:`~densflow.training.trainer` — :class:`Trainer` and :func:`train`: the loop, evaluations,
   checkpoints (written by :mod:`densflow.checkpoint`) and resume;
-* :mod:`~densflow.training.metrics` — ``metrics.jsonl``, log lines and progress.
+* :mod:`~densflow.training.metrics` — ``metrics.jsonl``, log lines and progress;
+* :mod:`~densflow.training.rundir` — the run folder's lock (one writer) and its clean-up.
 """
 
 from .config import CHECKPOINT_NAME, METRICS_NAME, Speed, TrainConfig
@@ -27,7 +28,7 @@ from .step import (
     make_step,
     training_loss,
 )
-from .trainer import Trainer, TrainingDivergedError, TrainResult, train
+from .trainer import Trainer, TrainingDivergedError, TrainingSetupError, TrainResult, train
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -41,6 +42,7 @@ __all__ = [
     "TrainStep",
     "Trainer",
     "TrainingDivergedError",
+    "TrainingSetupError",
     "compile_optimizer",
     "derive_seed",
     "epoch_permutation",

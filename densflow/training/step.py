@@ -19,6 +19,13 @@ Every implementation skips a step whose loss or gradient norm is not finite: no 
 and the BatchNorm running statistics its forward pass touched are restored, so the model is
 exactly as before. Deciding that needs the loss on the host: the one scalar read per step (the
 same one ``torch.amp.GradScaler`` makes).
+
+An update can still make a parameter non-finite from a finite gradient (an overflow). After each
+update the step computes, on the device, whether all parameters are finite (one fused max-norm
+over the parameter list) and reads that flag together with the next step's loss, in the same
+single read; a step that finds it false changes nothing and reports ``params_finite=False``, and
+the Trainer stops before writing a checkpoint (:meth:`TrainStep.parameters_finite` reads the
+flag at once, before a save).
 """
 
 from __future__ import annotations
@@ -85,10 +92,12 @@ def forward_backward(
 @dataclass(frozen=True)
 class StepMetrics:
     """What a step reports, on the device: ``loss`` (None when the step was skipped as
-    non-finite) and the gradient norm before clipping."""
+    non-finite) and the gradient norm before clipping; ``params_finite`` is False when the
+    previous update had made a parameter non-finite (this step was then skipped)."""
 
     loss: Tensor | None
     grad_norm: Tensor
+    params_finite: bool = True
 
 
 class BatchNormStats:
@@ -245,18 +254,32 @@ class TrainStep:
         self.net = model if net is None else net
         self.amp, self.max_norm = amp, max_norm
         self._stats = BatchNormStats(model)
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        # Whether the parameters after the last update are finite, on the device, unread.
+        self._params_ok = torch.ones((), dtype=torch.bool, device=self._params[0].device)
 
     def __call__(self, x: Tensor, noise: dict[str, Tensor], lr: float) -> StepMetrics:
         set_lr(self.optimizer, lr)
         self._stats.save()
         loss, grad_norm = self._forward_backward(x, noise)
-        finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))  # the one read per step
-        if finite:
+        flags = torch.stack([torch.isfinite(loss) & torch.isfinite(grad_norm), self._params_ok])
+        finite, params_finite = flags.tolist()  # the one read per step
+        if finite and params_finite:
             self.optimizer.step()
+            self._params_ok = self._all_finite()
         else:
             self._stats.restore()
         self._clear_grads()
-        return StepMetrics(loss if finite else None, grad_norm)
+        return StepMetrics(loss if finite and params_finite else None, grad_norm, params_finite)
+
+    def parameters_finite(self) -> bool:
+        """Whether every parameter is finite after the last update (a host read)."""
+        return bool(self._params_ok)
+
+    def _all_finite(self) -> Tensor:
+        """All parameters finite, as a device flag: the largest |value| of each tensor in one
+        fused call, summed (a NaN or an infinity anywhere survives both)."""
+        return torch.isfinite(torch.stack(torch._foreach_norm(self._params, math.inf)).sum())
 
     def _forward_backward(self, x: Tensor, noise: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         return forward_backward(self.net, x, noise, self.amp, self.max_norm)

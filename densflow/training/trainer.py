@@ -14,7 +14,16 @@ some kernels are not deterministic, so a resumed run agrees only to rounding.
 
 **Non-finite losses.** A skipped step (see :class:`~densflow.training.step.TrainStep`) changes
 nothing; after ``max_nonfinite`` of them in a row, :class:`TrainingDivergedError` stops the run and
-names the last checkpoint, which is left as it was.
+names the last checkpoint, which is left as it was. An update that makes a parameter non-finite
+stops the run the same way at once (there is no earlier state in memory to go back to, and
+resuming would repeat it): the last checkpoint is the last good state, and ``init_from`` starts a
+new run from its weights with other optimizer settings. No checkpoint holds a non-finite tensor:
+the parameters are checked before each save, and
+:func:`~densflow.checkpoint.save_training_checkpoint` refuses them too.
+
+**The run folder** (:mod:`densflow.training.rundir`) is locked for the run's whole life (from the
+constructor to the end of :meth:`Trainer.fit`), so a second run writing to it is refused at once;
+the temporaries a killed save left there are removed when the lock is taken.
 
 **Multi-GPU.** Under ``torchrun`` (``WORLD_SIZE > 1``) each rank takes its shard of the epoch's
 permutation (:func:`~densflow.training.schedule.shard_indices`) and the step wraps the model in
@@ -41,6 +50,8 @@ from .. import data
 from ..checkpoint import (
     CheckpointError,
     TrainingState,
+    nonfinite_entries,
+    read_checkpoint,
     read_training_checkpoint,
     restore_rng,
     save_training_checkpoint,
@@ -53,15 +64,16 @@ from ..runtime import collate_images, first_images, resolve_device
 from .config import CHECKPOINT_NAME, RESUMABLE_CHANGES, TrainConfig
 from .metrics import RunLog, RunningMean, read_metrics
 from .optim import build_optimizer, optimizer_state_dict
+from .rundir import RunFolderLock, TrainingSetupError, remove_stale_temporaries
 from .schedule import Stream, derive_seed, epoch_permutation, learning_rate, shard_indices
 from .step import BatchNormStats, Dist, TrainStep, make_step
 
-__all__ = ["TrainResult", "Trainer", "TrainingDivergedError", "train"]
+__all__ = ["TrainResult", "Trainer", "TrainingDivergedError", "TrainingSetupError", "train"]
 
 
 class TrainingDivergedError(RuntimeError):
-    """Too many consecutive non-finite losses; the message names the step and the last good
-    checkpoint."""
+    """Too many consecutive non-finite losses, or an update that made a parameter non-finite;
+    the message names the step, the last good checkpoint and how to start again from it."""
 
 
 @dataclass
@@ -119,9 +131,27 @@ class Trainer:
         if self.dist.world_size > 1 and torch.cuda.is_available():
             self.device = torch.device("cuda", self.dist.local_rank)
         else:
-            self.device = resolve_device(cfg.device)
+            try:
+                self.device = resolve_device(cfg.device)
+            except ValueError as err:
+                raise TrainingSetupError(str(err)) from err
         self.out_dir = Path(cfg.out_dir)
         self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
+        # Only rank 0 writes to the run folder, so only rank 0 takes its lock.
+        self._lock = RunFolderLock(self.out_dir)
+        if self.is_main:
+            self._lock.acquire()
+        try:
+            self._stale_temporaries = (
+                remove_stale_temporaries(self.checkpoint_path) if self.is_main else []
+            )
+            self._set_up(train_set, test_set)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _set_up(self, train_set: Dataset | None, test_set: Dataset | None) -> None:
+        cfg = self.config
         if train_set is None:
             train_set = self._load("train")
         self.train_set, self._test_set = train_set, test_set
@@ -150,8 +180,10 @@ class Trainer:
         if cfg.steps_per_epoch is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.steps_per_epoch)
         if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"{order_len} training images per process do not fill one batch of {cfg.batch_size}"
+            per = " per process" if self.dist.world_size > 1 else ""
+            raise TrainingSetupError(
+                f"batch_size {cfg.batch_size} is larger than the {order_len} training images"
+                f"{per} of {cfg.dataset}; set --batch-size (batch_size) to at most {order_len}"
             )
 
         self.step = self.epoch = self.step_in_epoch = 0
@@ -159,6 +191,8 @@ class Trainer:
         self._epoch_mean = RunningMean(self.device)
         self._last_checkpoint: tuple[Path, int] | None = None
         self._metrics_bytes = self._maybe_resume()
+        if self._last_checkpoint is None and cfg.init_from is not None:
+            self._init_weights(cfg.init_from)
         self.train_step: TrainStep | None = None
 
     # ------------------------------------------------------------------ set-up
@@ -182,7 +216,14 @@ class Trainer:
                 "another out_dir or remove the old run"
             )
         ckpt = read_training_checkpoint(self.checkpoint_path, map_location=self.device)
-        saved = TrainConfig.from_dict(ckpt.train_config).to_dict()
+        try:
+            saved = TrainConfig.from_dict(ckpt.train_config).to_dict()
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"{self.checkpoint_path} records a training configuration this version refuses "
+                f"({err}); start a new run in another out_dir, with --init-from "
+                f"{self.checkpoint_path} to keep its weights"
+            ) from err
         now = self.config.to_dict()
         changed = [
             f"{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now"
@@ -193,6 +234,13 @@ class Trainer:
             raise CheckpointError(
                 f"cannot resume {self.checkpoint_path} with a different "
                 f"configuration ({'; '.join(changed)}); use another out_dir"
+            )
+        bad = nonfinite_entries(ckpt.model)
+        if bad:
+            raise CheckpointError(
+                f"{self.checkpoint_path} holds non-finite weights ({', '.join(bad[:3])}) and "
+                "cannot be resumed; start a new run in another out_dir with --init-from an "
+                "earlier, finite checkpoint"
             )
         self.model.load_state_dict(ckpt.model)
         self.optimizer.load_state_dict(ckpt.optimizer)
@@ -209,6 +257,27 @@ class Trainer:
         restore_rng(ckpt.rng)
         self._last_checkpoint = (self.checkpoint_path, self.step)
         return s.metrics_bytes
+
+    def _init_weights(self, path: str) -> None:
+        """A new run's starting point: the model weights of the checkpoint ``path`` (any densflow
+        checkpoint), which must be this run's architecture and finite. The optimizer, the
+        schedule and the step count start afresh."""
+        ckpt = read_checkpoint(path, map_location=self.device)
+        mine, theirs = self.model.config.to_dict(), ckpt["config"]
+        differ = [f"{k}: {theirs.get(k)!r} there, {v!r} here" for k, v in mine.items()
+                  if theirs.get(k) != v]  # fmt: skip
+        if differ:
+            raise CheckpointError(
+                f"init_from {path} holds another model ({'; '.join(differ[:4])}); set --model, "
+                "--image-size or --model-config to the checkpoint's"
+            )
+        bad = nonfinite_entries(ckpt["model"])
+        if bad:
+            raise CheckpointError(
+                f"init_from {path} holds non-finite weights ({', '.join(bad[:3])}); choose an "
+                "earlier, finite checkpoint"
+            )
+        self.model.load_state_dict(ckpt["model"])
 
     def _build_step(self) -> TrainStep:
         """ActNorm's data-dependent init on the first batch when the run starts, as the first
@@ -263,6 +332,14 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainResult:
         """Train until all epochs are done or ``max_steps`` is reached."""
+        if self.is_main:
+            self._lock.acquire()  # released below: fit() may be called again
+        try:
+            return self._fit()
+        finally:
+            self._lock.release()
+
+    def _fit(self) -> TrainResult:
         cfg, start_time = self.config, time.time()
         total_epochs = cfg.epochs + cfg.finetune_epochs
         n_steps = self.steps_per_epoch
@@ -278,6 +355,11 @@ class Trainer:
             "start", step=self.step, epoch=self.epoch, resumed=self.step > 0,
             world_size=self.dist.world_size, config=cfg.to_dict(),
         )  # fmt: skip
+        if self._stale_temporaries:
+            self.log.info("removed %d temporary file(s) of an interrupted save: %s",
+                          len(self._stale_temporaries),
+                          ", ".join(p.name for p in self._stale_temporaries))  # fmt: skip
+            self._stale_temporaries = []
         self.log.info(
             "%s at step %d of %d (%d epochs of %d steps) in %s on %s",
             "resuming" if self.step else "training", self.step, plan, total_epochs, n_steps,
@@ -296,6 +378,8 @@ class Trainer:
                     lr = learning_rate(cfg, self.step, self.epoch)
                     x = self._prepare(x)
                     metrics = self.train_step(x, self._draw_noise(x), lr)
+                    if not metrics.params_finite:
+                        self._parameters_diverged(self.step)
                     self.step += 1
                     self.step_in_epoch += 1
                     self._account(metrics.loss)
@@ -345,22 +429,46 @@ class Trainer:
         self.log.event("nonfinite", step=self.step, epoch=self.epoch, run=self._nonfinite_run)
         if self._nonfinite_run >= self.config.max_nonfinite:
             first = self.step - self._nonfinite_run + 1
-            where = (
-                f"the last good checkpoint is {self._last_checkpoint[0]} (step "
-                f"{self._last_checkpoint[1]}), left as it was"
-                if self._last_checkpoint
-                else "no checkpoint had been written yet"
-            )
             self.log.event("diverged", step=self.step, epoch=self.epoch)
             raise TrainingDivergedError(
                 f"training diverged at step {self.step}: {self._nonfinite_run} non-finite losses "
-                f"in a row (steps {first}..{self.step}, each skipped without an update); {where}. "
-                "Resume from it with a lower lr, grad_clip or amp='none'"
+                f"in a row (steps {first}..{self.step}, each skipped without an update); "
+                f"{self._restart_advice()}"
             )
+
+    def _parameters_diverged(self, step: int) -> None:
+        """Stop: the update of ``step`` (1-based) made a parameter non-finite."""
+        self.log.event("diverged", step=step, epoch=self.epoch)
+        raise TrainingDivergedError(
+            f"training diverged at step {step}: its update made parameters non-finite (from a "
+            f"finite loss and gradient); {self._restart_advice()}"
+        )
+
+    def _check_parameters(self) -> None:
+        """Before an evaluation or a save: stop if the last update made a parameter
+        non-finite."""
+        if self.train_step is not None and not self.train_step.parameters_finite():
+            self._parameters_diverged(self.step)
+
+    def _restart_advice(self) -> str:
+        """Where the last good state is and how to go on from it: resuming would repeat the same
+        steps, so a new run from its weights with other optimizer settings."""
+        if self._last_checkpoint is None:
+            return (
+                "no checkpoint had been written yet. Start again with a lower --lr, a "
+                "--grad-clip or --amp none"
+            )
+        path, step = self._last_checkpoint
+        return (
+            f"the last good checkpoint is {path} (step {step}), left as it was. Start a new run "
+            f"from its weights with a lower --lr, a --grad-clip or --amp none: the same command "
+            f"with --init-from {path} --out-dir NEW_DIR"
+        )
 
     def _end_epoch(self, total_epochs: int) -> None:
         """Epoch-end log line, evaluation when due, then a checkpoint at the next epoch's start."""
         cfg = self.config
+        self._check_parameters()
         self.log.event(
             "epoch", step=self.step, epoch=self.epoch, train_bpd=self._epoch_mean.mean(),
             lr=learning_rate(cfg, self.step - 1, self.epoch), steps=self.steps_per_epoch,
@@ -394,6 +502,7 @@ class Trainer:
 
     def _save(self) -> None:
         """Write the checkpoint (rank 0); a crash leaves the previous one intact."""
+        self._check_parameters()  # on every rank: all stop together
         if not self.is_main:
             return
         state = TrainingState(

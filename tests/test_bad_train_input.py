@@ -1,0 +1,405 @@
+"""Bad input to training never costs work: every setting a user can get wrong is refused before
+any work with one line (exit code 2, no traceback, no file touched), no checkpoint ever holds a
+non-finite tensor, and one run at a time writes to a run folder."""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from densflow.checkpoint import (
+    CheckpointError,
+    TrainingState,
+    load_model,
+    read_checkpoint,
+    save_training_checkpoint,
+    temporaries_of,
+)
+from densflow.cli import build_parser, main
+from densflow.model import DenseFlow, DenseFlowConfig
+from densflow.training import (
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    TrainConfig,
+    Trainer,
+    TrainingDivergedError,
+    TrainingSetupError,
+    read_metrics,
+)
+from densflow.training.rundir import LOCK_NAME
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# A few seconds of the tiny model on the built-in photos.
+SMOKE = ["train", "--preset", "smoke", "--max-steps", "2", "--no-progress"]
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` with its bytes (None for a folder)."""
+    return {
+        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``main(argv)`` in this process: its exit code (argparse exits too), stdout and stderr."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_refused(argv: list[str], pattern: str, capsys, root: Path) -> str:
+    """Exit code 2, one ``error:`` line matching ``pattern`` and nothing else, nothing written."""
+    before = snapshot(root)
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2, err
+    assert "Traceback" not in err and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "error: " in lines[0], err  # no usage block, no log lines
+    assert re.search(pattern, lines[0]), lines[0]
+    assert snapshot(root) == before
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- the table
+
+# (extra argv, the error line): each is refused before any work. "{out}" is the run folder.
+ROWS = {
+    "lr inf": (["--lr", "inf"], r"lr must be a finite number > 0\.0, got inf; set --lr"),
+    "lr nan": (["--lr", "nan"], r"lr must be a finite number > 0\.0, got nan; set --lr"),
+    "lr negative": (["--lr", "-0.001"], r"lr must be a finite number > 0\.0, got -0\.001"),
+    "finetune lr nan": (["--finetune-lr", "nan"], r"finetune_lr must be a finite .* --finetune-lr"),
+    "grad clip nan": (["--grad-clip", "nan"], r"grad_clip must be a finite number > 0\.0, got nan"),
+    "grad clip 0": (["--grad-clip", "0"], r"grad_clip must be a finite number > 0\.0, got 0\.0"),
+    "gamma 0": (["--gamma", "0"], r"gamma must be a finite number > 0\.0 and <= 1\.0, got 0\.0"),
+    "gamma above 1": (["--gamma", "1.5"], r"gamma must be .* <= 1\.0, got 1\.5; set --gamma"),
+    "gamma inf": (["--gamma", "inf"], r"gamma must be a finite number"),
+    "warmup negative": (["--warmup-steps", "-1"], r"warmup_steps must be non-negative .* got -1"),
+    "batch size 0": (["--batch-size", "0"], r"batch_size must be positive .* got 0; set --batch"),
+    "no epochs": (["--epochs", "0", "--finetune-epochs", "0"], r"epochs \+ finetune_epochs must"),
+    "eval every negative": (["--eval-every", "-1"], r"eval_every must be non-negative"),
+    "checkpoint every negative": (["--checkpoint-every", "-1"], r"checkpoint_every must be non-n"),
+    "log every 0": (["--log-every", "0"], r"log_every must be positive .* got 0"),
+    "max steps 0": (["--max-steps", "0"], r"max_steps must be positive .* got 0"),
+    "steps per epoch 0": (["--steps-per-epoch", "0"], r"steps_per_epoch must be positive"),
+    "eval limit negative": (["--eval-limit", "-5"], r"eval_limit must be positive"),
+    "iw samples 0": (["--iw-samples", "0"], r"iw_samples must be positive"),
+    "chunk size 0": (["--chunk-size", "0"], r"chunk_size must be positive"),
+    "max nonfinite 0": (["--max-nonfinite", "0"], r"max_nonfinite must be positive"),
+    "workers negative": (["--num-workers", "-2"], r"num_workers must be non-negative"),
+    "image size 0": (["--image-size", "0"], r"image_size must be positive"),
+    "unknown device": (["--device", "gpu"], r"device must be 'auto', 'cpu', 'cuda'.*got 'gpu'"),
+    "batch larger than the data": (
+        ["--batch-size", "100000"],
+        r"^error: batch_size 100000 is larger than the \d+ training images of photos; set "
+        r"--batch-size \(batch_size\) to at most \d+$",
+    ),
+    "init from nothing": (
+        ["--init-from", "{tmp}/nothing.pt"],
+        r"^error: no checkpoint at .*nothing\.pt$",
+    ),
+    "out dir is a file": (
+        ["--out-dir", "{tmp}/a_file"],
+        r"^error: the run folder .*a_file is a file; choose another --out-dir",
+    ),
+    "out dir below a file": (
+        ["--out-dir", "{tmp}/a_file/run"],
+        r"^error: cannot create the run folder .*a_file/run: Not a directory; choose a writable",
+    ),
+}
+
+
+@pytest.mark.parametrize("extra, pattern", list(ROWS.values()), ids=list(ROWS))
+def test_bad_settings_are_refused_before_any_work(extra, pattern, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not a folder")
+    out = tmp_path / "run"
+    argv = [*SMOKE, "--out-dir", str(out), *(a.format(tmp=tmp_path) for a in extra)]
+    assert_refused(argv, pattern, capsys, tmp_path)
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_a_cuda_device_on_a_machine_without_one_is_refused(tmp_path, capsys):
+    line = assert_refused(
+        [*SMOKE, "--out-dir", str(tmp_path / "run"), "--device", "cuda"],
+        r"^error: device 'cuda' asked for, but CUDA is not available on this machine; use "
+        r"--device cpu",
+        capsys,
+        tmp_path,
+    )
+    assert line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")
+def test_a_read_only_out_dir_is_refused_before_any_work(tmp_path, capsys):
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        assert_refused(
+            [*SMOKE, "--out-dir", str(folder)],
+            r"^error: cannot write to the run folder .*read_only: Permission denied",
+            capsys,
+            tmp_path,
+        )
+    finally:
+        folder.chmod(0o755)
+
+
+def test_the_python_api_refuses_the_same_settings():
+    for name, value in [("lr", math.nan), ("lr", math.inf), ("finetune_lr", math.nan),
+                        ("grad_clip", -math.inf), ("gamma", 0.0), ("batch_size", 2.5),
+                        ("epochs", True), ("max_steps", 0), ("warmup_steps", -1)]:  # fmt: skip
+        with pytest.raises(ValueError, match=rf"^{name} must be .*got {value!r}"):
+            TrainConfig(**{name: value})
+    with pytest.raises(ValueError, match=r"device must be .*got 'gpu'"):
+        TrainConfig(device="gpu")
+    # Values that mean something are kept: 0 is "never" or "only at epoch ends" for these.
+    cfg = TrainConfig(checkpoint_every=0, eval_every=0, warmup_steps=0, gamma=1.0)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# ----------------------------------------------------------------------------- tiny runs
+
+SETS = (
+    TensorDataset(torch.randint(0, 256, (24, 3, 16, 16), generator=torch.Generator().manual_seed(0),
+                                dtype=torch.uint8)),
+    TensorDataset(torch.zeros(8, 3, 16, 16, dtype=torch.uint8)),
+)  # fmt: skip
+
+
+def config(out_dir, **overrides) -> TrainConfig:
+    fields = dict(model="tiny", image_size=16, batch_size=4, epochs=2, warmup_steps=3,
+                  out_dir=str(out_dir), log_every=1, checkpoint_every=2, eval_every=0,
+                  progress=False)  # fmt: skip
+    return TrainConfig(**{**fields, **overrides})
+
+
+def trainer(cfg: TrainConfig) -> Trainer:
+    return Trainer(cfg, train_set=SETS[0], test_set=SETS[1])
+
+
+def poison_update_at(t: Trainer, step: int) -> None:
+    """The optimizer update of ``step`` (1-based) makes one parameter NaN from a finite loss and
+    gradient, as an overflow would."""
+    real = t.optimizer.step
+
+    def optimizer_step(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if t.step + 1 == step:
+            next(t.model.parameters()).data.view(-1)[0] = math.nan
+        return out
+
+    t.optimizer.step = optimizer_step
+
+
+def assert_finite_checkpoint(path: Path, step: int) -> None:
+    assert read_checkpoint(path)["progress"]["step"] == step
+    assert all(torch.isfinite(v).all() for v in load_model(path).state_dict().values())
+
+
+def test_an_update_that_makes_parameters_non_finite_stops_before_any_save(tmp_path):
+    t = trainer(config(tmp_path))
+    poison_update_at(t, 3)
+    path = tmp_path / CHECKPOINT_NAME
+    with pytest.raises(
+        TrainingDivergedError,
+        match=rf"at step 3: its update made parameters non-finite .*; the last good checkpoint is "
+        rf"{re.escape(str(path))} \(step 2\), left as it was\. Start a new run from its weights "
+        rf"with a lower --lr.*--init-from {re.escape(str(path))} --out-dir NEW_DIR",
+    ):
+        t.fit()
+    assert_finite_checkpoint(path, 2)
+    assert read_metrics(tmp_path)[-1] == {**read_metrics(tmp_path)[-1], "event": "diverged"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME, METRICS_NAME]
+    # The lock went with the run: the next one starts (and resumes from the good step 2).
+    again = trainer(config(tmp_path, max_steps=3))
+    assert again.step == 2
+    again.fit()
+
+
+def test_a_non_finite_update_right_before_a_save_writes_no_checkpoint(tmp_path):
+    t = trainer(config(tmp_path))
+    poison_update_at(t, 2)  # step 2 is a checkpoint step: the check before the save stops it
+    with pytest.raises(TrainingDivergedError, match=r"at step 2: .*no checkpoint had been written"):
+        t.fit()
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
+
+
+def test_save_training_checkpoint_refuses_non_finite_tensors(tmp_path):
+    model = DenseFlow(DenseFlowConfig.tiny(16))
+    path = tmp_path / CHECKPOINT_NAME
+    state = TrainingState(1, 0, 1, 0, torch.zeros((), dtype=torch.float64), 1, 0, 1)
+    save_training_checkpoint(path, model, train_config={}, optimizer={}, state=state)
+    good = path.read_bytes()
+    with torch.no_grad():
+        next(model.parameters())[0] = math.inf
+    with pytest.raises(CheckpointError, match=r"refusing to write .*: non-finite values in \S+;"):
+        save_training_checkpoint(path, model, train_config={}, optimizer={}, state=state)
+    assert path.read_bytes() == good and temporaries_of(path) == []
+
+
+def test_divergence_names_a_finite_checkpoint_and_init_from_starts_a_new_run(tmp_path, capsys):
+    first = tmp_path / "first"
+    t = trainer(config(first, max_nonfinite=2))
+    real = t.model.log_prob
+
+    def log_prob(x, generator=None, **kwargs):  # the loss of steps 4 and 5 is NaN
+        out = real(x, generator, **kwargs)
+        return out * math.nan if t.model.training and t.step + 1 in (4, 5) else out
+
+    t.model.log_prob = log_prob
+    good = first / CHECKPOINT_NAME
+    with pytest.raises(TrainingDivergedError) as diverged:
+        t.fit()
+    assert f"the last good checkpoint is {good} (step 4)" in str(diverged.value)
+    assert f"--init-from {good} --out-dir NEW_DIR" in str(diverged.value)
+    assert_finite_checkpoint(good, 4)  # step 4 was skipped: the model as after step 3
+
+    # resuming refuses a lower lr; a new run from its weights takes it
+    with pytest.raises(CheckpointError, match="lr: 0.001 in the checkpoint, 0.0005 now"):
+        trainer(config(first, lr=5e-4))
+    second = trainer(config(tmp_path / "second", lr=5e-4, init_from=str(good)))
+    weights = load_model(good).state_dict()
+    for name, x in second.model.state_dict().items():
+        assert torch.equal(x, weights[name]), name
+    assert second.step == 0 and second.optimizer.state_dict()["state"] == {}
+    second.fit()
+    assert_finite_checkpoint(tmp_path / "second" / CHECKPOINT_NAME, 12)
+
+    # the command line's --resume-from is the same field
+    args = build_parser().parse_args(["train", "--resume-from", str(good)])
+    assert args.init_from == str(good)
+
+
+def test_init_from_refuses_another_model_and_non_finite_weights(tmp_path):
+    other = tmp_path / "other.pt"
+    model = DenseFlow(DenseFlowConfig.tiny(32))
+    state = TrainingState(1, 0, 1, 0, torch.zeros((), dtype=torch.float64), 1, 0, 1)
+    save_training_checkpoint(other, model, train_config={}, optimizer={}, state=state)
+    with pytest.raises(CheckpointError, match=r"holds another model \(image_size: 32 there, 16 "):
+        trainer(config(tmp_path / "run", init_from=str(other)))
+    nan = tmp_path / "nan.pt"
+    save_training_checkpoint(nan, DenseFlow(DenseFlowConfig.tiny(16)), train_config={},
+                             optimizer={}, state=state)  # fmt: skip
+    ckpt = read_checkpoint(nan)
+    ckpt["model"][next(iter(ckpt["model"]))].fill_(math.nan)  # as an earlier version could write
+    torch.save(ckpt, nan)
+    with pytest.raises(CheckpointError, match=r"holds non-finite weights .*choose an earlier"):
+        trainer(config(tmp_path / "run", init_from=str(nan)))
+    assert not (tmp_path / "run").exists()  # refused at set-up: no trace
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+HOLD = """
+import sys
+from densflow.training.rundir import RunFolderLock
+lock = RunFolderLock(sys.argv[1])
+lock.acquire()
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_second_writer_is_refused_and_a_killed_holder_frees_the_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        env=env, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert (run / LOCK_NAME).read_text().strip() == str(holder.pid)
+        assert_refused(
+            [*SMOKE, "--out-dir", str(run)],
+            rf"^error: another densflow run \(pid {holder.pid}\) is writing to "
+            rf"{re.escape(str(run))}; wait for it or choose another --out-dir$",
+            capsys,
+            tmp_path,
+        )
+    finally:
+        holder.kill()  # as a crash would: no clean-up runs in the holder
+        holder.wait(timeout=60)
+    assert (run / LOCK_NAME).exists()  # left behind by the killed holder, and no obstacle
+    code, out, err = run_cli([*SMOKE, "--out-dir", str(run)], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in run.iterdir()) == [CHECKPOINT_NAME, METRICS_NAME]
+
+
+def test_one_trainer_per_folder_in_one_process_too(tmp_path):
+    first = trainer(config(tmp_path, max_steps=2))
+    with pytest.raises(TrainingSetupError, match=rf"another densflow run \(pid {os.getpid()}\)"):
+        trainer(config(tmp_path, max_steps=2))
+    first.fit()  # the refused one changed nothing
+    assert [e["event"] for e in read_metrics(tmp_path)] == ["start", "train", "train", "end"]
+    trainer(config(tmp_path, max_steps=3)).fit()  # released at the end of fit
+
+
+def test_stale_temporaries_of_this_run_are_removed_at_start(tmp_path, capsys):
+    run, other = tmp_path / "run", tmp_path / "other"
+    run.mkdir()
+    other.mkdir()
+    stale = run / f".{CHECKPOINT_NAME}.k1ll3d_.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    kept = [run / "notes.tmp", run / ".metrics.jsonl.x.tmp", other / stale.name]
+    for path in kept:
+        path.write_bytes(b"not ours")
+    assert temporaries_of(run / CHECKPOINT_NAME) == [stale]
+    code, out, err = run_cli([*SMOKE, "--out-dir", str(run)], capsys)
+    assert code == 0, err
+    assert "removed 1 temporary file(s) of an interrupted save" in err
+    assert not stale.exists() and all(p.read_bytes() == b"not ours" for p in kept)
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(
+    tmp_path, capsys, monkeypatch
+):
+    run = tmp_path / "run"
+    code, _, err = run_cli([*SMOKE, "--out-dir", str(run)], capsys)
+    assert code == 0, err
+    path = run / CHECKPOINT_NAME
+    good = path.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    before = {k: v for k, v in snapshot(tmp_path).items() if not k.endswith(METRICS_NAME)}
+    code, out, err = run_cli([*SMOKE[:-3], "--max-steps", "4", "--no-progress", "--out-dir",
+                              str(run)], capsys)  # fmt: skip
+    assert code == 2 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert errors == [
+        f"error: cannot write {path}: No space left on device; {path} is left as it was. Free "
+        "disk space or fix the folder's permissions, then run the same command again"
+    ]
+    assert path.read_bytes() == good and temporaries_of(path) == []
+    after = {k: v for k, v in snapshot(tmp_path).items() if not k.endswith(METRICS_NAME)}
+    assert after == before  # only the log grew (its lines past the checkpoint are cut on resume)
+
+
+def test_the_lock_folder_check_happens_before_the_data_is_read(tmp_path, monkeypatch):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read before the run folder was checked")
+
+    monkeypatch.setattr("densflow.data.load_dataset", no_data)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(TrainingSetupError, match="is a file"):
+        Trainer(config(tmp_path / "file"))
