@@ -34,6 +34,7 @@ __all__ = [
     "TrainingCheckpoint",
     "TrainingState",
     "atomic_save",
+    "check_torch_file",
     "save_model",
     "load_model",
     "load_any_checkpoint",
@@ -244,6 +245,19 @@ def restore_rng(rng: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
 
 
+def check_torch_file(path: str | os.PathLike) -> None:
+    """Refuse a file that ``torch.save`` cannot have written, from its first bytes: a zip
+    archive (or, before torch 1.6, a pickle stream of protocol 2 or later)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise CheckpointError(
+            f"{path} is not a checkpoint (neither a zip archive nor a pickle, which torch.save "
+            "writes); expected a densflow checkpoint (.pt) or an official DenseFlow run folder "
+            "or checkpoint: check the path"
+        )
+
+
 def load_any_checkpoint(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[DenseFlow, str | None]:
@@ -263,15 +277,7 @@ def load_any_checkpoint(
             "official DenseFlow run folder (args.pickle + check/checkpoint.pt)"
         )
     if path.is_file():
-        with open(path, "rb") as f:
-            head = f.read(4)
-        # torch.save writes a zip archive (or, before torch 1.6, a pickle stream, protocol 2+)
-        if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
-            raise CheckpointError(
-                f"{path} is not a checkpoint (neither a zip archive nor a pickle, which "
-                "torch.save writes); expected a densflow checkpoint (.pt) or an official "
-                "DenseFlow run folder: check the path"
-            )
+        check_torch_file(path)
         try:
             ckpt = torch.load(path, map_location=device, weights_only=True)
         except pickle.UnpicklingError:

@@ -178,6 +178,14 @@ CLI_ROWS = {
         ["eval", "random.pt", "--dataset", "photos"],
         r"random\.pt is not a checkpoint \(neither a zip archive nor a pickle",
     ),
+    "convert random bytes": (
+        ["convert", "random.pt", "o.pt"],
+        r"random\.pt is not a checkpoint \(neither a zip archive nor a pickle",
+    ),
+    "convert a densflow checkpoint": (
+        ["convert", "m.pt", "o.pt"],
+        r"m\.pt is a densflow checkpoint already, not an official one",
+    ),
     "eval a newer checkpoint version": (
         ["eval", "newer.pt"],
         r"newer\.pt has densflow checkpoint version 99, .* update densflow",
