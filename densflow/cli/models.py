@@ -39,12 +39,13 @@ def _temperature(text: str) -> float:
     from ..validate import check_float
 
     try:
-        return check_float("--temperature", float(text), minimum=0.0)
-    except ValueError as err:
-        message = (
-            str(err) if "finite" in str(err) else f"--temperature must be a number, got {text!r}"
-        )
-        raise argparse.ArgumentTypeError(message) from None
+        value: Any = float(text)
+    except ValueError:
+        value = text
+    try:
+        return check_float("--temperature", value, minimum=0.0)
+    except ValueError as err:  # argparse names the option already
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--temperature ")) from None
 
 
 def _iw_samples(text: str) -> int | str:
