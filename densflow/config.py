@@ -66,8 +66,8 @@ class DenseFlowConfig:
                 raise ValueError(f"{name} must be a sequence of integers, got {values!r}")
             values = tuple(check_int(f"{name}[{i}]", v) for i, v in enumerate(values))
             object.__setattr__(self, name, values)
-        for field in dataclasses.fields(self):
-            if field.type == "int":  # every count and width of the architecture is at least 1
+        for field in dataclasses.fields(self):  # every count and width is at least 1
+            if field.type in ("int", int):
                 check_int(field.name, getattr(self, field.name))
         n = len(self.block_config)
         if not (len(self.layers_config) == len(self.mid_channels) == n) or n == 0:

@@ -106,9 +106,12 @@ def check_output_path(
         if source is None:
             continue
         source = Path(source).expanduser().resolve()
-        if source == target or (folder and target in source.parents):
+        same = source == target or (
+            source.exists() and target.exists() and os.path.samefile(source, target)
+        )  # a hard link or another name of the same file
+        if same or (folder and target in source.parents):
             raise ValueError(
-                f"{name} {path} is {'also' if source == target else 'the folder of'} an input of "
+                f"{name} {path} is {'also' if same else 'the folder of'} an input of "
                 "this command and would be overwritten; write to another path"
             )
     if folder and path.exists() and not path.is_dir():

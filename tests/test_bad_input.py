@@ -350,7 +350,7 @@ def test_a_real_process_prints_no_traceback(workdir):
 
 # ----------------------------------------------------------------------------- the Python API
 
-INT_FIELDS = [f.name for f in dataclasses.fields(DenseFlowConfig) if f.type == "int"]
+INT_FIELDS = [f.name for f in dataclasses.fields(DenseFlowConfig) if f.type in ("int", int)]
 
 
 @pytest.mark.parametrize("value", [0, -1, 2.5, float("nan"), True, "4"])
@@ -470,6 +470,9 @@ def test_check_output_path(tmp_path):
     assert list((tmp_path / "new").iterdir()) == []  # the probe leaves nothing behind
     with pytest.raises(ValueError, match="also an input"):
         check_output_path("--out", src, [src])
+    os.link(src, tmp_path / "link.pt")
+    with pytest.raises(ValueError, match="also an input"):  # another name of the same file
+        check_output_path("--out", tmp_path / "link.pt", [src])
     with pytest.raises(ValueError, match="the folder of an input"):
         check_output_path("OUT", tmp_path, [src], folder=True)
     with pytest.raises(ValueError, match="is a file; give a folder"):
