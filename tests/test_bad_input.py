@@ -172,6 +172,14 @@ CLI_ROWS = {
         r"--batch-size: must be an integer >= 1",
     ),
     "eval --num-workers -1": ([*EVAL, "--num-workers", "-1"], r"must be an integer >= 0"),
+    "eval --seed -1": (
+        [*EVAL, "--seed", "-1"],
+        r"--seed: must be an integer in \[0, 18446744073709551615\]",
+    ),
+    "sample --seed 2**64": (
+        [*SAMPLE, "--seed", str(2**64)],
+        r"--seed: must be an integer in \[0, ",
+    ),
     "convert --image-size 0": (["convert", "run", "o.pt", "--image-size", "0"], r"got 0"),
     # models that cannot be used, with the real reason
     "eval random bytes": (
