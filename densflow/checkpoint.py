@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ __all__ = [
     "TrainingCheckpoint",
     "TrainingState",
     "atomic_save",
+    "check_torch_file",
     "save_model",
     "load_model",
     "load_any_checkpoint",
@@ -130,20 +132,19 @@ def save_model(model: DenseFlow, path: str | os.PathLike, **extra: Any) -> None:
     )
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load and validate a densflow checkpoint dict (tensors and plain values only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
+def _torch_load(path: Path, map_location: str | torch.device) -> Any:
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for torn or foreign files
         raise CheckpointError(
             f"cannot read checkpoint {path}: {err.__class__.__name__}: {err}. The file is corrupt "
-            "or "
-            "not a densflow checkpoint (official DenseFlow checkpoints load with "
+            "or not a densflow checkpoint (official DenseFlow checkpoints load with "
             "densflow.load_official)"
         ) from err
+
+
+def _validate(ckpt: Any, path: Path) -> dict:
+    """``ckpt`` if it is a densflow checkpoint dict this version reads, else why not."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         hint = (
             " It looks like an official DenseFlow checkpoint: use densflow.load_official."
@@ -154,13 +155,23 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path} is not a densflow checkpoint (no format='{FORMAT}' entry).{hint}"
         )
     if ckpt.get("version") != VERSION:
+        newer = isinstance(ckpt.get("version"), int) and ckpt["version"] > VERSION
         raise CheckpointError(
-            f"{path} has checkpoint version {ckpt.get('version')}, expected {VERSION}"
+            f"{path} has densflow checkpoint version {ckpt.get('version')!r}, this densflow "
+            f"reads version {VERSION}" + ("; update densflow to read it" if newer else "")
         )
     for key in ("config", "model"):
         if key not in ckpt:
             raise CheckpointError(f"{path} has no '{key}' entry")
     return ckpt
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load and validate a densflow checkpoint dict (tensors and plain values only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    return _validate(_torch_load(path, map_location), path)
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> DenseFlow:
@@ -172,7 +183,11 @@ def model_from_checkpoint(
     ckpt: dict, path: str | os.PathLike = "<checkpoint>", map_location: str | torch.device = "cpu"
 ) -> DenseFlow:
     """The model of a checkpoint dict already read by :func:`read_checkpoint`."""
-    model = DenseFlow(DenseFlowConfig.from_dict(ckpt["config"]))
+    try:
+        config = DenseFlowConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its config is not a valid DenseFlowConfig: {err}") from err
+    model = DenseFlow(config)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:
@@ -288,11 +303,29 @@ def restore_rng(rng: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
 
 
+def check_torch_file(path: str | os.PathLike) -> None:
+    """Refuse a file that ``torch.save`` cannot have written, from its first bytes: a zip
+    archive (or, before torch 1.6, a pickle stream of protocol 2 or later)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise CheckpointError(
+            f"{path} is not a checkpoint (neither a zip archive nor a pickle, which torch.save "
+            "writes); expected a densflow checkpoint (.pt) or an official DenseFlow run folder "
+            "or checkpoint: check the path"
+        )
+
+
 def load_any_checkpoint(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[DenseFlow, str | None]:
     """A model from a densflow checkpoint or an official run folder / checkpoint file, and the
-    dataset it was trained on when the files record it."""
+    dataset it was trained on when the files record it.
+
+    The kind is decided by content: a file that ``torch.load`` reads as a dict with
+    ``format="densflow"`` is ours (and any failure to use it is reported as such), a folder or
+    any other ``torch.save`` file goes to :func:`~densflow.official.load_official`, and a file
+    that is neither a zip archive nor a pickle is not a checkpoint."""
     from .official import load_official, locate_official, read_official_args
 
     path = Path(path)
@@ -302,11 +335,18 @@ def load_any_checkpoint(
             "official DenseFlow run folder (args.pickle + check/checkpoint.pt)"
         )
     if path.is_file():
+        check_torch_file(path)
         try:
-            ckpt = read_checkpoint(path, device)
-        except CheckpointError:
-            ckpt = None  # not ours: try the official format, which explains its own failures
-        if ckpt is not None:
+            ckpt = torch.load(path, map_location=device, weights_only=True)
+        except pickle.UnpicklingError:
+            ckpt = None  # objects beyond tensors: not ours, the official loader explains
+        except Exception as err:  # the real reason: a device, a torn file...
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: {err.__class__.__name__}: {err}"
+            ) from err
+        # Ours by content: a dict with the densflow format marker; its own errors are reported.
+        if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+            ckpt = _validate(ckpt, path)
             dataset = (ckpt.get("train_config") or {}).get("dataset")
             return model_from_checkpoint(ckpt, path, device), dataset
     model = load_official(path, map_location=device)

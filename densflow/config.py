@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .validate import check_int
+
 __all__ = ["DenseFlowConfig", "PAPER", "PRESETS"]
 
 
@@ -59,7 +61,14 @@ class DenseFlowConfig:
     def __post_init__(self) -> None:
         # Lists from JSON or argparse become tuples, so configs compare and hash by value.
         for name in ("block_config", "layers_config", "mid_channels"):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+            values = getattr(self, name)
+            if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+                raise ValueError(f"{name} must be a sequence of integers, got {values!r}")
+            values = tuple(check_int(f"{name}[{i}]", v) for i, v in enumerate(values))
+            object.__setattr__(self, name, values)
+        for field in dataclasses.fields(self):  # every count and width is at least 1
+            if field.type in ("int", int):
+                check_int(field.name, getattr(self, field.name))
         n = len(self.block_config)
         if not (len(self.layers_config) == len(self.mid_channels) == n) or n == 0:
             raise ValueError(

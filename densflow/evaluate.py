@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from .data import paper_datasets
 from .model import DenseFlow
 from .performance import autocast, run_eagerly
 from .runtime import collate_images, progress_bar, resolve_device
+from .validate import check_float, check_int
 
 __all__ = ["EvalResult", "PAPER_IW_SAMPLES", "evaluate", "save_sample_grid"]
 
@@ -62,14 +65,27 @@ class EvalResult:
     per_image_single: np.ndarray | None
     per_image_iw: np.ndarray | None
 
+    @property
+    def finite(self) -> bool:
+        """Whether every computed bound is a finite number (NaN weights give NaN bits/dim)."""
+        return all(v is None or math.isfinite(v) for v in (self.bpd_single, self.bpd_iw))
+
     def to_dict(self) -> dict[str, Any]:
-        """The summary numbers (no per-image arrays), for JSON."""
-        return {
-            "bpd_single": self.bpd_single,
-            "bpd_iw": self.bpd_iw,
+        """The summary numbers (no per-image arrays), for JSON: a non-finite bound is ``None``
+        (JSON has no NaN) and ``"non_finite": True`` is added."""
+
+        def number(v: float | None) -> float | None:
+            return v if v is None or math.isfinite(v) else None
+
+        out = {
+            "bpd_single": number(self.bpd_single),
+            "bpd_iw": number(self.bpd_iw),
             "n_images": self.n_images,
             "iw_samples": self.iw_samples,
         }
+        if not self.finite:
+            out["non_finite"] = True
+        return out
 
 
 def _fingerprint(model: DenseFlow) -> str:
@@ -80,6 +96,23 @@ def _fingerprint(model: DenseFlow) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def _read_partial(partial: Path) -> dict:
+    """The progress file ``partial`` as written by :func:`evaluate`; anything else is refused,
+    since :func:`evaluate` replaces and finally deletes the file at ``partial_path``."""
+    try:
+        state = torch.load(partial, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for foreign or damaged files
+        state, reason = None, f"{err.__class__.__name__}"
+    else:
+        reason = "no evaluation-progress marker"
+    if not isinstance(state, dict) or state.get("format") != _PARTIAL_FORMAT:
+        raise ValueError(
+            f"partial_path {partial} exists and is not an evaluation progress file ({reason}); "
+            "evaluate would overwrite and then delete it: pass another partial_path"
+        )
+    return state
 
 
 def evaluate(
@@ -123,8 +156,11 @@ def evaluate(
         generator: the source of every draw; advanced in place.
         progress: a progress bar (None: on a terminal and in notebooks).
         partial_path: where to keep progress: it is written atomically at most every
-            ``save_interval_s`` seconds (0: after every batch), read back by a later call with the
-            same arguments and model, and deleted when the evaluation completes.
+            ``save_interval_s`` seconds (0: after every batch) and on Ctrl-C, read back by a later
+            call with the same arguments and model, and deleted when the evaluation completes.
+            An existing file there that is not such a progress file is refused (``ValueError``)
+            before any work, so that nothing else is ever overwritten or deleted; the progress of
+            another model or other settings is replaced, with a warning.
         num_workers: DataLoader workers.
         amp: ``"bf16"`` runs the coupling and conditioning networks in bfloat16
             (:func:`densflow.performance.autocast`; log-dets, prior and bits/dim stay float32,
@@ -139,6 +175,16 @@ def evaluate(
     """
     if iw_samples is None and not single:
         raise ValueError("nothing to compute: single=False and no iw_samples")
+    batch_size, chunk_size = (
+        check_int("batch_size", batch_size),
+        check_int("chunk_size", chunk_size),
+    )
+    if iw_samples is not None:
+        iw_samples = check_int("iw_samples", iw_samples)
+    check_int("num_workers", num_workers, minimum=0)
+    check_float("save_interval_s", save_interval_s, minimum=0.0)
+    if len(dataset) == 0:
+        raise ValueError("dataset is empty: there is no image to evaluate")
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     n = len(dataset)
@@ -160,21 +206,18 @@ def evaluate(
     done = 0
     partial = Path(partial_path) if partial_path is not None else None
     fingerprint = _fingerprint(model) if partial is not None else None
+    if partial is not None and partial.is_dir():
+        raise ValueError(f"partial_path {partial} is a folder; give a file path")
     if partial is not None and partial.exists():
-        try:
-            state = torch.load(partial, map_location="cpu", weights_only=True)
-        except Exception:  # not ours or damaged: it only ever holds progress, so recompute
-            state = {}
-        if (
-            state.get("format") == _PARTIAL_FORMAT
-            and state["version"] == _PARTIAL_VERSION
-            and (state["settings"] == settings and state["model"] == fingerprint)
+        state = _read_partial(partial)  # refuses a file that is not ours before any work
+        if state.get("version") == _PARTIAL_VERSION and (
+            state["settings"] == settings and state["model"] == fingerprint
         ):
             done, per_single, per_iw = state["done"], list(state["single"]), list(state["iw"])
             generator.set_state(state["generator"])
         else:
             warnings.warn(
-                f"{partial} is unreadable or from another model or other settings; starting over",
+                f"{partial} holds the progress of another model or other settings; starting over",
                 stacklevel=2,
             )
 
@@ -188,6 +231,17 @@ def evaluate(
     )
     bar = progress_bar(n, initial=done, desc="evaluate", unit="img", enabled=progress)
     last_save = time.monotonic()
+    # The state after the last finished batch: what a progress file records. A Ctrl-C in the
+    # middle of a batch has advanced the generator already, so the live one cannot be saved then.
+    committed = (done, len(per_single), len(per_iw), generator.get_state())
+
+    def save_progress() -> None:
+        d, s, i, gen = committed
+        atomic_save({"format": _PARTIAL_FORMAT, "version": _PARTIAL_VERSION,
+                     "settings": settings, "model": fingerprint, "done": d,
+                     "single": per_single[:s], "iw": per_iw[:i],
+                     "generator": gen}, partial)  # fmt: skip
+
     try:
         with torch.no_grad(), precision:
             for x in loader:
@@ -203,22 +257,27 @@ def evaluate(
                         log_p = model.iw_log_prob(x, iw_samples, chunk_size, generator)
                         per_iw.append(bits_per_dim(log_p, model.image_shape).cpu())
                 done += len(x)
+                if partial is not None:
+                    committed = (done, len(per_single), len(per_iw), generator.get_state())
                 bar.update(len(x))
                 if (
                     partial is not None
                     and done < n
                     and (time.monotonic() - last_save >= save_interval_s)
                 ):
-                    atomic_save({"format": _PARTIAL_FORMAT, "version": _PARTIAL_VERSION,
-                                 "settings": settings, "model": fingerprint, "done": done,
-                                 "single": per_single, "iw": per_iw,
-                                 "generator": generator.get_state()}, partial)  # fmt: skip
+                    save_progress()
                     last_save = time.monotonic()
+    except KeyboardInterrupt:
+        # Ctrl-C keeps every finished batch: the same call resumes from the last one.
+        if partial is not None and 0 < committed[0] < n:
+            save_progress()
+        raise
     finally:
         bar.close()
         model.train(was_training)
-    if partial is not None:
-        partial.unlink(missing_ok=True)
+    if partial is not None and partial.exists():
+        _read_partial(partial)  # still ours (nothing replaced it meanwhile): safe to delete
+        partial.unlink()
 
     def summary(values: list[Tensor]) -> tuple[float | None, np.ndarray | None]:
         if not values:
@@ -249,6 +308,8 @@ def save_sample_grid(
     from torchvision.utils import save_image
 
     precision = autocast(next(model.parameters()).device, amp)  # checks amp before any work
+    n, nrow = check_int("n", n), check_int("nrow", nrow)
+    check_float("temperature", temperature, minimum=0.0)
     was_training = model.training
     model.eval()
     try:
@@ -258,5 +319,13 @@ def save_sample_grid(
         model.train(was_training)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(samples.float().cpu() / 255.0, path, nrow=nrow, padding=2)
+    # Written beside the target and renamed onto it: a crash or a full disk never leaves half a PNG
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            save_image(samples.float().cpu() / 255.0, f, format="png", nrow=nrow, padding=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return samples

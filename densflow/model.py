@@ -38,6 +38,7 @@ from .invertible_dense_block import InvertibleDenseBlock
 from .multiscale import CentredSqueeze, Transition
 from .noise import draw
 from .prior import LearnedGaussianPrior
+from .validate import check_float, check_int
 
 __all__ = ["DenseFlowConfig", "DenseFlow", "PRESETS", "coupling_net_factory"]
 
@@ -135,6 +136,8 @@ class DenseFlow(nn.Module):
             raise ValueError(
                 f"expected a batch of RGB images of shape (B, 3, H, W), got shape {tuple(x.shape)}"
             )
+        if x.shape[0] == 0:
+            raise ValueError("x is an empty batch (B = 0); pass at least one image")
         size = self.config.image_size
         if tuple(x.shape[2:]) != (size, size):
             raise ValueError(
@@ -332,10 +335,7 @@ class DenseFlow(nn.Module):
         one forward pass — and combined with a running ``logsumexp``, so k = 1000 fits in memory.
         Call it in eval mode (BatchNorm then uses its running statistics).
         """
-        if k < 1 or chunk_size < 1:
-            raise ValueError(
-                f"k and chunk_size must be positive, got k={k}, chunk_size={chunk_size}"
-            )
+        k, chunk_size = check_int("k", k), check_int("chunk_size", chunk_size)
         x = self._check_images(x).to(torch.uint8)
         b = x.shape[0]
         running = None
@@ -376,6 +376,8 @@ class DenseFlow(nn.Module):
         the dropped halves' from the last transition back to the first, the official order) come
         from ``generator`` unless ``noise`` is given.
         """
+        n = check_int("n", n)
+        check_float("temperature", temperature, minimum=0.0)
         if noise is None:
             noise = self.draw_noise(n, generator, sampling=True)
         else:

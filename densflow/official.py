@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .checkpoint import CheckpointError
+from .checkpoint import FORMAT, CheckpointError, check_torch_file
 from .data import DATASETS, AllowList, restricted_unpickle
 from .dense_block import DenseBlock
 from .model import DenseFlow, DenseFlowConfig
@@ -340,16 +340,21 @@ def load_official(
     """
     ckpt_file, found_args = locate_official(Path(checkpoint_path))
     args_file = Path(args_path) if args_path is not None else found_args
+    check_torch_file(ckpt_file)  # random bytes are no checkpoint, trusted or not
     try:
         raw = torch.load(ckpt_file, map_location="cpu", weights_only=not trust_checkpoint)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{ckpt_file} cannot be loaded with weights_only=True ({err}). If you trust its "
-            "source, "
-            "pass trust_checkpoint=True"
+            "source, pass trust_checkpoint=True (python -m densflow convert --trust-checkpoint)"
         ) from err
     except Exception as err:
         raise CheckpointError(f"cannot read {ckpt_file}: {err.__class__.__name__}: {err}") from err
+    if isinstance(raw, dict) and raw.get("format") == FORMAT:
+        raise CheckpointError(
+            f"{ckpt_file} is a densflow checkpoint already, not an official one: load it with "
+            "densflow.checkpoint.load_model (eval and sample read it as it is)"
+        )
     state_dict = raw.get("model", raw) if isinstance(raw, dict) else None
     if not isinstance(state_dict, Mapping) or not all(
         isinstance(v, Tensor) for v in state_dict.values()

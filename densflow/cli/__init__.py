@@ -14,27 +14,53 @@ Sub-commands:
 * ``download weights [--root DIR]`` — the authors' released models, converted into the cache that
   ``DenseFlow.from_pretrained("cifar10")`` reads (:mod:`densflow.weights`).
 
-Expected failures (a dataset or checkpoint that is missing or malformed, a diverged training run)
-print one ``error:`` message on stderr and exit with status 2.
+Exit status and messages:
+
+* 0: done.
+* 2: an error the user can fix (a bad option, a missing or malformed dataset or checkpoint, an
+  output that cannot be written, a full disk, a diverged run, non-finite results): one line
+  ``error: ...`` on stderr saying what is wrong, what was expected and how to fix it. The
+  package's own checks raise ``ValueError`` (or ``TypeError``) naming the argument, so both count
+  as such errors, as do ``OSError`` (disk full, read-only, a folder where a file goes) and GPU
+  out-of-memory.
+* 130: interrupted (Ctrl-C); the line says whether a progress file lets the same command resume.
+* 1: anything else is a bug in densflow: one line with the exception, and a pointer to
+  ``--debug``.
+
+``--debug`` (or the environment variable ``DENSFLOW_DEBUG=1``) lets every exception through with
+its full traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from collections.abc import Sequence
 
 from .download import add_download
-from .models import add_eval, add_sample
+from .models import Interrupted, add_eval, add_sample, official_files, option_int
 from .train import add_train, train_config_from_args
 
 __all__ = ["main", "build_parser", "train_config_from_args"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line, like every other error of the command
+    line (argparse's default prints the whole usage first)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message}; see '{self.prog} --help'\n")
+
+
 def _convert(args: argparse.Namespace) -> int:
     from ..checkpoint import save_model
     from ..official import load_official
+    from ..validate import check_output_path
 
+    inputs = [args.official, args.args, *official_files(args.official)]
+    check_output_path("OUT", args.out, inputs, folder=args.format == "pretrained")
     model = load_official(
         args.official, args.args, image_size=args.image_size, trust_checkpoint=args.trust_checkpoint
     )
@@ -99,10 +125,15 @@ def _data_download(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m densflow",
         description="DenseFlow (Grcić et al., NeurIPS 2021): train, evaluate and sample; convert "
         "official checkpoints; check and download datasets.",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error (also: DENSFLOW_DEBUG=1)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -129,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument(
         "--image-size",
-        type=int,
+        type=option_int("--image-size"),
         default=None,
         help="image size, when there is no args.pickle (default 32)",
     )
@@ -147,14 +178,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _message(err: BaseException) -> tuple[int, str]:
+    """The exit status and the one line that :func:`main` prints for ``err``."""
+    import torch
+
     from ..checkpoint import CheckpointError
     from ..data import DatasetError
     from ..training import TrainingDivergedError
 
+    if isinstance(err, Interrupted):
+        return 130, str(err)
+    if isinstance(err, KeyboardInterrupt):
+        return 130, "interrupted"
+    if isinstance(err, (CheckpointError, DatasetError, TrainingDivergedError)):
+        return 2, f"error: {err}"
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return 2, (
+            "error: out of GPU memory; use a smaller --batch-size (or --chunk-size), or "
+            "--device cpu"
+        )
+    if isinstance(err, OSError):
+        where = f"{err.filename}: " if err.filename else ""
+        fix = {
+            errno.ENOSPC: "free some space and run the same command again",
+            errno.EACCES: "choose a path you may write to",
+            errno.EROFS: "choose a path on a writable file system",
+            errno.EISDIR: "give a file path, not a folder",
+            errno.ENOTDIR: "a part of the path is a file; give a folder path",
+            errno.ENOENT: "check the path",
+        }.get(err.errno, "check the path, its permissions and the free disk space")
+        return 2, f"error: {where}{err.strerror or err}; {fix}"
+    if isinstance(err, (ValueError, TypeError)):  # the package's own checks of user values
+        return 2, f"error: {err}"
+    return 1, (
+        f"error: unexpected {err.__class__.__name__}: {err}; this is a bug in densflow, rerun "
+        "with --debug for the traceback"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; an error ends as one ``error:`` line and a status (see the module's
+    docstring), or, with ``--debug`` or ``DENSFLOW_DEBUG=1``, as the exception itself."""
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("DENSFLOW_DEBUG", "") not in ("", "0")
     try:
         return args.run(args)
-    except (CheckpointError, DatasetError, TrainingDivergedError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as err:
+        if debug:
+            raise
+        status, line = _message(err)
+        print(line, file=sys.stderr)
+        return status

@@ -5,10 +5,82 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_eval", "add_sample"]
+__all__ = ["Interrupted", "add_eval", "add_sample", "official_files", "option_int"]
+
+
+_MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with the line that says what was kept."""
+
+
+def option_int(option: str, minimum: int = 1, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer option in ``[minimum, maximum]``, refused with one
+    line."""
+    from ..validate import check_int
+
+    def parse(text: str) -> int:
+        try:
+            value: Any = int(text)
+        except ValueError:
+            value = text
+        try:
+            return check_int(option, value, minimum, maximum)
+        except ValueError as err:  # argparse names the option already
+            raise argparse.ArgumentTypeError(str(err).removeprefix(f"{option} ")) from None
+
+    return parse
+
+
+def _temperature(text: str) -> float:
+    from ..validate import check_float
+
+    try:
+        value: Any = float(text)
+    except ValueError:
+        value = text
+    try:
+        return check_float("--temperature", value, minimum=0.0)
+    except ValueError as err:  # argparse names the option already
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--temperature ")) from None
+
+
+def _iw_samples(text: str) -> int | str:
+    return text if text == "paper" else option_int("--iw-samples")(text)
+
+
+def official_files(spec: str | os.PathLike | None) -> list[Path]:
+    """The files a model named by ``spec`` is read from (a run folder's checkpoint and
+    args.pickle, a model directory's two files), which no output may replace."""
+    if spec is None:
+        return []
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        return [path]
+    names = ("check/checkpoint.pt", "checkpoint.pt", "args.pickle", "config.json",
+             "model.safetensors")  # fmt: skip
+    return [path, *(path / name for name in names)]
+
+
+def _write_text(path: Path, text: str) -> None:
+    """``text`` into ``path`` through a temporary file renamed onto it: never half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
@@ -33,9 +105,10 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace) -> tuple[Any, str | None]:
     """The model to evaluate or sample, and the dataset it was trained on (when recorded)."""
     from ..pretrained import resolve_model
-    from ..runtime import resolve_device
+    from ..validate import check_device
 
-    return resolve_model(args.official or args.checkpoint, map_location=resolve_device(args.device))
+    device = check_device("--device", args.device)
+    return resolve_model(args.official or args.checkpoint, map_location=device)
 
 
 def add_eval(sub: argparse._SubParsersAction) -> None:
@@ -69,35 +142,52 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         help="CelebA crop: official resizes the whole image, center148 crops first "
         "(default: official)",
     )
-    ev.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
+    ev.add_argument(
+        "--limit",
+        type=option_int("--limit"),
+        default=None,
+        help="only the first N images of the split",
+    )
     ev.add_argument(
         "--batch-size",
-        type=int,
+        type=option_int("--batch-size"),
         default=64,
         help="images per forward pass; the "
         "importance-weighted bound runs batch-size x chunk-size (default: 64)",
     )
     ev.add_argument(
         "--iw-samples",
+        type=_iw_samples,
         default=None,
         help="k of the importance-weighted bound, or "
         "'paper' for the paper's k of the dataset (default: single-sample only)",
     )
     ev.add_argument(
         "--chunk-size",
-        type=int,
+        type=option_int("--chunk-size"),
         default=50,
         help="importance samples per forward pass (default: 50)",
     )
-    ev.add_argument("--seed", type=int, default=0, help="seed of the noise draws (default: 0)")
+    ev.add_argument(
+        "--seed",
+        type=option_int("--seed", 0, _MAX_SEED),
+        default=0,
+        help="seed of the noise draws (default: 0)",
+    )
     ev.add_argument(
         "--partial",
         default=None,
         help="progress file: an interrupted evaluation "
-        "resumes from it (default: OUT.partial when --out is given)",
+        "resumes from it; only a progress file of this program is ever replaced or deleted "
+        "(default: OUT.partial when --out is given)",
     )
     ev.add_argument("--out", default=None, help="also write the JSON results to this file")
-    ev.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: 0)")
+    ev.add_argument(
+        "--num-workers",
+        type=option_int("--num-workers", 0),
+        default=0,
+        help="DataLoader workers (default: 0)",
+    )
     ev.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -143,7 +233,15 @@ def _load_for_speed(args: argparse.Namespace) -> tuple[Any, str | None]:
 def _eval(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..evaluate import PAPER_IW_SAMPLES, evaluate
-    from ..runtime import first_images
+    from ..runtime import collate_images, first_images
+    from ..validate import check_output_path
+
+    # Every output is checked before any work, so that hours of evaluation are never lost.
+    inputs = official_files(args.official or args.checkpoint)
+    out = check_output_path("--out", args.out, inputs) if args.out else None
+    partial = args.partial or (f"{args.out}.partial" if args.out else None)
+    if partial is not None:
+        partial = check_output_path("--partial", partial, [*inputs, out])
 
     model, trained_on = _load_for_speed(args)
     dataset = args.dataset or trained_on
@@ -154,33 +252,54 @@ def _eval(args: argparse.Namespace) -> int:
         if dataset not in PAPER_IW_SAMPLES:
             args.parser.error(f"the paper reports no importance-weighted bound for {dataset}")
         k = PAPER_IW_SAMPLES[dataset]
-    k = int(k) if k is not None else None
     images = load_dataset(dataset, args.data_dir, args.split, celeba_crop=args.celeba_crop)
     images = first_images(images, args.limit)
-    partial = args.partial or (f"{args.out}.partial" if args.out else None)
-    result = evaluate(
-        model,
-        images,
-        batch_size=args.batch_size,
-        iw_samples=k,
-        chunk_size=args.chunk_size,
-        seed=args.seed,
-        progress=args.progress,
-        partial_path=partial,
-        num_workers=args.num_workers,
-        amp=args.amp,
-    )
+    if len(images) == 0:
+        raise ValueError(f"{dataset} {args.split} has no images; check the dataset (data check)")
+    shape = tuple(collate_images([images[0]]).shape[1:])
+    if shape != tuple(model.image_shape):
+        raise ValueError(
+            f"the model is for {model.image_shape} images, {dataset} {args.split} has {shape}; "
+            "evaluate it on the dataset it was trained on (--dataset), or give a model of that "
+            "image size"
+        )
+    try:
+        result = evaluate(
+            model,
+            images,
+            batch_size=args.batch_size,
+            iw_samples=k,
+            chunk_size=args.chunk_size,
+            seed=args.seed,
+            progress=args.progress,
+            partial_path=partial,
+            num_workers=args.num_workers,
+            amp=args.amp,
+        )
+    except KeyboardInterrupt:
+        kept = partial is not None and partial.is_file()
+        raise Interrupted(
+            f"interrupted; the partial file {partial} lets the same command resume"
+            if kept
+            else "interrupted; nothing was kept (give --out or --partial to make an evaluation "
+            "resumable)"
+        ) from None
     summary = {
         "dataset": dataset,
         "split": args.split,
         "model": args.checkpoint or args.official,
         **result.to_dict(),
     }
-    text = json.dumps(summary, indent=2)
+    text = json.dumps(summary, indent=2, allow_nan=False)  # JSON has no NaN: to_dict gives null
     print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    if out is not None:
+        _write_text(out, text + "\n")
+    if not result.finite:
+        raise ValueError(
+            'the bits/dim are not finite (NaN or inf, written as null with "non_finite": '
+            "true); the model's weights or outputs are not finite: evaluate an earlier "
+            "checkpoint of the run"
+        )
     return 0
 
 
@@ -192,15 +311,24 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
     )
     _add_model_source(sp)
     sp.add_argument("--out", required=True, help="the PNG file to write")
-    sp.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
-    sp.add_argument("--nrow", type=int, default=8, help="images per grid row (default: 8)")
+    sp.add_argument(
+        "--n", type=option_int("--n"), default=64, help="number of samples (default: 64)"
+    )
+    sp.add_argument(
+        "--nrow", type=option_int("--nrow"), default=8, help="images per grid row (default: 8)"
+    )
     sp.add_argument(
         "--temperature",
-        type=float,
+        type=_temperature,
         default=1.0,
-        help="scale of the prior's standard deviation (default: 1.0)",
+        help="scale of the prior's standard deviation, finite and >= 0 (default: 1.0)",
     )
-    sp.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
+    sp.add_argument(
+        "--seed",
+        type=option_int("--seed", 0, _MAX_SEED),
+        default=0,
+        help="seed of the draws (default: 0)",
+    )
     _add_speed_switches(
         sp,
         amp_help="bf16: the coupling networks in bfloat16; the same draws, "
@@ -214,17 +342,22 @@ def _sample(args: argparse.Namespace) -> int:
     import torch
 
     from ..evaluate import save_sample_grid
+    from ..validate import check_output_path
 
+    out = check_output_path("--out", args.out, official_files(args.official or args.checkpoint))
     model, _ = _load_for_speed(args)
     generator = torch.Generator(next(model.parameters()).device).manual_seed(args.seed)
-    save_sample_grid(
-        model,
-        args.out,
-        n=args.n,
-        temperature=args.temperature,
-        generator=generator,
-        nrow=args.nrow,
-        amp=args.amp,
-    )
+    try:
+        save_sample_grid(
+            model,
+            out,
+            n=args.n,
+            temperature=args.temperature,
+            generator=generator,
+            nrow=args.nrow,
+            amp=args.amp,
+        )
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; {out} was not written") from None
     print(f"wrote {args.n} samples to {args.out}")
     return 0

@@ -1,0 +1,133 @@
+"""Checks of user-given values at the boundaries of the package (configs, public methods, the
+command line): each raises a ``ValueError`` that names the argument, says what was expected and
+what was given, so that the command line can show it as one line.
+
+>>> check_int("k", 4)
+4
+>>> check_int("k", 2.5)
+Traceback (most recent call last):
+...
+ValueError: k must be an integer >= 1, got 2.5
+>>> check_float("temperature", float("nan"), minimum=0.0)
+Traceback (most recent call last):
+...
+ValueError: temperature must be a finite number >= 0.0, got nan
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["check_int", "check_float", "check_device", "check_output_path"]
+
+
+def check_int(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> int:
+    """``value`` as an ``int`` in ``[minimum, maximum]``; a bool, a float (even ``2.0``) or a
+    string is refused, so ``k=2.5`` never becomes 2."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if ok and value >= minimum and (maximum is None or value <= maximum):
+        return int(value)
+    bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+    raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
+
+
+def check_float(
+    name: str,
+    value: Any,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive: bool = False,
+) -> float:
+    """``value`` as a finite ``float`` with ``minimum <= value <= maximum`` (``minimum < value``
+    with ``exclusive``: a positive learning rate is ``minimum=0.0, exclusive=True``). NaN and
+    ±inf are always refused."""
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if number and math.isfinite(value):
+        low_ok = minimum is None or (value > minimum if exclusive else value >= minimum)
+        if low_ok and (maximum is None or value <= maximum):
+            return float(value)
+    parts = []
+    if minimum is not None:
+        parts.append(f"{'>' if exclusive else '>='} {minimum}")
+    if maximum is not None:
+        parts.append(f"<= {maximum}")
+    bound = (" " + " and ".join(parts)) if parts else ""
+    raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+
+
+def check_device(name: str, device: Any) -> Any:
+    """A ``torch.device`` for ``device`` (``"auto"``: CUDA when available), refusing a CUDA or
+    MPS device this machine does not have before any work starts."""
+    import torch
+
+    from .runtime import resolve_device
+
+    try:
+        resolved = resolve_device(device)
+    except RuntimeError as err:  # torch's own message lists the device types it knows
+        raise ValueError(f"{name} {device!r} is not a device torch knows: {err}") from err
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"{name} {device!r}: CUDA is not available on this machine; use 'cpu' or 'auto'"
+            )
+        index = resolved.index or 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{name} {device!r}: this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s); use cuda:0 ... cuda:{torch.cuda.device_count() - 1} or 'auto'"
+            )
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name} {device!r}: MPS is not available here; use 'cpu' or 'auto'")
+    return resolved
+
+
+def check_output_path(
+    name: str,
+    path: str | os.PathLike,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    *,
+    folder: bool = False,
+) -> Path:
+    """``path`` as an output this process can write, checked before any work: not one of
+    ``inputs`` (an output that replaces its own input loses it), in a folder that exists (it is
+    created) and accepts new files. A file output may not be a folder; a ``folder`` output (which
+    is replaced whole) may not be a file nor hold an input. Nothing is left behind by the check."""
+    path = Path(path).expanduser()
+    target = path.resolve()
+    for source in inputs:
+        if source is None:
+            continue
+        source = Path(source).expanduser().resolve()
+        same = source == target or (
+            source.exists() and target.exists() and os.path.samefile(source, target)
+        )  # a hard link or another name of the same file
+        if same or (folder and target in source.parents):
+            raise ValueError(
+                f"{name} {path} is {'also' if same else 'the folder of'} an input of "
+                "this command and would be overwritten; write to another path"
+            )
+    if folder and path.exists() and not path.is_dir():
+        raise ValueError(f"{name} {path} is a file; give a folder path")
+    if not folder and path.is_dir():
+        raise ValueError(f"{name} {path} is a folder; give a file path")
+    if not folder and path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{name} {path} exists and is read-only; choose another path")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"{name} {path}: cannot write into {parent} ({err.strerror or err}); choose a "
+            "writable folder"
+        ) from err
+    return path

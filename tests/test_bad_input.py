@@ -1,0 +1,487 @@
+"""Bad input never costs work: every mistake a user can make on the command line or at the Python
+API ends in one clear line (exit status 2) or a ``ValueError`` naming the argument, and no file
+is changed, lost or left behind.
+
+Each command-line row runs ``main`` in a copy of a folder of small files (tiny checkpoints, a
+non-finite one, random bytes, an official run folder), hashed before and after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from densflow.checkpoint import (
+    FORMAT,
+    CheckpointError,
+    load_any_checkpoint,
+    save_model,
+)
+from densflow.cli import main
+from densflow.config import DenseFlowConfig
+from densflow.evaluate import evaluate
+from densflow.model import DenseFlow
+from densflow.validate import check_float, check_int, check_output_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny(image_size: int = 32, seed: int = 0) -> DenseFlow:
+    torch.manual_seed(seed)
+    return DenseFlow(DenseFlowConfig.tiny(image_size=image_size)).eval()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, reference_dir) -> Path:
+    """The folder every command-line row starts from (relative paths inside it)."""
+    from test_official import write_official_run
+
+    root = tmp_path_factory.mktemp("files")
+    photos = {"dataset": "photos"}
+    save_model(tiny(), root / "m.pt", train_config=photos)  # the photos are 32×32
+    save_model(tiny(16), root / "m16.pt", train_config=photos)
+    nan = tiny()
+    with torch.no_grad():
+        for p in nan.parameters():
+            p.fill_(float("nan"))
+    save_model(nan, root / "nan.pt", train_config=photos)
+    ckpt = torch.load(root / "m.pt", weights_only=True)
+    torch.save({**ckpt, "version": 99}, root / "newer.pt")
+    (root / "random.pt").write_bytes(bytes(range(256)) * 8)
+    (root / "notes.txt").write_text("my notes, not a progress file\n")
+    golden = torch.load(reference_dir / "golden_A.pt", weights_only=True)
+    write_official_run(root / "run", golden)
+    return root
+
+
+@pytest.fixture
+def workdir(files, tmp_path, monkeypatch) -> Path:
+    work = tmp_path / "work"
+    shutil.copytree(files, work)
+    monkeypatch.chdir(work)
+    return work
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under ``root`` with the SHA-256 of its bytes."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str]:
+    """``main(argv)``'s exit status (argparse's SystemExit included) and its stderr."""
+    try:
+        status = main(argv)
+    except SystemExit as exit_info:
+        status = exit_info.code
+    return status, capsys.readouterr().err
+
+
+def assert_one_line(err: str, pattern: str) -> None:
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+CUDA = torch.cuda.is_available()
+EVAL = ["eval", "m.pt", "--limit", "4", "--batch-size", "4", "--device", "cpu"]
+SAMPLE = ["sample", "m.pt", "--out", "s.png", "--n", "2", "--device", "cpu"]
+
+# (argv, the one line's pattern): each must exit 2 and leave every file as it was.
+CLI_ROWS = {
+    # an output that is an input, or cannot be written
+    "eval --partial is the checkpoint": (
+        [*EVAL, "--partial", "m.pt"],
+        r"--partial m\.pt is also an input .* write to another path",
+    ),
+    "eval --partial is not a progress file": (
+        [*EVAL, "--partial", "notes.txt"],
+        r"notes\.txt exists and is not an evaluation progress file.*another partial_path",
+    ),
+    "eval --partial is the --out": (
+        [*EVAL, "--out", "r.json", "--partial", "r.json"],
+        r"--partial r\.json is also an input",
+    ),
+    "eval --out is the checkpoint": ([*EVAL, "--out", "m.pt"], r"--out m\.pt is also an input"),
+    "eval --out is a folder": ([*EVAL, "--out", "run"], r"--out run is a folder; give a file"),
+    "eval --out under a file": (
+        [*EVAL, "--out", "notes.txt/r.json"],
+        r"cannot write into notes\.txt .*writable folder",
+    ),
+    "eval --out is the official checkpoint": (
+        ["eval", "--official", "run", "--out", "run/check/checkpoint.pt"],
+        r"also an input",
+    ),
+    "sample --out is the checkpoint": (
+        ["sample", "m.pt", "--out", "m.pt"],
+        r"--out m\.pt is also an input",
+    ),
+    "convert into its own checkpoint": (
+        ["convert", "run", "run/check/checkpoint.pt"],
+        r"OUT run/check/checkpoint\.pt is also an input",
+    ),
+    "convert into its own args.pickle": (["convert", "run", "run/args.pickle"], r"also an input"),
+    "convert --format pretrained onto its run folder": (
+        ["convert", "run", "run", "--format", "pretrained"],
+        r"OUT run is also an input",
+    ),
+    # impossible numbers
+    "sample --temperature nan": (
+        [*SAMPLE, "--temperature", "nan"],
+        r"--temperature: must be a finite number >= 0\.0, got nan",
+    ),
+    "sample --temperature inf": (
+        [*SAMPLE, "--temperature", "inf"],
+        r"finite number >= 0\.0, got inf",
+    ),
+    "sample --temperature -1": ([*SAMPLE, "--temperature", "-1"], r"got -1\.0"),
+    "sample --temperature abc": ([*SAMPLE, "--temperature", "abc"], r"got 'abc'"),
+    "sample --n 0": ([*SAMPLE, "--n", "0"], r"--n: must be an integer >= 1, got 0"),
+    "sample --nrow 0": ([*SAMPLE, "--nrow", "0"], r"--nrow: must be an integer >= 1"),
+    "eval --iw-samples 0": (
+        [*EVAL, "--iw-samples", "0"],
+        r"--iw-samples: must be an integer >= 1",
+    ),
+    "eval --iw-samples 2.5": ([*EVAL, "--iw-samples", "2.5"], r"got '2\.5'"),
+    "eval --chunk-size 0": (
+        [*EVAL, "--chunk-size", "0"],
+        r"--chunk-size: must be an integer >= 1",
+    ),
+    "eval --limit 0": ([*EVAL, "--limit", "0"], r"--limit: must be an integer >= 1, got 0"),
+    "eval --limit -3": ([*EVAL, "--limit", "-3"], r"got -3"),
+    "eval --batch-size 0": (
+        [*EVAL, "--batch-size", "0"],
+        r"--batch-size: must be an integer >= 1",
+    ),
+    "eval --num-workers -1": ([*EVAL, "--num-workers", "-1"], r"must be an integer >= 0"),
+    "eval --seed -1": (
+        [*EVAL, "--seed", "-1"],
+        r"--seed: must be an integer in \[0, 18446744073709551615\]",
+    ),
+    "sample --seed 2**64": (
+        [*SAMPLE, "--seed", str(2**64)],
+        r"--seed: must be an integer in \[0, ",
+    ),
+    "convert --image-size 0": (["convert", "run", "o.pt", "--image-size", "0"], r"got 0"),
+    # models that cannot be used, with the real reason
+    "eval random bytes": (
+        ["eval", "random.pt", "--dataset", "photos"],
+        r"random\.pt is not a checkpoint \(neither a zip archive nor a pickle",
+    ),
+    "convert random bytes": (
+        ["convert", "random.pt", "o.pt"],
+        r"random\.pt is not a checkpoint \(neither a zip archive nor a pickle",
+    ),
+    "convert a densflow checkpoint": (
+        ["convert", "m.pt", "o.pt"],
+        r"m\.pt is a densflow checkpoint already, not an official one",
+    ),
+    "eval a newer checkpoint version": (
+        ["eval", "newer.pt"],
+        r"newer\.pt has densflow checkpoint version 99, .* update densflow",
+    ),
+    "eval a model of another image size": (
+        ["eval", "m16.pt", "--limit", "4"],
+        r"the model is for \(3, 16, 16\) images, photos test has \(3, 32, 32\); .*--dataset",
+    ),
+    "eval --device nonsense": ([*EVAL[:-1], "nonsense"], r"--device 'nonsense' is not a device"),
+    "eval non-finite weights": (
+        ["eval", "nan.pt", "--limit", "4"],
+        r"bits/dim are not finite .*evaluate an earlier checkpoint",
+    ),
+}
+if not CUDA:
+    CLI_ROWS["sample --device cuda without CUDA"] = (
+        [*SAMPLE[:-1], "cuda"],
+        r"--device 'cuda': CUDA is not available on this machine; use 'cpu' or 'auto'",
+    )
+
+
+@pytest.mark.parametrize("argv, pattern", CLI_ROWS.values(), ids=CLI_ROWS.keys())
+def test_a_bad_command_is_one_line_status_2_and_changes_no_file(argv, pattern, workdir, capsys):
+    before = snapshot(workdir)
+    status, err = run_main(argv, capsys)
+    assert status == 2
+    assert_one_line(err, pattern)
+    assert "trust_checkpoint" not in err  # an unsafe option, and one the CLI does not have
+    assert snapshot(workdir) == before  # nothing changed, lost or left behind
+
+
+@pytest.mark.parametrize(
+    "argv, reason",
+    [
+        (["data", "check", "cifar10", "--data-dir", "nowhere"], "nowhere does not exist"),
+        (["data", "check", "cifar10", "--data-dir", "notes.txt"], "is a file, not a directory"),
+        ([*EVAL, "--dataset", "cifar10"], "no data_dir given"),
+    ],
+)
+def test_missing_data_is_status_2_with_what_to_get(argv, reason, workdir, capsys):
+    # The data errors are one "error:" line followed by indented lines listing what was
+    # expected, found and where to get it.
+    before = snapshot(workdir)
+    status, err = run_main(argv, capsys)
+    assert status == 2 and "Traceback" not in err
+    assert err.startswith("error: cifar10: ") and reason in err and "get it: " in err
+    assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("how", ["chmod", "refused"])
+def test_eval_into_a_read_only_folder_fails_before_the_work(how, workdir, capsys, monkeypatch):
+    if how == "chmod" and os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    (workdir / "locked").mkdir()
+    if how == "chmod":
+        (workdir / "locked").chmod(0o555)
+    else:  # the file system refuses new files, as a read-only mount does even for root
+
+        def refuse(*args, **kwargs):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+        monkeypatch.setattr("tempfile.TemporaryFile", refuse)
+    monkeypatch.setattr("densflow.evaluate.evaluate", pytest.fail)  # never reached
+    status, err = run_main([*EVAL, "--out", "locked/r.json"], capsys)
+    assert status == 2
+    assert_one_line(err, r"cannot write into locked .*writable folder")
+    assert list((workdir / "locked").iterdir()) == []
+
+
+def test_non_finite_results_are_valid_json_and_status_2(workdir, capsys):
+    status = main(["eval", "nan.pt", "--limit", "4", "--out", "r.json"])
+    captured = capsys.readouterr()
+    assert status == 2
+    written = json.loads(Path("r.json").read_text())  # strict JSON: NaN would not parse
+    assert json.loads(captured.out) == written
+    assert written["bpd_single"] is None and written["non_finite"] is True
+    assert "NaN" not in Path("r.json").read_text()
+    assert_one_line(captured.err, r"not finite")
+    assert not Path("r.json.partial").exists()
+
+
+def test_ctrl_c_during_eval_keeps_the_progress_and_the_same_command_resumes(
+    workdir, capsys, monkeypatch
+):
+    argv = ["eval", "m.pt", "--limit", "8", "--batch-size", "2", "--out", "r.json"]
+    assert main([*argv[:-2]]) == 0
+    reference = json.loads(capsys.readouterr().out)
+
+    real, calls = DenseFlow.log_prob, []
+
+    def interrupted(self, x, generator=None, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # in the third batch: two are done
+            raise KeyboardInterrupt
+        return real(self, x, generator, **kwargs)
+
+    monkeypatch.setattr(DenseFlow, "log_prob", interrupted)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert err == "interrupted; the partial file r.json.partial lets the same command resume\n"
+    progress = torch.load("r.json.partial", weights_only=True)
+    assert progress["done"] == 4 and not Path("r.json").exists()
+
+    monkeypatch.setattr(DenseFlow, "log_prob", real)
+    assert main(argv) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    assert resumed == reference  # bit-identical to an uninterrupted run
+    assert not Path("r.json.partial").exists()
+
+
+def test_ctrl_c_during_sample_writes_nothing(workdir, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DenseFlow, "sample", interrupted)
+    before = snapshot(workdir)
+    assert main(SAMPLE) == 130
+    assert capsys.readouterr().err == "interrupted; s.png was not written\n"
+    assert snapshot(workdir) == before
+
+
+def test_a_full_disk_is_one_line_status_2(workdir, capsys, monkeypatch):
+    def full(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr("densflow.cli.models._write_text", full)
+    status, err = run_main([*EVAL, "--out", "r.json"], capsys)
+    assert status == 2
+    assert_one_line(err, r"r\.json: No space left on device; free some space and run the same")
+
+
+def test_a_bug_is_status_1_and_debug_shows_the_traceback(workdir, capsys, monkeypatch):
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr("densflow.evaluate.evaluate", bug)
+    status, err = run_main(EVAL, capsys)
+    assert status == 1
+    assert_one_line(err, r"unexpected ZeroDivisionError: .*rerun with --debug for the traceback")
+    with pytest.raises(ZeroDivisionError):
+        main(["--debug", *EVAL])
+    monkeypatch.setenv("DENSFLOW_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        main(EVAL)
+
+
+def test_a_real_process_prints_no_traceback(workdir):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("DENSFLOW_DEBUG", None)
+    before = snapshot(workdir)
+    proc = subprocess.run(
+        [sys.executable, "-m", "densflow", "eval", "random.pt", "--dataset", "photos"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert_one_line(proc.stderr, r"random\.pt is not a checkpoint")
+    assert snapshot(workdir) == before
+
+
+# ----------------------------------------------------------------------------- the Python API
+
+INT_FIELDS = [f.name for f in dataclasses.fields(DenseFlowConfig) if f.type in ("int", int)]
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, float("nan"), True, "4"])
+@pytest.mark.parametrize("field", INT_FIELDS)
+def test_every_numeric_config_field_is_checked(field, value):
+    with pytest.raises(ValueError, match=rf"^{field} must be an integer >= 1, got"):
+        DenseFlowConfig.tiny(**{field: value})
+
+
+@pytest.mark.parametrize("field", ["block_config", "layers_config", "mid_channels"])
+def test_per_block_lists_are_checked(field):
+    with pytest.raises(ValueError, match=rf"^{field}\[1\] must be an integer >= 1, got 0"):
+        DenseFlowConfig.tiny(**{field: (2, 0, 1)})
+
+
+@pytest.fixture(scope="module")
+def model() -> DenseFlow:
+    return tiny(16)
+
+
+IMAGES = torch.zeros(2, 3, 16, 16, dtype=torch.uint8)
+API_ROWS = {
+    "iw_log_prob k=2.5": (
+        lambda m: m.iw_log_prob(IMAGES, 2.5),
+        r"^k must be an integer >= 1, got 2\.5",
+    ),
+    "iw_log_prob k=0": (lambda m: m.iw_log_prob(IMAGES, 0), r"^k must be an integer >= 1, got 0"),
+    "iw_log_prob chunk_size=0": (lambda m: m.iw_log_prob(IMAGES, 2, 0), r"^chunk_size must be"),
+    "sample(-1)": (lambda m: m.sample(-1), r"^n must be an integer >= 1, got -1"),
+    "sample(0)": (lambda m: m.sample(0), r"^n must be an integer >= 1, got 0"),
+    "sample temperature nan": (
+        lambda m: m.sample(1, float("nan")),
+        r"^temperature must be a finite number >= 0\.0, got nan",
+    ),
+    "sample temperature inf": (lambda m: m.sample(1, float("inf")), r"^temperature .* got inf"),
+    "sample temperature -0.5": (lambda m: m.sample(1, -0.5), r"^temperature .* got -0\.5"),
+    "log_prob of an empty batch": (lambda m: m.log_prob(IMAGES[:0]), r"^x is an empty batch"),
+    "iw_log_prob of an empty batch": (lambda m: m.iw_log_prob(IMAGES[:0], 2), r"empty batch"),
+    "evaluate batch_size=0": (
+        lambda m: evaluate(m, TensorDataset(IMAGES), batch_size=0),
+        r"^batch_size must be",
+    ),
+    "evaluate iw_samples=0": (
+        lambda m: evaluate(m, TensorDataset(IMAGES), iw_samples=0),
+        r"^iw_samples must be",
+    ),
+    "evaluate chunk_size=0": (
+        lambda m: evaluate(m, TensorDataset(IMAGES), iw_samples=2, chunk_size=0),
+        r"^chunk_size must be",
+    ),
+    "evaluate an empty dataset": (
+        lambda m: evaluate(m, TensorDataset(IMAGES[:0])),
+        r"^dataset is empty",
+    ),
+}
+
+
+@pytest.mark.parametrize("call, pattern", API_ROWS.values(), ids=API_ROWS.keys())
+def test_the_api_refuses_impossible_values_naming_the_argument(call, pattern, model):
+    with pytest.raises(ValueError, match=pattern):
+        call(model)
+
+
+def test_sampling_at_temperature_0_is_allowed(model):
+    assert model.sample(1, 0.0, torch.Generator().manual_seed(0)).shape == (1, 3, 16, 16)
+
+
+def test_evaluate_refuses_a_partial_path_that_is_not_its_progress_file(model, tmp_path):
+    for name, content in [("model.pt", None), ("notes.txt", b"notes")]:
+        target = tmp_path / name
+        if content is None:
+            save_model(model, target)
+        else:
+            target.write_bytes(content)
+        before = target.read_bytes()
+        with pytest.raises(ValueError, match="is not an evaluation progress file"):
+            evaluate(model, TensorDataset(IMAGES), progress=False, partial_path=target)
+        assert target.read_bytes() == before
+
+
+def test_load_any_checkpoint_reports_the_real_reason(files):
+    with pytest.raises(CheckpointError, match="is not a checkpoint") as info:
+        load_any_checkpoint(files / "random.pt")
+    assert "trust_checkpoint" not in str(info.value)
+    with pytest.raises(CheckpointError, match="version 99") as info:
+        load_any_checkpoint(files / "newer.pt")
+    assert "official" not in str(info.value)
+    ckpt = torch.load(files / "m.pt", weights_only=True)
+    bad = files.parent / "badconfig.pt"
+    torch.save({**ckpt, "config": {**ckpt["config"], "num_landmarks": 0}}, bad)
+    with pytest.raises(CheckpointError, match="num_landmarks must be an integer >= 1"):
+        load_any_checkpoint(bad)
+    assert ckpt["format"] == FORMAT
+    model, dataset = load_any_checkpoint(files / "m.pt")  # and a good one still loads
+    assert dataset == "photos" and model.config.image_size == 32
+
+
+def test_the_validate_helpers():
+    assert check_int("n", 3) == 3 and check_int("w", 0, minimum=0) == 0
+    for bad in (0, 1.0, True, "2", None):
+        with pytest.raises(ValueError, match="^n must be an integer >= 1"):
+            check_int("n", bad)
+    with pytest.raises(ValueError, match=r"in \[1, 4\]"):
+        check_int("n", 5, maximum=4)
+    assert check_float("lr", 1e-3, minimum=0.0, exclusive=True) == 1e-3
+    for bad in (0.0, float("nan"), float("inf"), -1.0, "1e-3"):
+        with pytest.raises(ValueError, match="^lr must be a finite number > 0.0"):
+            check_float("lr", bad, minimum=0.0, exclusive=True)
+    with pytest.raises(ValueError, match="<= 1.0"):
+        check_float("p", 1.5, minimum=0.0, maximum=1.0)
+
+
+def test_check_output_path(tmp_path):
+    src = tmp_path / "in.pt"
+    src.write_bytes(b"x")
+    assert check_output_path("--out", tmp_path / "new" / "o.json") == tmp_path / "new" / "o.json"
+    assert list((tmp_path / "new").iterdir()) == []  # the probe leaves nothing behind
+    with pytest.raises(ValueError, match="also an input"):
+        check_output_path("--out", src, [src])
+    os.link(src, tmp_path / "link.pt")
+    with pytest.raises(ValueError, match="also an input"):  # another name of the same file
+        check_output_path("--out", tmp_path / "link.pt", [src])
+    with pytest.raises(ValueError, match="the folder of an input"):
+        check_output_path("OUT", tmp_path, [src], folder=True)
+    with pytest.raises(ValueError, match="is a file; give a folder"):
+        check_output_path("OUT", src, folder=True)
