@@ -29,11 +29,14 @@ __all__ = [
 ]
 
 
-def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+def resolve_device(
+    name: str | torch.device | None = "auto", option: str = "device"
+) -> torch.device:
     """``"auto"`` (or None): CUDA when available, else the CPU; any other name as torch reads it.
 
-    A CUDA device that this machine does not have raises ``ValueError`` at once, rather than at
-    the first tensor moved there.
+    A device that is not one, or a CUDA or MPS device that this machine does not have, raises
+    ``ValueError`` (naming ``option``, e.g. ``"--device"``) at once, rather than at the first
+    tensor moved there.
     """
     if name is None or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -41,20 +44,22 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
         device = torch.device(name)
     except (RuntimeError, TypeError) as err:
         raise ValueError(
-            f"unknown device {name!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
+            f"{option} {name!r} is not a device: expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
         ) from err
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
             raise ValueError(
-                f"device {str(name)!r} asked for, but CUDA is not available on this machine; use "
+                f"{option} {str(name)!r} asked for, but CUDA is not available on this machine; use "
                 "--device cpu (or auto)"
             )
         if device.index is not None and device.index >= count:
             raise ValueError(
-                f"device {str(name)!r} asked for, but this machine has {count} CUDA device(s) "
+                f"{option} {str(name)!r} asked for, but this machine has {count} CUDA device(s) "
                 f"(cuda:0..cuda:{count - 1}); use one of them or --device auto"
             )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{option} {str(name)!r}: MPS is not available here; use 'cpu' or 'auto'")
     return device
 
 

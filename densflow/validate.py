@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_int", "check_float", "check_device", "check_output_path"]
+__all__ = ["check_int", "check_float", "check_output_path"]
 
 
 def check_int(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> int:
@@ -60,33 +60,6 @@ def check_float(
         parts.append(f"<= {maximum}")
     bound = (" " + " and ".join(parts)) if parts else ""
     raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
-
-
-def check_device(name: str, device: Any) -> Any:
-    """A ``torch.device`` for ``device`` (``"auto"``: CUDA when available), refusing a CUDA or
-    MPS device this machine does not have before any work starts."""
-    import torch
-
-    from .runtime import resolve_device
-
-    try:
-        resolved = resolve_device(device)
-    except RuntimeError as err:  # torch's own message lists the device types it knows
-        raise ValueError(f"{name} {device!r} is not a device torch knows: {err}") from err
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"{name} {device!r}: CUDA is not available on this machine; use 'cpu' or 'auto'"
-            )
-        index = resolved.index or 0
-        if index >= torch.cuda.device_count():
-            raise ValueError(
-                f"{name} {device!r}: this machine has {torch.cuda.device_count()} CUDA "
-                f"device(s); use cuda:0 ... cuda:{torch.cuda.device_count() - 1} or 'auto'"
-            )
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"{name} {device!r}: MPS is not available here; use 'cpu' or 'auto'")
-    return resolved
 
 
 def check_output_path(

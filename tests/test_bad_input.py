@@ -211,7 +211,7 @@ CLI_ROWS = {
 if not CUDA:
     CLI_ROWS["sample --device cuda without CUDA"] = (
         [*SAMPLE[:-1], "cuda"],
-        r"--device 'cuda': CUDA is not available on this machine; use 'cpu' or 'auto'",
+        r"--device 'cuda' asked for, but CUDA is not available on this machine; use --device cpu",
     )
 
 

@@ -105,9 +105,9 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace) -> tuple[Any, str | None]:
     """The model to evaluate or sample, and the dataset it was trained on (when recorded)."""
     from ..pretrained import resolve_model
-    from ..validate import check_device
+    from ..runtime import resolve_device
 
-    device = check_device("--device", args.device)
+    device = resolve_device(args.device, option="--device")
     return resolve_model(args.official or args.checkpoint, map_location=device)
 
 

@@ -105,18 +105,13 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
 
 def _train(args: argparse.Namespace) -> int:
     from ..runtime import log_to_stderr
-    from ..training import TrainingSetupError, train
+    from ..training import train
 
-    try:
-        config = train_config_from_args(args)
-    except ValueError as err:  # one line: the message names the option and a value that works
-        args.parser.exit(2, f"{args.parser.prog}: error: {err}\n")
+    # A bad setting (ValueError, found before any work) ends in main() as one line, exit 2.
+    config = train_config_from_args(args)
     try:
         with log_to_stderr():
             result = train(config)
-    except TrainingSetupError as err:  # found before any training work
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(
             f"interrupted; the same command resumes from {config.out_dir}/checkpoint.pt",
