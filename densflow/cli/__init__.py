@@ -149,12 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ..checkpoint import CheckpointError
-    from ..data import DatasetError
+    from ..data import DatasetError, MissingDependencyError
     from ..training import TrainingDivergedError
 
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (CheckpointError, DatasetError, TrainingDivergedError) as err:
+    except (CheckpointError, DatasetError, MissingDependencyError, TrainingDivergedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,13 +84,17 @@ class RunLog:
         total_steps, done_steps: the plan of this call and the steps already done.
         images_per_step: images per step over all processes (for images/s).
         progress: the bar's switch (None: on a terminal and in notebooks).
+        loggers: mirrors of the metrics log (:mod:`densflow.training.loggers`): each gets every
+            record just written, and is closed with the log.
     """
 
     def __init__(
         self, out_dir: Path, keep_bytes: int, *, enabled: bool, total_steps: int, done_steps: int,
         images_per_step: int, progress: bool | None, device: torch.device,
+        loggers: Sequence[Any] = (),
     ) -> None:  # fmt: skip
         self.path, self.enabled = Path(out_dir) / METRICS_NAME, enabled
+        self.loggers = list(loggers) if enabled else []
         self.total_steps, self.images_per_step = total_steps, images_per_step
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,10 +113,13 @@ class RunLog:
         return self.path.stat().st_size if self.enabled and self.path.exists() else 0
 
     def event(self, event: str, **values: Any) -> None:
-        """One line of ``metrics.jsonl``."""
+        """One line of ``metrics.jsonl``, then the same record to each logger."""
         if self.enabled:
+            record = {"event": event, **values, "time": time.time()}
             with open(self.path, "a") as f:
-                f.write(json.dumps({"event": event, **values, "time": time.time()}) + "\n")
+                f.write(json.dumps(record) + "\n")
+            for mirror in self.loggers:
+                mirror.record(record)
 
     def info(self, message: str, *args: Any) -> None:
         if self.enabled:
@@ -164,3 +172,5 @@ class RunLog:
 
     def close(self) -> None:
         self.bar.close()
+        for mirror in self.loggers:
+            mirror.close()

@@ -51,6 +51,7 @@ from ..model import DenseFlow
 from ..performance import autocast, compose_coupling_nets, to_channels_last
 from ..runtime import collate_images, first_images, resolve_device
 from .config import CHECKPOINT_NAME, RESUMABLE_CHANGES, TrainConfig
+from .loggers import make_loggers, sample_source
 from .metrics import RunLog, RunningMean, read_metrics
 from .optim import build_optimizer, optimizer_state_dict
 from .schedule import Stream, derive_seed, epoch_permutation, learning_rate, shard_indices
@@ -269,10 +270,13 @@ class Trainer:
         plan = n_steps * total_epochs
         if cfg.max_steps is not None:
             plan = min(plan, cfg.max_steps)
+        # Live mirrors of metrics.jsonl (rank 0), closed with the log; evaluations show samples.
+        samples = sample_source(self.model, derive_seed(cfg.seed, Stream.EVAL))
+        loggers = make_loggers(cfg.logger, self.out_dir, samples) if self.is_main else []
         self.log = RunLog(
             self.out_dir, self._metrics_bytes, enabled=self.is_main, total_steps=plan,
             done_steps=self.step, images_per_step=cfg.batch_size * self.dist.world_size,
-            progress=cfg.progress, device=self.device,
+            progress=cfg.progress, device=self.device, loggers=loggers,
         )  # fmt: skip
         self.log.event(
             "start", step=self.step, epoch=self.epoch, resumed=self.step > 0,
