@@ -291,6 +291,7 @@ def reproduce(
     channels_last: bool = False,
     compile: bool = False,
     cuda_graphs: bool = False,
+    logger: str = "none",
 ) -> Reproduction:
     """A reproduction: check the data, train (resuming from ``out_dir``) or load ``checkpoint``,
     evaluate the test split, draw 64 samples and write ``results.json``, all in ``out_dir``.
@@ -303,6 +304,8 @@ def reproduce(
         device, resume, epochs, steps_per_epoch, batch_size, num_workers, seed, amp,
             channels_last, compile, cuda_graphs: :class:`~densflow.training.TrainConfig` fields
             (None keeps the preset's).
+        logger: ``"tensorboard"`` also writes TensorBoard event files into
+            ``out_dir/tensorboard`` while training (:mod:`densflow.training.loggers`).
         checkpoint: a densflow checkpoint or official run to evaluate instead of training.
         iw_samples: k of the importance-weighted bound (None: :func:`default_iw_samples`).
         eval_limit: evaluate the first N test images only (None: the whole split; ``smoke``: the
@@ -312,8 +315,9 @@ def reproduce(
     with log_to_stderr():  # the training's log lines, also in a notebook's output
         summary = check_dataset(dataset, data_dir)
         overrides: dict[str, Any] = dict(
-            amp=amp, channels_last=channels_last, compile=compile, cuda_graphs=cuda_graphs
-        )
+            amp=amp, channels_last=channels_last, compile=compile, cuda_graphs=cuda_graphs,
+            logger=logger,
+        )  # fmt: skip
         if steps_per_epoch is not None:
             overrides["steps_per_epoch"] = steps_per_epoch
         if eval_limit is not None:
