@@ -100,6 +100,16 @@ def test_crash_after_the_checkpoint_leaves_no_duplicates(tmp_path):
     assert [e.value for e in acc.Scalars("train/bpd")] == pytest.approx([bpd[5], bpd[10]], rel=1e-6)
 
 
+def test_a_logger_first_turned_on_at_a_resume_back_fills_the_scalars(tmp_path):
+    argv = [a for a in SMOKE if a not in ("--logger", "tensorboard")]
+    assert main([*argv, "--out-dir", str(tmp_path), "--max-steps", "5"]) == 0
+    assert not (tmp_path / TENSORBOARD_DIR).exists()
+    run(tmp_path, 10)
+    steps = scalar_steps(events(tmp_path))
+    assert steps["train/bpd"] == [5, 10]
+    assert steps["eval/test_bpd"] == [10]
+
+
 def test_missing_tensorboard_is_one_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # what an import then sees: not there
     with pytest.raises(MissingDependencyError, match=r'pip install -e "\.\[tensorboard\]"'):
