@@ -45,8 +45,9 @@ def test_event_files_mirror_the_metrics_log(tmp_path):
         for tag, value in scalars_of(record).items():
             expected.setdefault(tag, {})[record["step"]] = value
     for tag in ("train/bpd", "train/lr", "train/images_per_s", "train/nonfinite",
-                "epoch/train_bpd", "eval/test_bpd"):  # fmt: skip
+                "train/grad_norm", "epoch/train_bpd", "eval/test_bpd"):  # fmt: skip
         assert tag in expected, tag
+    assert all(0 < v < math.inf for v in expected["train/grad_norm"].values())
     assert sorted(acc.Tags()["scalars"]) == sorted(expected)
     for tag, by_step in expected.items():
         got = {e.step: e.value for e in acc.Scalars(tag)}

@@ -5,8 +5,8 @@ files into ``out_dir/tensorboard/`` (watch them with ``tensorboard --logdir runs
 :meth:`~densflow.training.metrics.RunLog.event` has just written there, and turns them into
 
 * scalars: every number of the ``train`` (bits/dim since the last log point, lr, images/s,
-  non-finite steps), ``epoch`` (train bits/dim of the epoch, lr) and ``eval`` (test bits/dim,
-  single-sample and importance-weighted) records, tagged ``<event>/<field>``;
+  non-finite steps, gradient norm), ``epoch`` (train bits/dim of the epoch, lr) and ``eval``
+  (test bits/dim, single-sample and importance-weighted) records, tagged ``<event>/<field>``;
 * an image ``samples``: a grid of samples drawn at each single-sample evaluation, from a generator
   seeded by the run's seed, so that the grids of one run show the same draws as training goes on;
 * text ``config``: the run's :class:`~densflow.training.TrainConfig` at each start or resume.

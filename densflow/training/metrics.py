@@ -29,7 +29,8 @@ def read_metrics(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The events of ``out_dir/metrics.jsonl``, oldest first.
 
     Events (key ``event``): ``start``; ``train`` (every ``log_every`` steps: ``bpd`` averaged
-    since the last one, ``lr``, ``images_per_s``, ``nonfinite``); ``nonfinite`` (a skipped step);
+    since the last one, ``lr``, ``images_per_s``, ``nonfinite``, ``grad_norm``: the mean gradient
+    norm before clipping over the finite steps since the last one); ``nonfinite`` (a skipped step);
     ``epoch`` (``train_bpd`` of the epoch); ``eval`` (``test_bpd``, and ``test_bpd_iw`` after the
     last epoch when ``iw_samples`` is set); ``end``. All carry ``step``, ``epoch`` and ``time``
     (Unix seconds). A line torn by a crash is ignored.
@@ -105,6 +106,7 @@ class RunLog:
             enabled=progress if enabled else False,
         )  # fmt: skip
         self.window = RunningMean(device)  # losses since the last log point
+        self.window_grad = RunningMean(device)  # gradient norms of its finite steps
         self.window_steps = self.window_nonfinite = 0
         self.window_start = time.perf_counter()
 
@@ -137,6 +139,11 @@ class RunLog:
             self.window.add(loss)
         self.bar.update(1)
 
+    def grad_norm(self, norm: Tensor | None) -> None:
+        """The gradient norm of a step (None: a skipped step, whose norm may be non-finite)."""
+        if norm is not None:
+            self.window_grad.add(norm)
+
     def exclude(self, seconds: float) -> None:
         """Leave ``seconds`` (an evaluation) out of the images/s of this window."""
         self.window_start += seconds
@@ -149,7 +156,7 @@ class RunLog:
         rate = self.window_steps * self.images_per_step / elapsed
         self.event(
             "train", step=step, epoch=epoch, bpd=bpd, lr=lr, images_per_s=rate,
-            nonfinite=self.window_nonfinite,
+            nonfinite=self.window_nonfinite, grad_norm=self.window_grad.mean(),
         )  # fmt: skip
         eta = max(self.total_steps - step, 0) * elapsed / max(self.window_steps, 1)
         self.info(
@@ -159,6 +166,7 @@ class RunLog:
         )  # fmt: skip
         self.bar.set_postfix(bpd="nan" if bpd is None else f"{bpd:.3f}", img_s=f"{rate:.1f}")
         self.window.reset()
+        self.window_grad.reset()
         self.window_steps = self.window_nonfinite = 0
         self.window_start = now
 

@@ -300,6 +300,7 @@ class Trainer:
                     lr = learning_rate(cfg, self.step, self.epoch)
                     x = self._prepare(x)
                     metrics = self.train_step(x, self._draw_noise(x), lr)
+                    self.log.grad_norm(None if metrics.loss is None else metrics.grad_norm)
                     self.step += 1
                     self.step_in_epoch += 1
                     self._account(metrics.loss)
