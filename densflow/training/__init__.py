@@ -11,7 +11,9 @@ One concern per module:
 * :mod:`~densflow.training.optim` — the optimizer, compiled or not;
 * :mod:`~densflow.training.trainer` — :class:`Trainer` and :func:`train`: the loop, evaluations,
   checkpoints (written by :mod:`densflow.checkpoint`) and resume;
-* :mod:`~densflow.training.metrics` — ``metrics.jsonl``, log lines and progress.
+* :mod:`~densflow.training.metrics` — ``metrics.jsonl``, log lines and progress;
+* :mod:`~densflow.training.loggers` — live mirrors of ``metrics.jsonl`` (``logger="tensorboard"``:
+  event files in ``out_dir/tensorboard``).
 """
 
 from .config import CHECKPOINT_NAME, METRICS_NAME, Speed, TrainConfig
