@@ -38,7 +38,7 @@ from .performance import autocast, run_eagerly
 from .runtime import collate_images, progress_bar, resolve_device
 from .validate import check_float, check_int
 
-__all__ = ["EvalResult", "PAPER_IW_SAMPLES", "evaluate", "save_sample_grid"]
+__all__ = ["EvalResult", "PAPER_IW_SAMPLES", "draw_samples", "evaluate", "save_sample_grid"]
 
 PAPER_IW_SAMPLES = {name: d.paper.iw_samples for name, d in paper_datasets().items()}
 """Importance samples k of the paper's reported test bits/dim, per dataset."""
@@ -290,6 +290,24 @@ def evaluate(
     return EvalResult(bpd_single, bpd_iw, n, iw_samples, arr_single, arr_iw)
 
 
+def draw_samples(
+    model: DenseFlow,
+    n: int,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    amp: str = "none",
+) -> Tensor:
+    """``n`` uint8 samples ``(n, 3, H, W)`` drawn in eval mode; the model's mode is restored."""
+    precision = autocast(next(model.parameters()).device, amp)  # checks amp before any work
+    was_training = model.training
+    model.eval()
+    try:
+        with precision:
+            return model.sample(n, temperature=temperature, generator=generator)
+    finally:
+        model.train(was_training)
+
+
 def save_sample_grid(
     model: DenseFlow,
     path: str | os.PathLike,
@@ -307,16 +325,9 @@ def save_sample_grid(
     """
     from torchvision.utils import save_image
 
-    precision = autocast(next(model.parameters()).device, amp)  # checks amp before any work
     n, nrow = check_int("n", n), check_int("nrow", nrow)
     check_float("temperature", temperature, minimum=0.0)
-    was_training = model.training
-    model.eval()
-    try:
-        with precision:
-            samples = model.sample(n, temperature=temperature, generator=generator)
-    finally:
-        model.train(was_training)
+    samples = draw_samples(model, n, temperature, generator, amp)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed onto it: a crash or a full disk never leaves half a PNG

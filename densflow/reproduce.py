@@ -291,6 +291,7 @@ def reproduce(
     channels_last: bool = False,
     compile: bool = False,
     cuda_graphs: bool = False,
+    logger: str = "none",
 ) -> Reproduction:
     """A reproduction: check the data, train (resuming from ``out_dir``) or load ``checkpoint``,
     evaluate the test split, draw 64 samples and write ``results.json``, all in ``out_dir``.
@@ -304,6 +305,8 @@ def reproduce(
             settings, as the :class:`~densflow.training.TrainConfig` fields of the same names
             (None keeps the preset's).
         amp, channels_last, compile, cuda_graphs: the speed switches of the same names.
+        logger: ``"tensorboard"`` also writes TensorBoard event files into
+            ``out_dir/tensorboard`` while training (:mod:`densflow.training.loggers`).
         checkpoint: a model to evaluate instead of training: a densflow checkpoint, an official
             run folder, a model directory, a cached name, or ``"official"`` for the authors'
             model of ``dataset`` (:func:`densflow.pretrained.resolve_model`).
@@ -315,8 +318,9 @@ def reproduce(
     with log_to_stderr():  # the training's log lines, also in a notebook's output
         summary = check_dataset(dataset, data_dir)
         overrides: dict[str, Any] = dict(
-            amp=amp, channels_last=channels_last, compile=compile, cuda_graphs=cuda_graphs
-        )
+            amp=amp, channels_last=channels_last, compile=compile, cuda_graphs=cuda_graphs,
+            logger=logger,
+        )  # fmt: skip
         if steps_per_epoch is not None:
             overrides["steps_per_epoch"] = steps_per_epoch
         if eval_limit is not None:

@@ -183,14 +183,16 @@ def _message(err: BaseException) -> tuple[int, str]:
     import torch
 
     from ..checkpoint import CheckpointError
-    from ..data import DatasetError
+    from ..data import DatasetError, MissingDependencyError
     from ..training import TrainingDivergedError
 
     if isinstance(err, Interrupted):
         return 130, str(err)
     if isinstance(err, KeyboardInterrupt):
         return 130, "interrupted"
-    if isinstance(err, (CheckpointError, DatasetError, TrainingDivergedError)):
+    if isinstance(
+        err, (CheckpointError, DatasetError, MissingDependencyError, TrainingDivergedError)
+    ):
         return 2, f"error: {err}"
     if isinstance(err, torch.cuda.OutOfMemoryError):
         return 2, (

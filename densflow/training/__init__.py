@@ -13,6 +13,8 @@ One concern per module:
   checkpoints (written by :mod:`densflow.checkpoint`) and resume;
 * :mod:`~densflow.training.metrics` — ``metrics.jsonl``, log lines and progress;
 * :mod:`~densflow.training.rundir` — the run folder's lock (one writer) and its clean-up.
+* :mod:`~densflow.training.loggers` — live mirrors of ``metrics.jsonl`` (``logger="tensorboard"``:
+  event files in ``out_dir/tensorboard``).
 """
 
 from .config import CHECKPOINT_NAME, METRICS_NAME, Speed, TrainConfig

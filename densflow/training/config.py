@@ -28,6 +28,7 @@ METRICS_NAME = "metrics.jsonl"
 
 SCHEDULES = ("paper", "official_constant")
 OPTIMIZERS = ("adamax", "adam")
+LOGGERS = ("none", "tensorboard")
 
 # Changing these between a run and its resumption does not change what is learned (or, for
 # epochs and max_steps, only how long it goes on); every other field must match the checkpoint.
@@ -35,7 +36,7 @@ RESUMABLE_CHANGES = frozenset({
     "data_dir", "device", "num_workers", "out_dir", "resume", "checkpoint_every", "log_every",
     "eval_every", "eval_limit", "eval_batch_size", "iw_samples", "chunk_size", "max_steps",
     "max_nonfinite", "progress", "epochs", "finetune_epochs", "amp", "channels_last", "compile",
-    "cuda_graphs",
+    "cuda_graphs", "logger",
 })  # fmt: skip
 
 # Fields of checkpoints written before a rename or removal: old name -> new name (None: dropped).
@@ -329,6 +330,14 @@ class TrainConfig:
         default=None,
         metadata=_help(
             "progress bar (default: on a terminal and in notebooks; elsewhere log lines only)"
+        ),
+    )
+    logger: str = field(
+        default="none",
+        metadata=_help(
+            "also mirror the metrics log to 'tensorboard' (event files in out_dir/tensorboard: "
+            "scalars, a sample grid per evaluation, the config; needs the tensorboard extra)",
+            choices=LOGGERS,
         ),
     )
 

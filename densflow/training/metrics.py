@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ def read_metrics(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The events of ``out_dir/metrics.jsonl``, oldest first.
 
     Events (key ``event``): ``start``; ``train`` (every ``log_every`` steps: ``bpd`` averaged
-    since the last one, ``lr``, ``images_per_s``, ``nonfinite``); ``nonfinite`` (a skipped step);
+    since the last one, ``lr``, ``images_per_s``, ``nonfinite``, ``grad_norm``: the mean gradient
+    norm before clipping over the finite steps since the last one); ``nonfinite`` (a skipped step);
     ``epoch`` (``train_bpd`` of the epoch); ``eval`` (``test_bpd``, and ``test_bpd_iw`` after the
     last epoch when ``iw_samples`` is set); ``end``. All carry ``step``, ``epoch`` and ``time``
     (Unix seconds). A line torn by a crash is ignored.
@@ -83,13 +85,17 @@ class RunLog:
         total_steps, done_steps: the plan of this call and the steps already done.
         images_per_step: images per step over all processes (for images/s).
         progress: the bar's switch (None: on a terminal and in notebooks).
+        loggers: mirrors of the metrics log (:mod:`densflow.training.loggers`): each gets every
+            record just written, and is closed with the log.
     """
 
     def __init__(
         self, out_dir: Path, keep_bytes: int, *, enabled: bool, total_steps: int, done_steps: int,
         images_per_step: int, progress: bool | None, device: torch.device,
+        loggers: Sequence[Any] = (),
     ) -> None:  # fmt: skip
         self.path, self.enabled = Path(out_dir) / METRICS_NAME, enabled
+        self.loggers = list(loggers) if enabled else []
         self.total_steps, self.images_per_step = total_steps, images_per_step
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +106,7 @@ class RunLog:
             enabled=progress if enabled else False,
         )  # fmt: skip
         self.window = RunningMean(device)  # losses since the last log point
+        self.window_grad = RunningMean(device)  # gradient norms of its finite steps
         self.window_steps = self.window_nonfinite = 0
         self.window_start = time.perf_counter()
 
@@ -108,10 +115,13 @@ class RunLog:
         return self.path.stat().st_size if self.enabled and self.path.exists() else 0
 
     def event(self, event: str, **values: Any) -> None:
-        """One line of ``metrics.jsonl``."""
+        """One line of ``metrics.jsonl``, then the same record to each logger."""
         if self.enabled:
+            record = {"event": event, **values, "time": time.time()}
             with open(self.path, "a") as f:
-                f.write(json.dumps({"event": event, **values, "time": time.time()}) + "\n")
+                f.write(json.dumps(record) + "\n")
+            for mirror in self.loggers:
+                mirror.record(record)
 
     def info(self, message: str, *args: Any) -> None:
         if self.enabled:
@@ -129,6 +139,11 @@ class RunLog:
             self.window.add(loss)
         self.bar.update(1)
 
+    def grad_norm(self, norm: Tensor | None) -> None:
+        """The gradient norm of a step (None: a skipped step, whose norm may be non-finite)."""
+        if norm is not None:
+            self.window_grad.add(norm)
+
     def exclude(self, seconds: float) -> None:
         """Leave ``seconds`` (an evaluation) out of the images/s of this window."""
         self.window_start += seconds
@@ -141,7 +156,7 @@ class RunLog:
         rate = self.window_steps * self.images_per_step / elapsed
         self.event(
             "train", step=step, epoch=epoch, bpd=bpd, lr=lr, images_per_s=rate,
-            nonfinite=self.window_nonfinite,
+            nonfinite=self.window_nonfinite, grad_norm=self.window_grad.mean(),
         )  # fmt: skip
         eta = max(self.total_steps - step, 0) * elapsed / max(self.window_steps, 1)
         self.info(
@@ -151,6 +166,7 @@ class RunLog:
         )  # fmt: skip
         self.bar.set_postfix(bpd="nan" if bpd is None else f"{bpd:.3f}", img_s=f"{rate:.1f}")
         self.window.reset()
+        self.window_grad.reset()
         self.window_steps = self.window_nonfinite = 0
         self.window_start = now
 
@@ -164,3 +180,5 @@ class RunLog:
 
     def close(self) -> None:
         self.bar.close()
+        for mirror in self.loggers:
+            mirror.close()

@@ -62,6 +62,7 @@ from ..model import DenseFlow
 from ..performance import autocast, compose_coupling_nets, to_channels_last
 from ..runtime import collate_images, first_images, resolve_device
 from .config import CHECKPOINT_NAME, RESUMABLE_CHANGES, TrainConfig
+from .loggers import make_loggers, sample_source
 from .metrics import RunLog, RunningMean, read_metrics
 from .optim import build_optimizer, optimizer_state_dict
 from .rundir import RunFolderLock, TrainingSetupError, remove_stale_temporaries
@@ -346,10 +347,13 @@ class Trainer:
         plan = n_steps * total_epochs
         if cfg.max_steps is not None:
             plan = min(plan, cfg.max_steps)
+        # Live mirrors of metrics.jsonl (rank 0), closed with the log; evaluations show samples.
+        samples = sample_source(self.model, derive_seed(cfg.seed, Stream.EVAL))
+        loggers = make_loggers(cfg.logger, self.out_dir, samples) if self.is_main else []
         self.log = RunLog(
             self.out_dir, self._metrics_bytes, enabled=self.is_main, total_steps=plan,
             done_steps=self.step, images_per_step=cfg.batch_size * self.dist.world_size,
-            progress=cfg.progress, device=self.device,
+            progress=cfg.progress, device=self.device, loggers=loggers,
         )  # fmt: skip
         self.log.event(
             "start", step=self.step, epoch=self.epoch, resumed=self.step > 0,
@@ -378,6 +382,7 @@ class Trainer:
                     lr = learning_rate(cfg, self.step, self.epoch)
                     x = self._prepare(x)
                     metrics = self.train_step(x, self._draw_noise(x), lr)
+                    self.log.grad_norm(None if metrics.loss is None else metrics.grad_norm)
                     if not metrics.params_finite:
                         self._parameters_diverged(self.step)
                     self.step += 1
