@@ -12,7 +12,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-__all__ = ["DenseFlowConfig", "PAPER", "PRESETS"]
+__all__ = ["AUGMENTATIONS", "COUPLING_NETS", "DenseFlowConfig", "PAPER", "PRESETS"]
+
+COUPLING_NETS = ("dense+attention", "dense", "attention")
+"""Kinds of coupling network: the paper's fusion (Fig. 2), or one of its two branches."""
+AUGMENTATIONS = ("incremental", "input", "none")
+"""Where noise augments the flow: between units (the paper), once at the input, or nowhere."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,13 @@ class DenseFlowConfig:
     """Channels each of those layers appends."""
     num_bits: int = 8
     """Bits per sub-pixel of the modelled images (only 8 is supported)."""
+    coupling_net: str = "dense+attention"
+    """Branches of the coupling networks: ``"dense+attention"`` (the paper, Fig. 2), ``"dense"``
+    or ``"attention"`` (ablations)."""
+    augmentation: str = "incremental"
+    """``"incremental"`` (the paper: cross-unit couplings between units, eqs. 6–9),
+    ``"input"`` (as many latent noise dimensions, appended once before the first unit, as in
+    VFlow and ANF) or ``"none"`` (no noise: a Glow-like flow of the same modules)."""
 
     def __post_init__(self) -> None:
         # Lists from JSON or argparse become tuples, so configs compare and hash by value.
@@ -68,6 +80,19 @@ class DenseFlowConfig:
             )
         if self.num_bits != 8:
             raise ValueError(f"only 8-bit images are supported, got num_bits={self.num_bits}")
+        if self.coupling_net not in COUPLING_NETS:
+            raise ValueError(
+                f"coupling_net must be one of {COUPLING_NETS}, got {self.coupling_net!r}"
+            )
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(
+                f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}"
+            )
+        if self.augmentation != "none" and self.growth_rate < 1:
+            raise ValueError(
+                f"augmentation={self.augmentation!r} needs growth_rate >= 1, got "
+                f"{self.growth_rate}; for a flow without noise use augmentation='none'"
+            )
         if self.conv1x1 not in ("plain", "lu"):
             raise ValueError(f"conv1x1 must be 'plain' or 'lu', got {self.conv1x1!r}")
         if self.image_size % 2**n:
