@@ -24,6 +24,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .ablate import add_ablate
 from .download import add_download
 from .models import add_eval, add_sample
 from .train import add_train, train_config_from_args
@@ -144,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample(sub)
     _add_data(sub)
     add_download(sub)
+    add_ablate(sub)
     return parser
 
 
