@@ -165,3 +165,20 @@ def test_the_study_resumes_per_variant_and_seed(tmp_path):
     assert [s["resumed"] for s in starts] == [False, True]
     glow = [r for r in resumed["runs"] if r["variant"] == "glow"][0]
     assert not glow["resumed"] and glow["bpd_single"] == first["runs"][0]["bpd_single"]
+
+
+def test_the_command_line_runs_the_study(tmp_path, capsys):
+    from densflow.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ablate", "--help"])
+    assert exit_info.value.code == 0 and "--preset" in capsys.readouterr().out
+    out_dir = tmp_path / "cli"
+    argv = ["ablate", "--preset", "smoke", "--variants", "glow", "denseflow", "--seeds", "0",
+            "--steps", "1", "--timing-steps", "0", "--out-dir", str(out_dir)]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| glow |" in out and "| denseflow |" in out
+    assert "untested (gap" in out  # one seed: the claim is not judged
+    saved = json.loads((out_dir / "results.json").read_text())
+    assert saved["steps"] == 1 and list(saved["variants"]) == ["glow", "denseflow"]
