@@ -145,9 +145,9 @@ ABLATION_PRESETS: dict[str, AblationPreset] = {
         steps=24, seeds=(0, 1, 2), batch_size=8, growth_rates=(4,), eval_limit=32, iw_samples=4,
         lr=2e-3, warmup_steps=6, cost_units=(1, 2, 3, 4),
     ),
-    # About 20 minutes on two free CPU cores: a 0.14 M-parameter DenseFlow, 3 seeds.
+    # About 20 minutes on two free CPU cores: a 0.14 M-parameter DenseFlow, 3 seeds of 80 steps.
     "cpu": AblationPreset(
-        model=dict(_MINI), steps=40, seeds=(0, 1, 2), batch_size=16, growth_rates=(2, 8),
+        model=dict(_MINI), steps=80, seeds=(0, 1, 2), batch_size=16, growth_rates=(2, 8),
         eval_limit=64, iw_samples=4, lr=2e-3, warmup_steps=10,
     ),
     # GPU scale: DenseFlow-74-10 itself, 20,000 steps of 64 images per run.
@@ -406,7 +406,10 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "latent_dims": first["latent_dims"],
             "macs": first["macs"],
             "mid_channels": first["config"]["mid_channels"],
-            "growth_rate": first["config"]["growth_rate"],
+            # A flow without noise has growth 0 whatever its config's unused growth_rate says.
+            "growth_rate": 0
+            if first["config"]["augmentation"] == "none"
+            else first["config"]["growth_rate"],
         }
         for metric in ("bpd_single", "bpd_iw", "seconds_per_step"):
             values = [r[metric] for r in runs if r[metric] is not None]
@@ -546,11 +549,18 @@ CLAIMS = (
 
 def compare(results: dict[str, Any], other: str, metric: str = "bpd_single") -> dict[str, Any]:
     """The reference against ``other`` on ``metric``: ``gap`` (other − reference: positive when
-    the reference is better), ``spread`` (the sum of the two seed standard deviations) and
+    the reference is better), ``paired`` (that gap per seed both ran: a seed fixes the data order
+    of every variant), ``spread`` (the sum of the two seed standard deviations) and
     ``verdict``: ``"holds"`` when the gap exceeds the spread, ``"reversed"`` when it is below
     minus the spread, ``"not separated"`` otherwise, ``"untested"`` with fewer than 2 seeds."""
     ref, row = results["variants"][REFERENCE], results["variants"][other]
     gap = row[metric] - ref[metric]
+    by_seed = {(r["variant"], r["seed"]): r[metric] for r in results["runs"]}
+    paired = [
+        by_seed[other, seed] - by_seed[REFERENCE, seed]
+        for seed in ref["seeds"]
+        if (other, seed) in by_seed
+    ]
     spread = row[f"{metric}_std"] + ref[f"{metric}_std"]
     if min(len(ref["seeds"]), len(row["seeds"])) < 2:
         verdict = "untested"
@@ -560,7 +570,7 @@ def compare(results: dict[str, Any], other: str, metric: str = "bpd_single") -> 
         verdict = "reversed"
     else:
         verdict = "not separated"
-    return {"other": other, "gap": gap, "spread": spread, "verdict": verdict}
+    return {"other": other, "gap": gap, "paired": paired, "spread": spread, "verdict": verdict}
 
 
 def verdicts(results: dict[str, Any], metric: str = "bpd_single") -> list[dict[str, Any]]:
@@ -577,13 +587,8 @@ def growth_sweep(results: dict[str, Any]) -> list[dict[str, Any]]:
     growth 0, the reference and every ``growth{g}`` the others."""
     rows = []
     for name, row in results["variants"].items():
-        if name == "glow":
-            g = 0
-        elif name == REFERENCE or name.startswith("growth"):
-            g = row["growth_rate"]
-        else:
-            continue
-        rows.append({"variant": name, "growth_rate": g, **row})
+        if name in ("glow", REFERENCE) or name.startswith("growth"):
+            rows.append({"variant": name, **row})
     return sorted(rows, key=lambda r: r["growth_rate"])
 
 
