@@ -14,7 +14,12 @@ from dataclasses import dataclass
 
 from .validate import check_int
 
-__all__ = ["DenseFlowConfig", "PAPER", "PRESETS"]
+__all__ = ["AUGMENTATIONS", "COUPLING_NETS", "DenseFlowConfig", "PAPER", "PRESETS"]
+
+COUPLING_NETS = ("dense+attention", "dense", "attention")
+"""Kinds of coupling network: the paper's fusion (Fig. 2), or one of its two branches."""
+AUGMENTATIONS = ("incremental", "input", "none")
+"""Where noise augments the flow: between units (the paper), once at the input, or nowhere."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,13 @@ class DenseFlowConfig:
     """Channels each of those layers appends."""
     num_bits: int = 8
     """Bits per sub-pixel of the modelled images (only 8 is supported)."""
+    coupling_net: str = "dense+attention"
+    """Branches of the coupling networks: ``"dense+attention"`` (the paper, Fig. 2), ``"dense"``
+    or ``"attention"`` (ablations)."""
+    augmentation: str = "incremental"
+    """``"incremental"`` (the paper: cross-unit couplings between units, eqs. 6–9),
+    ``"input"`` (as many latent noise dimensions, appended once before the first unit, as in
+    VFlow and ANF) or ``"none"`` (no noise: a Glow-like flow of the same modules)."""
 
     def __post_init__(self) -> None:
         # Lists from JSON or argparse become tuples, so configs compare and hash by value.
@@ -67,8 +79,9 @@ class DenseFlowConfig:
             values = tuple(check_int(f"{name}[{i}]", v) for i, v in enumerate(values))
             object.__setattr__(self, name, values)
         for field in dataclasses.fields(self):  # every count and width is at least 1
-            if field.type in ("int", int):
-                check_int(field.name, getattr(self, field.name))
+            if field.type in ("int", int):  # (growth 0 is a flow without noise: checked below)
+                least = 0 if field.name == "growth_rate" else 1
+                check_int(field.name, getattr(self, field.name), minimum=least)
         n = len(self.block_config)
         if not (len(self.layers_config) == len(self.mid_channels) == n) or n == 0:
             raise ValueError(
@@ -77,6 +90,19 @@ class DenseFlowConfig:
             )
         if self.num_bits != 8:
             raise ValueError(f"only 8-bit images are supported, got num_bits={self.num_bits}")
+        if self.coupling_net not in COUPLING_NETS:
+            raise ValueError(
+                f"coupling_net must be one of {COUPLING_NETS}, got {self.coupling_net!r}"
+            )
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(
+                f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}"
+            )
+        if self.augmentation != "none" and self.growth_rate < 1:
+            raise ValueError(
+                f"augmentation={self.augmentation!r} needs growth_rate >= 1, got "
+                f"{self.growth_rate}; for a flow without noise use augmentation='none'"
+            )
         if self.conv1x1 not in ("plain", "lu"):
             raise ValueError(f"conv1x1 must be 'plain' or 'lu', got {self.conv1x1!r}")
         if self.image_size % 2**n:

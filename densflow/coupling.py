@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .attention import NystromAttention
 from .base import Bijection, full_precision, ldj_dtype
-from .config import PAPER
+from .config import COUPLING_NETS, PAPER
 from .dense_block import DenseBlock
 
 __all__ = ["CouplingNet", "AffineCoupling", "affine_scale"]
@@ -58,6 +58,8 @@ class CouplingNet(nn.Module):
         mid_channels: width of both branches (48 in DenseFlow-74-10).
         dense_depth, dense_growth: the dense block (7 layers of 64 channels in the paper).
         num_landmarks, pinv_iterations: the Nyström attention (4 landmarks, 6 iterations).
+        branches: ``"dense+attention"`` (the paper), or ``"dense"`` or ``"attention"`` alone
+            (ablations: the mixing unit then reads the one branch's ``mid`` channels).
     """
 
     def __init__(
@@ -69,22 +71,33 @@ class CouplingNet(nn.Module):
         dense_growth: int = PAPER.coupling_dense_growth,
         num_landmarks: int = PAPER.num_landmarks,
         pinv_iterations: int = PAPER.pinv_iterations,
+        branches: str = PAPER.coupling_net,
     ) -> None:
         super().__init__()
         if dense_depth < 1:
             raise ValueError(f"CouplingNet needs dense_depth >= 1, got {dense_depth}")
+        if branches not in COUPLING_NETS:
+            raise ValueError(f"branches must be one of {COUPLING_NETS}, got {branches!r}")
         self.in_conv = nn.Conv2d(in_channels, mid_channels, kernel_size=1)
-        self.attention = NystromAttention(
-            mid_channels, mid_channels // 2, num_landmarks, pinv_iterations
+        # Built in the paper's order, so that a seed initialises the default network as before.
+        self.attention = (
+            NystromAttention(mid_channels, mid_channels // 2, num_landmarks, pinv_iterations)
+            if "attention" in branches
+            else None
         )
-        self.dense = DenseBlock(mid_channels, mid_channels, dense_depth, dense_growth)
-        self.mix_norm = nn.BatchNorm2d(2 * mid_channels)
-        self.mix_conv = nn.Conv2d(2 * mid_channels, mid_channels, kernel_size=1, bias=False)
+        self.dense = (
+            DenseBlock(mid_channels, mid_channels, dense_depth, dense_growth)
+            if "dense" in branches
+            else None
+        )
+        mixed = mid_channels * len(branches.split("+"))
+        self.mix_norm = nn.BatchNorm2d(mixed)
+        self.mix_conv = nn.Conv2d(mixed, mid_channels, kernel_size=1, bias=False)
         self.out_conv = zero_conv1x1(mid_channels, out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.in_conv(x)  # (B, mid, H, W)
-        u = torch.cat([self.attention(h), self.dense(h)], dim=1)  # (B, 2·mid, H, W)
+        u = torch.cat([b(h) for b in (self.attention, self.dense) if b is not None], dim=1)
         return self.out_conv(self.mix_conv(torch.relu(self.mix_norm(u))))
 
 

@@ -34,6 +34,7 @@ from .config import PRESETS, DenseFlowConfig
 from .coupling import CouplingNet
 from .dequantization import VariationalDequantization
 from .glow import CouplingNetFactory
+from .input_augmentation import InputAugmentedBlock
 from .invertible_dense_block import InvertibleDenseBlock
 from .multiscale import CentredSqueeze, Transition
 from .noise import draw
@@ -52,7 +53,17 @@ def coupling_net_factory(config: DenseFlowConfig, block: int) -> CouplingNetFact
         dense_growth=config.coupling_dense_growth,
         num_landmarks=config.num_landmarks,
         pinv_iterations=config.pinv_iterations,
+        branches=config.coupling_net,
     )
+
+
+def input_noise_channels(config: DenseFlowConfig) -> int:
+    """Noise channels that ``augmentation="input"`` appends before the first unit: as many latent
+    dimensions as the cross-unit couplings add (each transition halves the side, so a channel at
+    block ``b`` is worth 4^-b channels at block 0), rounded half up, at least one."""
+    blocks = enumerate(config.block_config)
+    added = sum((units - 1) * config.growth_rate / 4**b for b, units in blocks)
+    return max(1, math.floor(added + 0.5))
 
 
 class DenseFlow(nn.Module):
@@ -90,14 +101,15 @@ class DenseFlow(nn.Module):
         ):
             if b > 0:  # transition: squeeze (×4 channels) and keep half
                 channels, side = 2 * channels, side // 2
-            block = InvertibleDenseBlock(
-                channels,
-                units,
-                layers,
-                config.growth_rate,
-                coupling_net=coupling_net_factory(config, b),
-                conv1x1=config.conv1x1,
-            )
+            modules = dict(coupling_net=coupling_net_factory(config, b), conv1x1=config.conv1x1)
+            if config.augmentation == "incremental":
+                block = InvertibleDenseBlock(channels, units, layers, config.growth_rate, **modules)
+            elif config.augmentation == "input" and b == 0:  # the same modules, after the noise
+                block = InputAugmentedBlock(
+                    channels, units * layers, input_noise_channels(config), **modules
+                )
+            else:  # no noise here: one unit of all the block's modules
+                block = InvertibleDenseBlock(channels, 1, units * layers, 0, **modules)
             blocks.append(block)
             channels = block.out_channels
         self.blocks = nn.ModuleList(blocks)

@@ -213,6 +213,7 @@ def test_module_defaults_are_the_papers_config():
         "dense_growth": 64,
         "num_landmarks": 4,
         "pinv_iterations": 6,
+        "branches": "dense+attention",
     }
     assert defaults(NystromAttention) == {"num_landmarks": 4, "pinv_iterations": 6}
     assert defaults(iterative_pinv) == {"iterations": 6, "fused": False}

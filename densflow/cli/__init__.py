@@ -39,6 +39,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .ablate import add_ablate
 from .download import add_download
 from .models import Interrupted, add_eval, add_sample, official_files, option_int
 from .train import add_train, train_config_from_args
@@ -175,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample(sub)
     _add_data(sub)
     add_download(sub)
+    add_ablate(sub)
     return parser
 
 

@@ -33,6 +33,8 @@ class ComposedCouplingNet(CouplingNet):
     """:class:`~densflow.coupling.CouplingNet` with its adjacent 1×1 convolutions composed."""
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.attention is None or self.dense is None:  # a one-branch ablation: nothing shared
+            return super().forward(x)
         mid, e = self.in_conv.out_channels, self.attention.embed_dim
         h, qkv, first_in = F.conv2d(x, *self._input_projection()).split([mid, 3 * e, mid], dim=1)
         u = torch.cat([self.attention.attend(qkv), self._dense(h, first_in)], dim=1)
