@@ -79,7 +79,7 @@ class DenseFlowConfig:
             values = tuple(check_int(f"{name}[{i}]", v) for i, v in enumerate(values))
             object.__setattr__(self, name, values)
         for field in dataclasses.fields(self):  # every count and width is at least 1
-            if field.type in ("int", int):  # (growth 0 is a flow without noise: checked below)
+            if field.type in ("int", int):  # growth 0: cross-unit couplings that append nothing
                 least = 0 if field.name == "growth_rate" else 1
                 check_int(field.name, getattr(self, field.name), minimum=least)
         n = len(self.block_config)
@@ -98,10 +98,10 @@ class DenseFlowConfig:
             raise ValueError(
                 f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}"
             )
-        if self.augmentation != "none" and self.growth_rate < 1:
+        if self.augmentation == "input" and self.growth_rate < 1:
             raise ValueError(
-                f"augmentation={self.augmentation!r} needs growth_rate >= 1, got "
-                f"{self.growth_rate}; for a flow without noise use augmentation='none'"
+                f"augmentation='input' needs growth_rate >= 1, got {self.growth_rate}; for a "
+                "flow without noise use augmentation='none'"
             )
         if self.conv1x1 not in ("plain", "lu"):
             raise ValueError(f"conv1x1 must be 'plain' or 'lu', got {self.conv1x1!r}")
