@@ -10,26 +10,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .options import add_seed, option_int
+from .options import add_seed, option_float, option_int
 
 __all__ = ["Interrupted", "add_eval", "add_sample", "official_files", "option_int"]
 
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, with the line that says what was kept."""
-
-
-def _temperature(text: str) -> float:
-    from ..validate import check_float
-
-    try:
-        value: Any = float(text)
-    except ValueError:
-        value = text
-    try:
-        return check_float("--temperature", value, minimum=0.0)
-    except ValueError as err:  # argparse names the option already
-        raise argparse.ArgumentTypeError(str(err).removeprefix("--temperature ")) from None
 
 
 def _iw_samples(text: str) -> int | str:
@@ -294,7 +281,7 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
     )
     sp.add_argument(
         "--temperature",
-        type=_temperature,
+        type=option_float("--temperature", minimum=0.0),
         default=1.0,
         help="scale of the prior's standard deviation, finite and >= 0 (default: 1.0)",
     )
