@@ -10,8 +10,9 @@ interrupt and rerun:
 2. **verify** its sha256 against :data:`ARCHIVE_SHA256`, or — while that constant is ``None`` —
    against the digest the first download recorded in ``weights.sha256``. A mismatch deletes the
    file and stops with an error; nothing from it is unpacked.
-3. **unpack** it (zip or tar, told apart by content) into a hidden temporary folder, refusing
-   absolute paths and ``..`` and never creating links, so no member lands outside that folder.
+3. **unpack** it (:mod:`densflow.archive`: zip or tar, told apart by content) into a hidden
+   temporary folder, refusing absolute paths and ``..`` and never creating links, so no member
+   lands outside that folder.
 4. **find** every run folder, at any depth: a folder with ``args.pickle`` and
    ``check/checkpoint.pt``.
 5. **convert** each with :func:`densflow.official.load_official` into a model directory
