@@ -39,7 +39,7 @@ from .invertible_dense_block import InvertibleDenseBlock
 from .multiscale import CentredSqueeze, Transition
 from .noise import draw
 from .prior import LearnedGaussianPrior
-from .validate import check_float, check_int
+from .validate import check_float, check_images, check_int, check_noise
 
 __all__ = ["DenseFlowConfig", "DenseFlow", "PRESETS", "coupling_net_factory"]
 
@@ -136,32 +136,7 @@ class DenseFlow(nn.Module):
         return self.config.image_shape
 
     def _check_images(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor):
-            raise ValueError(f"expected a torch.Tensor of uint8 images, got {type(x).__name__}")
-        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
-            raise ValueError(
-                f"expected uint8 images with values 0..255, got dtype {x.dtype}. DenseFlow models "
-                "discrete 8-bit data; convert images in [0, 1] with (x * "
-                "255).round().to(torch.uint8)"
-            )
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(
-                f"expected a batch of RGB images of shape (B, 3, H, W), got shape {tuple(x.shape)}"
-            )
-        if x.shape[0] == 0:
-            raise ValueError("x is an empty batch (B = 0); pass at least one image")
-        size = self.config.image_size
-        if tuple(x.shape[2:]) != (size, size):
-            raise ValueError(
-                f"this model was built for {size}×{size} images, got {x.shape[2]}×{x.shape[3]}; "
-                "build "
-                f"one with DenseFlowConfig(image_size={x.shape[2]}, ...) (needs a square size "
-                f"divisible by {2 ** len(self.blocks)})"
-            )
-        if x.dtype != torch.uint8 and (x.min() < 0 or x.max() > 255):
-            raise ValueError(
-                f"expected integer values in 0..255, got values in [{int(x.min())}, {int(x.max())}]"
-            )
+        check_images(x, self.config.image_size, divisor=2 ** len(self.blocks))
         return x.to(self.prior.loc.dtype)
 
     # ------------------------------------------------------------------ noise
@@ -223,21 +198,6 @@ class DenseFlow(nn.Module):
         shapes = {name: shape for name, shape in shapes.items() if name not in skip}
         return draw(shapes, generator, dtype=self.prior.loc.dtype, device=self.prior.loc.device)
 
-    def _check_noise(self, noise: dict[str, Tensor], batch_size: int, sampling: bool) -> None:
-        expected = self.noise_shapes(batch_size, sampling=sampling)
-        got = {name: tuple(t.shape) for name, t in noise.items()}
-        wrong = [name for name, t in noise.items() if not t.is_floating_point()]
-        if wrong:
-            raise ValueError(
-                f"noise must be floating point (standard-normal draws); {wrong} are not"
-            )
-        if got != expected:
-            raise ValueError(
-                f"noise does not fit this model and batch of {batch_size}: expected the shapes "
-                f"{expected}, got {got}. Make it with model.draw_noise({batch_size}"
-                f"{', sampling=True' if sampling else ''})"
-            )
-
     # ------------------------------------------------------------------ likelihood
     def log_prob_terms(
         self,
@@ -259,7 +219,7 @@ class DenseFlow(nn.Module):
         if noise is None:
             noise = self.draw_noise(x.shape[0], generator)
         else:
-            self._check_noise(noise, x.shape[0], sampling=False)
+            check_noise(noise, self.noise_shapes(x.shape[0]), x.shape[0], sampling=False)
         return self.terms_from_noise(x, noise)
 
     def terms_from_noise(self, x: Tensor, noise: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -393,7 +353,7 @@ class DenseFlow(nn.Module):
         if noise is None:
             noise = self.draw_noise(n, generator, sampling=True)
         else:
-            self._check_noise(noise, n, sampling=True)
+            check_noise(noise, self.noise_shapes(n, sampling=True), n, sampling=True)
         return self.sample_from_noise(noise, temperature)
 
     def sample_from_noise(self, noise: dict[str, Tensor], temperature: float = 1.0) -> Tensor:

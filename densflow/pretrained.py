@@ -14,9 +14,9 @@ It is the layout of ``huggingface_hub``'s ``PyTorchModelHubMixin`` (``config.jso
 :func:`from_pretrained` reads it back from a Hub repo id. Training checkpoints
 (:mod:`densflow.checkpoint`) stay ``torch.save`` files: they carry the optimizer state.
 
-The safetensors codec here is a few dozen lines of plain Python over ``torch``; files it writes load
-with ``safetensors.torch.load_file`` and the reverse (tests check both), so loading a model needs no
-compiled package beside torch.
+The safetensors codec (:mod:`densflow.safetensors_codec`) is a few dozen lines of plain Python over
+``torch``; files it writes load with ``safetensors.torch.load_file`` and the reverse (tests check
+both), so loading a model needs no compiled package beside torch.
 
 Names resolve against a cache, ``$DENSFLOW_CACHE`` or else ``~/.cache/densflow``: the model
 ``"cifar10"`` is the directory ``<cache>/models/cifar10``, which ``python -m densflow download
@@ -26,21 +26,17 @@ weights`` (:mod:`densflow.weights`) fills with the authors' released models.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
-import struct
-import sys
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from .checkpoint import CheckpointError, load_any_checkpoint
 from .model import DenseFlow, DenseFlowConfig
+from .safetensors_codec import load_safetensors, save_safetensors
 
 __all__ = [
     "CONFIG_NAME",
@@ -65,124 +61,6 @@ CACHE_ENV = "DENSFLOW_CACHE"
 """Environment variable naming the cache folder (default ``~/.cache/densflow``)."""
 _INFO_KEYS = ("model_type", "format_version", "dataset", "source")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-# ----------------------------------------------------------------------------- safetensors codec
-_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-_CODES = {dtype: code for code, dtype in _DTYPES.items()}
-_MAX_HEADER = 100_000_000  # the safetensors library's own bound on the JSON header
-
-
-def _little_endian() -> None:
-    if sys.byteorder != "little":
-        raise CheckpointError("safetensors files are little-endian; this machine is big-endian")
-
-
-def save_safetensors(
-    tensors: Mapping[str, Tensor],
-    path: str | os.PathLike,
-    metadata: Mapping[str, str] | None = None,
-) -> None:
-    """Write ``tensors`` to ``path`` in the safetensors format (no pickle, no code).
-
-    Tensors are laid out largest item size first, so that every tensor starts at a multiple of
-    its item size, and the header is padded with spaces to a multiple of 8 bytes, as the
-    safetensors library does.
-    """
-    _little_endian()
-    items = []
-    for name, t in tensors.items():
-        if t.dtype not in _CODES:
-            raise ValueError(f"tensor {name} has dtype {t.dtype}, which safetensors cannot store")
-        items.append((name, t.detach().to("cpu").contiguous()))
-    items.sort(key=lambda kv: (-kv[1].element_size(), kv[0]))
-    header: dict[str, object] = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    offset = 0
-    for name, t in items:
-        size = t.numel() * t.element_size()
-        header[name] = {
-            "dtype": _CODES[t.dtype],
-            "shape": list(t.shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for _, t in items:
-            if t.numel():
-                f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """The tensors and the ``__metadata__`` of a safetensors file, every byte range checked."""
-    _little_endian()
-    path = Path(path)
-
-    def bad(why: str) -> CheckpointError:
-        return CheckpointError(f"{path} is not a valid safetensors file: {why}")
-
-    try:
-        data = bytearray(path.read_bytes())
-    except OSError as err:
-        raise CheckpointError(f"cannot read {path}: {err}") from err
-    if len(data) < 8:
-        raise bad("shorter than its 8-byte header length")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > min(_MAX_HEADER, len(data) - 8):
-        raise bad(f"header length {n} exceeds the file")
-    try:
-        header = json.loads(data[8 : 8 + n])
-    except ValueError as err:
-        raise bad(f"header is not JSON ({err})") from err
-    if not isinstance(header, dict):
-        raise bad("header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    body, tensors, spans = 8 + n, {}, []
-    for name, entry in header.items():
-        try:
-            dtype = _DTYPES[entry["dtype"]]
-            shape = [int(d) for d in entry["shape"]]
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise bad(f"entry {name!r} lacks a known dtype, a shape or data_offsets") from err
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        if min(shape, default=0) < 0 or end - begin != math.prod(shape) * itemsize or begin < 0:
-            raise bad(f"entry {name!r}: shape {shape} does not fill bytes [{begin}, {end})")
-        if body + end > len(data):
-            raise bad(f"entry {name!r} ends past the end of the file (truncated download?)")
-        spans.append((begin, end))
-        if math.prod(shape) == 0:
-            tensors[name] = torch.empty(shape, dtype=dtype)
-        else:
-            flat = torch.frombuffer(data, dtype=torch.uint8, count=end - begin, offset=body + begin)
-            tensors[name] = flat.view(dtype).reshape(shape)
-    spans.sort()
-    covered = 0
-    for begin, end in spans:  # the byte ranges tile the body: no overlap, no gap
-        if begin != covered:
-            raise bad(f"tensor byte ranges overlap or leave a gap at byte {covered}")
-        covered = end
-    if body + covered != len(data):
-        raise bad(f"{len(data) - body - covered} bytes after the last tensor")
-    return tensors, {str(k): str(v) for k, v in metadata.items()}
 
 
 # ----------------------------------------------------------------------------- cache
@@ -324,9 +202,22 @@ def _load_dir(directory: Path, map_location: str | torch.device) -> DenseFlow:
     return model.eval().to(map_location)
 
 
-def _looks_like_path(spec: str) -> bool:
+def _kind(spec: str | os.PathLike) -> str:
+    """What a user's ``spec`` names: ``"model_dir"``, ``"folder"`` (a folder that is not a model
+    directory), ``"file"``, ``"name"`` (in the cache), ``"hub"`` (a Hub repo id) or ``"missing"``
+    (a path where nothing is)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return "model_dir" if is_model_dir(path) else "folder"
+    if path.is_file():
+        return "file"
+    text = str(spec)
+    if _NAME.fullmatch(text):
+        return "name"
     # a Hub repo id is "owner/name": one slash, no backslash, not starting like a path
-    return spec.startswith((".", "/", "~")) or spec.count("/") != 1 or "\\" in spec
+    if text.startswith((".", "/", "~")) or text.count("/") != 1 or "\\" in text:
+        return "missing"
+    return "hub"
 
 
 def _from_hub(repo_id: str, revision: str | None) -> Path:
@@ -359,22 +250,21 @@ def _from_hub(repo_id: str, revision: str | None) -> Path:
 def _locate(
     name_or_dir: str | os.PathLike, root: str | os.PathLike | None, revision: str | None
 ) -> Path:
-    path = Path(name_or_dir).expanduser()
-    if path.is_dir():
-        if not is_model_dir(path):
-            raise CheckpointError(
-                f"{path} is a folder without {CONFIG_NAME} and {WEIGHTS_NAME}: not a densflow "
-                "model directory (an official run folder loads with densflow.load_official)"
-            )
+    kind, path, spec = _kind(name_or_dir), Path(name_or_dir).expanduser(), str(name_or_dir)
+    if kind == "model_dir":
         return path
-    if path.is_file():
+    if kind == "folder":
+        raise CheckpointError(
+            f"{path} is a folder without {CONFIG_NAME} and {WEIGHTS_NAME}: not a densflow "
+            "model directory (an official run folder loads with densflow.load_official)"
+        )
+    if kind == "file":
         raise CheckpointError(
             f"{path} is a file; from_pretrained takes a model directory ({CONFIG_NAME} + "
             f"{WEIGHTS_NAME}), a cached name or a Hub repo id (a .pt checkpoint loads with "
             "densflow.load_model)"
         )
-    spec = str(name_or_dir)
-    if _NAME.fullmatch(spec):
+    if kind == "name":
         cached = models_dir(root) / spec
         if is_model_dir(cached):
             return cached
@@ -384,7 +274,7 @@ def _locate(
             f"{have if have else 'none'}): run `python -m densflow download weights` to fetch "
             f"the authors' models, or set ${CACHE_ENV} to the cache that has them"
         )
-    if _looks_like_path(spec):
+    if kind == "missing":
         raise CheckpointError(f"no model directory at {path}")
     return _from_hub(spec, revision)
 
@@ -443,11 +333,11 @@ def resolve_model(
                 "imagenet64, celeba"
             )
         spec = dataset
-    path = Path(spec).expanduser()
+    path, kind = Path(spec).expanduser(), _kind(spec)
     trained_on: str | None
-    if path.is_file() or (path.is_dir() and not is_model_dir(path)):
+    if kind in ("file", "folder"):  # a checkpoint file or an official run folder
         model, trained_on = load_any_checkpoint(path, map_location)
-    elif not path.exists() and not _NAME.fullmatch(str(spec)) and _looks_like_path(str(spec)):
+    elif kind == "missing":
         raise CheckpointError(
             f"no checkpoint at {path}: expected a densflow checkpoint (.pt), an official run "
             "folder (args.pickle + check/checkpoint.pt), a model directory, a cached name "

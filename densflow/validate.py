@@ -24,7 +24,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_int", "check_float", "check_output_path"]
+import torch
+from torch import Tensor
+
+__all__ = ["check_int", "check_float", "check_images", "check_noise", "check_output_path"]
 
 
 def check_int(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> int:
@@ -104,3 +107,51 @@ def check_output_path(
             "writable folder"
         ) from err
     return path
+
+
+def check_images(x: Any, size: int, *, divisor: int) -> None:
+    """``x`` is a batch of 8-bit RGB images ``(B, 3, size, size)``: an integer tensor with values
+    0..255 and at least one image (a model of ``divisor`` halvings needs a side divisible by it)."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"expected a torch.Tensor of uint8 images, got {type(x).__name__}")
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise ValueError(
+            f"expected uint8 images with values 0..255, got dtype {x.dtype}. DenseFlow models "
+            "discrete 8-bit data; convert images in [0, 1] with (x * "
+            "255).round().to(torch.uint8)"
+        )
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(
+            f"expected a batch of RGB images of shape (B, 3, H, W), got shape {tuple(x.shape)}"
+        )
+    if x.shape[0] == 0:
+        raise ValueError("x is an empty batch (B = 0); pass at least one image")
+    if tuple(x.shape[2:]) != (size, size):
+        raise ValueError(
+            f"this model was built for {size}×{size} images, got {x.shape[2]}×{x.shape[3]}; "
+            "build "
+            f"one with DenseFlowConfig(image_size={x.shape[2]}, ...) (needs a square size "
+            f"divisible by {divisor})"
+        )
+    if x.dtype != torch.uint8 and (x.min() < 0 or x.max() > 255):
+        raise ValueError(
+            f"expected integer values in 0..255, got values in [{int(x.min())}, {int(x.max())}]"
+        )
+
+
+def check_noise(
+    noise: dict[str, Tensor], expected: dict[str, tuple[int, ...]], batch_size: int,
+    *, sampling: bool,
+) -> None:  # fmt: skip
+    """``noise`` holds floating-point draws of exactly the ``expected`` names and shapes (those of
+    ``DenseFlow.noise_shapes(batch_size, sampling=sampling)``)."""
+    got = {name: tuple(t.shape) for name, t in noise.items()}
+    wrong = [name for name, t in noise.items() if not t.is_floating_point()]
+    if wrong:
+        raise ValueError(f"noise must be floating point (standard-normal draws); {wrong} are not")
+    if got != expected:
+        raise ValueError(
+            f"noise does not fit this model and batch of {batch_size}: expected the shapes "
+            f"{expected}, got {got}. Make it with model.draw_noise({batch_size}"
+            f"{', sampling=True' if sampling else ''})"
+        )

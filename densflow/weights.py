@@ -10,8 +10,9 @@ interrupt and rerun:
 2. **verify** its sha256 against :data:`ARCHIVE_SHA256`, or — while that constant is ``None`` —
    against the digest the first download recorded in ``weights.sha256``. A mismatch deletes the
    file and stops with an error; nothing from it is unpacked.
-3. **unpack** it (zip or tar, told apart by content) into a hidden temporary folder, refusing
-   absolute paths and ``..`` and never creating links, so no member lands outside that folder.
+3. **unpack** it (:mod:`densflow.archive`: zip or tar, told apart by content) into a hidden
+   temporary folder, refusing absolute paths and ``..`` and never creating links, so no member
+   lands outside that folder.
 4. **find** every run folder, at any depth: a folder with ``args.pickle`` and
    ``check/checkpoint.pt``.
 5. **convert** each with :func:`densflow.official.load_official` into a model directory
@@ -29,12 +30,12 @@ import json
 import os
 import re
 import shutil
-import tarfile
 import uuid
-import zipfile
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from .archive import ArchiveError
+from .archive import unpack as unpack_archive
 from .checkpoint import CheckpointError
 from .official import IMAGE_SIZES, load_official, read_official_args
 from .pretrained import CONFIG_NAME, cache_dir, is_model_dir, models_dir, save_pretrained
@@ -64,7 +65,6 @@ digest its first download recorded."""
 
 ARCHIVE_NAME, UNVERIFIED_NAME = "weights.archive", "weights.unverified"
 DIGEST_NAME, DONE_NAME = "weights.sha256", "weights.done"
-_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz")
 _TEMP = re.compile(r"\..+\.(?:tmp|old|unpack)-(\d+)-[0-9a-f]+")
 
 
@@ -205,92 +205,13 @@ def fetch_archive(downloads: Path) -> tuple[Path, str]:
 
 
 # ----------------------------------------------------------------------------- unpack
-def _member_path(dest: Path, name: str) -> Path:
-    """Where archive member ``name`` goes under ``dest``; absolute paths and ``..`` are refused."""
-    text = name.replace("\\", "/")
-    rel = PurePosixPath(text)
-    if rel.is_absolute() or re.match(r"[A-Za-z]:", text) or ".." in rel.parts:
-        raise WeightsError(
-            f"archive member {name!r} points outside the archive (absolute path or '..'): "
-            "refusing to unpack it"
-        )
-    return dest.joinpath(*[p for p in rel.parts if p not in ("", ".")])
-
-
-def _copy_member(source, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "wb") as out:
-        shutil.copyfileobj(source, out, 1 << 20)
-
-
-def _unpack_zip(archive: Path, dest: Path) -> list[str]:
-    skipped = []
-    with zipfile.ZipFile(archive) as zf:
-        for info in zf.infolist():
-            target = _member_path(dest, info.filename)
-            mode = info.external_attr >> 16
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-            elif (mode & 0o170000) in (0, 0o100000):  # a regular file (or no Unix mode recorded)
-                with zf.open(info) as source:
-                    _copy_member(source, target)
-            else:  # a symbolic link or a special file: never created
-                skipped.append(info.filename)
-    return skipped
-
-
-def _unpack_tar(archive: Path, dest: Path) -> list[str]:
-    skipped = []
-    with tarfile.open(archive, "r:*") as tf:
-        for member in tf:
-            target = _member_path(dest, member.name)
-            if member.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-            elif member.isfile():
-                source = tf.extractfile(member)
-                assert source is not None  # a regular file always has data
-                with source:
-                    _copy_member(source, target)
-            else:  # symbolic and hard links, devices, FIFOs: never created
-                skipped.append(member.name)
-    return skipped
-
-
 def unpack(archive: Path, dest: Path, *, nested: bool = True) -> None:
-    """Unpack a zip or tar (plain, gz, bz2, xz) ``archive`` into ``dest``, by its content.
-
-    Members with absolute paths or ``..`` stop the unpacking; links and special files are skipped
-    (and reported): no member can write outside ``dest``. Archives found inside (by their suffix)
-    are unpacked beside themselves (``nested``, one level), in case the run folders were packed one
-    by one.
-    """
-    dest.mkdir(parents=True, exist_ok=True)
-    with open(archive, "rb") as f:
-        head = f.read(8)
+    """Unpack ``archive`` into ``dest`` safely (:func:`densflow.archive.unpack`); a damaged or
+    unsafe archive is a :class:`WeightsError`."""
     try:
-        if zipfile.is_zipfile(archive):
-            skipped = _unpack_zip(archive, dest)
-        elif tarfile.is_tarfile(archive):
-            skipped = _unpack_tar(archive, dest)
-        else:
-            raise WeightsError(
-                f"{archive} is neither a zip nor a tar archive (it starts with {head!r}): unpack "
-                "it yourself and run python -m densflow download weights --from FOLDER"
-            )
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
-        raise WeightsError(
-            f"{archive} is damaged ({_first_line(err)}): delete it and run the command again"
-        ) from err
-    for name in skipped:
-        _say(f"skipped archive member {name}: not a regular file (links are never created)")
-    if nested:
-        for inner in sorted(p for p in dest.rglob("*") if p.is_file() and _is_archive_name(p)):
-            unpack(inner, inner.with_name(inner.name + ".unpacked"), nested=False)
-            inner.unlink()
-
-
-def _is_archive_name(path: Path) -> bool:
-    return path.name.lower().endswith(_ARCHIVE_SUFFIXES)
+        unpack_archive(archive, dest, nested=nested, report=_say)
+    except ArchiveError as err:
+        raise WeightsError(str(err)) from err
 
 
 # ----------------------------------------------------------------------------- find and convert

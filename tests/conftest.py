@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from utils import init_actnorms, perturb
+
+from densflow import DenseFlow, DenseFlowConfig
 
 # Fixtures made from the official implementation, copied into the repository (see its README.md).
 REFERENCE_DIR = Path(__file__).resolve().parent / "fixtures" / "official"
@@ -71,3 +74,16 @@ def one_thread():
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     return REFERENCE_DIR
+
+
+@pytest.fixture
+def model_and_images():
+    """A tiny 32×32 DenseFlow (perturbed weights, ActNorms initialised) and the 4 uint8 images
+    that initialised it."""
+    torch.manual_seed(0)
+    model = perturb(DenseFlow(DenseFlowConfig.tiny(image_size=32)), 0.02)
+    x = torch.randint(
+        0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    init_actnorms(model, x, generator=torch.Generator().manual_seed(1))
+    return model, x

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.data import TensorDataset
+from utils import assert_one_line, run_cli, snapshot
 
 from densflow.checkpoint import (
     FORMAT,
@@ -74,31 +73,6 @@ def workdir(files, tmp_path, monkeypatch) -> Path:
     shutil.copytree(files, work)
     monkeypatch.chdir(work)
     return work
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every file under ``root`` with the SHA-256 of its bytes."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
-def run_main(argv: list[str], capsys) -> tuple[int, str]:
-    """``main(argv)``'s exit status (argparse's SystemExit included) and its stderr."""
-    try:
-        status = main(argv)
-    except SystemExit as exit_info:
-        status = exit_info.code
-    return status, capsys.readouterr().err
-
-
-def assert_one_line(err: str, pattern: str) -> None:
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert re.search(pattern, lines[0]), lines[0]
 
 
 CUDA = torch.cuda.is_available()
@@ -218,7 +192,7 @@ if not CUDA:
 @pytest.mark.parametrize("argv, pattern", CLI_ROWS.values(), ids=CLI_ROWS.keys())
 def test_a_bad_command_is_one_line_status_2_and_changes_no_file(argv, pattern, workdir, capsys):
     before = snapshot(workdir)
-    status, err = run_main(argv, capsys)
+    status, _, err = run_cli(argv, capsys)
     assert status == 2
     assert_one_line(err, pattern)
     assert "trust_checkpoint" not in err  # an unsafe option, and one the CLI does not have
@@ -237,7 +211,7 @@ def test_missing_data_is_status_2_with_what_to_get(argv, reason, workdir, capsys
     # The data errors are one "error:" line followed by indented lines listing what was
     # expected, found and where to get it.
     before = snapshot(workdir)
-    status, err = run_main(argv, capsys)
+    status, _, err = run_cli(argv, capsys)
     assert status == 2 and "Traceback" not in err
     assert err.startswith("error: cifar10: ") and reason in err and "get it: " in err
     assert snapshot(workdir) == before
@@ -257,7 +231,7 @@ def test_eval_into_a_read_only_folder_fails_before_the_work(how, workdir, capsys
 
         monkeypatch.setattr("tempfile.TemporaryFile", refuse)
     monkeypatch.setattr("densflow.evaluate.evaluate", pytest.fail)  # never reached
-    status, err = run_main([*EVAL, "--out", "locked/r.json"], capsys)
+    status, _, err = run_cli([*EVAL, "--out", "locked/r.json"], capsys)
     assert status == 2
     assert_one_line(err, r"cannot write into locked .*writable folder")
     assert list((workdir / "locked").iterdir()) == []
@@ -320,7 +294,7 @@ def test_a_full_disk_is_one_line_status_2(workdir, capsys, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     monkeypatch.setattr("densflow.cli.models._write_text", full)
-    status, err = run_main([*EVAL, "--out", "r.json"], capsys)
+    status, _, err = run_cli([*EVAL, "--out", "r.json"], capsys)
     assert status == 2
     assert_one_line(err, r"r\.json: No space left on device; free some space and run the same")
 
@@ -330,7 +304,7 @@ def test_a_bug_is_status_1_and_debug_shows_the_traceback(workdir, capsys, monkey
         raise ZeroDivisionError("division by zero")
 
     monkeypatch.setattr("densflow.evaluate.evaluate", bug)
-    status, err = run_main(EVAL, capsys)
+    status, _, err = run_cli(EVAL, capsys)
     assert status == 1
     assert_one_line(err, r"unexpected ZeroDivisionError: .*rerun with --debug for the traceback")
     with pytest.raises(ZeroDivisionError):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.data import TensorDataset
+from utils import assert_one_line, run_cli, snapshot, tiny_run
 
 from densflow.checkpoint import (
     CheckpointError,
@@ -24,7 +25,7 @@ from densflow.checkpoint import (
     save_training_checkpoint,
     temporaries_of,
 )
-from densflow.cli import build_parser, main
+from densflow.cli import build_parser
 from densflow.model import DenseFlow, DenseFlowConfig
 from densflow.training import (
     CHECKPOINT_NAME,
@@ -45,35 +46,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SMOKE = ["train", "--preset", "smoke", "--max-steps", "2", "--no-progress"]
 
 
-def snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every path under ``root`` with its bytes (None for a folder)."""
-    return {
-        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
-        for p in sorted(root.rglob("*"))
-    }
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    """``main(argv)`` in this process: its exit code (argparse exits too), stdout and stderr."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_info:
-        code = exit_info.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def assert_refused(argv: list[str], pattern: str, capsys, root: Path) -> str:
     """Exit code 2, one ``error:`` line matching ``pattern`` and nothing else, nothing written."""
     before = snapshot(root)
     code, out, err = run_cli(argv, capsys)
     assert code == 2, err
-    assert "Traceback" not in err and out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "error: " in lines[0], err  # no usage block, no log lines
-    assert re.search(pattern, lines[0]), lines[0]
+    assert out == ""
+    assert_one_line(err, pattern)
     assert snapshot(root) == before
-    return lines[0]
+    return err.strip()
 
 
 # ----------------------------------------------------------------------------- the table
@@ -184,10 +165,7 @@ SETS = (
 
 
 def config(out_dir, **overrides) -> TrainConfig:
-    fields = dict(model="tiny", image_size=16, batch_size=4, epochs=2, warmup_steps=3,
-                  out_dir=str(out_dir), log_every=1, checkpoint_every=2, eval_every=0,
-                  progress=False)  # fmt: skip
-    return TrainConfig(**{**fields, **overrides})
+    return tiny_run(out_dir, **{"checkpoint_every": 2, **overrides})
 
 
 def trainer(cfg: TrainConfig) -> Trainer:

@@ -149,24 +149,10 @@ def test_train_eval_sample_end_to_end(tmp_path, capsys, monkeypatch):
     checkpoint = run / "checkpoint.pt"
 
     out = tmp_path / "eval.json"
-    code = main(
-        [
-            "eval",
-            str(checkpoint),
-            "--limit",
-            "8",
-            "--batch-size",
-            "4",
-            "--iw-samples",
-            "2",
-            "--chunk-size",
-            "2",
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-        ]
-    )
+    # 8 images in batches of 4, with a 2-sample importance-weighted bound in chunks of 2
+    small_eval = ["eval", str(checkpoint), "--limit", "8", "--batch-size", "4", "--iw-samples", "2"]
+    small_eval += ["--chunk-size", "2", "--device", "cpu"]
+    code = main([*small_eval, "--out", str(out)])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
@@ -176,26 +162,7 @@ def test_train_eval_sample_end_to_end(tmp_path, capsys, monkeypatch):
 
     compiled = []  # compiling for real is tests/test_performance.py's job: minutes on a CPU
     monkeypatch.setattr("densflow.performance.compile_model", compiled.append)
-    code = main(
-        [
-            "eval",
-            str(checkpoint),
-            "--limit",
-            "8",
-            "--batch-size",
-            "4",
-            "--iw-samples",
-            "2",
-            "--chunk-size",
-            "2",
-            "--device",
-            "cpu",
-            "--amp",
-            "bf16",
-            "--channels-last",
-            "--compile",
-        ]
-    )
+    code = main([*small_eval, "--amp", "bf16", "--channels-last", "--compile"])
     assert code == 0
     fast = json.loads(capsys.readouterr().out)
     [flow] = compiled

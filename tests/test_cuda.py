@@ -148,28 +148,17 @@ def test_graphed_training_step_replays_the_eager_step_on_the_gpu():
 
 
 def test_trainer_with_cuda_graphs_follows_the_eager_run_on_the_gpu(tmp_path):
-    from densflow.training import TrainConfig, Trainer, read_metrics
+    from utils import tiny_run
+
+    from densflow.training import Trainer, read_metrics
     from densflow.training.step import GraphedStep
 
     def bpds(cuda_graphs):
-        cfg = TrainConfig(
-            dataset="photos",
-            model="tiny",
-            image_size=32,
-            batch_size=8,
-            epochs=1,
-            max_steps=6,
-            warmup_steps=2,
-            log_every=1,
-            eval_every=0,
-            checkpoint_every=0,
-            progress=False,
-            device="cuda",
-            amp="bf16",
-            channels_last=True,
+        cfg = tiny_run(
+            tmp_path / str(cuda_graphs), image_size=32, batch_size=8, epochs=1, max_steps=6,
+            warmup_steps=2, device="cuda", amp="bf16", channels_last=True,
             cuda_graphs=cuda_graphs,
-            out_dir=str(tmp_path / str(cuda_graphs)),
-        )
+        )  # fmt: skip
         trainer = Trainer(cfg)
         trainer.fit()
         step = trainer.train_step

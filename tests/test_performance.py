@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from utils import init_actnorms, loss_and_flat_grads, perturb
+from utils import loss_and_flat_grads, perturb
 
 from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
 from densflow.attention import NystromAttention, iterative_pinv
@@ -36,17 +36,6 @@ from densflow.performance import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-
-@pytest.fixture
-def model_and_images():
-    torch.manual_seed(0)
-    model = perturb(DenseFlow(DenseFlowConfig.tiny(image_size=32)), 0.02)
-    x = torch.randint(
-        0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
-    )
-    init_actnorms(model, x, generator=torch.Generator().manual_seed(1))
-    return model, x
 
 
 def reference_log_prob(model, x):

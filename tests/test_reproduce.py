@@ -55,21 +55,23 @@ FIXTURES = {
 }
 
 
-@pytest.mark.parametrize("dataset", sorted(FIXTURES))
-def test_dataset_notebook_smoke_run_on_fixture_data(dataset, tmp_path):
-    data_dir, out_dir = tmp_path / "data", tmp_path / "run"
-    FIXTURES[dataset](data_dir)
-    out = run_notebook(
-        dataset,
-        tmp_path,
+def smoke_run(data_dir: Path, out_dir: Path) -> dict:
+    """Notebook parameters of a smoke run on fixture data: 4 images a step, a 2-sample bound."""
+    return dict(
         data_dir=str(data_dir),
         preset="smoke",
         out_dir=str(out_dir),
         num_workers=0,
         iw_samples=2,
         batch_size=4,
-        cuda_graphs=True,
     )
+
+
+@pytest.mark.parametrize("dataset", sorted(FIXTURES))
+def test_dataset_notebook_smoke_run_on_fixture_data(dataset, tmp_path):
+    data_dir, out_dir = tmp_path / "data", tmp_path / "run"
+    FIXTURES[dataset](data_dir)
+    out = run_notebook(dataset, tmp_path, **smoke_run(data_dir, out_dir), cuda_graphs=True)
     results = check_results(out_dir, dataset)
     assert results["train"]["completed"] and results["paper_denseflow_bpd"] is not None
     text = out.read_text()
@@ -83,14 +85,7 @@ def test_dataset_notebook_smoke_run_on_fixture_data(dataset, tmp_path):
 def test_rerun_with_the_same_out_dir_resumes(tmp_path):
     data_dir, out_dir = tmp_path / "data", tmp_path / "run"
     FIXTURES["cifar10"](data_dir)
-    params = dict(
-        data_dir=str(data_dir),
-        preset="smoke",
-        out_dir=str(out_dir),
-        num_workers=0,
-        iw_samples=2,
-        batch_size=4,
-    )
+    params = smoke_run(data_dir, out_dir)
     run_notebook("cifar10", tmp_path, epochs=1, **params)
     first = json.loads((out_dir / "results.json").read_text())["train"]["steps"]
     run_notebook("cifar10", tmp_path, epochs=1, **params)  # nothing left to train

@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from utils import init_actnorms, optimizer_parameters, optimizer_steps, perturb
+from utils import optimizer_parameters, optimizer_steps
 
 from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, performance
 from densflow.training import Speed, optim
@@ -26,17 +26,6 @@ from densflow.training.step import (
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def model_and_images():
-    torch.manual_seed(0)
-    model = perturb(DenseFlow(DenseFlowConfig.tiny(image_size=32)), 0.02)
-    x = torch.randint(
-        0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
-    )
-    init_actnorms(model, x, generator=torch.Generator().manual_seed(1))
-    return model, x
 
 
 def noise(model, seed: int = 3):

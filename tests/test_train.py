@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.data import TensorDataset
-from utils import assert_same_training_state
+from utils import assert_same_training_state, tiny_run
 
 from densflow import DenseFlowConfig, performance
 from densflow.checkpoint import CheckpointError, load_model, read_checkpoint
@@ -46,21 +46,7 @@ SETS = image_sets()  # 24 train images, batch 4: 6 steps per epoch
 
 
 def config(out_dir, **overrides) -> TrainConfig:
-    fields = dict(
-        dataset="photos",
-        model="tiny",
-        image_size=16,
-        batch_size=4,
-        epochs=2,
-        warmup_steps=3,
-        gamma=0.5,
-        out_dir=str(out_dir),
-        log_every=1,
-        checkpoint_every=0,
-        eval_every=0,
-        progress=False,
-    )
-    return TrainConfig(**{**fields, **overrides})
+    return tiny_run(out_dir, **{"gamma": 0.5, **overrides})
 
 
 def run(cfg: TrainConfig, patch=None) -> Trainer:

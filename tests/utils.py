@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
+
+from densflow.cli import main
+from densflow.training import TrainConfig
 
 
 def perturb(module: nn.Module, scale: float = 0.05, seed: int = 0) -> nn.Module:
@@ -78,3 +85,54 @@ def assert_same_training_state(
         assert state.keys() == optimizer_b[k].keys(), k
         for key, value in state.items():
             assert torch.equal(value, optimizer_b[k][key]), (k, key)
+
+
+def snapshot(root: Path) -> dict[str, str | None]:
+    """Every path under ``root`` with the SHA-256 of its bytes (None for a folder): equal
+    snapshots mean that no file or folder was changed, lost or left behind."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        if p.is_file()
+        else None
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``main(argv)`` in this process: its exit status (argparse's SystemExit too), stdout and
+    stderr."""
+    try:
+        status = main(argv)
+    except SystemExit as exit_info:
+        status = exit_info.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def assert_one_line(err: str, pattern: str) -> None:
+    """``err`` is one ``error:`` line matching ``pattern``: no traceback, no usage block, no log
+    lines."""
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def tiny_run(out_dir: str | Path, **overrides) -> TrainConfig:
+    """A run of the tiny model on photos (16×16, batch 4, 2 epochs, 3 warm-up steps) that logs
+    every step, evaluates never and checkpoints only at epoch ends, unless ``overrides`` say
+    otherwise."""
+    fields = dict(
+        dataset="photos",
+        model="tiny",
+        image_size=16,
+        batch_size=4,
+        epochs=2,
+        warmup_steps=3,
+        out_dir=str(out_dir),
+        log_every=1,
+        checkpoint_every=0,
+        eval_every=0,
+        progress=False,
+    )
+    return TrainConfig(**{**fields, **overrides})

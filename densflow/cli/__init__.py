@@ -41,7 +41,8 @@ from collections.abc import Sequence
 
 from .ablate import add_ablate
 from .download import add_download
-from .models import Interrupted, add_eval, add_sample, official_files, option_int
+from .models import Interrupted, add_eval, add_sample, official_files
+from .options import add_trust_checkpoint, option_int
 from .train import add_train, train_config_from_args
 
 __all__ = ["main", "build_parser", "train_config_from_args"]
@@ -165,11 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="image size, when there is no args.pickle (default 32)",
     )
-    convert.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="allow full unpickling if weights_only loading fails (trusted files only)",
-    )
+    add_trust_checkpoint(convert)
     convert.set_defaults(run=_convert)
     add_train(sub)
     add_eval(sub)

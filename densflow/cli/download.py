@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .options import add_trust_checkpoint
+
 __all__ = ["add_download"]
 
 
@@ -34,11 +36,7 @@ def add_download(sub: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="an archive (zip or tar) or folder you downloaded yourself: no network",
     )
-    weights.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="allow full unpickling if weights_only loading fails (trusted files only)",
-    )
+    add_trust_checkpoint(weights)
     weights.set_defaults(run=_download_weights)
 
 

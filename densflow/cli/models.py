@@ -7,49 +7,16 @@ import argparse
 import json
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .options import add_seed, option_float, option_int
 
 __all__ = ["Interrupted", "add_eval", "add_sample", "official_files", "option_int"]
 
 
-_MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
-
-
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, with the line that says what was kept."""
-
-
-def option_int(option: str, minimum: int = 1, maximum: int | None = None) -> Callable[[str], int]:
-    """An argparse ``type``: an integer option in ``[minimum, maximum]``, refused with one
-    line."""
-    from ..validate import check_int
-
-    def parse(text: str) -> int:
-        try:
-            value: Any = int(text)
-        except ValueError:
-            value = text
-        try:
-            return check_int(option, value, minimum, maximum)
-        except ValueError as err:  # argparse names the option already
-            raise argparse.ArgumentTypeError(str(err).removeprefix(f"{option} ")) from None
-
-    return parse
-
-
-def _temperature(text: str) -> float:
-    from ..validate import check_float
-
-    try:
-        value: Any = float(text)
-    except ValueError:
-        value = text
-    try:
-        return check_float("--temperature", value, minimum=0.0)
-    except ValueError as err:  # argparse names the option already
-        raise argparse.ArgumentTypeError(str(err).removeprefix("--temperature ")) from None
 
 
 def _iw_samples(text: str) -> int | str:
@@ -168,12 +135,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         default=50,
         help="importance samples per forward pass (default: 50)",
     )
-    ev.add_argument(
-        "--seed",
-        type=option_int("--seed", 0, _MAX_SEED),
-        default=0,
-        help="seed of the noise draws (default: 0)",
-    )
+    add_seed(ev, "the noise draws")
     ev.add_argument(
         "--partial",
         default=None,
@@ -319,16 +281,11 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
     )
     sp.add_argument(
         "--temperature",
-        type=_temperature,
+        type=option_float("--temperature", minimum=0.0),
         default=1.0,
         help="scale of the prior's standard deviation, finite and >= 0 (default: 1.0)",
     )
-    sp.add_argument(
-        "--seed",
-        type=option_int("--seed", 0, _MAX_SEED),
-        default=0,
-        help="seed of the draws (default: 0)",
-    )
+    add_seed(sp, "the draws")
     _add_speed_switches(
         sp,
         amp_help="bf16: the coupling networks in bfloat16; the same draws, "

@@ -3,14 +3,20 @@
 One concern per module:
 
 * :mod:`~densflow.training.config` — :class:`TrainConfig`, every setting of a run;
+* :mod:`~densflow.training.ranges` — the allowed range of each numeric setting;
 * :mod:`~densflow.training.presets` — :data:`TRAIN_PRESETS` and :func:`train_preset`, the paper's
   settings per dataset (and smoke and quickstart runs);
 * :mod:`~densflow.training.schedule` — the learning rate, data order and seeds of each step;
+* :mod:`~densflow.training.batches` — the batch and the noise each step is fed;
 * :mod:`~densflow.training.step` — the loss and ``step(x, noise, lr)``: eager, compiled or
   CUDA-graphed, under DistributedDataParallel when run by ``torchrun``;
 * :mod:`~densflow.training.optim` — the optimizer, compiled or not;
 * :mod:`~densflow.training.trainer` — :class:`Trainer` and :func:`train`: the loop, evaluations,
   checkpoints (written by :mod:`densflow.checkpoint`) and resume;
+* :mod:`~densflow.training.resume` — the checks a checkpoint passes before a run resumes from
+  it or starts from its weights (``init_from``);
+* :mod:`~densflow.training.divergence` — :class:`TrainingDivergedError`: when non-finite losses
+  or parameters stop a run, and the way on from its last good checkpoint;
 * :mod:`~densflow.training.metrics` — ``metrics.jsonl``, log lines and progress;
 * :mod:`~densflow.training.rundir` — the run folder's lock (one writer) and its clean-up.
 * :mod:`~densflow.training.loggers` — live mirrors of ``metrics.jsonl`` (``logger="tensorboard"``:
@@ -18,9 +24,11 @@ One concern per module:
 """
 
 from .config import CHECKPOINT_NAME, METRICS_NAME, Speed, TrainConfig
+from .divergence import TrainingDivergedError
 from .metrics import read_metrics
 from .optim import compile_optimizer, optimizer_state_dict, set_lr
 from .presets import TRAIN_PRESETS, train_preset
+from .rundir import TrainingSetupError
 from .schedule import derive_seed, epoch_permutation, learning_rate, shard_indices
 from .step import (
     GraphedTrainingStep,
@@ -30,7 +38,7 @@ from .step import (
     make_step,
     training_loss,
 )
-from .trainer import Trainer, TrainingDivergedError, TrainingSetupError, TrainResult, train
+from .trainer import Trainer, TrainResult, train
 
 __all__ = [
     "CHECKPOINT_NAME",

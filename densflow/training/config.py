@@ -9,7 +9,6 @@ dataset.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 from .. import data
 from ..model import PRESETS, DenseFlowConfig
 from ..performance import AMP_MODES
+from .ranges import RANGES, check_range
 
 __all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "OPTIMIZERS", "SCHEDULES", "Speed", "TrainConfig"]
 
@@ -41,65 +41,6 @@ RESUMABLE_CHANGES = frozenset({
 
 # Fields of checkpoints written before a rename or removal: old name -> new name (None: dropped).
 _LEGACY_FIELDS = {"iw_chunk_size": "chunk_size", "pin_memory": None}
-
-# Numeric fields: (lowest, highest, an example value for the fix); a bound in parentheses is
-# excluded. None fields (where the type allows None) mean "not set" and are not checked.
-_RANGES: dict[str, tuple[tuple[float, bool] | None, tuple[float, bool] | None, str]] = {
-    "image_size": ((1, True), None, "32"),
-    "batch_size": ((1, True), None, "16"),
-    "epochs": ((0, True), None, "4"),
-    "finetune_epochs": ((0, True), None, "0"),
-    "steps_per_epoch": ((1, True), None, "100"),
-    "max_steps": ((1, True), None, "100"),
-    "lr": ((0.0, False), None, "1e-3"),
-    "finetune_lr": ((0.0, False), None, "2e-5"),
-    "warmup_steps": ((0, True), None, "200"),
-    "gamma": ((0.0, False), (1.0, True), "0.95"),
-    "grad_clip": ((0.0, False), None, "1.0"),
-    "num_workers": ((0, True), None, "0"),
-    "seed": (None, None, "0"),
-    "checkpoint_every": ((0, True), None, "100"),
-    "log_every": ((1, True), None, "25"),
-    "eval_every": ((0, True), None, "1"),
-    "eval_limit": ((1, True), None, "1000"),
-    "eval_batch_size": ((1, True), None, "64"),
-    "iw_samples": ((1, True), None, "200"),
-    "chunk_size": ((1, True), None, "50"),
-    "max_nonfinite": ((1, True), None, "20"),
-}  # fmt: skip
-_FLOATS = frozenset({"lr", "finetune_lr", "gamma", "grad_clip"})
-
-
-def _check_range(
-    name: str, value: Any, low: tuple[float, bool] | None, high: tuple[float, bool] | None,
-    example: str,
-) -> None:  # fmt: skip
-    """A ValueError naming the field, its option, the range and a value that works, unless
-    ``value`` is None or a finite number (an integer for integer fields) in the range."""
-    if value is None:
-        return
-    is_float = name in _FLOATS
-    kind = "a finite number" if is_float else "an integer"
-    parts = []
-    if low is not None:
-        parts.append(f"{'>=' if low[1] else '>'} {low[0]}")
-    if high is not None:
-        parts.append(f"{'<=' if high[1] else '<'} {high[0]}")
-    wanted = kind + (" " + " and ".join(parts) if parts else "")
-    if not is_float and high is None and low in ((1, True), (0, True)):
-        wanted = f"{'positive' if low[0] else 'non-negative'} ({wanted})"
-    number = (int, float) if is_float else int
-    ok = isinstance(value, number) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value >= low[0] if low[1] else value > low[0]
-    if ok and high is not None:
-        ok = value <= high[0] if high[1] else value < high[0]
-    if not ok:
-        flag = "--" + name.replace("_", "-")
-        raise ValueError(
-            f"{name} must be {wanted}, got {value!r}; set {flag} (TrainConfig.{name}) to e.g. "
-            f"{example}"
-        )
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
@@ -350,8 +291,8 @@ class TrainConfig:
                 raise ValueError(
                     f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}"
                 )
-        for name, (low, high, example) in _RANGES.items():
-            _check_range(name, getattr(self, name), low, high, example)
+        for name, (low, high, example) in RANGES.items():
+            check_range(name, getattr(self, name), low, high, example)
         if self.epochs + self.finetune_epochs == 0:
             raise ValueError(
                 "epochs + finetune_epochs must be at least 1, got 0 (--epochs, --finetune-epochs): "

@@ -1,7 +1,8 @@
 r"""The training loop: data order, steps, evaluations, checkpoints and exact resume.
 
 The loop only calls ``step(x, noise, lr)`` (:mod:`densflow.training.step`, chosen once at
-start-up); what each step sees comes from :mod:`densflow.training.schedule`.
+start-up); what each step sees comes from :mod:`densflow.training.batches` (its batch and noise)
+and :mod:`densflow.training.schedule` (its learning rate and seeds).
 
 **Exact resume.** Every random draw of a step comes from generators re-seeded from
 ``(seed, step, rank)``: the data order of an epoch is a permutation seeded by ``(seed, epoch)``,
@@ -12,14 +13,10 @@ resuming skips the batches of the current epoch that are already done. On CPU, `
 resume + ``N`` steps give bit-identical parameters to ``2N`` steps (tests/test_train.py). On GPU
 some kernels are not deterministic, so a resumed run agrees only to rounding.
 
-**Non-finite losses.** A skipped step (see :class:`~densflow.training.step.TrainStep`) changes
-nothing; after ``max_nonfinite`` of them in a row, :class:`TrainingDivergedError` stops the run and
-names the last checkpoint, which is left as it was. An update that makes a parameter non-finite
-stops the run the same way at once (there is no earlier state in memory to go back to, and
-resuming would repeat it): the last checkpoint is the last good state, and ``init_from`` starts a
-new run from its weights with other optimizer settings. No checkpoint holds a non-finite tensor:
-the parameters are checked before each save, and
-:func:`~densflow.checkpoint.save_training_checkpoint` refuses them too.
+**Non-finite losses** skip their step; too many in a row, or a non-finite parameter, stop the run
+with :class:`~densflow.training.divergence.TrainingDivergedError`, naming the last good checkpoint
+(:mod:`densflow.training.divergence`). Resuming checks the checkpoint against the config
+(:mod:`densflow.training.resume`).
 
 **The run folder** (:mod:`densflow.training.rundir`) is locked for the run's whole life (from the
 constructor to the end of :meth:`Trainer.fit`), so a second run writing to it is refused at once;
@@ -38,43 +35,32 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .. import data
-from ..checkpoint import (
-    CheckpointError,
-    TrainingState,
-    nonfinite_entries,
-    read_checkpoint,
-    read_training_checkpoint,
-    restore_rng,
-    save_training_checkpoint,
-)
+from ..checkpoint import TrainingState, restore_rng, save_training_checkpoint
 from ..evaluate import evaluate
 from ..glow import ActNorm
 from ..model import DenseFlow
-from ..performance import autocast, compose_coupling_nets, to_channels_last
+from ..performance import autocast, compose_coupling_nets
 from ..runtime import collate_images, first_images, resolve_device
-from .config import CHECKPOINT_NAME, RESUMABLE_CHANGES, TrainConfig
+from .batches import StepInputs
+from .config import CHECKPOINT_NAME, TrainConfig
+from .divergence import DivergenceGuard, TrainingDivergedError
 from .loggers import make_loggers, sample_source
 from .metrics import RunLog, RunningMean, read_metrics
 from .optim import build_optimizer, optimizer_state_dict
+from .resume import load_init_weights, read_resumable
 from .rundir import RunFolderLock, TrainingSetupError, remove_stale_temporaries
-from .schedule import Stream, derive_seed, epoch_permutation, learning_rate, shard_indices
+from .schedule import Stream, derive_seed, learning_rate
 from .step import BatchNormStats, Dist, TrainStep, make_step
 
 __all__ = ["TrainResult", "Trainer", "TrainingDivergedError", "TrainingSetupError", "train"]
-
-
-class TrainingDivergedError(RuntimeError):
-    """Too many consecutive non-finite losses, or an update that made a parameter non-finite;
-    the message names the step, the last good checkpoint and how to start again from it."""
 
 
 @dataclass
@@ -171,11 +157,9 @@ class Trainer:
         memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
         self.model.to(self.device, memory_format=memory_format).train()
         self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.lr)
-        self.augment = data.augmentation_for(cfg.dataset) if cfg.augmentation else None
-        # Generators on the training device: drawing on the CPU for a CUDA model would make every
-        # draw a synchronous host-to-device copy.
-        self._noise = torch.Generator(self.device)
-        self._aug_gen = torch.Generator(self.device)
+        self.inputs = StepInputs(
+            train_set, cfg, self.model, self.device, self.dist.rank, self.dist.world_size
+        )
         order_len = len(train_set) // self.dist.world_size
         self.steps_per_epoch = order_len // cfg.batch_size
         if cfg.steps_per_epoch is not None:
@@ -188,12 +172,11 @@ class Trainer:
             )
 
         self.step = self.epoch = self.step_in_epoch = 0
-        self._nonfinite_run = 0
+        self._guard = DivergenceGuard(cfg.max_nonfinite)
         self._epoch_mean = RunningMean(self.device)
-        self._last_checkpoint: tuple[Path, int] | None = None
         self._metrics_bytes = self._maybe_resume()
-        if self._last_checkpoint is None and cfg.init_from is not None:
-            self._init_weights(cfg.init_from)
+        if self._guard.last_checkpoint is None and cfg.init_from is not None:
+            load_init_weights(self.model, cfg.init_from, self.device)
         self.train_step: TrainStep | None = None
 
     # ------------------------------------------------------------------ set-up
@@ -208,46 +191,15 @@ class Trainer:
         return self._test_set
 
     def _maybe_resume(self) -> int:
-        """Load ``out_dir/checkpoint.pt`` if allowed; return the metrics bytes to keep."""
-        if not self.checkpoint_path.exists():
+        """Load ``out_dir/checkpoint.pt`` if there is one; return the metrics bytes to keep."""
+        ckpt = read_resumable(self.checkpoint_path, self.config, self.device)
+        if ckpt is None:
             return 0
-        if not self.config.resume:
-            raise CheckpointError(
-                f"{self.checkpoint_path} exists and resume is off; choose "
-                "another out_dir or remove the old run"
-            )
-        ckpt = read_training_checkpoint(self.checkpoint_path, map_location=self.device)
-        try:
-            saved = TrainConfig.from_dict(ckpt.train_config).to_dict()
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(
-                f"{self.checkpoint_path} records a training configuration this version refuses "
-                f"({err}); start a new run in another out_dir, with --init-from "
-                f"{self.checkpoint_path} to keep its weights"
-            ) from err
-        now = self.config.to_dict()
-        changed = [
-            f"{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now"
-            for k in now
-            if k not in RESUMABLE_CHANGES and saved[k] != now[k]
-        ]
-        if changed:
-            raise CheckpointError(
-                f"cannot resume {self.checkpoint_path} with a different "
-                f"configuration ({'; '.join(changed)}); use another out_dir"
-            )
-        bad = nonfinite_entries(ckpt.model)
-        if bad:
-            raise CheckpointError(
-                f"{self.checkpoint_path} holds non-finite weights ({', '.join(bad[:3])}) and "
-                "cannot be resumed; start a new run in another out_dir with --init-from an "
-                "earlier, finite checkpoint"
-            )
         self.model.load_state_dict(ckpt.model)
         self.optimizer.load_state_dict(ckpt.optimizer)
         s = ckpt.state
         self.step, self.epoch, self.step_in_epoch = s.step, s.epoch, s.step_in_epoch
-        self._nonfinite_run, self._epoch_mean.count = s.nonfinite_run, s.epoch_count
+        self._guard.nonfinite_run, self._epoch_mean.count = s.nonfinite_run, s.epoch_count
         self._epoch_mean.sum.copy_(s.epoch_sum)
         if s.world_size != self.dist.world_size and self.step_in_epoch:
             warnings.warn(
@@ -256,29 +208,8 @@ class Trainer:
                 stacklevel=2,
             )
         restore_rng(ckpt.rng)
-        self._last_checkpoint = (self.checkpoint_path, self.step)
+        self._guard.last_checkpoint = (self.checkpoint_path, self.step)
         return s.metrics_bytes
-
-    def _init_weights(self, path: str) -> None:
-        """A new run's starting point: the model weights of the checkpoint ``path`` (any densflow
-        checkpoint), which must be this run's architecture and finite. The optimizer, the
-        schedule and the step count start afresh."""
-        ckpt = read_checkpoint(path, map_location=self.device)
-        mine, theirs = self.model.config.to_dict(), ckpt["config"]
-        differ = [f"{k}: {theirs.get(k)!r} there, {v!r} here" for k, v in mine.items()
-                  if theirs.get(k) != v]  # fmt: skip
-        if differ:
-            raise CheckpointError(
-                f"init_from {path} holds another model ({'; '.join(differ[:4])}); set --model, "
-                "--image-size or --model-config to the checkpoint's"
-            )
-        bad = nonfinite_entries(ckpt["model"])
-        if bad:
-            raise CheckpointError(
-                f"init_from {path} holds non-finite weights ({', '.join(bad[:3])}); choose an "
-                "earlier, finite checkpoint"
-            )
-        self.model.load_state_dict(ckpt["model"])
 
     def _build_step(self) -> TrainStep:
         """ActNorm's data-dependent init on the first batch when the run starts, as the first
@@ -288,47 +219,15 @@ class Trainer:
             m.is_initialized() for m in self.model.modules() if isinstance(m, ActNorm)
         )
         if self.step == 0 and not initialized:
-            x = self._prepare(next(self._batches(self._order(0), 0, 1)))
+            x = self.inputs.prepare(next(self.inputs.batches(0, 0, 1)), self.step)
             stats = BatchNormStats(self.model)
-            self._noise.manual_seed(self._seed_step(Stream.NOISE))
             with torch.no_grad(), autocast(self.device, self.config.amp):
-                self.model(x, self._noise)
+                self.model(x, self.inputs.noise_generator(self.step))
             stats.restore()
         max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
         return make_step(
             self.model, self.optimizer, self.config.speed, max_norm=max_norm, dist=self.dist
         )
-
-    # ------------------------------------------------------------------ data
-    def _order(self, epoch: int) -> Tensor:
-        """This rank's index order for ``epoch``."""
-        order = epoch_permutation(len(self.train_set), self.config.seed, epoch)
-        return shard_indices(order, self.dist.rank, self.dist.world_size)
-
-    def _batches(self, order: Tensor, start: int, stop: int) -> Iterator[Tensor]:
-        """Batches ``start..stop-1`` of the epoch (full batches only)."""
-        b = self.config.batch_size
-        chunks = order[: stop * b].view(stop, b)[start:].tolist()
-        loader = DataLoader(
-            self.train_set, batch_sampler=chunks, num_workers=self.config.num_workers,
-            collate_fn=collate_images, pin_memory=self.device.type == "cuda",
-        )  # fmt: skip
-        return iter(loader)
-
-    def _seed_step(self, stream: int) -> int:
-        return derive_seed(self.config.seed, stream, self.step, self.dist.rank)
-
-    def _prepare(self, x: Tensor) -> Tensor:
-        """Move a batch to the device, then augment it there (draws from a per-step generator)."""
-        x = x.to(self.device, non_blocking=True)
-        if self.augment is not None:
-            self._aug_gen.manual_seed(self._seed_step(Stream.AUGMENT))
-            x = self.augment(x, self._aug_gen)
-        return to_channels_last(x) if self.config.channels_last else x
-
-    def _draw_noise(self, x: Tensor) -> dict[str, Tensor]:
-        self._noise.manual_seed(self._seed_step(Stream.NOISE))
-        return self.model.draw_noise(x.shape[0], self._noise)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainResult:
@@ -378,13 +277,13 @@ class Trainer:
                 if cfg.max_steps is not None:
                     stop = min(n_steps, self.step_in_epoch + cfg.max_steps - self.step)
                 self.log.begin_epoch(self.epoch, total_epochs)
-                for x in self._batches(self._order(self.epoch), self.step_in_epoch, stop):
+                for x in self.inputs.batches(self.epoch, self.step_in_epoch, stop):
                     lr = learning_rate(cfg, self.step, self.epoch)
-                    x = self._prepare(x)
-                    metrics = self.train_step(x, self._draw_noise(x), lr)
+                    x = self.inputs.prepare(x, self.step)
+                    metrics = self.train_step(x, self.inputs.noise(x, self.step), lr)
                     self.log.grad_norm(None if metrics.loss is None else metrics.grad_norm)
                     if not metrics.params_finite:
-                        self._parameters_diverged(self.step)
+                        self._guard.parameters_diverged(self.step, self.epoch, self.log)
                     self.step += 1
                     self.step_in_epoch += 1
                     self._account(metrics.loss)
@@ -395,7 +294,7 @@ class Trainer:
                         self._save()
                 if self.step_in_epoch == n_steps:
                     self._end_epoch(total_epochs)
-                elif self._last_checkpoint is None or self._last_checkpoint[1] != self.step:
+                elif self._guard.last_checkpoint != (self.checkpoint_path, self.step):
                     self._save()  # stopped by max_steps mid-epoch
             completed = self.epoch >= total_epochs
             if completed and cfg.iw_samples:
@@ -427,48 +326,14 @@ class Trainer:
         step number ``self.step`` (1-based: steps done) finished."""
         self.log.step_done(loss)
         if loss is not None:
-            self._nonfinite_run = 0
             self._epoch_mean.add(loss)
-            return
-        self._nonfinite_run += 1
-        self.log.event("nonfinite", step=self.step, epoch=self.epoch, run=self._nonfinite_run)
-        if self._nonfinite_run >= self.config.max_nonfinite:
-            first = self.step - self._nonfinite_run + 1
-            self.log.event("diverged", step=self.step, epoch=self.epoch)
-            raise TrainingDivergedError(
-                f"training diverged at step {self.step}: {self._nonfinite_run} non-finite losses "
-                f"in a row (steps {first}..{self.step}, each skipped without an update); "
-                f"{self._restart_advice()}"
-            )
-
-    def _parameters_diverged(self, step: int) -> None:
-        """Stop: the update of ``step`` (1-based) made a parameter non-finite."""
-        self.log.event("diverged", step=step, epoch=self.epoch)
-        raise TrainingDivergedError(
-            f"training diverged at step {step}: its update made parameters non-finite (from a "
-            f"finite loss and gradient); {self._restart_advice()}"
-        )
+        self._guard.step_done(loss, self.step, self.epoch, self.log)
 
     def _check_parameters(self) -> None:
         """Before an evaluation or a save: stop if the last update made a parameter
         non-finite."""
         if self.train_step is not None and not self.train_step.parameters_finite():
-            self._parameters_diverged(self.step)
-
-    def _restart_advice(self) -> str:
-        """Where the last good state is and how to go on from it: resuming would repeat the same
-        steps, so a new run from its weights with other optimizer settings."""
-        if self._last_checkpoint is None:
-            return (
-                "no checkpoint had been written yet. Start again with a lower --lr, a "
-                "--grad-clip or --amp none"
-            )
-        path, step = self._last_checkpoint
-        return (
-            f"the last good checkpoint is {path} (step {step}), left as it was. Start a new run "
-            f"from its weights with a lower --lr, a --grad-clip or --amp none: the same command "
-            f"with --init-from {path} --out-dir NEW_DIR"
-        )
+            self._guard.parameters_diverged(self.step, self.epoch, self.log)
 
     def _end_epoch(self, total_epochs: int) -> None:
         """Epoch-end log line, evaluation when due, then a checkpoint at the next epoch's start."""
@@ -512,7 +377,7 @@ class Trainer:
             return
         state = TrainingState(
             step=self.step, epoch=self.epoch, step_in_epoch=self.step_in_epoch,
-            nonfinite_run=self._nonfinite_run, epoch_sum=self._epoch_mean.sum,
+            nonfinite_run=self._guard.nonfinite_run, epoch_sum=self._epoch_mean.sum,
             epoch_count=self._epoch_mean.count, metrics_bytes=self.log.offset(),
             world_size=self.dist.world_size,
         )  # fmt: skip
@@ -521,7 +386,7 @@ class Trainer:
             optimizer=optimizer_state_dict(self.optimizer),  # loads into eager and compiled
             state=state,
         )  # fmt: skip
-        self._last_checkpoint = (self.checkpoint_path, self.step)
+        self._guard.last_checkpoint = (self.checkpoint_path, self.step)
         self.log.checkpoint(self.checkpoint_path, self.step)
 
 

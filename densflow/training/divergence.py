@@ -1,0 +1,84 @@
+"""Non-finite losses and parameters: when a run stops, and where it goes on from.
+
+A step whose loss or gradient is non-finite is skipped (see
+:class:`~densflow.training.step.TrainStep`) and changes nothing; after ``max_nonfinite`` of them
+in a row, :class:`TrainingDivergedError` stops the run and names the last checkpoint, which is left
+as it was. An update that makes a parameter non-finite stops the run the same way at once (there
+is no earlier state in memory to go back to, and resuming would repeat it): the last checkpoint is
+the last good state, and ``init_from`` starts a new run from its weights with other optimizer
+settings. No checkpoint holds a non-finite tensor: the trainer checks the parameters before each
+save, and :func:`~densflow.checkpoint.save_training_checkpoint` refuses them too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NoReturn
+
+from torch import Tensor
+
+from .metrics import RunLog
+
+__all__ = ["DivergenceGuard", "TrainingDivergedError"]
+
+
+class TrainingDivergedError(RuntimeError):
+    """Too many consecutive non-finite losses, or an update that made a parameter non-finite;
+    the message names the step, the last good checkpoint and how to start again from it."""
+
+
+class DivergenceGuard:
+    """Counts the non-finite losses in a row and remembers the last checkpoint, so that a run that
+    diverges stops with the way on from its last good state.
+
+    Attributes:
+        max_nonfinite: consecutive non-finite losses that stop the run.
+        nonfinite_run: the non-finite losses in a row so far (a checkpoint keeps it, so a resumed
+            run goes on counting).
+        last_checkpoint: ``(path, step)`` of the last checkpoint written or resumed from.
+    """
+
+    def __init__(self, max_nonfinite: int) -> None:
+        self.max_nonfinite = max_nonfinite
+        self.nonfinite_run = 0
+        self.last_checkpoint: tuple[Path, int] | None = None
+
+    def step_done(self, loss: Tensor | None, step: int, epoch: int, log: RunLog) -> None:
+        """Count step ``step`` (1-based: steps done) with its ``loss`` (``None``: non-finite,
+        skipped); stop after ``max_nonfinite`` skipped steps in a row."""
+        if loss is not None:
+            self.nonfinite_run = 0
+            return
+        self.nonfinite_run += 1
+        log.event("nonfinite", step=step, epoch=epoch, run=self.nonfinite_run)
+        if self.nonfinite_run >= self.max_nonfinite:
+            first = step - self.nonfinite_run + 1
+            log.event("diverged", step=step, epoch=epoch)
+            raise TrainingDivergedError(
+                f"training diverged at step {step}: {self.nonfinite_run} non-finite losses "
+                f"in a row (steps {first}..{step}, each skipped without an update); "
+                f"{self.restart_advice()}"
+            )
+
+    def parameters_diverged(self, step: int, epoch: int, log: RunLog) -> NoReturn:
+        """Stop: the update of ``step`` (1-based) made a parameter non-finite."""
+        log.event("diverged", step=step, epoch=epoch)
+        raise TrainingDivergedError(
+            f"training diverged at step {step}: its update made parameters non-finite (from a "
+            f"finite loss and gradient); {self.restart_advice()}"
+        )
+
+    def restart_advice(self) -> str:
+        """Where the last good state is and how to go on from it: resuming would repeat the same
+        steps, so a new run from its weights with other optimizer settings."""
+        if self.last_checkpoint is None:
+            return (
+                "no checkpoint had been written yet. Start again with a lower --lr, a "
+                "--grad-clip or --amp none"
+            )
+        path, step = self.last_checkpoint
+        return (
+            f"the last good checkpoint is {path} (step {step}), left as it was. Start a new run "
+            f"from its weights with a lower --lr, a --grad-clip or --amp none: the same command "
+            f"with --init-from {path} --out-dir NEW_DIR"
+        )

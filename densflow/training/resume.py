@@ -1,0 +1,87 @@
+"""Starting from a checkpoint: resuming a run exactly, or a new run from another run's weights.
+
+A run resumes from its own ``out_dir/checkpoint.pt`` only when every setting that changes what is
+learned is the checkpoint's (:data:`~densflow.training.config.RESUMABLE_CHANGES` lists the others)
+and its weights are finite. ``init_from`` takes only the model weights of any densflow checkpoint
+of the same architecture: the optimizer, the schedule and the step count start afresh. Each
+refusal is one :class:`~densflow.checkpoint.CheckpointError` line that says how to go on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import (
+    CheckpointError,
+    TrainingCheckpoint,
+    nonfinite_entries,
+    read_checkpoint,
+    read_training_checkpoint,
+)
+from ..model import DenseFlow
+from .config import RESUMABLE_CHANGES, TrainConfig
+
+__all__ = ["load_init_weights", "read_resumable"]
+
+
+def read_resumable(
+    path: Path, config: TrainConfig, device: torch.device
+) -> TrainingCheckpoint | None:
+    """The checkpoint at ``path`` that the run of ``config`` resumes from (``None`` when there is
+    none), refused when resume is off, when it was written with other settings or when it holds
+    non-finite weights."""
+    if not path.exists():
+        return None
+    if not config.resume:
+        raise CheckpointError(
+            f"{path} exists and resume is off; choose another out_dir or remove the old run"
+        )
+    ckpt = read_training_checkpoint(path, map_location=device)
+    try:
+        saved = TrainConfig.from_dict(ckpt.train_config).to_dict()
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{path} records a training configuration this version refuses ({err}); start a new "
+            f"run in another out_dir, with --init-from {path} to keep its weights"
+        ) from err
+    now = config.to_dict()
+    changed = [
+        f"{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now"
+        for k in now
+        if k not in RESUMABLE_CHANGES and saved[k] != now[k]
+    ]
+    if changed:
+        raise CheckpointError(
+            f"cannot resume {path} with a different configuration ({'; '.join(changed)}); use "
+            "another out_dir"
+        )
+    bad = nonfinite_entries(ckpt.model)
+    if bad:
+        raise CheckpointError(
+            f"{path} holds non-finite weights ({', '.join(bad[:3])}) and cannot be resumed; "
+            "start a new run in another out_dir with --init-from an earlier, finite checkpoint"
+        )
+    return ckpt
+
+
+def load_init_weights(model: DenseFlow, path: str, device: torch.device) -> None:
+    """A new run's starting point: load into ``model`` the weights of the checkpoint ``path`` (any
+    densflow checkpoint), which must be ``model``'s architecture and finite."""
+    ckpt = read_checkpoint(path, map_location=device)
+    mine, theirs = model.config.to_dict(), ckpt["config"]
+    differ = [f"{k}: {theirs.get(k)!r} there, {v!r} here" for k, v in mine.items()
+              if theirs.get(k) != v]  # fmt: skip
+    if differ:
+        raise CheckpointError(
+            f"init_from {path} holds another model ({'; '.join(differ[:4])}); set --model, "
+            "--image-size or --model-config to the checkpoint's"
+        )
+    bad = nonfinite_entries(ckpt["model"])
+    if bad:
+        raise CheckpointError(
+            f"init_from {path} holds non-finite weights ({', '.join(bad[:3])}); choose an "
+            "earlier, finite checkpoint"
+        )
+    model.load_state_dict(ckpt["model"])
