@@ -182,3 +182,29 @@ def test_the_command_line_runs_the_study(tmp_path, capsys):
     assert "untested (gap" in out  # one seed: the claim is not judged
     saved = json.loads((out_dir / "results.json").read_text())
     assert saved["steps"] == 1 and list(saved["variants"]) == ["glow", "denseflow"]
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "imagenet32", "imagenet64", "photos"])
+def test_the_paper_column_is_table_1_of_the_stand_in_models(dataset):
+    from densflow.data.registry import paper_table1
+
+    reference = ablations.paper_reference(dataset)
+    table1 = paper_table1()
+    shown = reference["dataset"]
+    assert shown == (dataset if dataset != "photos" else "imagenet32")
+    assert reference["bpd"] == {
+        variant: table1[model][shown] for variant, model in ablations.PAPER_STAND_INS.items()
+    }
+    # DenseFlow-74-10 is never worse than the published one-shot and plain flows (Table 1).
+    assert reference["bpd"]["denseflow"] <= min(reference["bpd"].values())
+
+
+def test_the_table_names_the_paper_model_beside_each_number():
+    row = {"params": 10, "mid_channels": [4, 4, 4], "growth_rate": 0, "latent_dims": 3072,
+           "macs": 2e6, "seconds_per_step": 0.1, "seconds_per_step_std": 0.0, "bpd_single": 5.0,
+           "bpd_single_std": 0.1, "bpd_iw": 4.9, "bpd_iw_std": 0.1}  # fmt: skip
+    results = {"iw_samples": 4, "paper": ablations.paper_reference("imagenet64"),
+               "variants": {"glow": row, "dense": row}}  # fmt: skip
+    lines = ablations.table(results).splitlines()
+    assert "Table 1 (imagenet64)" in lines[0]
+    assert lines[2].endswith("| 3.81 (Glow) |") and lines[3].endswith("| – |")
