@@ -208,3 +208,32 @@ def test_the_table_names_the_paper_model_beside_each_number():
     lines = ablations.table(results).splitlines()
     assert "Table 1 (imagenet64)" in lines[0]
     assert lines[2].endswith("| 3.81 (Glow) |") and lines[3].endswith("| – |")
+
+
+def _study(bpd: dict[str, list[float]]) -> dict:
+    """A results dict as run() writes it, from each variant's per-seed bits/dim."""
+    runs = [{"variant": v, "seed": s, "bpd_single": b} for v, bs in bpd.items()
+            for s, b in enumerate(bs)]  # fmt: skip
+    return {"runs": runs, "variants": ablations.summarize(
+        [{**r, "params": 1, "latent_dims": 1, "macs": 1, "bpd_iw": r["bpd_single"],
+          "seconds_per_step": None, "config": {"mid_channels": [1], "augmentation": "incremental",
+                                               "growth_rate": 1}} for r in runs])}  # fmt: skip
+
+
+def test_a_gap_that_every_seed_shares_holds_when_paired_by_seed():
+    # Seeds move both variants together (4.2, 4.4, 4.6); the glow is 0.05 worse on every seed.
+    results = _study({"denseflow": [4.20, 4.40, 4.60], "glow": [4.25, 4.44, 4.66]})
+    (v,) = ablations.verdicts(results)
+    assert v["gap"] == pytest.approx(0.05) and v["paired_gap"] == pytest.approx(0.05)
+    assert v["verdict"] == "not separated"  # the seed spreads (0.2 each) hide it
+    assert v["paired_spread"] == pytest.approx(0.01) and v["paired_verdict"] == "holds"
+
+
+@pytest.mark.parametrize(
+    ("glow", "paired_verdict"),
+    [([4.10, 4.30, 4.50], "reversed"), ([4.30, 4.35, 4.60], "not separated")],
+)
+def test_a_paired_gap_is_reversed_or_not_separated(glow, paired_verdict):
+    (v,) = ablations.verdicts(_study({"denseflow": [4.20, 4.40, 4.60], "glow": glow}))
+    assert v["paired_verdict"] == paired_verdict
+    assert v["paired"] == pytest.approx([g - d for g, d in zip(glow, [4.2, 4.4, 4.6], strict=True)])

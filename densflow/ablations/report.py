@@ -4,7 +4,9 @@ figures."""
 from __future__ import annotations
 
 import itertools
+import math
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +34,32 @@ CLAIMS = (
 """Each claim of the paper as (the variant the reference must beat, the claim)."""
 
 
+def _verdict(gap: float, spread: float, n: int) -> str:
+    if n < 2:
+        return "untested"
+    if gap > spread:
+        return "holds"
+    if gap < -spread:
+        return "reversed"
+    return "not separated"
+
+
 def compare(results: dict[str, Any], other: str, metric: str = "bpd_single") -> dict[str, Any]:
-    """The reference against ``other`` on ``metric``: ``gap`` (other − reference: positive when
-    the reference is better), ``paired`` (that gap per seed both ran: a seed fixes the data order
-    of every variant), ``spread`` (the sum of the two seed standard deviations) and
-    ``verdict``: ``"holds"`` when the gap exceeds the spread, ``"reversed"`` when it is below
-    minus the spread, ``"not separated"`` otherwise, ``"untested"`` with fewer than 2 seeds."""
+    """The reference against ``other`` on ``metric``, judged two ways.
+
+    Unpaired: ``gap`` (other − reference: positive when the reference is better) against
+    ``spread``, the sum of the two variants' seed standard deviations.
+
+    Paired: a seed fixes the data order, the augmentation, ActNorm's first batch and the
+    dequantization noise of every variant, so the per-seed gaps (``paired``) share those draws and
+    their mean (``paired_gap``, equal to ``gap`` when both ran the same seeds) is judged against
+    their own standard deviation (``paired_spread``): the spread of the difference, not of each
+    variant. It is the sharper test where seeds move all variants together.
+
+    Each ``verdict`` / ``paired_verdict``: ``"holds"`` when the gap exceeds the spread,
+    ``"reversed"`` when it is below minus the spread, ``"not separated"`` otherwise,
+    ``"untested"`` with fewer than 2 seeds.
+    """
     ref, row = results["variants"][REFERENCE], results["variants"][other]
     gap = row[metric] - ref[metric]
     by_seed = {(r["variant"], r["seed"]): r[metric] for r in results["runs"]}
@@ -47,15 +69,18 @@ def compare(results: dict[str, Any], other: str, metric: str = "bpd_single") -> 
         if (other, seed) in by_seed
     ]
     spread = row[f"{metric}_std"] + ref[f"{metric}_std"]
-    if min(len(ref["seeds"]), len(row["seeds"])) < 2:
-        verdict = "untested"
-    elif gap > spread:
-        verdict = "holds"
-    elif gap < -spread:
-        verdict = "reversed"
-    else:
-        verdict = "not separated"
-    return {"other": other, "gap": gap, "paired": paired, "spread": spread, "verdict": verdict}
+    paired_gap = statistics.fmean(paired) if paired else math.nan
+    paired_spread = statistics.stdev(paired) if len(paired) > 1 else math.nan
+    return {
+        "other": other,
+        "gap": gap,
+        "spread": spread,
+        "verdict": _verdict(gap, spread, min(len(ref["seeds"]), len(row["seeds"]))),
+        "paired": paired,
+        "paired_gap": paired_gap,
+        "paired_spread": paired_spread,
+        "paired_verdict": _verdict(paired_gap, paired_spread, len(paired)),
+    }
 
 
 def verdicts(results: dict[str, Any], metric: str = "bpd_single") -> list[dict[str, Any]]:

@@ -63,6 +63,7 @@ def _ablate(args: argparse.Namespace) -> int:
     print(ablations.table(results))
     for v in ablations.verdicts(results):
         print(f"{v['claim']}: {v['verdict']} (gap {v['gap']:+.3f} bits/dim, seed spread "
-              f"{v['spread']:.3f})")  # fmt: skip
+              f"{v['spread']:.3f}); paired by seed: {v['paired_verdict']} (spread of the "
+              f"per-seed gaps {v['paired_spread']:.3f})")  # fmt: skip
     print(f"results: {args.out_dir}/results.json")
     return 0
