@@ -297,8 +297,18 @@ def draw_samples(
     generator: torch.Generator | None = None,
     amp: str = "none",
 ) -> Tensor:
-    """``n`` uint8 samples ``(n, 3, H, W)`` drawn in eval mode; the model's mode is restored."""
+    """``n`` uint8 samples ``(n, 3, H, W)`` drawn in eval mode; the model's mode is restored.
+
+    Weights holding NaN or inf are refused: their samples would quantize to black images.
+    """
     precision = autocast(next(model.parameters()).device, amp)  # checks amp before any work
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise ValueError(
+            f"the model's weights are not finite ({len(bad)} tensors hold NaN or inf, e.g. "
+            f"{bad[0]}), so its samples would be meaningless; sample from a checkpoint saved "
+            "before training diverged"
+        )
     was_training = model.training
     model.eval()
     try:

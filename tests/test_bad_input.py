@@ -181,6 +181,11 @@ CLI_ROWS = {
         ["eval", "nan.pt", "--limit", "4"],
         r"bits/dim are not finite .*evaluate an earlier checkpoint",
     ),
+    "sample non-finite weights": (
+        ["sample", "nan.pt", "--n", "4", "--out", "s.png"],
+        r"the model.s weights are not finite \(\d+ tensors hold NaN or inf, .*before training "
+        r"diverged",
+    ),
 }
 if not CUDA:
     CLI_ROWS["sample --device cuda without CUDA"] = (
