@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .bounds import bits_per_dim
-from .checkpoint import atomic_save
+from .checkpoint import atomic_save, nonfinite_entries
 from .data import paper_datasets
 from .model import DenseFlow
 from .performance import autocast, run_eagerly
@@ -302,7 +302,7 @@ def draw_samples(
     Weights holding NaN or inf are refused: their samples would quantize to black images.
     """
     precision = autocast(next(model.parameters()).device, amp)  # checks amp before any work
-    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    bad = nonfinite_entries(model.state_dict())
     if bad:
         raise ValueError(
             f"the model's weights are not finite ({len(bad)} tensors hold NaN or inf, e.g. "
