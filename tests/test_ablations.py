@@ -237,3 +237,18 @@ def test_a_paired_gap_is_reversed_or_not_separated(glow, paired_verdict):
     (v,) = ablations.verdicts(_study({"denseflow": [4.20, 4.40, 4.60], "glow": glow}))
     assert v["paired_verdict"] == paired_verdict
     assert v["paired"] == pytest.approx([g - d for g, d in zip(glow, [4.2, 4.4, 4.6], strict=True)])
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"timing_steps": -1}, r"timing_steps must be an integer >= 0, got -1"),
+     ({"seeds": []}, r"seeds is empty"),
+     ({"seeds": [0, 1.5]}, r"seeds must be an integer >= 0, got 1\.5"),
+     ({"steps": 0}, r"steps must be an integer >= 1, got 0"),
+     ({"batch_size": 2.0}, r"batch_size must be an integer >= 1, got 2\.0")],
+)  # fmt: skip
+def test_bad_study_arguments_are_refused_before_any_work(changes, message, tmp_path):
+    out = tmp_path / "study"
+    with pytest.raises(ValueError, match=message):
+        ablations.run(preset="smoke", out_dir=out, log=lambda _: None, **changes)
+    assert not out.exists()

@@ -118,6 +118,18 @@ CLI_ROWS = {
         r"OUT run is also an input",
     ),
     # impossible numbers
+    "ablate --timing-steps -1": (
+        ["ablate", "--preset", "smoke", "--timing-steps", "-1"],
+        r"--timing-steps: must be an integer >= 0, got -1",
+    ),
+    "ablate --steps 0": (
+        ["ablate", "--preset", "smoke", "--steps", "0"],
+        r"--steps: must be an integer >= 1, got 0",
+    ),
+    "ablate --seeds x": (
+        ["ablate", "--preset", "smoke", "--seeds", "0", "x"],
+        r"--seeds: must be an integer in \[0, 18446744073709551615\], got 'x'",
+    ),
     "sample --temperature nan": (
         [*SAMPLE, "--temperature", "nan"],
         r"--temperature: must be a finite number >= 0\.0, got nan",

@@ -15,6 +15,7 @@ import torch
 
 from ..config import DenseFlowConfig
 from ..model import DenseFlow
+from ..validate import check_int
 
 __all__ = ["cost", "count_parameters", "latent_dims", "multiply_accumulates", "step_time"]
 
@@ -56,6 +57,7 @@ def step_time(
     model: DenseFlow, batch_size: int, steps: int = 2, generator: torch.Generator | None = None
 ) -> float:
     """Median seconds of a training step's forward and backward pass (after one warm-up)."""
+    steps = check_int("steps", steps)
     x = torch.randint(
         0, 256, (batch_size, *model.image_shape), dtype=torch.uint8, generator=generator
     )

@@ -19,6 +19,7 @@ from ..data import dataset_info, load_dataset, paper_datasets
 from ..data.registry import PAPER_MODEL
 from ..runtime import first_images, log_to_stderr
 from ..training import TrainConfig, read_metrics, train
+from ..validate import check_int
 from .measure import cost, count_parameters, latent_dims, multiply_accumulates
 from .variants import (
     ABLATION_PRESETS,
@@ -154,6 +155,12 @@ def run_one(
         steps=steps, batch_size=batch_size, device=device,
     )  # fmt: skip
     trained = train(train_config)
+    if trained.step < steps:  # the epochs above assumed a complete train split
+        raise ValueError(
+            f"{name} seed {seed}: trained {trained.step} of {steps} steps, so the {dataset} train "
+            f"split holds fewer than its {dataset_info(dataset).train_size:,} images; check it "
+            f"with python -m densflow data check {dataset}"
+        )
     model = trained.model
     k = preset.iw_samples
     result = evaluate(
@@ -237,14 +244,12 @@ def run(
             f"unknown ablation preset {preset!r}; choose one of {sorted(ABLATION_PRESETS)}"
         )
     p = ABLATION_PRESETS[preset]
-    seeds = tuple(p.seeds if seeds is None else seeds)
-    steps = p.steps if steps is None else steps
-    batch_size = p.batch_size if batch_size is None else batch_size
-    if steps < 1 or batch_size < 1 or not seeds:
-        raise ValueError(
-            f"need steps >= 1, batch_size >= 1 and at least one seed; got steps={steps}, "
-            f"batch_size={batch_size}, seeds={list(seeds)}"
-        )
+    seeds = tuple(check_int("seeds", s, 0) for s in (p.seeds if seeds is None else seeds))
+    if not seeds:
+        raise ValueError("seeds is empty; give at least one seed, e.g. [0, 1, 2]")
+    steps = check_int("steps", p.steps if steps is None else steps)
+    batch_size = check_int("batch_size", p.batch_size if batch_size is None else batch_size)
+    timing_steps = check_int("timing_steps", timing_steps, 0)
     image_size = dataset_info(dataset).image_size
     configs = variant_configs(p, image_size, variants)
     for name, config in configs.items():

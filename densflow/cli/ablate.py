@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from .options import MAX_SEED, option_int
+
 __all__ = ["add_ablate"]
 
 
@@ -32,13 +34,16 @@ def add_ablate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out-dir", default="outputs/ablations", help="folder of the runs")
     p.add_argument("--variants", nargs="+", default=None, help="variants (default: all)")
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: preset)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: preset)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per step")
+    p.add_argument("--seeds", nargs="+", type=option_int("--seeds", 0, MAX_SEED), default=None,
+                   help="seeds (default: preset)")  # fmt: skip
+    p.add_argument("--steps", type=option_int("--steps"), default=None,
+                   help="training steps (default: preset)")  # fmt: skip
+    p.add_argument("--batch-size", type=option_int("--batch-size"), default=None,
+                   help="images per step")  # fmt: skip
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
     p.add_argument(
         "--timing-steps",
-        type=int,
+        type=option_int("--timing-steps", 0),
         default=2,
         help="timed steps per point of the cost sweep (0: no timing)",
     )
