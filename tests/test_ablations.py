@@ -252,3 +252,18 @@ def test_bad_study_arguments_are_refused_before_any_work(changes, message, tmp_p
     with pytest.raises(ValueError, match=message):
         ablations.run(preset="smoke", out_dir=out, log=lambda _: None, **changes)
     assert not out.exists()
+
+
+def test_a_run_cut_short_by_a_smaller_train_split_is_refused(tmp_path, monkeypatch):
+    from densflow.ablations import study
+
+    real_train = study.train
+
+    def one_epoch_short(config):  # as if the split held fewer images than the registry lists
+        return real_train(dataclasses.replace(config, max_steps=config.max_steps - 1))
+
+    monkeypatch.setattr(study, "train", one_epoch_short)
+    with pytest.raises(ValueError, match=r"trained 1 of 2 steps, .*data check photos"):
+        ablations.run(preset="smoke", out_dir=tmp_path, variants=["glow"], seeds=[0], steps=2,
+                      timing_steps=0, log=lambda _: None)  # fmt: skip
+    assert not (tmp_path / "glow" / "seed0" / "result.json").exists()
