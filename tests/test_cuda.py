@@ -1,5 +1,6 @@
 """The paper model on a GPU: forward/backward in float32 and under bf16 autocast; a compiled
-bf16 training step; the compiled optimizer step.
+bf16 training step; the compiled optimizer step; the CUDA-graphed training step and optimizer
+update, alone and in the Trainer.
 
 Skipped on machines without CUDA (CI has none); run them on a GPU box with ``make test``.
 """
@@ -147,6 +148,75 @@ def test_graphed_training_step_replays_the_eager_step_on_the_gpu():
         assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5), name
 
 
+def test_a_capturable_adamax_updates_as_the_eager_one_on_the_gpu():
+    # What GraphedUpdate makes of the optimizer: a device lr and step counts; the same update
+    # up to the float32 rounding of the bias corrections.
+    from utils import optimizer_parameters, optimizer_steps
+
+    from densflow.training.optim import make_capturable
+
+    eager_params = optimizer_parameters(dtype=torch.float32, device="cuda")
+    capturable_params = optimizer_parameters(dtype=torch.float32, device="cuda")
+    start = [p.detach().clone() for p in eager_params]
+    eager = torch.optim.Adamax(eager_params, lr=1e-3, foreach=True)
+    capturable = torch.optim.Adamax(capturable_params, lr=1e-3, foreach=True)
+    make_capturable(capturable)
+    lrs = [1e-3, 5e-4, 2e-4]
+    optimizer_steps(eager, eager_params, lrs, torch.Generator().manual_seed(1))
+    optimizer_steps(capturable, capturable_params, lrs, torch.Generator().manual_seed(1))
+    for p0, a, b in zip(start, eager_params, capturable_params, strict=True):
+        assert (b - a).norm() <= 1e-5 * (a - p0).norm()
+
+
+def test_the_graphed_step_and_update_follow_the_eager_step_on_the_gpu():
+    # Forward, backward, clip and Adamax each replayed from a graph against TrainStep, float32:
+    # five steps with a changing rate, the third skipped for a NaN in its noise (no update, the
+    # BatchNorm statistics restored). The optimizer's graph is captured at its second update.
+    import copy
+    import warnings
+
+    from densflow.training.optim import optimizer_state_dict
+    from densflow.training.step import GraphedStep, TrainStep
+
+    torch.manual_seed(0)
+    eager = DenseFlow(DenseFlowConfig.small()).cuda().train()
+    with torch.no_grad():
+        eager(batch(8, seed=9))  # data-dependent ActNorm init
+    replayed = copy.deepcopy(eager)
+    steps = [
+        TrainStep(eager, torch.optim.Adamax(eager.parameters(), lr=1.0, foreach=True),
+                  max_norm=50.0),
+        GraphedStep(replayed, torch.optim.Adamax(replayed.parameters(), lr=1.0, foreach=True),
+                    max_norm=50.0),
+    ]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no silent fallback to eager
+        for i, lr in enumerate([1e-3, 8e-4, 6e-4, 4e-4, 2e-4]):
+            x = batch(8, seed=i)
+            noise = eager.draw_noise(8, torch.Generator(device="cuda").manual_seed(i))
+            if i == 2:
+                first = next(iter(noise))
+                noise[first] = torch.full_like(noise[first], float("nan"))
+            expected, got = (step(x, noise, lr) for step in steps)
+            if i == 2:
+                assert expected.loss is None and got.loss is None
+                continue
+            assert (got.loss - expected.loss).abs() <= 1e-5 * expected.loss.abs(), i
+            assert (got.grad_norm - expected.grad_norm).abs() <= 1e-4 * expected.grad_norm, i
+    graphed = steps[1]
+    assert graphed.graphed.captured and graphed.update.captured
+    assert graphed.parameters_finite()
+    for (name, a), b in zip(
+        eager.state_dict().items(), replayed.state_dict().values(), strict=True
+    ):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5), name
+    saved = optimizer_state_dict(graphed.optimizer)
+    assert type(saved["param_groups"][0]["lr"]) is float
+    assert saved["param_groups"][0]["capturable"] is False
+    assert all(s["step"].device.type == "cpu" for s in saved["state"].values())
+    assert all(float(s["step"]) == 4 for s in saved["state"].values())  # the skip did not count
+
+
 def test_trainer_with_cuda_graphs_follows_the_eager_run_on_the_gpu(tmp_path):
     from utils import tiny_run
 
@@ -162,7 +232,8 @@ def test_trainer_with_cuda_graphs_follows_the_eager_run_on_the_gpu(tmp_path):
         trainer = Trainer(cfg)
         trainer.fit()
         step = trainer.train_step
-        assert (isinstance(step, GraphedStep) and step.graphed.captured) == cuda_graphs
+        graphed = isinstance(step, GraphedStep) and step.graphed.captured and step.update.captured
+        assert graphed == cuda_graphs
         return [e["bpd"] for e in read_metrics(cfg.out_dir) if e["event"] == "train"]
 
     expected, got = bpds(False), bpds(True)

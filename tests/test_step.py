@@ -270,3 +270,116 @@ def test_speed_switches_are_checked_together():
         Speed(compile=True, cuda_graphs=True)
     with pytest.raises(ValueError, match="amp must be one of"):
         Speed(amp="fp16")
+
+
+# ----------------------------------------------------------------------------- overlap and prefetch
+
+
+def test_overlap_runs_once_between_the_backward_pass_and_the_update(model_and_images):
+    # What the next batch's preparation may rely on: the pass is issued (gradients exist) and the
+    # update has not happened yet; one call per step, skipped steps included.
+    model, x = model_and_images
+    model.train()
+    optimizer = optim.build_optimizer(model, "adamax", lr=1.0)
+    step = TrainStep(model, optimizer)
+    params = list(model.parameters())
+    before = [p.detach().clone() for p in params]
+    seen = []
+
+    def unchanged():
+        return all(torch.equal(a, p) for a, p in zip(before, params, strict=True))
+
+    def overlap():
+        seen.append((all(p.grad is not None for p in params), unchanged()))
+
+    step(x, noise(model), 1e-3, overlap=overlap)
+    assert seen == [(True, True)]
+    assert not unchanged()  # and then updated
+
+
+def test_prefetched_inputs_are_those_of_their_steps(tmp_path):
+    # Each (x, noise) is what prepare(batch, step) and noise(x, step) give for its own step,
+    # however early it was prepared; the end and a failing batch show at the next request.
+    from utils import tiny_run
+
+    from densflow.data import load_dataset
+    from densflow.training.batches import StepInputs
+
+    cfg = tiny_run(tmp_path, image_size=32, augmentation=True)
+    train_set = load_dataset("photos", None, "train")
+    model = DenseFlow(cfg.architecture(32))
+    inputs = StepInputs(train_set, cfg, model, torch.device("cpu"), 0, 1)
+    expected = []
+    for i, raw in enumerate(inputs.batches(1, 2, 6)):
+        x = inputs.prepare(raw, 10 + i)
+        expected.append((x, inputs.noise(x, 10 + i)))
+    prefetch = inputs.prefetch(1, 2, 6, 10)
+    got = []
+    for item in prefetch:
+        prefetch.fetch_next()
+        prefetch.fetch_next()  # idempotent: still one batch ahead
+        got.append(item)
+    assert len(got) == len(expected) == 4
+    for (x, z), (ex, ez) in zip(got, expected, strict=True):
+        assert torch.equal(x, ex)
+        assert z.keys() == ez.keys() and all(torch.equal(z[k], ez[k]) for k in z)
+    assert next(iter(prefetch), None) is None
+
+    def failing():
+        yield next(inputs.batches(0, 0, 1))
+        raise OSError("unreadable batch")
+
+    prefetch = type(prefetch)(inputs, failing(), 0)
+    first = next(prefetch)
+    prefetch.fetch_next()  # the failure is kept, not raised inside the step
+    assert torch.equal(first[0], inputs.prepare(next(inputs.batches(0, 0, 1)), 0))
+    with pytest.raises(OSError, match="unreadable batch"):
+        next(prefetch)
+
+
+# ----------------------------------------------------------------------------- the graphed update
+
+
+def test_a_capturable_optimizer_saves_as_the_eager_one_and_can_be_restored():
+    # What GraphedUpdate does to the optimizer on CUDA (its update there: tests/test_cuda.py):
+    # a tensor lr that set_lr fills in place, capturable groups, and a state dict that is the
+    # eager optimizer's; restore_eager_groups undoes it.
+    params = optimizer_parameters(dtype=torch.float32)
+    optimizer = torch.optim.Adamax(params, lr=1e-3, foreach=True)
+    optimizer_steps(optimizer, params, [1e-3, 5e-4], torch.Generator().manual_seed(1))
+    eager_saved = optimizer.state_dict()
+    optim.make_capturable(optimizer)
+    optim.make_capturable(optimizer)  # idempotent
+    lr_tensor = optimizer.param_groups[0]["lr"]
+    assert isinstance(lr_tensor, torch.Tensor) and optimizer.param_groups[0]["capturable"]
+    optim.set_lr(optimizer, 2**-10)  # a power of two: the same in float32
+    assert optimizer.param_groups[0]["lr"] is lr_tensor and float(lr_tensor) == 2**-10
+    saved = optimizer_state_dict(optimizer)
+    assert saved["param_groups"][0] == dict(eager_saved["param_groups"][0], lr=2**-10)
+    for i, s in eager_saved["state"].items():
+        assert all(torch.equal(v, saved["state"][i][k]) for k, v in s.items())
+    optim.restore_eager_groups(optimizer)
+    assert optimizer.param_groups[0]["lr"] == 2**-10
+    assert not optimizer.param_groups[0]["capturable"]
+    optimizer_steps(optimizer, params, [1e-4], torch.Generator().manual_seed(2))  # eager again
+
+
+def test_the_graphed_update_is_the_eager_update_on_a_cpu_and_flags_non_finite_parameters():
+    from densflow.training.step import GraphedUpdate
+
+    eager_params, graphed_params = optimizer_parameters(), optimizer_parameters()
+    eager = torch.optim.Adamax(eager_params, lr=1e-3, foreach=True)
+    graphed = torch.optim.Adamax(graphed_params, lr=1e-3, foreach=True)
+    update = GraphedUpdate(graphed, graphed_params)
+    for seed in (1, 2):
+        for params in (eager_params, graphed_params):
+            g = torch.Generator().manual_seed(seed)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+        eager.step()
+        assert bool(update())
+    assert not update.captured and type(graphed.param_groups[0]["lr"]) is float
+    for a, b in zip(eager_params, graphed_params, strict=True):
+        assert torch.equal(a, b)
+    graphed_params[1].grad[3] = float("inf")  # Adamax's step then makes that entry NaN
+    assert not bool(update())

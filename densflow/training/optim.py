@@ -10,7 +10,14 @@ from torch import Tensor, nn
 
 from ..performance import _compile_with_fallback
 
-__all__ = ["build_optimizer", "compile_optimizer", "optimizer_state_dict", "set_lr"]
+__all__ = [
+    "build_optimizer",
+    "compile_optimizer",
+    "make_capturable",
+    "optimizer_state_dict",
+    "restore_eager_groups",
+    "set_lr",
+]
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
@@ -29,10 +36,9 @@ def compile_optimizer(optimizer: torch.optim.Optimizer, **compile_kwargs) -> boo
 
     Eagerly, even the multi-tensor (``foreach``) update runs op by op and tensor by tensor on a
     CPU, with a host read of each step count: 401 parameter tensors in the small model, 3,423 in
-    the paper's. So that a learning-rate schedule does not recompile it, each group's ``lr``
-    becomes a 0-dim tensor of the parameters' dtype and device (change it with :func:`set_lr`)
-    and the groups are made ``capturable`` (step counts and bias corrections stay tensors;
-    torch's Adam takes a tensor ``lr`` in its multi-tensor path only so). The update is the
+    the paper's. So that a learning-rate schedule does not recompile it, the optimizer is made
+    capturable first (:func:`make_capturable`: a tensor ``lr``, which torch's Adam takes in its
+    multi-tensor path only when capturable). The update is the
     eager one's, up to the float32 rounding of the bias corrections (torch's step counts are
     float32 tensors): ~1e-7 relative for Adamax, ~1e-5 for Adam's :math:`1 - \\beta_2^t` in
     its first steps.
@@ -47,6 +53,21 @@ def compile_optimizer(optimizer: torch.optim.Optimizer, **compile_kwargs) -> boo
         )
     if getattr(optimizer.step, "densflow_compiled", False):
         return False
+    make_capturable(optimizer)
+    return _compile_with_fallback(
+        optimizer, "step", lambda: restore_eager_groups(optimizer), **compile_kwargs
+    )
+
+
+def make_capturable(optimizer: torch.optim.Optimizer) -> None:
+    """Prepare ``optimizer`` for a step that is compiled or captured in a CUDA graph: each
+    group's ``lr`` becomes a 0-dim tensor of its parameters' dtype and device (set it with
+    :func:`set_lr`), and the groups are made ``capturable``, so that the step counts and bias
+    corrections stay tensors on the device and the step reads nothing on the host. Idempotent;
+    :func:`restore_eager_groups` undoes it, and :func:`optimizer_state_dict` saves the state as
+    the eager optimizer would."""
+    if hasattr(optimizer, "densflow_capturable"):
+        return
     optimizer.densflow_capturable = [group.get("capturable") for group in optimizer.param_groups]
     for group in optimizer.param_groups:
         first = group["params"][0]
@@ -58,14 +79,17 @@ def compile_optimizer(optimizer: torch.optim.Optimizer, **compile_kwargs) -> boo
                 if isinstance(state.get("step"), Tensor):
                     state["step"] = state["step"].to(p.device)
 
-    def restore_eager_groups() -> None:
-        eager = optimizer.densflow_capturable
-        for group, capturable in zip(optimizer.param_groups, eager, strict=True):
-            group["lr"] = float(group["lr"])
-            if capturable is not None:
-                group["capturable"] = capturable
 
-    return _compile_with_fallback(optimizer, "step", restore_eager_groups, **compile_kwargs)
+def restore_eager_groups(optimizer: torch.optim.Optimizer) -> None:
+    """Undo :func:`make_capturable`: float ``lr`` and the groups' own ``capturable`` setting."""
+    eager = getattr(optimizer, "densflow_capturable", None)
+    if eager is None:
+        return
+    for group, capturable in zip(optimizer.param_groups, eager, strict=True):
+        group["lr"] = float(group["lr"])
+        if capturable is not None:
+            group["capturable"] = capturable
+    del optimizer.densflow_capturable
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

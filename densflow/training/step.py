@@ -12,8 +12,9 @@ Implementations (:func:`make_step` picks one from :class:`~densflow.training.con
 * :class:`CompiledStep` — the same, after ``torch.compile`` of the flow
   (:func:`densflow.performance.compile_model`) and of the optimizer update
   (:func:`~densflow.training.optim.compile_optimizer`).
-* :class:`GraphedStep` — the forward and backward pass captured once in a CUDA graph and replayed
-  (:class:`GraphedTrainingStep`).
+* :class:`GraphedStep` — the forward and backward pass with the gradient clip
+  (:class:`GraphedTrainingStep`) and the optimizer update (:class:`GraphedUpdate`), each
+  captured once in a CUDA graph and replayed.
 
 Every implementation skips a step whose loss or gradient norm is not finite: no optimizer update,
 and the BatchNorm running statistics its forward pass touched are restored, so the model is
@@ -33,6 +34,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +45,7 @@ from ..glow import ActNorm
 from ..model import DenseFlow
 from ..performance import autocast, compile_model
 from .config import Speed
-from .optim import compile_optimizer, set_lr
+from .optim import compile_optimizer, make_capturable, set_lr
 
 __all__ = [
     "BatchNormStats",
@@ -51,8 +53,10 @@ __all__ = [
     "Dist",
     "GraphedStep",
     "GraphedTrainingStep",
+    "GraphedUpdate",
     "StepMetrics",
     "TrainStep",
+    "all_finite",
     "forward_backward",
     "make_step",
     "training_loss",
@@ -87,6 +91,12 @@ def forward_backward(
     loss.backward()
     grad_norm = nn.utils.clip_grad_norm_(net.parameters(), max_norm)
     return loss.detach(), grad_norm
+
+
+def all_finite(params: list[Tensor]) -> Tensor:
+    """Whether every tensor of ``params`` is finite, as a device flag: the largest |value| of each
+    tensor in one fused call, summed (a NaN or an infinity anywhere survives both)."""
+    return torch.isfinite(torch.stack(torch._foreach_norm(params, math.inf)).sum())
 
 
 @dataclass(frozen=True)
@@ -239,7 +249,13 @@ class GraphedTrainingStep:
 
 class TrainStep:
     """The eager step: ``step(x, noise, lr)`` sets the rate, runs :func:`forward_backward` on
-    ``net`` (the model, or its DDP wrapper) and updates, or skips a non-finite step."""
+    ``net`` (the model, or its DDP wrapper) and updates, or skips a non-finite step.
+
+    ``step(x, noise, lr, overlap=fn)`` calls ``fn()`` once the forward and backward pass are
+    issued and before the step's one host read: on a GPU the host prepares the next batch
+    (:meth:`~densflow.training.batches.StepInputs.prefetch`) while the device computes this one.
+    ``fn`` must not touch the model.
+    """
 
     def __init__(
         self,
@@ -258,15 +274,19 @@ class TrainStep:
         # Whether the parameters after the last update are finite, on the device, unread.
         self._params_ok = torch.ones((), dtype=torch.bool, device=self._params[0].device)
 
-    def __call__(self, x: Tensor, noise: dict[str, Tensor], lr: float) -> StepMetrics:
+    def __call__(
+        self, x: Tensor, noise: dict[str, Tensor], lr: float,
+        overlap: Callable[[], object] | None = None,
+    ) -> StepMetrics:  # fmt: skip
         set_lr(self.optimizer, lr)
         self._stats.save()
         loss, grad_norm = self._forward_backward(x, noise)
         flags = torch.stack([torch.isfinite(loss) & torch.isfinite(grad_norm), self._params_ok])
+        if overlap is not None:
+            overlap()
         finite, params_finite = flags.tolist()  # the one read per step
         if finite and params_finite:
-            self.optimizer.step()
-            self._params_ok = self._all_finite()
+            self._params_ok = self._update()
         else:
             self._stats.restore()
         self._clear_grads()
@@ -276,10 +296,11 @@ class TrainStep:
         """Whether every parameter is finite after the last update (a host read)."""
         return bool(self._params_ok)
 
-    def _all_finite(self) -> Tensor:
-        """All parameters finite, as a device flag: the largest |value| of each tensor in one
-        fused call, summed (a NaN or an infinity anywhere survives both)."""
-        return torch.isfinite(torch.stack(torch._foreach_norm(self._params, math.inf)).sum())
+    def _update(self) -> Tensor:
+        """The optimizer update; returns whether all parameters are finite after it, as a device
+        flag."""
+        self.optimizer.step()
+        return all_finite(self._params)
 
     def _forward_backward(self, x: Tensor, noise: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         return forward_backward(self.net, x, noise, self.amp, self.max_norm)
@@ -300,9 +321,69 @@ class CompiledStep(TrainStep):
         super().__init__(model, optimizer, **kwargs)
 
 
+class GraphedUpdate:
+    """The optimizer update and the finiteness flag of the parameters after it
+    (:func:`all_finite`), captured in a CUDA graph and replayed: one launch instead of the
+    multi-tensor update's host loop over every parameter tensor (3,423 in the paper model).
+
+    ``update()`` returns the flag, a device tensor that the next call rewrites. On CUDA the
+    optimizer is made capturable (:func:`~densflow.training.optim.make_capturable`: a tensor
+    ``lr`` that :func:`~densflow.training.optim.set_lr` fills in place, step counts on the
+    device); its first update runs eagerly and creates the optimizer's state, the second is
+    captured, then replayed, as is every later one. The gradients must be tensors that stay
+    in place between calls (those of :class:`GraphedTrainingStep`).
+
+    On a CPU, or where the capture fails (a warning says why), each call is the eager update.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: list[Tensor]) -> None:
+        self.optimizer, self.params = optimizer, params
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self._flag: Tensor | None = None
+        self._eager = params[0].device.type != "cuda"
+        self._updates = 0
+        if not self._eager:
+            make_capturable(optimizer)
+
+    @property
+    def captured(self) -> bool:
+        """Whether calls replay a CUDA graph."""
+        return self.graph is not None
+
+    def __call__(self) -> Tensor:
+        self._updates += 1
+        if self.graph is None and not self._eager and self._updates > 1:
+            self._capture()
+        if self.graph is not None:
+            self.graph.replay()
+            return self._flag
+        self.optimizer.step()
+        return all_finite(self.params)
+
+    def _capture(self) -> None:
+        graph = torch.cuda.CUDAGraph()
+        try:
+            # thread_local: the DataLoader's pinning thread may call CUDA meanwhile.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self.optimizer.step()
+                self._flag = all_finite(self.params)
+        except Exception as err:  # a capture that fails has run nothing: update eagerly
+            self._eager = True
+            warnings.warn(
+                f"CUDA graph capture of the optimizer update failed "
+                f"({err.__class__.__name__}: {err}); it runs eagerly",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return
+        self.graph = graph
+
+
 class GraphedStep(TrainStep):
-    """:class:`TrainStep` whose forward and backward pass replays a CUDA graph
-    (:class:`GraphedTrainingStep`; eager on a CPU, with the same numbers)."""
+    """:class:`TrainStep` whose forward and backward pass (:class:`GraphedTrainingStep`) and
+    optimizer update (:class:`GraphedUpdate`) each replay a CUDA graph, with the step's one host
+    read, the finiteness check that decides whether to update, between them. On a CPU both run
+    eagerly, with the same numbers as :class:`TrainStep`."""
 
     def __init__(
         self, model: DenseFlow, optimizer: torch.optim.Optimizer, *, amp: str = "none",
@@ -310,9 +391,13 @@ class GraphedStep(TrainStep):
     ) -> None:  # fmt: skip
         super().__init__(model, optimizer, amp=amp, max_norm=max_norm)
         self.graphed = GraphedTrainingStep(model, amp, max_norm)
+        self.update = GraphedUpdate(optimizer, self._params)
 
     def _forward_backward(self, x: Tensor, noise: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         return self.graphed(x, noise)
+
+    def _update(self) -> Tensor:
+        return self.update()
 
     def _clear_grads(self) -> None:
         pass  # the graph's gradients are its own tensors, rewritten by each replay
