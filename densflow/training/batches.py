@@ -73,3 +73,45 @@ class StepInputs:
     def noise(self, x: Tensor, step: int) -> dict[str, Tensor]:
         """The model noise of ``step`` for the batch ``x``."""
         return self.model.draw_noise(x.shape[0], self.noise_generator(step))
+
+    def prefetch(self, epoch: int, start: int, stop: int, step: int) -> Prefetch:
+        """The inputs ``(x, noise)`` of batches ``start..stop-1`` of ``epoch``, the first being
+        global step ``step``, prepared one ahead (:class:`Prefetch`)."""
+        return Prefetch(self, self.batches(epoch, start, stop), step)
+
+
+class Prefetch:
+    """Iterates over ``(x, noise)``, each prepared on the device (:meth:`StepInputs.prepare`,
+    :meth:`StepInputs.noise`), and prepares the next one on request.
+
+    A step calls :meth:`fetch_next` once its own work is issued to the device and before it
+    waits for it (``TrainStep(..., overlap=...)``): the next batch is then loaded, copied and
+    augmented while the device computes. Every draw is seeded by its step, so when a batch is
+    prepared changes no number. An error while preparing the next batch is raised when that
+    batch is asked for, after the current step has finished.
+    """
+
+    def __init__(self, inputs: StepInputs, batches: Iterator[Tensor], step: int) -> None:
+        self.inputs, self.batches, self.step = inputs, batches, step
+        self._next: tuple[Tensor, dict[str, Tensor]] | BaseException | None = None
+
+    def __iter__(self) -> Prefetch:
+        return self
+
+    def __next__(self) -> tuple[Tensor, dict[str, Tensor]]:
+        self.fetch_next()
+        item, self._next = self._next, None
+        if isinstance(item, BaseException):
+            raise item
+        self.step += 1
+        return item
+
+    def fetch_next(self) -> None:
+        """Prepare the inputs of the next step, unless they already are."""
+        if self._next is not None:
+            return
+        try:
+            x = self.inputs.prepare(next(self.batches), self.step)
+            self._next = (x, self.inputs.noise(x, self.step))
+        except Exception as err:  # StopIteration included: the end shows at the next __next__
+            self._next = err

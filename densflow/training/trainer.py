@@ -1,8 +1,9 @@
 r"""The training loop: data order, steps, evaluations, checkpoints and exact resume.
 
 The loop only calls ``step(x, noise, lr)`` (:mod:`densflow.training.step`, chosen once at
-start-up); what each step sees comes from :mod:`densflow.training.batches` (its batch and noise)
-and :mod:`densflow.training.schedule` (its learning rate and seeds).
+start-up); what each step sees comes from :mod:`densflow.training.batches` (its batch and noise,
+the next one prepared while the step runs on the device) and :mod:`densflow.training.schedule`
+(its learning rate and seeds).
 
 **Exact resume.** Every random draw of a step comes from generators re-seeded from
 ``(seed, step, rank)``: the data order of an epoch is a permutation seeded by ``(seed, epoch)``,
@@ -277,10 +278,10 @@ class Trainer:
                 if cfg.max_steps is not None:
                     stop = min(n_steps, self.step_in_epoch + cfg.max_steps - self.step)
                 self.log.begin_epoch(self.epoch, total_epochs)
-                for x in self.inputs.batches(self.epoch, self.step_in_epoch, stop):
+                inputs = self.inputs.prefetch(self.epoch, self.step_in_epoch, stop, self.step)
+                for x, noise in inputs:
                     lr = learning_rate(cfg, self.step, self.epoch)
-                    x = self.inputs.prepare(x, self.step)
-                    metrics = self.train_step(x, self.inputs.noise(x, self.step), lr)
+                    metrics = self.train_step(x, noise, lr, overlap=inputs.fetch_next)
                     self.log.grad_norm(None if metrics.loss is None else metrics.grad_norm)
                     if not metrics.params_finite:
                         self._guard.parameters_diverged(self.step, self.epoch, self.log)
