@@ -13,15 +13,16 @@ Variants: ``eager`` (float32, NCHW: the baseline), ``channels_last``, ``bf16`` (
 ``channels_last+bf16``, and with ``compile`` (``densflow.performance.compile_model``: the whole
 flow, forward and backward; minutes to warm up on a CPU) ``compile``, ``compile+channels_last``,
 ``compile+bf16``, ``compile+channels_last+bf16``; on a GPU, with ``graph``
-(``densflow.training.step.GraphedTrainingStep``: the forward and backward pass captured in a CUDA
-graph and replayed, as ``--cuda-graphs`` does) ``graph``, ``graph+channels_last``, ``graph+bf16``,
-``graph+channels_last+bf16``; on a CPU, each of the first eight with ``ddp2`` in front (``ddp2``,
-``ddp2+compile+channels_last+bf16``, …): the cores split between two data-parallel processes
+(``densflow.training.step.GraphedStep``: the forward and backward pass and the optimizer update
+captured in CUDA graphs and replayed, as ``--cuda-graphs`` does) ``graph``,
+``graph+channels_last``, ``graph+bf16``, ``graph+channels_last+bf16``; on a CPU, each of the
+first eight with ``ddp2`` in front (``ddp2``, ``ddp2+compile+channels_last+bf16``, …): the cores
+split between two data-parallel processes
 (gloo, half the batch and half the threads each, as ``OMP_NUM_THREADS=1 torchrun
 --nproc_per_node 2 -m densflow train --batch-size 8`` on two cores), in place of one process's
 intra-op threads; only their training is measured. The training step is the Trainer's
-(``forward_backward``, then Adamax, foreach; compiled too in the ``compile`` variants, as
-``--compile`` does); evaluation and sampling run eagerly in the ``graph`` variants.
+(``densflow.training.step.make_step`` on the variant's switches, Adamax foreach, with its one host
+read per step); evaluation and sampling run eagerly in the ``graph`` variants.
 """
 
 from __future__ import annotations
@@ -39,15 +40,15 @@ import sys
 import tempfile
 import time
 import traceback
-import warnings
 from dataclasses import dataclass
 
 import torch
 
 from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
 from densflow.performance import autocast, compile_model, compose_coupling_nets, to_channels_last
-from densflow.training.optim import compile_optimizer
-from densflow.training.step import GraphedTrainingStep, forward_backward
+from densflow.training import Speed
+from densflow.training.optim import build_optimizer
+from densflow.training.step import Dist, GraphedStep, TrainStep, make_step
 
 SINGLE = (
     "eager",
@@ -221,29 +222,30 @@ def ddp_ranks(variant: str) -> int:
     return int(head.removeprefix("ddp")) if head.startswith("ddp") else 1
 
 
-def train_step_fn(model, net, x, opt, g, amp: str, finite: torch.Tensor):
-    """The Trainer's step on ``x``: noise drawn eagerly, loss and backward (``forward_backward``
-    through ``net``, the model or its DDP wrapper), Adamax. ``finite`` collects the losses'
-    finiteness without a host read."""
+def trainer_step(model: DenseFlow, variant: str, amp: str, dist: Dist | None = None) -> TrainStep:
+    """The Trainer's step for ``variant`` (``make_step`` on its speed switches, Adamax foreach):
+    the eager step, the compiled one, or the CUDA-graphed one (``GraphedStep``: the forward and
+    backward pass and the update each replayed); under ``dist``, the model in DDP."""
+    optimizer = build_optimizer(model, "adamax", 1e-3)
+    speed = Speed(
+        amp=amp,
+        channels_last="channels_last" in variant,
+        compile="compile" in variant,
+        cuda_graphs="graph" in variant,
+    )
+    return make_step(model, optimizer, speed, dist=dist or Dist())
+
+
+def train_step_fn(model: DenseFlow, step: TrainStep, x: torch.Tensor, g, skipped: list[int]):
+    """One call of ``step`` on ``x`` with noise drawn eagerly from ``g``, as the Trainer calls
+    it (with the step's one host read, the non-finite check); ``skipped`` counts the steps
+    skipped as non-finite."""
 
     def train_step():
-        noise = model.draw_noise(x.shape[0], g)
-        if isinstance(net, GraphedTrainingStep):  # its gradients are its own tensors: no zero_grad
-            loss, _ = net(x, noise)
-        else:
-            opt.zero_grad(set_to_none=True)
-            loss, _ = forward_backward(net, x, noise, amp)
-        finite.logical_and_(torch.isfinite(loss))
-        opt.step()
+        metrics = step(x, model.draw_noise(x.shape[0], g), 1e-3)
+        skipped[0] += metrics.loss is None
 
     return train_step
-
-
-def new_optimizer(model, variant: str) -> torch.optim.Optimizer:
-    opt = torch.optim.Adamax(model.parameters(), lr=1e-3, foreach=True)  # as the Trainer
-    if "compile" in variant:
-        compile_optimizer(opt)  # as the Trainer's --compile
-    return opt
 
 
 def equivalence(setup: Setup, model, x, amp: str) -> dict:
@@ -267,10 +269,9 @@ def equivalence(setup: Setup, model, x, amp: str) -> dict:
 def measure(setup: Setup, variant: str, device: torch.device, args) -> dict:
     model, x, amp = build(setup, variant, device)
     g = torch.Generator(device=device).manual_seed(1)
-    opt = new_optimizer(model, variant)
-    net = GraphedTrainingStep(model, amp) if "graph" in variant else model
-    finite = torch.ones((), dtype=torch.bool, device=device)  # read once, after the timing
-    train_step = train_step_fn(model, net, x, opt, g, amp, finite)
+    step = trainer_step(model, variant, amp)
+    skipped = [0]
+    train_step = train_step_fn(model, step, x, g, skipped)
 
     out = {"variant": variant}
     model.train()
@@ -278,8 +279,8 @@ def measure(setup: Setup, variant: str, device: torch.device, args) -> dict:
     dt = time_calls(train_step, device, args.warmup, args.steps, mem)
     out["train_images_per_s"] = setup.batch_size / dt
     out["train_peak_bytes"] = mem["bytes"]
-    out["train_losses_finite"] = bool(finite)  # a fast variant that diverges is no speed-up
-    if net is not model and not net.captured:
+    out["train_losses_finite"] = skipped[0] == 0  # a fast variant that diverges is no speed-up
+    if isinstance(step, GraphedStep) and not (step.graphed.captured and step.update.captured):
         raise RuntimeError(f"{variant}: the CUDA graph capture failed (see the warning above)")
 
     model.eval()
@@ -310,7 +311,6 @@ def measure_ddp_rank(
     ``batch_size / ranks`` images with ``threads / ranks`` threads, gradients averaged by gloo.
     Only training is measured (evaluation and sampling run in one process)."""
     import torch.distributed as tdist
-    from torch.nn.parallel import DistributedDataParallel
 
     torch.set_num_threads(max(1, threads // ranks))
     tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=ranks)
@@ -319,19 +319,16 @@ def measure_ddp_rank(
         model, x, amp = build(setup, single, torch.device("cpu"))  # the same weights on every rank
         b = setup.batch_size // ranks
         shard = x[rank * b : (rank + 1) * b]
-        opt = new_optimizer(model, single)
+        step = trainer_step(model, single, amp, Dist(rank, ranks, 0))  # DDP over gloo
         g = torch.Generator().manual_seed(1 + rank)
-        finite = torch.ones((), dtype=torch.bool)
-        if "channels_last" in single:  # as the Trainer: the strides differ in size-1 dims only
-            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
-        net = DistributedDataParallel(model)
-        train_step = train_step_fn(model, net, shard, opt, g, amp, finite)
+        skipped = [0]
+        train_step = train_step_fn(model, step, shard, g, skipped)
         model.train()
         mem = {}
         dt = time_calls(
             train_step, torch.device("cpu"), args.warmup, args.steps, mem, wait=tdist.barrier
         )
-        finite = finite.to(torch.int32)
+        finite = torch.tensor(int(skipped[0] == 0))
         tdist.all_reduce(finite, op=tdist.ReduceOp.MIN)
         out = {
             "variant": variant,
@@ -442,7 +439,7 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -473,6 +470,11 @@ def main(argv=None) -> int:
     p.add_argument("--eval-batch", type=int, default=4)
     p.add_argument("--eval-iters", type=int, default=5)
     p.add_argument("--json", default=None, help="write the report as JSON here")
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     variants = args.variants.split(",")
     unknown = set(variants) - set(VARIANTS)
