@@ -394,8 +394,9 @@ def test_benchmark_peak_memory_sees_a_transient_allocation():
 
 GPU_CHECK_PARTS = [
     "benchmark_paper32",
-    "cuda_tests",
     "train_paper",
+    "eval_iw",
+    "cuda_tests",
     "benchmark_paper64",
     "benchmark_paper32_compiled",
     "train_paper_compiled",
@@ -409,7 +410,8 @@ def run_gpu_check(tmp_path, stub_body: str, budget: int | None = None):
     stub.write_text(
         "#!/usr/bin/env bash\n"
         'if [ "$1" = -c ]; then echo "Stub GPU"; exit 0; fi\n'
-        f'echo "$*" >> "{tmp_path}/calls"\n{stub_body}\n'
+        f'printf "%s\\0" "$@" >> "{tmp_path}/calls"; printf "\\n" >> "{tmp_path}/calls"\n'
+        f"{stub_body}\n"
     )
     stub.chmod(0o755)
     env = {**os.environ, "PYTHON": str(stub)}
@@ -424,26 +426,108 @@ def run_gpu_check(tmp_path, stub_body: str, budget: int | None = None):
         text=True,
         timeout=120,
     )
-    calls = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
+    calls_file = tmp_path / "calls"
+    lines = calls_file.read_text().splitlines() if calls_file.exists() else []
+    calls = [line.rstrip("\0").split("\0") for line in lines]  # each call's arguments
     ran = [p for p in GPU_CHECK_PARTS if f"== {p}: exit" in done.stdout]
     return done, calls, ran
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
 def test_gpu_check_runs_every_part_and_reports_a_failed_one(tmp_path):
-    # A failing part (the CUDA tests here) is reported, and the parts after it still run.
+    # A failing part (the CUDA tests here) is reported, the parts after it still run, and the
+    # summary is written last.
     done, calls, ran = run_gpu_check(tmp_path, 'case "$*" in *test_cuda*) exit 1;; esac')
-    assert ran == GPU_CHECK_PARTS and len(calls) == 6
+    assert ran == GPU_CHECK_PARTS and len(calls) == len(GPU_CHECK_PARTS) + 1
     assert "== cuda_tests: exit 1 ==" in done.stdout and done.returncode == 1
-    assert "--preset paper --image-size 32 --batch-size 64" in calls[0]  # the H100 targets first
+    assert " ".join(calls[0]).find("--preset paper --image-size 32 --batch-size 64") > 0
+    assert calls[-1] == ["benchmarks/gpu_summary.py", str(tmp_path / "out")]
     assert (tmp_path / "out" / "device.txt").read_text().strip() == "Stub GPU"
+    assert (tmp_path / "out" / "train_paper.seconds").read_text().strip().isdigit()
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
 def test_gpu_check_stays_within_its_budget(tmp_path):
     # 62 s of budget: the first part gets it all (and takes 3 s); then under a minute is left,
-    # so the rest is skipped rather than started and cut short.
+    # so the rest is skipped rather than started and cut short; the summary still runs.
     done, calls, ran = run_gpu_check(tmp_path, "sleep 3", budget=62)
-    assert ran == ["benchmark_paper32"] and len(calls) == 1
+    assert ran == ["benchmark_paper32"] and len(calls) == 2
     assert re.search(r"== benchmark_paper32 \(limit 6[12]s\) ==", done.stdout)  # 1 s ticks
-    assert done.stdout.count("skipped") == 5 and done.returncode == 0
+    assert done.stdout.count("skipped") == len(GPU_CHECK_PARTS) - 1 and done.returncode == 0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
+def test_every_command_of_the_gpu_check_is_accepted_by_its_program(tmp_path):
+    # A misspelt option would cost a part of a short GPU loan: each call the script makes is
+    # parsed here by the program it calls (the CUDA device aside, the same arguments).
+    import benchmark
+
+    from densflow.cli import build_parser
+
+    done, calls, _ = run_gpu_check(tmp_path, "")
+    assert done.returncode == 0, done.stdout + done.stderr
+    seen = set()
+    for call in calls:
+        if call[0] == "benchmarks/benchmark.py":
+            args = benchmark.build_parser().parse_args(call[1:])
+            assert set(args.variants.split(",")) <= set(benchmark.VARIANTS), call
+        elif call[:2] == ["-m", "densflow"]:
+            build_parser().parse_args(call[2:])
+        elif call[:2] == ["-m", "pytest"]:
+            assert Path(call[-1]).exists(), call
+        else:
+            assert call[0] == "benchmarks/gpu_summary.py", call
+        seen.add(call[0] if call[0] != "-m" else call[1])
+    assert seen == {"benchmarks/benchmark.py", "densflow", "pytest", "benchmarks/gpu_summary.py"}
+
+
+def test_gpu_summary_sets_the_trainer_against_its_benchmark_row(tmp_path, capsys):
+    # A run folder as gpu_check.sh leaves it, with known numbers: the Trainer's first window
+    # (the capture) is left out, the window with the epoch end at step 25 is kept apart, and
+    # the steady median is compared with the benchmark row of the run's speed switches.
+    import gpu_summary  # benchmarks/gpu_summary.py, on sys.path above
+
+    out = tmp_path / "gpu_check"
+    (out / "train_paper").mkdir(parents=True)
+    (out / "device.txt").write_text("Stub GPU torch 2\n")
+
+    def row(variant, train, iw):
+        return {"variant": variant, "train_images_per_s": train, "train_images_speedup": 1.0,
+                "train_peak_bytes": 2**30, "iw_image_samples_per_s": iw,
+                "iw_image_samples_speedup": 1.0, "sample_images_per_s": 50.0,
+                "sample_images_speedup": 1.0, "max_abs_bpd_diff": 0.0,
+                "train_losses_finite": True}  # fmt: skip
+
+    report = {"device": "Stub GPU", "torch": "2", "setups": [{
+        "name": "paper 32×32", "batch_size": 64, "baseline": "eager",
+        "rows": [row("eager", 60.0, 900.0), row("graph+channels_last+bf16", 262.5, 5000.0)],
+    }]}  # fmt: skip
+    (out / "benchmark_paper32.json").write_text(json.dumps(report))
+    config = {"batch_size": 64, "amp": "bf16", "channels_last": True, "cuda_graphs": True}
+    events = [{"event": "start", "config": config, "world_size": 1}]
+    events += [{"event": "train", "step": s, "images_per_s": r}
+               for s, r in [(10, 100.0), (20, 250.0)]]  # fmt: skip
+    events += [{"event": "epoch", "step": 25}]
+    events += [{"event": "train", "step": s, "images_per_s": r}
+               for s, r in [(30, 200.0), (40, 260.0), (50, 240.0)]]  # fmt: skip
+    lines = [json.dumps(e) for e in events] + ['{"event": "tra']  # a line cut by a kill
+    (out / "train_paper" / "metrics.jsonl").write_text("\n".join(lines))
+
+    result = {"n_images": 64, "iw_samples": 1000, "bpd_iw": 3.5, "bpd_single": 3.625}
+    (out / "eval_iw.json").write_text(json.dumps(result))
+    (out / "eval_iw.seconds").write_text("32\n")
+    rates = gpu_summary.trainer_rates(gpu_summary.read_events(out / "train_paper/metrics.jsonl"))
+    seconds = sum(640 / r for r in (250.0, 200.0, 260.0, 240.0))
+    assert rates == {"variant": "graph+channels_last+bf16", "steady": 250.0,
+                     "with_epoch_end": 200.0, "overall": pytest.approx(2560 / seconds),
+                     "windows": (3, 1)}  # fmt: skip
+    assert gpu_summary.main([str(out)]) == 0
+    text = (out / "summary.md").read_text()
+    assert text.startswith("# GPU check on Stub GPU torch 2")
+    assert "| train_paper | graph+channels_last+bf16 | 250.0 | 200.0 |" in text
+    assert f"| 262.5 | {250 / 262.5:.3f} |" in text
+    hours = 10_000 * 1000 / 5000 / 3600  # CIFAR-10's test set at k = 1000
+    assert f"At 5000 image·samples/s (paper 32×32, graph+channels_last+bf16): {hours:.2f} h" in text
+    assert "64 images × k = 1000 in 32 s, 2000 image·samples/s; bits/dim 3.5000 (IW)" in text
+    assert gpu_summary.main([str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
