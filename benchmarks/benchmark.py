@@ -14,14 +14,16 @@ Variants: ``eager`` (float32, NCHW: the baseline), ``channels_last``, ``bf16`` (
 flow, forward and backward; minutes to warm up on a CPU) ``compile``, ``compile+channels_last``,
 ``compile+bf16``, ``compile+channels_last+bf16``; on a GPU, with ``graph``
 (``densflow.training.step.GraphedTrainingStep``: the forward and backward pass captured in a CUDA
-graph and replayed, as ``--cuda-graphs`` does) ``graph``, ``graph+channels_last``, ``graph+bf16``,
-``graph+channels_last+bf16``; on a CPU, each of the first eight with ``ddp2`` in front (``ddp2``,
-``ddp2+compile+channels_last+bf16``, …): the cores split between two data-parallel processes
+graph and replayed, as ``--cuda-graphs`` does; and the IW evaluation and sampling passes replayed
+from CUDA graphs by ``densflow.performance.GraphedFlow``, as ``eval``/``sample --cuda-graphs`` do)
+``graph``, ``graph+channels_last``, ``graph+bf16``, ``graph+channels_last+bf16``; on a CPU, each
+of the first eight with ``ddp2`` in front (``ddp2``, ``ddp2+compile+channels_last+bf16``, …): the
+cores split between two data-parallel processes
 (gloo, half the batch and half the threads each, as ``OMP_NUM_THREADS=1 torchrun
 --nproc_per_node 2 -m densflow train --batch-size 8`` on two cores), in place of one process's
 intra-op threads; only their training is measured. The training step is the Trainer's
 (``forward_backward``, then Adamax, foreach; compiled too in the ``compile`` variants, as
-``--compile`` does); evaluation and sampling run eagerly in the ``graph`` variants.
+``--compile`` does).
 """
 
 from __future__ import annotations
@@ -45,7 +47,13 @@ from dataclasses import dataclass
 import torch
 
 from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
-from densflow.performance import autocast, compile_model, compose_coupling_nets, to_channels_last
+from densflow.performance import (
+    GraphedFlow,
+    autocast,
+    compile_model,
+    compose_coupling_nets,
+    to_channels_last,
+)
 from densflow.training.optim import compile_optimizer
 from densflow.training.step import GraphedTrainingStep, forward_backward
 
@@ -285,8 +293,14 @@ def measure(setup: Setup, variant: str, device: torch.device, args) -> dict:
     model.eval()
     k, chunk = args.iw_samples, args.iw_chunk
     xs = x[: args.eval_batch]
+    # The graph variants replay evaluation and sampling from CUDA graphs as well (GraphedFlow, as
+    # `eval --cuda-graphs` does; it applies amp itself); the untimed first call captures.
+    flow = GraphedFlow(model, amp) if "graph" in variant else None
 
     def iw():
+        if flow is not None:
+            flow.iw_log_prob(xs, k, chunk, generator=g)
+            return
         with torch.no_grad(), autocast(device, amp):
             model.iw_log_prob(xs, k, chunk, generator=g)
 
@@ -294,11 +308,16 @@ def measure(setup: Setup, variant: str, device: torch.device, args) -> dict:
     out["iw_image_samples_per_s"] = xs.shape[0] * k / dt
 
     def sample():
+        if flow is not None:
+            flow.sample(setup.batch_size, generator=g)
+            return
         with autocast(device, amp):
             model.sample(setup.batch_size, generator=g)
 
     dt = time_calls(sample, device, 1, args.eval_iters)
     out["sample_images_per_s"] = setup.batch_size / dt
+    if flow is not None and not flow.captured:
+        raise RuntimeError(f"{variant}: a CUDA graph capture of evaluation or sampling failed")
     out.update(equivalence(setup, model, x, amp))
     return out
 
