@@ -3,9 +3,9 @@ sampling pass.
 
 Why: run eagerly on a GPU, one forward pass of the paper model calls ~29,000 operators, and the host
 issuing them, not the GPU, sets the pace (docs/performance.md). The importance-weighted bound that
-the paper reports (k = 1000 samples per CIFAR-10 test image, in passes of 50) is 200,000 such
-passes. A CUDA graph records the kernels of one pass once and replays them with no Python,
-dispatcher or allocator work.
+the paper reports (k = 1000 samples per CIFAR-10 test image, 50 per pass) takes 20 such passes per
+batch of test images. A CUDA graph records the kernels of one pass once and replays them with no
+Python, dispatcher or allocator work.
 
 What is captured: the two pure functions of :class:`~densflow.model.DenseFlow` (no random draws, no
 host reads), given the images and the drawn noise —
@@ -196,8 +196,8 @@ class GraphedFlow:
     statistics; a training-mode pass would update them, and ActNorm could initialise). The graphs
     read the parameters where they are: updates in place (an optimizer step, ``load_state_dict``)
     are seen by the next replay, but a model moved to another device or dtype needs a new
-    ``GraphedFlow``. Each graph keeps the memory of its pass (as much as the eager pass's peak)
-    until the ``GraphedFlow`` is dropped. Not for a compiled model (:func:`compile_model` is the
+    ``GraphedFlow``. Each graph keeps the memory of its pass in a pool of its own until the
+    ``GraphedFlow`` is dropped. Not for a compiled model (:func:`compile_model` is the
     other way to the same end).
     """
 
