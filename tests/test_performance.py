@@ -410,6 +410,32 @@ def test_graphed_flow_refuses_what_a_graph_cannot_hold(model_and_images):
         GraphedFlow(compiled)
 
 
+def test_graphed_sampling_inverts_the_1x1_convolutions_without_a_host_read(
+    model_and_images, monkeypatch
+):
+    # torch.linalg.inv reads its error flag back to the host, which a CUDA graph cannot hold;
+    # inv_ex is the same solve. The swap lasts for the sampling pass only.
+    from densflow.glow import InvertibleConv1x1
+    from densflow.performance import CapturableConv1x1, GraphedFlow
+
+    model, _ = model_and_images
+    plain = [m for m in model.modules() if type(m) is InvertibleConv1x1]
+    assert plain  # the tiny model has plain 1×1 convolutions to swap
+    for dtype in (torch.float32, torch.float64):
+        w = plain[0].inverse_weight(dtype)
+        assert torch.equal(CapturableConv1x1.inverse_weight(plain[0], dtype), w)
+    used = []
+    real = CapturableConv1x1.inverse_weight
+    monkeypatch.setattr(
+        CapturableConv1x1, "inverse_weight", lambda self, dtype: used.append(1) or real(self, dtype)
+    )
+    GraphedFlow(model.eval()).sample(2, generator=torch.Generator().manual_seed(0))
+    # Each plain 1×1 convolution of the flow inverted without a host read (sampling does not run
+    # the dequantization's own flow).
+    assert len(used) == sum(type(m) is InvertibleConv1x1 for m in model.blocks.modules()) > 0
+    assert [m for m in model.modules() if type(m) is InvertibleConv1x1] == plain  # swapped back
+
+
 def test_benchmark_reports_ratios_against_the_baseline_of_the_same_run(tmp_path):
     import benchmark  # benchmarks/benchmark.py, on sys.path above
 

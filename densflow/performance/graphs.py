@@ -16,7 +16,8 @@ host reads), given the images and the drawn noise —
   image (the batch repeated ``c`` times in one pass, as
   :meth:`~densflow.model.DenseFlow.iw_log_prob` does);
 * a batch of samples from its noise (:meth:`~densflow.model.DenseFlow.sample_from_noise`, then the
-  quantization ``floor(256·v)``).
+  quantization ``floor(256·v)``), with each plain 1×1 convolution inverted by
+  :class:`CapturableConv1x1` (``torch.linalg.inv`` reads its error flag back to the host).
 
 The noise is drawn eagerly, on the caller's generator, with exactly the draws of the eager path
 (:meth:`~densflow.model.DenseFlow.draw_noise`, in the same order), and copied into the graph's input
@@ -35,11 +36,13 @@ from collections.abc import Callable, Hashable
 import torch
 from torch import Tensor
 
+from ..glow import InvertibleConv1x1
 from ..model import DenseFlow
 from ..validate import check_float, check_images, check_int
+from .compose import swap_classes
 from .precision import autocast
 
-__all__ = ["CapturedCall", "GraphedFlow"]
+__all__ = ["CapturableConv1x1", "CapturedCall", "GraphedFlow"]
 
 Inputs = tuple[Tensor | dict[str, Tensor], ...]
 
@@ -181,6 +184,17 @@ class CapturedCall:
         self.graph = graph
 
 
+class CapturableConv1x1(InvertibleConv1x1):
+    """:class:`~densflow.glow.InvertibleConv1x1` whose ``W⁻¹`` comes from
+    ``torch.linalg.inv_ex``: the LU solve of ``torch.linalg.inv`` (the same numbers) without its
+    check of the solver's error flag, a host read that a CUDA graph cannot hold. A singular ``W``
+    then gives non-finite values rather than an error. :class:`GraphedFlow` swaps it in for the
+    sampling pass only (:func:`~densflow.performance.compose.swap_classes`: no state of its own)."""
+
+    def inverse_weight(self, dtype: torch.dtype) -> Tensor:
+        return torch.linalg.inv_ex(self.weight.to(dtype)).inverse
+
+
 class GraphedFlow:
     """The evaluation and sampling passes of an eval-mode :class:`~densflow.model.DenseFlow`,
     each replayed from a CUDA graph: one per shape, captured at its first use.
@@ -283,8 +297,13 @@ class GraphedFlow:
 
         def sample_from(noise: dict[str, Tensor]) -> Tensor:
             model = self.model
-            with autocast(model.prior.loc.device, self.amp, cache_enabled=False):
-                v = model.sample_from_noise(noise, temperature)
+            # Python runs only while capturing (or eagerly): the swap is not replayed.
+            swap_classes(model, InvertibleConv1x1, CapturableConv1x1)
+            try:
+                with autocast(model.prior.loc.device, self.amp, cache_enabled=False):
+                    v = model.sample_from_noise(noise, temperature)
+            finally:
+                swap_classes(model, CapturableConv1x1, InvertibleConv1x1)
             return model.dequantization.flow_inverse(v)
 
         return self._call(("sample", temperature), sample_from, noise)
