@@ -161,9 +161,8 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         amp_help="bf16: the coupling networks in bfloat16, log-dets and "
         "bits/dim in float32; the paper's numbers are float32 (default: none)",
         compile_help="worth it for importance-weighted runs of the whole test set",
-        graphs_help="the same numbers, each pass launched as one graph: for importance-weighted "
-        "runs on a GPU, where the eager pass is bound by the host; the last, smaller batch runs "
-        "eagerly",
+        graphs_help="for importance-weighted runs on a GPU, where the eager pass is bound by "
+        "the host issuing its operators; the last, smaller batch runs eagerly",
     )
     ev.set_defaults(run=_eval, parser=ev)
 
