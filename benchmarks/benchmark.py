@@ -14,15 +14,17 @@ Variants: ``eager`` (float32, NCHW: the baseline), ``channels_last``, ``bf16`` (
 flow, forward and backward; minutes to warm up on a CPU) ``compile``, ``compile+channels_last``,
 ``compile+bf16``, ``compile+channels_last+bf16``; on a GPU, with ``graph``
 (``densflow.training.step.GraphedStep``: the forward and backward pass and the optimizer update
-captured in CUDA graphs and replayed, as ``--cuda-graphs`` does) ``graph``,
-``graph+channels_last``, ``graph+bf16``, ``graph+channels_last+bf16``; on a CPU, each of the
-first eight with ``ddp2`` in front (``ddp2``, ``ddp2+compile+channels_last+bf16``, …): the cores
-split between two data-parallel processes
+captured in CUDA graphs and replayed, as ``--cuda-graphs`` does; and the IW evaluation and
+sampling passes replayed from CUDA graphs by ``densflow.performance.GraphedFlow``, as
+``eval``/``sample --cuda-graphs`` do; a failed capture there runs eagerly and is flagged,
+``eval_graphs_captured``) ``graph``, ``graph+channels_last``, ``graph+bf16``,
+``graph+channels_last+bf16``; on a CPU, each of the first eight with ``ddp2`` in front (``ddp2``,
+``ddp2+compile+channels_last+bf16``, …): the cores split between two data-parallel processes
 (gloo, half the batch and half the threads each, as ``OMP_NUM_THREADS=1 torchrun
 --nproc_per_node 2 -m densflow train --batch-size 8`` on two cores), in place of one process's
 intra-op threads; only their training is measured. The training step is the Trainer's
 (``densflow.training.step.make_step`` on the variant's switches, Adamax foreach, with its one host
-read per step); evaluation and sampling run eagerly in the ``graph`` variants.
+read per step).
 """
 
 from __future__ import annotations
@@ -45,7 +47,13 @@ from dataclasses import dataclass
 import torch
 
 from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
-from densflow.performance import autocast, compile_model, compose_coupling_nets, to_channels_last
+from densflow.performance import (
+    GraphedFlow,
+    autocast,
+    compile_model,
+    compose_coupling_nets,
+    to_channels_last,
+)
 from densflow.training import Speed
 from densflow.training.optim import build_optimizer
 from densflow.training.step import Dist, GraphedStep, TrainStep, make_step
@@ -286,20 +294,35 @@ def measure(setup: Setup, variant: str, device: torch.device, args) -> dict:
     model.eval()
     k, chunk = args.iw_samples, args.iw_chunk
     xs = x[: args.eval_batch]
+    # The graph variants replay evaluation and sampling from CUDA graphs as well (GraphedFlow, as
+    # `eval --cuda-graphs` does; it applies amp itself); the untimed first call captures.
+    flow = GraphedFlow(model, amp) if "graph" in variant else None
 
     def iw():
+        if flow is not None:
+            flow.iw_log_prob(xs, k, chunk, generator=g)
+            return
         with torch.no_grad(), autocast(device, amp):
             model.iw_log_prob(xs, k, chunk, generator=g)
 
-    dt = time_calls(iw, device, 1, args.eval_iters)
+    mem = {}
+    dt = time_calls(iw, device, 1, args.eval_iters, mem)
     out["iw_image_samples_per_s"] = xs.shape[0] * k / dt
+    out["iw_peak_bytes"] = mem["bytes"]
 
     def sample():
+        if flow is not None:
+            flow.sample(setup.batch_size, generator=g)
+            return
         with autocast(device, amp):
             model.sample(setup.batch_size, generator=g)
 
-    dt = time_calls(sample, device, 1, args.eval_iters)
+    mem = {}
+    dt = time_calls(sample, device, 1, args.eval_iters, mem)
     out["sample_images_per_s"] = setup.batch_size / dt
+    out["sample_peak_bytes"] = mem["bytes"]
+    if flow is not None:  # a failed capture ran eagerly (with a warning): flagged, not fatal,
+        out["eval_graphs_captured"] = flow.captured  # so the training figures are kept
     out.update(equivalence(setup, model, x, amp))
     return out
 
@@ -336,7 +359,9 @@ def measure_ddp_rank(
             "train_peak_bytes": mem["bytes"],
             "train_losses_finite": bool(finite),
             "iw_image_samples_per_s": float("nan"),
+            "iw_peak_bytes": float("nan"),
             "sample_images_per_s": float("nan"),
+            "sample_peak_bytes": float("nan"),
         }
         # The ranks hold the same weights: rank 0's check is the variant's.
         return out | equivalence(setup, model, x, amp) if rank == 0 else out
@@ -435,6 +460,11 @@ def table(report: dict) -> str:
                 f"{_num(r['sample_images_per_s'], '.1f')} | "
                 f"{_num(r['sample_images_speedup'], '.2f')} | {r['max_abs_bpd_diff']:.1e} |"
                 + ("" if r["train_losses_finite"] else " **non-finite training losses** |")
+                + (
+                    " **evaluation and sampling ran eagerly: capture failed** |"
+                    if r.get("eval_graphs_captured") is False
+                    else ""
+                )
             )
     return "\n".join(lines)
 

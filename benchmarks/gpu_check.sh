@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # What the GPU figures of docs/performance.md need, in one unattended run, most valuable first:
-#   1. the benchmark at the paper config, 32×32 batch 64: the eager float32 step against the
-#      Trainer's CUDA-graphed step (GraphedStep: forward, backward and update replayed) in
-#      float32 and with channels_last + bf16: training images/s and peak memory, IW evaluation
-#      image·samples/s (the paper's 50 samples per image per pass) and sampling images/s;
+#   1. the benchmark at the paper config, 32×32 batch 64: the eager float32 path against the
+#      CUDA-graphed one (the Trainer's GraphedStep: forward, backward and update replayed;
+#      GraphedFlow: the IW evaluation and sampling passes replayed) in float32 and with
+#      channels_last + bf16: training images/s, IW evaluation image·samples/s (the paper's 50
+#      samples per image per pass), sampling images/s, and the peak memory of each;
 #   2. a real training run of DenseFlow-74-10 through the Trainer (photos, 32×32, batch 64,
 #      bf16, channels_last, CUDA graphs, a checkpoint at each of its epoch ends), to set against
 #      the benchmark's row of the same switches;
-#   3. the IW evaluation of that run's checkpoint through the CLI (k = 1000, chunks of 50);
+#   3. the IW evaluation of that run's checkpoint through the CLI, graphed (k = 1000, chunks
+#      of 50);
 #   4. the CUDA tests (tests/test_cuda.py);
 #   5. the same benchmark at 64×64 batch 32;
 #   6. the 32×32 benchmark with the compiled variant (most of its time is compiling);
@@ -59,8 +61,8 @@ part benchmark_paper32 240 "$py" "${paper32[@]}" --variants "$graphs" \
 part train_paper 200 "$py" "${train[@]}" --max-steps 300 --cuda-graphs \
     --out-dir "$out/train_paper"
 part eval_iw 120 "$py" -m densflow eval "$out/train_paper/checkpoint.pt" --dataset photos \
-    --limit 64 --batch-size 16 --iw-samples 1000 --chunk-size 50 --amp bf16 --no-progress \
-    --out "$out/eval_iw.json"
+    --limit 64 --batch-size 16 --iw-samples 1000 --chunk-size 50 --amp bf16 --cuda-graphs \
+    --no-progress --out "$out/eval_iw.json"
 part cuda_tests 420 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py
 part benchmark_paper64 300 "$py" benchmarks/benchmark.py --preset paper --image-size 64 \
     --batch-size 32 "${short[@]}" --variants "$graphs" --json "$out/benchmark_paper64.json"

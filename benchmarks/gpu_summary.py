@@ -6,7 +6,7 @@ From what the run left in its folder (any part may be missing: a short loan skip
 
 * each benchmark's table (``benchmark_*.json``): training images/s, peak memory, IW evaluation
   image·samples/s and sampling images/s, with each variant's ratio to the eager path of the same
-  run;
+  run, and the peak memory of training, IW evaluation and sampling per variant;
 * each Trainer run (``train_*/metrics.jsonl``) against the benchmark row of its speed switches:
   its images/s over the log windows without an epoch end (the steady state), over those with one
   (the checkpoint written then), and over the whole run, the first window left out (it holds the
@@ -102,6 +102,18 @@ def summary(out: Path) -> str:
     for path in reports:
         lines += [f"## {path.stem}", "", table(json.loads(path.read_text())), ""]
     rows = benchmark_rows(out)
+    if rows:
+        lines += [
+            "## Peak memory (MiB above what was allocated before the part)",
+            "",
+            "| setup | variant | training | IW evaluation | sampling |",
+            "|---|---|---|---|---|",
+        ]
+        for (name, variant), row in rows.items():
+            peaks = [row.get(f"{part}_peak_bytes") for part in ("train", "iw", "sample")]
+            shown = [_fmt(None if p is None or p != p else p / 2**20, ".0f") for p in peaks]
+            lines.append(f"| {name} | {variant} | " + " | ".join(shown) + " |")
+        lines.append("")
     runs = sorted(out.glob("train_*/metrics.jsonl"))
     if runs:
         lines += [

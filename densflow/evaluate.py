@@ -34,7 +34,7 @@ from .bounds import bits_per_dim
 from .checkpoint import atomic_save, nonfinite_entries
 from .data import paper_datasets
 from .model import DenseFlow
-from .performance import autocast, run_eagerly
+from .performance import GraphedFlow, autocast, run_eagerly
 from .runtime import collate_images, progress_bar, resolve_device
 from .validate import check_float, check_int
 
@@ -131,6 +131,7 @@ def evaluate(
     save_interval_s: float = 60.0,
     num_workers: int = 0,
     amp: str = "none",
+    cuda_graphs: bool = False,
 ) -> EvalResult:
     """Bits/dim of ``model`` on ``dataset``: single-sample and, with ``iw_samples``, importance-
     weighted.
@@ -169,6 +170,12 @@ def evaluate(
             (:func:`~densflow.performance.prepare_model`). A compiled model compiles once per
             shape: the last batch, when smaller, runs eagerly instead
             (:func:`~densflow.performance.run_eagerly`).
+        cuda_graphs: replay each pass from a CUDA graph (:class:`~densflow.performance.GraphedFlow`,
+            one per shape, captured at its first use): on a GPU the eager pass is bound by the
+            host issuing its operators. The noise is drawn eagerly with the same draws, so the
+            numbers are the eager ones (within rounding) and a progress file resumes either way.
+            The last batch, when smaller, runs eagerly, as for a compiled model. On a CPU a
+            warning says it runs eagerly. Not with a compiled model.
 
     Returns:
         An :class:`EvalResult`.
@@ -199,6 +206,7 @@ def evaluate(
     if amp != "none":  # float32 keeps the settings of progress files written before amp existed
         settings["amp"] = amp
     precision = autocast(device, amp)  # checks amp before any work
+    graphed = _graphed_flow(model, amp, device, "evaluation") if cuda_graphs else None
     if generator is None:
         generator = torch.Generator(device).manual_seed(seed)
     per_single: list[Tensor] = []
@@ -247,14 +255,16 @@ def evaluate(
             for x in loader:
                 x = x.to(device)
                 # A compiled model would compile the last, smaller batch anew (twice with
-                # iw_samples: its own shape and the repeated one) for a single use.
+                # iw_samples: its own shape and the repeated one) for a single use, and
+                # cuda_graphs would capture it anew (warm-up passes and the memory of new graphs).
                 tail = len(x) < batch_size < n
+                flow = model if graphed is None or tail else graphed
                 with run_eagerly() if tail else contextlib.nullcontext():
                     if single:
-                        log_p = model.log_prob(x, generator)
+                        log_p = flow.log_prob(x, generator)
                         per_single.append(bits_per_dim(log_p, model.image_shape).cpu())
                     if iw_samples is not None:
-                        log_p = model.iw_log_prob(x, iw_samples, chunk_size, generator)
+                        log_p = flow.iw_log_prob(x, iw_samples, chunk_size, generator)
                         per_iw.append(bits_per_dim(log_p, model.image_shape).cpu())
                 done += len(x)
                 if partial is not None:
@@ -290,18 +300,37 @@ def evaluate(
     return EvalResult(bpd_single, bpd_iw, n, iw_samples, arr_single, arr_iw)
 
 
+def _graphed_flow(model: DenseFlow, amp: str, device: torch.device, what: str) -> GraphedFlow:
+    """The :class:`GraphedFlow` of ``cuda_graphs=True``; on a CPU it runs eagerly, and says so."""
+    flow = GraphedFlow(model, amp)  # refuses a compiled model before any work
+    if torch.device(device).type != "cuda":
+        warnings.warn(
+            f"cuda_graphs needs a CUDA device; on {device} the {what} runs eagerly",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return flow
+
+
 def draw_samples(
     model: DenseFlow,
     n: int,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     amp: str = "none",
+    cuda_graphs: bool = False,
 ) -> Tensor:
     """``n`` uint8 samples ``(n, 3, H, W)`` drawn in eval mode; the model's mode is restored.
 
     Weights holding NaN or inf are refused: their samples would quantize to black images.
+    ``cuda_graphs``: the sampling pass replayed from a CUDA graph
+    (:class:`~densflow.performance.GraphedFlow`), with the eager path's draws, so the same
+    samples (within rounding on a GPU); eager, with a warning, on a CPU. For one call the capture
+    (warm-up passes, then the recording) costs more than the replay saves: it pays for a
+    :class:`GraphedFlow` kept and sampled from again.
     """
-    precision = autocast(next(model.parameters()).device, amp)  # checks amp before any work
+    device = next(model.parameters()).device
+    precision = autocast(device, amp)  # checks amp before any work
     bad = nonfinite_entries(model.state_dict())
     if bad:
         raise ValueError(
@@ -309,11 +338,12 @@ def draw_samples(
             f"{bad[0]}), so its samples would be meaningless; sample from a checkpoint saved "
             "before training diverged"
         )
+    flow = _graphed_flow(model, amp, device, "sampling") if cuda_graphs else model
     was_training = model.training
     model.eval()
     try:
         with precision:
-            return model.sample(n, temperature=temperature, generator=generator)
+            return flow.sample(n, temperature=temperature, generator=generator)
     finally:
         model.train(was_training)
 
@@ -326,18 +356,20 @@ def save_sample_grid(
     generator: torch.Generator | None = None,
     nrow: int = 8,
     amp: str = "none",
+    cuda_graphs: bool = False,
 ) -> Tensor:
     """Draw ``n`` images (in eval mode) and write them as a PNG grid of ``nrow`` columns.
 
     ``amp="bf16"`` runs the coupling networks in bfloat16 (:func:`densflow.performance.autocast`):
-    the same draws, so the pixels differ slightly from the float32 samples.
+    the same draws, so the pixels differ slightly from the float32 samples. ``cuda_graphs``: see
+    :func:`draw_samples`.
     Returns the uint8 samples ``(n, 3, H, W)``.
     """
     from torchvision.utils import save_image
 
     n, nrow = check_int("n", n), check_int("nrow", nrow)
     check_float("temperature", temperature, minimum=0.0)
-    samples = draw_samples(model, n, temperature, generator, amp)
+    samples = draw_samples(model, n, temperature, generator, amp, cuda_graphs)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed onto it: a crash or a full disk never leaves half a PNG

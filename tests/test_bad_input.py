@@ -166,6 +166,14 @@ CLI_ROWS = {
         [*SAMPLE, "--seed", str(2**64)],
         r"--seed: must be an integer in \[0, ",
     ),
+    "eval --compile --cuda-graphs": (
+        [*EVAL, "--compile", "--cuda-graphs"],
+        r"choose one of --compile and --cuda-graphs: a capture of the compiled flow",
+    ),
+    "sample --compile --cuda-graphs": (
+        [*SAMPLE, "--compile", "--cuda-graphs"],
+        r"choose one of --compile and --cuda-graphs",
+    ),
     "convert --image-size 0": (["convert", "run", "o.pt", "--image-size", "0"], r"got 0"),
     # models that cannot be used, with the real reason
     "eval random bytes": (

@@ -160,6 +160,11 @@ def test_train_eval_sample_end_to_end(tmp_path, capsys, monkeypatch):
     assert 0 < printed["bpd_iw"] < 9 and 0 < printed["bpd_single"] < 9
     assert not (tmp_path / "eval.json.partial").exists()
 
+    # CUDA graphs on a CPU: a warning, then the eager passes on the graph's buffers, to the bit.
+    with pytest.warns(RuntimeWarning, match="cuda_graphs needs a CUDA device; on cpu the eval"):
+        assert main([*small_eval, "--cuda-graphs"]) == 0
+    assert json.loads(capsys.readouterr().out) == printed
+
     compiled = []  # compiling for real is tests/test_performance.py's job: minutes on a CPU
     monkeypatch.setattr("densflow.performance.compile_model", compiled.append)
     code = main([*small_eval, "--amp", "bf16", "--channels-last", "--compile"])
@@ -177,6 +182,11 @@ def test_train_eval_sample_end_to_end(tmp_path, capsys, monkeypatch):
     png = tmp_path / "samples.png"
     assert main(["sample", str(checkpoint), "--out", str(png), "--n", "4", "--nrow", "2"]) == 0
     assert png.stat().st_size > 0
+    graphed_png = tmp_path / "graphed.png"
+    with pytest.warns(RuntimeWarning, match="on cpu the sampling runs eagerly"):
+        argv = ["sample", str(checkpoint), "--out", str(graphed_png), "--n", "4", "--nrow", "2"]
+        assert main([*argv, "--cuda-graphs"]) == 0
+    assert graphed_png.read_bytes() == png.read_bytes()  # the same draws, the same pixels
     fast_png = tmp_path / "fast.png"
     assert (
         main(

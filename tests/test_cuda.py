@@ -1,6 +1,6 @@
 """The paper model on a GPU: forward/backward in float32 and under bf16 autocast; a compiled
 bf16 training step; the compiled optimizer step; the CUDA-graphed training step and optimizer
-update, alone and in the Trainer.
+update, alone and in the Trainer; the graphed evaluation and sampling against the eager ones.
 
 Skipped on machines without CUDA (CI has none); run them on a GPU box with ``make test``.
 """
@@ -239,3 +239,144 @@ def test_trainer_with_cuda_graphs_follows_the_eager_run_on_the_gpu(tmp_path):
     expected, got = bpds(False), bpds(True)
     assert len(got) == len(expected) == 6
     assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) < 1e-3
+
+
+# ---------------------------------------------------------------- graphed evaluation and sampling
+def eager_and_graphed(model, amp, x, k=5, chunk_size=2, n=4, seed=0):
+    """The single-sample bound, the IW bound and samples, each from a generator seeded ``seed``:
+    by the eager model and by a GraphedFlow of it (warnings raised: no silent fallback). Returns
+    both dicts of results, the generators' states after each pass, and the GraphedFlow."""
+    import warnings
+
+    from densflow.performance import GraphedFlow, autocast
+
+    passes = {
+        "log_prob": lambda flow, g: flow.log_prob(x, g),
+        "iw_log_prob": lambda flow, g: flow.iw_log_prob(x, k, chunk_size, g),
+        "sample": lambda flow, g: flow.sample(n, 1.0, g),
+    }
+    graphed = GraphedFlow(model, amp)  # applies amp itself, inside each pass
+    results = {}
+    for who, flow in (("eager", model), ("graphed", graphed)):
+        for name, run in passes.items():
+            g = torch.Generator(device="cuda").manual_seed(seed)
+            precision = autocast("cuda", amp if who == "eager" else "none")
+            with warnings.catch_warnings(), torch.no_grad(), precision:
+                warnings.simplefilter("error", RuntimeWarning)
+                results[who, name] = run(flow, g), g.get_state()
+    return results, graphed
+
+
+def assert_graphed_equals_eager(results, amp, image_shape=(3, 32, 32)):
+    for name in ("log_prob", "iw_log_prob"):
+        (eager, eager_state), (got, got_state) = results["eager", name], results["graphed", name]
+        assert torch.equal(got_state, eager_state), name  # the same draws
+        assert got.dtype == torch.float32 and torch.isfinite(got).all(), name
+        if amp == "none":
+            assert ((got - eager).abs() <= 1e-5 * eager.abs()).all(), (name, got, eager)
+        else:
+            gap = (bits_per_dim(got, image_shape) - bits_per_dim(eager, image_shape)).abs().max()
+            assert gap < 0.01, (name, gap)
+    (eager, _), (got, _) = results["eager", "sample"], results["graphed", "sample"]
+    assert got.dtype == torch.uint8 and got.shape == eager.shape
+    # The same noise through the same kernels: a pixel may cross a quantization level by rounding.
+    assert (got.int() - eager.int()).abs().max() <= 1
+    assert (got == eager).float().mean() > 0.99
+
+
+def small_on_gpu(seed=0):
+    torch.manual_seed(seed)
+    model = DenseFlow(DenseFlowConfig.small()).cuda()
+    with torch.no_grad():
+        model.train()(batch(8, seed=9))  # data-dependent ActNorm init
+    return model.eval()
+
+
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_graphed_evaluation_and_sampling_replay_the_eager_passes_on_the_gpu(amp):
+    model = small_on_gpu()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    results, graphed = eager_and_graphed(model, amp, batch(8, seed=3))
+    assert graphed.captured  # every pass replayed a graph: no fallback
+    # single bound, IW chunks of 2 and of 1 (k = 5), sampler
+    assert len(graphed.calls) == 4
+    assert_graphed_equals_eager(results, amp)
+    # The capture's warm-up passes changed no buffer or parameter.
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name]), name
+    # A replay reads new noise and new images: another seed and batch, the eager numbers again.
+    from densflow.performance import autocast
+
+    x = batch(8, seed=4)
+    with torch.no_grad(), autocast("cuda", amp):
+        expected = model.iw_log_prob(x, 5, 2, torch.Generator(device="cuda").manual_seed(1))
+    got = graphed.iw_log_prob(x, 5, 2, torch.Generator(device="cuda").manual_seed(1))
+    assert len(graphed.calls) == 4  # no new capture for the same shapes
+    if amp == "none":
+        assert ((got - expected).abs() <= 1e-5 * expected.abs()).all()
+    else:
+        gap = (bits_per_dim(got, (3, 32, 32)) - bits_per_dim(expected, (3, 32, 32))).abs().max()
+        assert gap < 0.01
+
+
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_graphed_evaluation_and_sampling_of_the_paper_model_on_the_gpu(paper_on_gpu, amp):
+    model = paper_on_gpu.eval()
+    results, graphed = eager_and_graphed(model, amp, batch(4, seed=5), k=4, chunk_size=2, n=4)
+    assert graphed.captured and len(graphed.calls) == 3
+    assert_graphed_equals_eager(results, amp)
+    model.train()
+
+
+def test_graphed_evaluate_and_the_trainers_evaluation_follow_the_eager_ones_on_the_gpu(
+    tmp_path, monkeypatch
+):
+    import warnings
+
+    import numpy as np
+    from torch.utils.data import TensorDataset
+    from utils import tiny_run
+
+    import densflow.training.trainer as trainer_module
+    from densflow.evaluate import evaluate
+    from densflow.training import Trainer, read_metrics
+
+    # evaluate(): 10 images in batches of 4, 4 and 2 (the last eagerly), k = 3 in chunks of 2, 1.
+    model = small_on_gpu()
+    data = TensorDataset(batch(10, seed=6).cpu())
+    kwargs = dict(batch_size=4, iw_samples=3, chunk_size=2, seed=5, progress=False)
+    reference = evaluate(model, data, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback, no CPU warning
+        graphed = evaluate(model, data, cuda_graphs=True, **kwargs)
+    for a, b in [
+        (graphed.per_image_single, reference.per_image_single),
+        (graphed.per_image_iw, reference.per_image_iw),
+    ]:
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=0)
+
+    # The Trainer with cuda_graphs evaluates through the graphs too, with the eager numbers.
+    flags = []
+    real_evaluate = trainer_module.evaluate
+
+    def spy(*args, **kwargs):
+        flags.append(kwargs["cuda_graphs"])
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "evaluate", spy)
+
+    def evaluations(cuda_graphs):
+        cfg = tiny_run(
+            tmp_path / str(cuda_graphs), image_size=32, batch_size=8, epochs=1,
+            steps_per_epoch=3, warmup_steps=2, device="cuda", eval_every=1, eval_limit=8,
+            eval_batch_size=4, iw_samples=4, chunk_size=2, cuda_graphs=cuda_graphs,
+        )  # fmt: skip
+        Trainer(cfg).fit()
+        return [e for e in read_metrics(cfg.out_dir) if e["event"] == "eval"]
+
+    expected, got = evaluations(False), evaluations(True)
+    assert flags == [False, False, True, True]  # the single bound at the epoch's end, then IW
+    assert len(got) == len(expected) == 2
+    for a, b in zip(got, expected, strict=True):
+        key = "test_bpd" if "test_bpd" in a else "test_bpd_iw"
+        assert abs(a[key] - b[key]) < 1e-3, key  # the graphed training step rounds differently

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -189,6 +191,97 @@ def test_sample_grid_in_bf16_keeps_the_draws_and_runs_the_networks_in_bf16(model
     with pytest.raises(ValueError, match="amp must be one of"):
         grid("fp16")
     assert not (tmp_path / "fp16.png").exists()
+
+
+def interrupted_at(call: int, fn):
+    """``fn`` that raises KeyboardInterrupt at its ``call``-th call, as a user's Ctrl-C would."""
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return fn(*args, **kwargs)
+
+    return flaky
+
+
+def count_graphed_passes(monkeypatch) -> list[str]:
+    """The GraphedFlow passes that run, by name (a spy on the class)."""
+    from densflow.performance import GraphedFlow
+
+    calls = []
+    for name in ("log_prob", "iw_log_prob", "sample"):
+        real = getattr(GraphedFlow, name)
+
+        def spy(self, *args, _real=real, _name=name, **kwargs):
+            calls.append(_name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(GraphedFlow, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_cuda_graphs_on_a_cpu_evaluate_to_the_bit_and_run_the_last_batch_eagerly(
+    model, monkeypatch, amp
+):
+    data = TensorDataset(images(10))  # batches of 4, 4, 2; k = 3 in chunks of 2 and 1
+    kwargs = dict(batch_size=4, iw_samples=3, chunk_size=2, seed=5, progress=False, amp=amp)
+    reference = evaluate(model, data, **kwargs)
+    passes = count_graphed_passes(monkeypatch)
+    with pytest.warns(RuntimeWarning, match="cuda_graphs needs a CUDA device; on cpu the eval"):
+        graphed = evaluate(model, data, cuda_graphs=True, **kwargs)
+    assert passes == ["log_prob", "iw_log_prob"] * 2  # the two full batches; the last is eager
+    assert np.array_equal(graphed.per_image_single, reference.per_image_single)
+    assert np.array_equal(graphed.per_image_iw, reference.per_image_iw)
+    assert graphed.bpd_iw == reference.bpd_iw and graphed.bpd_single == reference.bpd_single
+    with pytest.raises(ValueError, match="amp must be one of"):  # before any work
+        evaluate(model, data, cuda_graphs=True, **(kwargs | {"amp": "fp16"}))
+
+
+def test_cuda_graphs_keep_the_progress_file_and_resume_to_the_same_numbers(
+    model, tmp_path, monkeypatch
+):
+    # Interrupted with the flag on and resumed with it, or without it: the same draws either way,
+    # so the progress file of one is the other's.
+    data = TensorDataset(images(10))
+    kwargs = dict(batch_size=4, iw_samples=3, chunk_size=2, seed=5, progress=False)
+    reference = evaluate(model, data, **kwargs)
+    for resume_with_graphs in (True, False):
+        partial = tmp_path / f"eval{resume_with_graphs}.partial"
+        # Batch 0 draws 3 times (1 single + 2 IW chunks): stop at the 4th, in batch 1.
+        monkeypatch.setattr(model, "draw_noise", interrupted_at(4, model.draw_noise))
+        with pytest.warns(RuntimeWarning), pytest.raises(KeyboardInterrupt):
+            evaluate(model, data, partial_path=partial, save_interval_s=0, cuda_graphs=True,
+                     **kwargs)  # fmt: skip
+        monkeypatch.undo()
+        assert partial.exists() and model.training is False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the CPU's: tested above
+            resumed = evaluate(
+                model, data, partial_path=partial, cuda_graphs=resume_with_graphs, **kwargs
+            )
+        assert not partial.exists()
+        assert np.array_equal(resumed.per_image_single, reference.per_image_single)
+        assert np.array_equal(resumed.per_image_iw, reference.per_image_iw)
+
+
+def test_cuda_graphs_on_a_cpu_draw_the_same_samples(model, tmp_path, monkeypatch):
+    def grid(name, amp, **kwargs):
+        path, g = tmp_path / f"{name}.png", torch.Generator().manual_seed(0)
+        return save_sample_grid(model, path, n=8, amp=amp, generator=g, **kwargs), path
+
+    model.train()  # draw_samples puts it in eval mode, and back
+    passes = count_graphed_passes(monkeypatch)
+    for amp in ("none", "bf16"):
+        plain, plain_png = grid(f"plain_{amp}", amp)
+        with pytest.warns(RuntimeWarning, match="on cpu the sampling runs eagerly"):
+            graphed, graphed_png = grid(f"graphed_{amp}", amp, cuda_graphs=True)
+        assert torch.equal(graphed, plain)
+        assert graphed_png.read_bytes() == plain_png.read_bytes()
+    assert passes == ["sample", "sample"]
+    assert model.training
 
 
 def test_paper_iw_samples():

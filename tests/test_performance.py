@@ -310,6 +310,132 @@ def test_prepare_model_applies_the_transforms_it_is_asked_for(model_and_images, 
     assert torch.allclose(reference_log_prob(model, to_channels_last(x)), expected, rtol=1e-5)
 
 
+def eager_passes(model, x, amp="none", seed=3):
+    """The plain model's single-sample bound, IW bound (k=5 in chunks of 2: a last chunk of 1),
+    and samples at temperature 0.7, each from a generator seeded ``seed``, and the generator
+    states after each."""
+    out = []
+    with torch.no_grad(), autocast(x.device, amp):
+        for fn in (
+            lambda g: model.log_prob(x, g),
+            lambda g: model.iw_log_prob(x, 5, 2, g),
+            lambda g: model.sample(3, 0.7, g),
+        ):
+            g = torch.Generator().manual_seed(seed)
+            out.append((fn(g), g.get_state()))
+    return out
+
+
+def graphed_passes(flow, x, seed=3):
+    out = []
+    for fn in (
+        lambda g: flow.log_prob(x, g),
+        lambda g: flow.iw_log_prob(x, 5, 2, g),
+        lambda g: flow.sample(3, 0.7, g),
+    ):
+        g = torch.Generator().manual_seed(seed)
+        out.append((fn(g), g.get_state()))
+    return out
+
+
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_graphed_flow_on_a_cpu_gives_the_eager_numbers_and_draws_to_the_bit(model_and_images, amp):
+    from densflow.performance import GraphedFlow
+
+    model, x = model_and_images
+    model.eval()
+    flow = GraphedFlow(model, amp)
+    expected = eager_passes(model, x, amp)
+    for _ in range(2):  # the first call of each shape sets up its buffers, the second reuses them
+        got = graphed_passes(flow, x)
+        for (want, want_state), (have, have_state) in zip(expected, got, strict=True):
+            assert have.dtype == want.dtype and torch.equal(have, want)
+            assert torch.equal(have_state, want_state)  # the same draws, no more, no fewer
+    # One pass each: the bound, the IW chunks of 2 and of 1, the sampler; none captured here.
+    assert len(flow.calls) == 4 and not flow.captured
+    assert expected[2][0].dtype == torch.uint8
+    # Another seed gives other numbers: the draws are really the caller's.
+    other = graphed_passes(flow, x, seed=4)
+    assert not torch.equal(other[0][0], expected[0][0])
+    assert not torch.equal(other[2][0], expected[2][0])
+
+
+def test_graphed_flow_respects_amp(model_and_images):
+    from densflow.performance import GraphedFlow
+
+    model, x = model_and_images
+    model.eval()
+    dtypes = []
+    net = next(m for m in model.modules() if isinstance(m, CouplingNet))
+    net.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    fp32 = GraphedFlow(model).log_prob(x, torch.Generator().manual_seed(0))
+    assert set(dtypes) == {torch.float32}
+    dtypes.clear()
+    bf16 = GraphedFlow(model, "bf16").log_prob(x, torch.Generator().manual_seed(0))
+    assert set(dtypes) == {torch.bfloat16} and bf16.dtype == torch.float32
+    gap = (bits_per_dim(bf16, x.shape[1:]) - bits_per_dim(fp32, x.shape[1:])).abs().max()
+    assert 0 < gap < 0.01
+    with pytest.raises(ValueError, match="amp must be one of"):
+        GraphedFlow(model, "fp16")
+
+
+def test_graphed_flow_refuses_what_a_graph_cannot_hold(model_and_images):
+    from densflow.performance import CapturedCall, GraphedFlow
+
+    model, x = model_and_images
+    flow = GraphedFlow(model.train())
+    with pytest.raises(ValueError, match=r"^GraphedFlow runs evaluation passes: put the model in"):
+        flow.log_prob(x)
+    with pytest.raises(ValueError, match="eval mode"):
+        flow.sample(2)
+    model.eval()
+    with pytest.raises(ValueError, match=r"^k must be an integer >= 1, got 0"):
+        flow.iw_log_prob(x, 0)
+    with pytest.raises(ValueError, match=r"^expected uint8 images"):
+        flow.log_prob(x.float())
+    with pytest.raises(TypeError, match="GraphedFlow expects a DenseFlow, got Linear"):
+        GraphedFlow(torch.nn.Linear(2, 2))
+    # One graph, one set of shapes: the first input that differs, named in one line.
+    call = CapturedCall(model.terms_from_noise, x.float(), model.draw_noise(4), name="terms")
+    with pytest.raises(ValueError) as info:
+        call(x[:2].float(), model.draw_noise(2))
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("terms was captured for other inputs")
+    assert "input 0: captured for (4, 3, 32, 32) float32 on cpu, got (2, 3, 32, 32)" in message
+    with pytest.raises(ValueError, match=r"input 1 'dequantization': captured for .* float32 on"):
+        call(x.float(), {k: v.double() for k, v in model.draw_noise(4).items()})
+    compiled = copy.deepcopy(model)
+    compile_model(compiled, backend="eager")
+    with pytest.raises(ValueError, match="choose one of compile and cuda_graphs"):
+        GraphedFlow(compiled)
+
+
+def test_graphed_sampling_inverts_the_1x1_convolutions_without_a_host_read(
+    model_and_images, monkeypatch
+):
+    # torch.linalg.inv reads its error flag back to the host, which a CUDA graph cannot hold;
+    # inv_ex is the same solve. The swap lasts for the sampling pass only.
+    from densflow.glow import InvertibleConv1x1
+    from densflow.performance import CapturableConv1x1, GraphedFlow
+
+    model, _ = model_and_images
+    plain = [m for m in model.modules() if type(m) is InvertibleConv1x1]
+    assert plain  # the tiny model has plain 1×1 convolutions to swap
+    for dtype in (torch.float32, torch.float64):
+        w = plain[0].inverse_weight(dtype)
+        assert torch.equal(CapturableConv1x1.inverse_weight(plain[0], dtype), w)
+    used = []
+    real = CapturableConv1x1.inverse_weight
+    monkeypatch.setattr(
+        CapturableConv1x1, "inverse_weight", lambda self, dtype: used.append(1) or real(self, dtype)
+    )
+    GraphedFlow(model.eval()).sample(2, generator=torch.Generator().manual_seed(0))
+    # Each plain 1×1 convolution of the flow inverted without a host read (sampling does not run
+    # the dequantization's own flow).
+    assert len(used) == sum(type(m) is InvertibleConv1x1 for m in model.blocks.modules()) > 0
+    assert [m for m in model.modules() if type(m) is InvertibleConv1x1] == plain  # swapped back
+
+
 def test_benchmark_reports_ratios_against_the_baseline_of_the_same_run(tmp_path):
     import benchmark  # benchmarks/benchmark.py, on sys.path above
 
@@ -493,7 +619,8 @@ def test_gpu_summary_sets_the_trainer_against_its_benchmark_row(tmp_path, capsys
 
     def row(variant, train, iw):
         return {"variant": variant, "train_images_per_s": train, "train_images_speedup": 1.0,
-                "train_peak_bytes": 2**30, "iw_image_samples_per_s": iw,
+                "train_peak_bytes": 2**30, "iw_peak_bytes": 2**29, "sample_peak_bytes": 2**28,
+                "iw_image_samples_per_s": iw,
                 "iw_image_samples_speedup": 1.0, "sample_images_per_s": 50.0,
                 "sample_images_speedup": 1.0, "max_abs_bpd_diff": 0.0,
                 "train_losses_finite": True}  # fmt: skip
@@ -528,6 +655,7 @@ def test_gpu_summary_sets_the_trainer_against_its_benchmark_row(tmp_path, capsys
     assert f"| 262.5 | {250 / 262.5:.3f} |" in text
     hours = 10_000 * 1000 / 5000 / 3600  # CIFAR-10's test set at k = 1000
     assert f"At 5000 image·samples/s (paper 32×32, graph+channels_last+bf16): {hours:.2f} h" in text
+    assert "| paper 32×32 | eager | 1024 | 512 | 256 |" in text
     assert "64 images × k = 1000 in 32 s, 2000 image·samples/s; bits/dim 3.5000 (IW)" in text
     assert gpu_summary.main([str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.count("\n") == 1

@@ -161,17 +161,21 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         amp_help="bf16: the coupling networks in bfloat16, log-dets and "
         "bits/dim in float32; the paper's numbers are float32 (default: none)",
         compile_help="worth it for importance-weighted runs of the whole test set",
+        graphs_help="for importance-weighted runs on a GPU, where the eager pass is bound by "
+        "the host issuing its operators; the last, smaller batch runs eagerly",
     )
     ev.set_defaults(run=_eval, parser=ev)
 
 
-def _add_speed_switches(parser: argparse.ArgumentParser, amp_help: str, compile_help: str) -> None:
+def _add_speed_switches(
+    parser: argparse.ArgumentParser, amp_help: str, compile_help: str, graphs_help: str
+) -> None:
     from ..performance import AMP_MODES
 
     speed = parser.add_argument_group(
         "speed",
-        "switches of densflow.performance (docs/performance.md): --channels-last and "
-        "--compile change results by rounding only (1e-5 relative), --amp bf16 a little more",
+        "switches of densflow.performance (docs/performance.md): --channels-last, --compile and "
+        "--cuda-graphs change results by rounding only (1e-5 relative), --amp bf16 a little more",
     )
     speed.add_argument("--amp", default="none", choices=AMP_MODES, help=amp_help)
     speed.add_argument(
@@ -182,12 +186,23 @@ def _add_speed_switches(parser: argparse.ArgumentParser, amp_help: str, compile_
         action="store_true",
         help="torch.compile the flow: minutes of compilation, then faster passes; " + compile_help,
     )
+    speed.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="replay the passes from CUDA graphs, captured once per shape (not with --compile; "
+        "eager, with a warning, on a CPU): " + graphs_help,
+    )
 
 
 def _load_for_speed(args: argparse.Namespace) -> tuple[Any, str | None]:
     """:func:`_load`, then the model prepared for ``--channels-last`` and ``--compile``."""
     from ..performance import prepare_model
 
+    if args.compile and args.cuda_graphs:
+        raise ValueError(
+            "choose one of --compile and --cuda-graphs: a capture of the compiled flow has not "
+            "been validated"
+        )
     model, trained_on = _load(args)
     return prepare_model(model, args.channels_last, args.compile), trained_on
 
@@ -237,6 +252,7 @@ def _eval(args: argparse.Namespace) -> int:
             partial_path=partial,
             num_workers=args.num_workers,
             amp=args.amp,
+            cuda_graphs=args.cuda_graphs,
         )
     except KeyboardInterrupt:
         kept = partial is not None and partial.is_file()
@@ -291,6 +307,8 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
         amp_help="bf16: the coupling networks in bfloat16; the same draws, "
         "so pixels differ slightly from the float32 samples (default: none)",
         compile_help="worth it only for a large --n",
+        graphs_help="one grid is one pass, so the capture (warm-up passes and the recording) "
+        "costs more than the replay saves",
     )
     sp.set_defaults(run=_sample)
 
@@ -313,6 +331,7 @@ def _sample(args: argparse.Namespace) -> int:
             generator=generator,
             nrow=args.nrow,
             amp=args.amp,
+            cuda_graphs=args.cuda_graphs,
         )
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; {out} was not written") from None

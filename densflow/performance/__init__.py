@@ -13,6 +13,10 @@ within 0.01 bits/dim (``benchmarks/benchmark.py`` measures what each buys on a m
   two pure functions, its log-density and its sampler, one graph each; :func:`prepare_model`
   applies the transforms to a loaded model; :func:`run_eagerly` skips compilation for a shape
   met once.
+* :mod:`~densflow.performance.graphs` — :class:`GraphedFlow`: the evaluation and sampling passes
+  (the same two pure functions) replayed from CUDA graphs, one per shape, the noise drawn eagerly
+  with the eager path's draws; :class:`CapturedCall`, one such graph; :class:`CapturableConv1x1`,
+  the plain 1×1 convolution's inverse without a host read.
 """
 
 from ..model import DenseFlow
@@ -24,6 +28,7 @@ from .compile import (
     run_eagerly,
 )
 from .compose import ComposedCouplingNet, compose_coupling_nets, plain_coupling_nets
+from .graphs import CapturableConv1x1, CapturedCall, GraphedFlow
 from .precision import AMP_MODES, autocast, to_channels_last
 
 __all__ = [
@@ -36,6 +41,9 @@ __all__ = [
     "compile_model",
     "prepare_model",
     "run_eagerly",
+    "GraphedFlow",
+    "CapturedCall",
+    "CapturableConv1x1",
     "COMPILED_FUNCTIONS",
     "FusedPinvNystromAttention",
     "_compile_with_fallback",

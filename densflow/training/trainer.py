@@ -364,6 +364,7 @@ class Trainer:
             iw_samples=cfg.iw_samples if iw else None, chunk_size=cfg.chunk_size,
             device=self.device, seed=derive_seed(cfg.seed, Stream.EVAL), progress=False,
             single=not iw, num_workers=cfg.num_workers,
+            cuda_graphs=cfg.cuda_graphs and self.device.type == "cuda",  # make_step warns on a CPU
         )  # fmt: skip
         if iw:
             values = {"test_bpd_iw": result.bpd_iw, "iw_samples": cfg.iw_samples}
