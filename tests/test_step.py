@@ -120,7 +120,9 @@ def test_graphed_step_explains_what_it_cannot_take(model_and_images):
         step(x.float(), model.draw_noise(4))
     step(x, model.draw_noise(4))
     with pytest.raises(
-        ValueError, match=r"set up for images \(4, 3, 32, 32\).*build one per batch"
+        ValueError,
+        match=r"training step was captured for other inputs \(input 0: captured for "
+        r"\(4, 3, 32, 32\) uint8 on cpu, got \(2, 3, 32, 32\).*build one per shape",
     ):
         step(x[:2], model.draw_noise(2))
 

@@ -157,7 +157,7 @@ class CapturedCall:
             difference = _first_difference(self._signature, got)
             raise ValueError(
                 f"{self.name} was captured for other inputs ({difference}); a CUDA graph holds "
-                "one set of shapes: capture one per shape (GraphedFlow keeps one per shape)"
+                "one set of shapes: build one per shape"
             )
         _copy(self._args, args)
         if self.graph is None:

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from ..bounds import bits_per_dim
 from ..glow import ActNorm
 from ..model import DenseFlow
-from ..performance import autocast, compile_model
+from ..performance import CapturedCall, autocast, compile_model
 from .config import Speed
 from .optim import compile_optimizer, make_capturable, set_lr
 
@@ -129,7 +129,8 @@ class BatchNormStats:
 
 
 class GraphedTrainingStep:
-    """:func:`forward_backward` captured once in a CUDA graph, then replayed for every batch.
+    """:func:`forward_backward` captured once in a CUDA graph, then replayed for every batch
+    (:class:`~densflow.performance.CapturedCall`).
 
     Why: run eagerly, one training step of the paper model calls ~69,000 operators (29,000 in the
     forward pass, 39,000 in the backward, counted with a dispatch hook), and on a GPU the host
@@ -146,8 +147,8 @@ class GraphedTrainingStep:
     * the gradients are the graph's tensors, rewritten by each replay: take the optimizer step
       after each call, and do not set them to None (``zero_grad(set_to_none=True)``) in between;
     * shapes and memory formats are those of the first call, and ActNorm must be initialised;
-    * the optimizer step stays outside the graph, so that the caller can skip it when the loss is
-      not finite, as the Trainer does (its one host read per step).
+    * the optimizer step is not in this graph, so that the caller can skip it when the loss is
+      not finite (:class:`GraphedStep` replays it from a graph of its own after that check).
 
     On a CPU, or where the capture fails (a warning says why), each call runs
     :func:`forward_backward` eagerly on the same buffers instead: the same numbers either way.
@@ -165,86 +166,33 @@ class GraphedTrainingStep:
             )
         autocast("cpu", amp)  # checks amp now rather than at the first step
         self.model, self.amp, self.max_norm, self.warmup = model, amp, max_norm, warmup
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self._x: Tensor | None = None
-        self._noise: dict[str, Tensor] = {}
-        self._out: tuple[Tensor, Tensor] | None = None
+        self._call: CapturedCall | None = None
 
     @property
     def captured(self) -> bool:
         """Whether calls replay a CUDA graph (rather than running eagerly)."""
-        return self.graph is not None
+        return self._call is not None and self._call.captured
 
     def __call__(self, x: Tensor, noise: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        if self._x is None:
-            self._set_up(x, noise)
-        else:
-            self._check_like(x, noise)
-            self._x.copy_(x)
-            for name, t in noise.items():
-                self._noise[name].copy_(t)
-        if self.graph is not None:
-            self.graph.replay()
-            loss, grad_norm = self._out
-        else:
-            self.model.zero_grad(set_to_none=True)
-            loss, grad_norm = self._run()
-        return loss.clone(), grad_norm.clone()
+        if self._call is None:
+            if x.dtype != torch.uint8:
+                raise ValueError(f"GraphedTrainingStep takes uint8 images, got {x.dtype}")
+            self._call = CapturedCall(
+                self._step, x, noise, name="the training step", warmup=self.warmup,
+                buffers=list(self.model.buffers()),
+            )  # fmt: skip
+        loss, grad_norm = self._call(x, noise)
+        return loss, grad_norm
 
-    def _run(self, cache_enabled: bool = True) -> tuple[Tensor, Tensor]:
-        return forward_backward(
-            self.model, self._x, self._noise, self.amp, self.max_norm, cache_enabled
-        )
-
-    def _set_up(self, x: Tensor, noise: dict[str, Tensor]) -> None:
-        if x.dtype != torch.uint8:
-            raise ValueError(f"GraphedTrainingStep takes uint8 images, got {x.dtype}")
-        self._x = x.clone()  # clone keeps the memory format (channels_last stays so)
-        self._noise = {name: t.clone() for name, t in noise.items()}
-        if x.device.type != "cuda":
-            return  # nothing to capture: eager calls on the buffers
-        try:
-            self._capture()
-        except Exception as err:  # an operator that cannot be captured on this platform, …
-            # self.graph is set only by a capture that completed: calls run eagerly.
-            warnings.warn(
-                f"CUDA graph capture failed ({err.__class__.__name__}: {err}); the "
-                "training step runs eagerly",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-
-    def _capture(self) -> None:
-        buffers = list(self.model.buffers())
-        saved = [b.clone() for b in buffers]
-        side = torch.cuda.Stream(self._x.device)
-        side.wait_stream(torch.cuda.current_stream(self._x.device))
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                self.model.zero_grad(set_to_none=True)
-                self._run()
-        torch.cuda.current_stream(self._x.device).wait_stream(side)
-        torch._foreach_copy_(buffers, saved)
-        # Gradients None at capture: the graph's backward then writes them rather than adding.
+    def _step(self, x: Tensor, noise: dict[str, Tensor]) -> Tensor:
+        # Gradients None first: the captured backward then writes them rather than adding to the
+        # warm-up's, and each eager call starts afresh. No autocast cache: it would outlive a
+        # capture.
         self.model.zero_grad(set_to_none=True)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._out = self._run(cache_enabled=False)
-        self.graph = graph
-
-    def _check_like(self, x: Tensor, noise: dict[str, Tensor]) -> None:
-        got = (tuple(x.shape), x.dtype, {n: tuple(t.shape) for n, t in noise.items()})
-        want = (
-            tuple(self._x.shape),
-            self._x.dtype,
-            {n: tuple(t.shape) for n, t in self._noise.items()},
+        loss, grad_norm = forward_backward(
+            self.model, x, noise, self.amp, self.max_norm, cache_enabled=False
         )
-        if got != want:
-            raise ValueError(
-                f"GraphedTrainingStep was set up for images {want[0]} {want[1]} and "
-                f"noise {want[2]}, got {got[0]} {got[1]} and {got[2]}; build one "
-                "per batch size"
-            )
+        return torch.stack([loss, grad_norm.to(loss.dtype)])
 
 
 class TrainStep:
