@@ -29,10 +29,9 @@ next run removes when it takes the run folder's lock (:mod:`densflow.training.ru
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +43,6 @@ from ..checkpoint import atomic_save, refuse_nonfinite
 __all__ = ["CheckpointWriter"]
 
 logger = logging.getLogger("densflow")
-
-
-def _tensors(obj: Any, key: tuple = ()) -> Iterator[tuple[tuple, Tensor]]:
-    """Every tensor of a nest of dicts, lists and tuples, with its path of keys."""
-    if isinstance(obj, Tensor):
-        yield key, obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _tensors(v, (*key, k))
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _tensors(v, (*key, i))
 
 
 class CheckpointWriter:
@@ -82,8 +69,9 @@ class CheckpointWriter:
         refuse it if its ``"model"`` is not finite, and start writing it to ``path``."""
         self.wait()
         path = Path(path)
-        snapshot = self._host_copy(checkpoint)
-        refuse_nonfinite(snapshot["model"], path)
+        snapshot, finite = self._host_copy(checkpoint)
+        if not finite:  # names the tensors and raises (unless a sum merely overflowed)
+            refuse_nonfinite(snapshot["model"], path)
         self.submitted = (path, step)
         self._thread = threading.Thread(
             target=self._write, args=(snapshot, path, step), name="densflow-checkpoint",
@@ -123,33 +111,56 @@ class CheckpointWriter:
         return failure
 
     # ------------------------------------------------------------------ the two threads
-    def _host_copy(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
-        """``checkpoint`` with each tensor replaced by a host copy in the writer's buffers.
+    def _host_copy(self, checkpoint: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """``checkpoint`` with its containers copied and each tensor replaced by a host copy in
+        the writer's buffers (a tensor met twice is copied once; a state dict keeps its
+        ``_metadata``, so the file is the synchronous write's, byte for byte), and whether every
+        tensor of its ``"model"`` is finite.
 
-        The containers are deep-copied (``copy.deepcopy`` with the copies in its memo), so a
-        state dict keeps its ``_metadata`` and the file is the synchronous write's, byte for
-        byte; a tensor met twice is copied once."""
-        memo: dict[int, Any] = {}
-        devices = set()
-        for key, t in _tensors(checkpoint):
-            if id(t) in memo:
-                continue
-            buf = self._buffers.get(key)
-            layout = (t.shape, t.dtype, t.stride())
-            if buf is None or (buf.shape, buf.dtype, buf.stride()) != layout:
-                # t's own strides where it is dense (channels_last weights stay so)
-                stride = torch.empty_like(t, device="meta").stride()
-                buf = torch.empty_strided(
-                    t.shape, stride, dtype=t.dtype, device="cpu", pin_memory=t.is_cuda
-                )
-                self._buffers[key] = buf
-            buf.copy_(t.detach(), non_blocking=t.is_cuda)
-            if t.is_cuda:
-                devices.add(t.device)
-            memo[id(t)] = buf
-        for device in devices:  # one synchronisation (one device per process in practice)
+        The check is one sum per tensor on its own device, read with the copies: a NaN or an
+        infinity makes the sum non-finite; an overflowing sum alone is sorted out by the exact
+        check that follows a ``False``."""
+        sources: list[Tensor] = []
+        copies: dict[int, Tensor] = {}
+
+        def copy_of(obj: Any, key: tuple) -> Any:
+            if isinstance(obj, Tensor):
+                if id(obj) not in copies:
+                    copies[id(obj)] = self._buffer(key, obj)
+                    sources.append(obj.detach())
+                return copies[id(obj)]
+            if isinstance(obj, dict):
+                out = type(obj)((k, copy_of(v, (*key, k))) for k, v in obj.items())
+                if hasattr(obj, "_metadata"):  # module versions, read by load_state_dict
+                    out._metadata = type(obj._metadata)(
+                        (k, dict(v)) for k, v in obj._metadata.items()
+                    )
+                return out
+            if isinstance(obj, (list, tuple)):
+                return type(obj)(copy_of(v, (*key, i)) for i, v in enumerate(obj))
+            return obj  # numbers, strings, None: nothing training changes in place
+
+        floats = [t.detach() for t in checkpoint["model"].values() if t.is_floating_point()]
+        finite = copy_of(torch.isfinite(torch.stack([t.sum() for t in floats])).all(), ("ok",))
+        snapshot = copy_of(checkpoint, ())
+        targets = list(copies.values())
+        # Enqueued together; on CUDA into pinned memory without blocking, then one wait.
+        torch._foreach_copy_(targets, sources, non_blocking=True)
+        for device in {t.device for t in sources if t.is_cuda}:
             torch.cuda.synchronize(device)
-        return copy.deepcopy(checkpoint, memo)
+        return snapshot, bool(finite)
+
+    def _buffer(self, key: tuple, t: Tensor) -> Tensor:
+        """The host buffer of the tensor at ``key``: last save's when it still fits ``t``."""
+        buf = self._buffers.get(key)
+        if buf is None or (buf.shape, buf.dtype, buf.stride()) != (t.shape, t.dtype, t.stride()):
+            # t's own strides where it is dense (channels_last weights stay so)
+            stride = torch.empty_like(t, device="meta").stride()
+            buf = torch.empty_strided(
+                t.shape, stride, dtype=t.dtype, device="cpu", pin_memory=t.is_cuda
+            )
+            self._buffers[key] = buf
+        return buf
 
     def _write(self, snapshot: dict[str, Any], path: Path, step: int) -> None:
         try:
