@@ -61,7 +61,7 @@ def trained(channels_last: bool = False) -> tuple[DenseFlow, torch.optim.Optimiz
 def update(model: DenseFlow, optimizer: torch.optim.Optimizer, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     for p in model.parameters():
-        p.grad = torch.randn(p.shape, generator=g)
+        p.grad = torch.randn(p.shape, generator=g).to(p.device)
     optimizer.step()
 
 
@@ -211,6 +211,27 @@ def test_a_non_finite_copy_is_refused_in_the_training_thread(tmp_path):
         writer.save(path, 2, checkpoint_of(model, optimizer, 2))
     writer.wait()
     assert not path.exists() and writer.submitted is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_state_is_copied_to_pinned_memory_before_save_returns(tmp_path):
+    torch.manual_seed(0)
+    model = perturb(DenseFlow(DenseFlowConfig.tiny(16))).cuda()
+    optimizer = torch.optim.Adamax(model.parameters(), lr=1e-3, foreach=True)
+    update(model, optimizer, seed=0)
+    sync, background = tmp_path / "sync.pt", tmp_path / "background.pt"
+    write_synchronously(sync, model, optimizer, 1)
+    writer = CheckpointWriter()
+    writer.save(background, 1, checkpoint_of(model, optimizer, 1))
+    update(model, optimizer, seed=1)  # at once: the file must still hold the state of step 1
+    writer.wait()
+    a, b = read_checkpoint(sync), read_checkpoint(background)
+    assert_same_training_state(
+        a["model"], a["optimizer"]["state"], b["model"], b["optimizer"]["state"]
+    )
+    assert all(torch.equal(x, y) for x, y in zip(a["rng"]["cuda"], b["rng"]["cuda"], strict=True))
+    name = next(iter(dict(model.named_parameters())))
+    assert writer._buffers[("model", name)].is_pinned()
 
 
 # ----------------------------------------------------------------------------- in the Trainer

@@ -143,9 +143,13 @@ class CheckpointWriter:
         floats = [t.detach() for t in checkpoint["model"].values() if t.is_floating_point()]
         finite = copy_of(torch.isfinite(torch.stack([t.sum() for t in floats])).all(), ("ok",))
         snapshot = copy_of(checkpoint, ())
-        targets = list(copies.values())
-        # Enqueued together; on CUDA into pinned memory without blocking, then one wait.
-        torch._foreach_copy_(targets, sources, non_blocking=True)
+        pairs = list(zip(copies.values(), sources, strict=True))
+        host = [(buf, t) for buf, t in pairs if t.device.type == "cpu"]
+        if host:  # one call for the tensors already on the host
+            torch._foreach_copy_([buf for buf, _ in host], [t for _, t in host])
+        for buf, t in pairs:  # from a device: into pinned memory without blocking, then one wait
+            if t.device.type != "cpu":
+                buf.copy_(t, non_blocking=t.is_cuda)
         for device in {t.device for t in sources if t.is_cuda}:
             torch.cuda.synchronize(device)
         return snapshot, bool(finite)
