@@ -3,12 +3,13 @@
 :meth:`CheckpointWriter.save` takes a training checkpoint
 (:func:`~densflow.checkpoint.training_checkpoint`: the model and optimizer state, the position,
 the generators) and copies every tensor of it onto the host, so that the copy is independent of
-the updates that follow. On CUDA the copies go into pinned buffers that the writer keeps for the
-run, all enqueued without blocking and waited for by one synchronisation; on the CPU they are
-plain copies into the same kept buffers. The copy is refused when a model tensor is not finite
-(:func:`~densflow.checkpoint.refuse_nonfinite`, nothing is written), then one background thread
-writes it with :func:`~densflow.checkpoint.atomic_save`. The training thread stalls only for the
-copy and its check; serialising, writing and ``fsync`` overlap the next steps.
+the updates that follow. On CUDA the copies go into pinned buffers, all enqueued without
+blocking and waited for by one synchronisation; on the CPU they are plain copies. The copy is
+refused when a model tensor is not finite (:func:`~densflow.checkpoint.refuse_nonfinite`, nothing
+is written), then one background thread writes it with :func:`~densflow.checkpoint.atomic_save`.
+The training thread stalls only for the copy and its check; serialising, writing and ``fsync``
+overlap the next steps. The buffers (the size of a checkpoint: ~1.5 GB for the paper's model with
+its Adamax state) are kept for the next saves.
 
 **One write at a time.** A save first waits for the write before it (whose buffers it reuses).
 
@@ -137,11 +138,12 @@ class CheckpointWriter:
                     )
                 return out
             if isinstance(obj, (list, tuple)):
-                return type(obj)(copy_of(v, (*key, i)) for i, v in enumerate(obj))
+                items = [copy_of(v, (*key, i)) for i, v in enumerate(obj)]
+                return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
             return obj  # numbers, strings, None: nothing training changes in place
 
-        floats = [t.detach() for t in checkpoint["model"].values() if t.is_floating_point()]
-        finite = copy_of(torch.isfinite(torch.stack([t.sum() for t in floats])).all(), ("ok",))
+        sums = [t.detach().sum() for t in checkpoint["model"].values() if t.is_floating_point()]
+        finite = copy_of(torch.isfinite(torch.stack(sums)).all(), ("ok",)) if sums else True
         snapshot = copy_of(checkpoint, ())
         pairs = list(zip(copies.values(), sources, strict=True))
         host = [(buf, t) for buf, t in pairs if t.device.type == "cpu"]
