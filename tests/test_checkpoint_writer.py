@@ -383,15 +383,18 @@ def test_a_process_killed_during_a_background_write_resumes_exactly(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-c", KILLED_MID_WRITE, json.dumps(cfg.to_dict())], env=env
     )
-    try:  # training goes on while step 4's checkpoint is written: kill it once step 6 is done
+
+    def killable() -> bool:  # step 4's write is half done and training went on to step 6
+        half = [p.read_bytes() for p in temporaries_of(killed / CHECKPOINT_NAME)]
+        six = any(e["event"] == "train" and e["step"] == 6 for e in read_metrics(killed))
+        return six and half == [b"half a checkpoint"]
+
+    try:
         deadline = time.monotonic() + 240
-        while not any(e["event"] == "train" and e["step"] == 6 for e in read_metrics(killed)):
+        while not killable():
             assert process.poll() is None, "the run ended before it was killed"
-            assert time.monotonic() < deadline, "the run never reached step 6"
+            assert time.monotonic() < deadline, "the run never reached step 6 mid-write"
             time.sleep(0.2)
-        assert [p.read_bytes() for p in temporaries_of(killed / CHECKPOINT_NAME)] == [
-            b"half a checkpoint"
-        ]
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)
