@@ -43,8 +43,10 @@ __all__ = [
     "nonfinite_entries",
     "read_checkpoint",
     "read_training_checkpoint",
+    "refuse_nonfinite",
     "restore_rng",
     "save_training_checkpoint",
+    "training_checkpoint",
     "temporaries_of",
     "model_from_checkpoint",
     "FORMAT",
@@ -118,18 +120,19 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
+def _checkpoint_dict(model: DenseFlow, **extra: Any) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": model.config.to_dict(),
+        "model": model.state_dict(),
+        **extra,
+    }
+
+
 def save_model(model: DenseFlow, path: str | os.PathLike, **extra: Any) -> None:
     """Save ``model`` (config + state dict, plus any ``extra`` entries) atomically."""
-    atomic_save(
-        {
-            "format": FORMAT,
-            "version": VERSION,
-            "config": model.config.to_dict(),
-            "model": model.state_dict(),
-            **extra,
-        },
-        path,
-    )
+    atomic_save(_checkpoint_dict(model, **extra), path)
 
 
 def _torch_load(path: Path, map_location: str | torch.device) -> Any:
@@ -234,6 +237,46 @@ class TrainingCheckpoint:
     rng: dict[str, Any]
 
 
+def training_checkpoint(
+    model: DenseFlow,
+    *,
+    train_config: dict[str, Any],
+    optimizer: dict[str, Any],
+    state: TrainingState,
+) -> dict[str, Any]:
+    """The dict :func:`save_training_checkpoint` writes. It holds the live tensors of ``model``,
+    ``optimizer`` and ``state`` (the generators' states are copies): to write it while training
+    goes on, write a copy (:class:`~densflow.training.checkpoint_writer.CheckpointWriter`)."""
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    progress = {
+        "step": state.step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
+        "nonfinite_run": state.nonfinite_run, "epoch_sum": state.epoch_sum.detach().cpu(),
+        "epoch_count": state.epoch_count, "metrics_bytes": state.metrics_bytes,
+    }  # fmt: skip
+    return _checkpoint_dict(
+        model,
+        train_config=train_config,
+        optimizer=optimizer,
+        progress=progress,
+        data_order={"world_size": state.world_size},
+        rng={"torch": torch.get_rng_state(), "cuda": cuda_rng},
+    )
+
+
+def refuse_nonfinite(model_state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` when a tensor of ``model_state`` is not finite: a run
+    resumed from such a checkpoint could never recover, and it would replace the last good one
+    at ``path``."""
+    bad = nonfinite_entries(model_state)
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        kept = f"{path} is left as it was" if Path(path).exists() else "no checkpoint was written"
+        raise CheckpointError(
+            f"refusing to write {path}: non-finite values in {shown}; {kept}. Start a new run "
+            "from the last good checkpoint with a lower lr (--init-from CHECKPOINT)"
+        )
+
+
 def save_training_checkpoint(
     path: str | os.PathLike,
     model: DenseFlow,
@@ -244,33 +287,12 @@ def save_training_checkpoint(
 ) -> None:
     """Write a training checkpoint atomically: a crash leaves the previous one intact.
 
-    Model tensors that are not finite raise :class:`CheckpointError` and nothing is written: a
-    run resumed from such a checkpoint could never recover, and it would replace the last good
-    one.
+    Model tensors that are not finite raise :class:`CheckpointError` and nothing is written
+    (:func:`refuse_nonfinite`).
     """
-    bad = nonfinite_entries(model.state_dict())
-    if bad:
-        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-        kept = f"{path} is left as it was" if Path(path).exists() else "no checkpoint was written"
-        raise CheckpointError(
-            f"refusing to write {path}: non-finite values in {shown}; {kept}. Start a new run "
-            "from the last good checkpoint with a lower lr (--init-from CHECKPOINT)"
-        )
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    progress = {
-        "step": state.step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
-        "nonfinite_run": state.nonfinite_run, "epoch_sum": state.epoch_sum.detach().cpu(),
-        "epoch_count": state.epoch_count, "metrics_bytes": state.metrics_bytes,
-    }  # fmt: skip
-    save_model(
-        model,
-        path,
-        train_config=train_config,
-        optimizer=optimizer,
-        progress=progress,
-        data_order={"world_size": state.world_size},
-        rng={"torch": torch.get_rng_state(), "cuda": cuda_rng},
-    )
+    ckpt = training_checkpoint(model, train_config=train_config, optimizer=optimizer, state=state)
+    refuse_nonfinite(ckpt["model"], path)
+    atomic_save(ckpt, path)
 
 
 def read_training_checkpoint(

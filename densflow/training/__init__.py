@@ -13,6 +13,8 @@ One concern per module:
 * :mod:`~densflow.training.optim` — the optimizer, compiled or not;
 * :mod:`~densflow.training.trainer` — :class:`Trainer` and :func:`train`: the loop, evaluations,
   checkpoints (written by :mod:`densflow.checkpoint`) and resume;
+* :mod:`~densflow.training.checkpoint_writer` — checkpoints copied to the host and written in the
+  background, so that training does not wait for the disk;
 * :mod:`~densflow.training.resume` — the checks a checkpoint passes before a run resumes from
   it or starts from its weights (``init_from``);
 * :mod:`~densflow.training.divergence` — :class:`TrainingDivergedError`: when non-finite losses

@@ -7,11 +7,13 @@ as it was. An update that makes a parameter non-finite stops the run the same wa
 is no earlier state in memory to go back to, and resuming would repeat it): the last checkpoint is
 the last good state, and ``init_from`` starts a new run from its weights with other optimizer
 settings. No checkpoint holds a non-finite tensor: the trainer checks the parameters before each
-save, and :func:`~densflow.checkpoint.save_training_checkpoint` refuses them too.
+save, and :func:`~densflow.checkpoint.refuse_nonfinite` refuses them too. A checkpoint still being
+written when the run stops is waited for (``settle``) before the message names the last good one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -31,15 +33,24 @@ class DivergenceGuard:
     """Counts the non-finite losses in a row and remembers the last checkpoint, so that a run that
     diverges stops with the way on from its last good state.
 
+    Arguments:
+        max_nonfinite: consecutive non-finite losses that stop the run.
+        settle: called before the last checkpoint is named: waits for a checkpoint being
+            written (which then updates ``last_checkpoint``) and returns ``None``, or a clause
+            saying it could not be written
+            (:meth:`~densflow.training.checkpoint_writer.CheckpointWriter.settle`).
+
     Attributes:
         max_nonfinite: consecutive non-finite losses that stop the run.
         nonfinite_run: the non-finite losses in a row so far (a checkpoint keeps it, so a resumed
             run goes on counting).
-        last_checkpoint: ``(path, step)`` of the last checkpoint written or resumed from.
+        last_checkpoint: ``(path, step)`` of the last checkpoint written (its file in place) or
+            resumed from.
     """
 
-    def __init__(self, max_nonfinite: int) -> None:
+    def __init__(self, max_nonfinite: int, settle: Callable[[], str | None] | None = None) -> None:
         self.max_nonfinite = max_nonfinite
+        self.settle = settle if settle is not None else lambda: None
         self.nonfinite_run = 0
         self.last_checkpoint: tuple[Path, int] | None = None
 
@@ -71,14 +82,16 @@ class DivergenceGuard:
     def restart_advice(self) -> str:
         """Where the last good state is and how to go on from it: resuming would repeat the same
         steps, so a new run from its weights with other optimizer settings."""
+        failed = self.settle()
+        failed = f"{failed}; " if failed else ""
         if self.last_checkpoint is None:
             return (
-                "no checkpoint had been written yet. Start again with a lower --lr, a "
+                f"{failed}no checkpoint had been written yet. Start again with a lower --lr, a "
                 "--grad-clip or --amp none"
             )
         path, step = self.last_checkpoint
         return (
-            f"the last good checkpoint is {path} (step {step}), left as it was. Start a new run "
-            f"from its weights with a lower --lr, a --grad-clip or --amp none: the same command "
-            f"with --init-from {path} --out-dir NEW_DIR"
+            f"{failed}the last good checkpoint is {path} (step {step}), left as it was. Start a "
+            f"new run from its weights with a lower --lr, a --grad-clip or --amp none: the same "
+            f"command with --init-from {path} --out-dir NEW_DIR"
         )

@@ -7,10 +7,11 @@ the next one prepared while the step runs on the device) and :mod:`densflow.trai
 
 **Exact resume.** Every random draw of a step comes from generators re-seeded from
 ``(seed, step, rank)``: the data order of an epoch is a permutation seeded by ``(seed, epoch)``,
-augmentation and model noise are seeded by the step. A checkpoint (written atomically every
-``checkpoint_every`` steps and at each epoch end, by :mod:`densflow.checkpoint`) therefore only
-needs the model, the optimizer, the position ``(epoch, step in epoch)`` and a few running sums;
-resuming skips the batches of the current epoch that are already done. On CPU, ``N`` steps +
+augmentation and model noise are seeded by the step. A checkpoint (every ``checkpoint_every``
+steps and at each epoch end: copied to the host, then written atomically in the background while
+training goes on, :mod:`densflow.training.checkpoint_writer`) therefore only needs the model, the
+optimizer, the position ``(epoch, step in epoch)`` and a few running sums; resuming skips the
+batches of the current epoch that are already done. On CPU, ``N`` steps +
 resume + ``N`` steps give bit-identical parameters to ``2N`` steps (tests/test_train.py). On GPU
 some kernels are not deterministic, so a resumed run agrees only to rounding.
 
@@ -20,7 +21,8 @@ with :class:`~densflow.training.divergence.TrainingDivergedError`, naming the la
 (:mod:`densflow.training.resume`).
 
 **The run folder** (:mod:`densflow.training.rundir`) is locked for the run's whole life (from the
-constructor to the end of :meth:`Trainer.fit`), so a second run writing to it is refused at once;
+constructor to the end of :meth:`Trainer.fit`, which first waits for the checkpoint being
+written, also when the run stops on an error), so a second run writing to it is refused at once;
 the temporaries a killed save left there are removed when the lock is taken.
 
 **Multi-GPU.** Under ``torchrun`` (``WORLD_SIZE > 1``) each rank takes its shard of the epoch's
@@ -44,13 +46,14 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .. import data
-from ..checkpoint import TrainingState, restore_rng, save_training_checkpoint
+from ..checkpoint import TrainingState, restore_rng, training_checkpoint
 from ..evaluate import evaluate
 from ..glow import ActNorm
 from ..model import DenseFlow
 from ..performance import autocast, compose_coupling_nets
 from ..runtime import collate_images, first_images, resolve_device
 from .batches import StepInputs
+from .checkpoint_writer import CheckpointWriter
 from .config import CHECKPOINT_NAME, TrainConfig
 from .divergence import DivergenceGuard, TrainingDivergedError
 from .loggers import make_loggers, sample_source
@@ -173,7 +176,10 @@ class Trainer:
             )
 
         self.step = self.epoch = self.step_in_epoch = 0
-        self._guard = DivergenceGuard(cfg.max_nonfinite)
+        # A checkpoint counts once its file is in place: then it is logged and becomes the
+        # guard's last good one (which waits for a write in flight before naming it).
+        self._checkpoints = CheckpointWriter(on_written=self._written)
+        self._guard = DivergenceGuard(cfg.max_nonfinite, settle=self._checkpoints.settle)
         self._epoch_mean = RunningMean(self.device)
         self._metrics_bytes = self._maybe_resume()
         if self._guard.last_checkpoint is None and cfg.init_from is not None:
@@ -237,6 +243,9 @@ class Trainer:
             self._lock.acquire()  # released below: fit() may be called again
         try:
             return self._fit()
+        except BaseException as err:
+            self._checkpoints.wait_while_failing(err)
+            raise
         finally:
             self._lock.release()
 
@@ -295,11 +304,12 @@ class Trainer:
                         self._save()
                 if self.step_in_epoch == n_steps:
                     self._end_epoch(total_epochs)
-                elif self._guard.last_checkpoint != (self.checkpoint_path, self.step):
+                elif self._checkpoints.submitted != (self.checkpoint_path, self.step):
                     self._save()  # stopped by max_steps mid-epoch
             completed = self.epoch >= total_epochs
             if completed and cfg.iw_samples:
                 self._evaluate(iw=True)
+            self._checkpoints.wait()  # the run ends with its last checkpoint in place
             elapsed = time.time() - start_time
             self.log.event(
                 "end", step=self.step, epoch=self.epoch, completed=completed, elapsed_s=elapsed
@@ -373,7 +383,8 @@ class Trainer:
         self.log.evaluation(self.step, self.epoch, result.n_images, **values)
 
     def _save(self) -> None:
-        """Write the checkpoint (rank 0); a crash leaves the previous one intact."""
+        """Hand the checkpoint to the writer (rank 0): the loop waits for its copy to the host
+        only; a crash while it is written leaves the previous one intact."""
         self._check_parameters()  # on every rank: all stop together
         if not self.is_main:
             return
@@ -383,13 +394,17 @@ class Trainer:
             epoch_count=self._epoch_mean.count, metrics_bytes=self.log.offset(),
             world_size=self.dist.world_size,
         )  # fmt: skip
-        save_training_checkpoint(
-            self.checkpoint_path, self.model, train_config=self.config.to_dict(),
+        checkpoint = training_checkpoint(
+            self.model, train_config=self.config.to_dict(),
             optimizer=optimizer_state_dict(self.optimizer),  # loads into eager and compiled
             state=state,
         )  # fmt: skip
-        self._guard.last_checkpoint = (self.checkpoint_path, self.step)
-        self.log.checkpoint(self.checkpoint_path, self.step)
+        self._checkpoints.save(self.checkpoint_path, self.step, checkpoint)
+
+    def _written(self, path: Path, step: int) -> None:
+        """A checkpoint's file is in place (called in the writer's thread)."""
+        self._guard.last_checkpoint = (path, step)
+        self.log.checkpoint(path, step)
 
 
 def train(
