@@ -10,7 +10,7 @@
 #      the benchmark's row of the same switches;
 #   3. the IW evaluation of that run's checkpoint through the CLI, graphed (k = 1000, chunks
 #      of 50);
-#   4. the CUDA tests (tests/test_cuda.py);
+#   4. the CUDA tests (marked cuda: tests/test_cuda.py and the few beside the code they test);
 #   5. the same benchmark at 64×64 batch 32;
 #   6. the 32×32 benchmark with the compiled variant (most of its time is compiling);
 #   7. a training run with --compile.
@@ -63,7 +63,7 @@ part train_paper 200 "$py" "${train[@]}" --max-steps 300 --cuda-graphs \
 part eval_iw 120 "$py" -m densflow eval "$out/train_paper/checkpoint.pt" --dataset photos \
     --limit 64 --batch-size 16 --iw-samples 1000 --chunk-size 50 --amp bf16 --cuda-graphs \
     --no-progress --out "$out/eval_iw.json"
-part cuda_tests 420 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py
+part cuda_tests 420 "$py" -m pytest -q -p no:cacheprovider -m cuda tests
 part benchmark_paper64 300 "$py" benchmarks/benchmark.py --preset paper --image-size 64 \
     --batch-size 32 "${short[@]}" --variants "$graphs" --json "$out/benchmark_paper64.json"
 part benchmark_paper32_compiled 1500 "$py" "${paper32[@]}" \

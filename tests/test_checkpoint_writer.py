@@ -213,6 +213,7 @@ def test_a_non_finite_copy_is_refused_in_the_training_thread(tmp_path):
     assert not path.exists() and writer.submitted is None
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_cuda_state_is_copied_to_pinned_memory_before_save_returns(tmp_path):
     torch.manual_seed(0)
