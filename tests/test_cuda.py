@@ -217,6 +217,39 @@ def test_the_graphed_step_and_update_follow_the_eager_step_on_the_gpu():
     assert all(float(s["step"]) == 4 for s in saved["state"].values())  # the skip did not count
 
 
+def test_a_graphed_step_reads_the_device_once():
+    # The step's one host read is the non-finite check: with CUDA's synchronisation debug mode
+    # on, each step after the captures warns exactly once (that read), the overlap callback's
+    # pinned, non-blocking copy included.
+    import warnings
+
+    from densflow.training.step import GraphedStep
+
+    torch.manual_seed(0)
+    model = DenseFlow(DenseFlowConfig.small()).cuda().train()
+    with torch.no_grad():
+        model(batch(8, seed=9))  # data-dependent ActNorm init
+    step = GraphedStep(model, torch.optim.Adamax(model.parameters(), lr=1e-3, foreach=True))
+    g = torch.Generator(device="cuda").manual_seed(0)
+    host = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8).pin_memory()
+    for _ in range(3):  # the captures, outside the count
+        step(batch(8), model.draw_noise(8, g), 1e-3)
+    assert step.graphed.captured and step.update.captured
+    x = batch(8)
+    reads = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(4):
+                noise = model.draw_noise(8, g)
+                step(x, noise, 1e-3, overlap=lambda: host.to("cuda", non_blocking=True))
+                reads.append(sum("synchroniz" in str(w.message) for w in caught) - sum(reads))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert reads == [1, 1, 1, 1]
+
+
 def test_trainer_with_cuda_graphs_follows_the_eager_run_on_the_gpu(tmp_path):
     from utils import tiny_run
 

@@ -195,9 +195,10 @@ class TrainConfig:
     cuda_graphs: bool = field(
         default=False,
         metadata=_help(
-            "capture the forward and backward pass in a CUDA graph and replay it each step: on a "
-            "GPU the eager step is bound by the host issuing ~70,000 operator calls; not with "
-            "compile or several processes; eager on a CPU"
+            "capture the training step (forward and backward pass, then the optimizer update) and "
+            "the evaluation passes in CUDA graphs and replay them: on a GPU the eager step is "
+            "bound by the host issuing ~70,000 operator calls; not with compile or several "
+            "processes; eager on a CPU"
         ),
     )
     # ---- where and how
