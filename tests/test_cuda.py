@@ -191,6 +191,7 @@ def test_the_graphed_step_and_update_follow_the_eager_step_on_the_gpu():
     ]  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no silent fallback to eager
+        warnings.filterwarnings("error", message=".*capturable=True")  # nor torch's advice
         for i, lr in enumerate([1e-3, 8e-4, 6e-4, 4e-4, 2e-4]):
             x = batch(8, seed=i)
             noise = eager.draw_noise(8, torch.Generator(device="cuda").manual_seed(i))

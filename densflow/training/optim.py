@@ -89,6 +89,11 @@ def restore_eager_groups(optimizer: torch.optim.Optimizer) -> None:
         group["lr"] = float(group["lr"])
         if capturable is not None:
             group["capturable"] = capturable
+            if not capturable:  # where the eager optimizer keeps its step counts
+                for p in group["params"]:
+                    state = optimizer.state.get(p, {})
+                    if isinstance(state.get("step"), Tensor):
+                        state["step"] = state["step"].cpu()
     del optimizer.densflow_capturable
 
 

@@ -45,7 +45,7 @@ from ..glow import ActNorm
 from ..model import DenseFlow
 from ..performance import CapturedCall, autocast, compile_model
 from .config import Speed
-from .optim import compile_optimizer, make_capturable, set_lr
+from .optim import compile_optimizer, make_capturable, restore_eager_groups, set_lr
 
 __all__ = [
     "BatchNormStats",
@@ -305,7 +305,11 @@ class GraphedUpdate:
         if self.graph is not None:
             self.graph.replay()
             return self._flag
-        self.optimizer.step()
+        with warnings.catch_warnings():
+            # torch's advice for a capturable optimizer stepped outside a capture: this first
+            # update runs so on purpose, to create the state that the capture then records.
+            warnings.filterwarnings("ignore", message=".*capturable=True.*without CUDA graph")
+            self.optimizer.step()
         return all_finite(self.params)
 
     def _capture(self) -> None:
@@ -317,6 +321,7 @@ class GraphedUpdate:
                 self._flag = all_finite(self.params)
         except Exception as err:  # a capture that fails has run nothing: update eagerly
             self._eager = True
+            restore_eager_groups(self.optimizer)
             warnings.warn(
                 f"CUDA graph capture of the optimizer update failed "
                 f"({err.__class__.__name__}: {err}); it runs eagerly",
