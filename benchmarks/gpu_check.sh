@@ -11,9 +11,11 @@
 #   3. the IW evaluation of that run's checkpoint through the CLI, graphed (k = 1000, chunks
 #      of 50);
 #   4. the CUDA tests (marked cuda: tests/test_cuda.py and the few beside the code they test);
-#   5. the same benchmark at 64×64 batch 32;
-#   6. the 32×32 benchmark with the compiled variant (most of its time is compiling);
-#   7. a training run with --compile.
+#   5. the stall of a paper-size checkpoint: the synchronous write against the background
+#      writer's copy to pinned memory, and the steps beside a write;
+#   6. the same benchmark at 64×64 batch 32;
+#   7. the 32×32 benchmark with the compiled variant (most of its time is compiling);
+#   8. a training run with --compile.
 # Then benchmarks/gpu_summary.py turns what the parts left into OUT_DIR/summary.md.
 # Usage: [BUDGET=SECONDS] bash benchmarks/gpu_check.sh [OUT_DIR]   (PYTHON=... for the interpreter)
 # Each part has its own time limit and a failed part does not stop the others. With BUDGET, the
@@ -64,6 +66,8 @@ part eval_iw 120 "$py" -m densflow eval "$out/train_paper/checkpoint.pt" --datas
     --limit 64 --batch-size 16 --iw-samples 1000 --chunk-size 50 --amp bf16 --cuda-graphs \
     --no-progress --out "$out/eval_iw.json"
 part cuda_tests 420 "$py" -m pytest -q -p no:cacheprovider -m cuda tests
+part checkpoint_stall 150 "$py" benchmarks/checkpoint_stall.py --preset paper --device cuda \
+    --rounds 3 --steps 5 --batch-size 64 --json "$out/checkpoint_stall.json"
 part benchmark_paper64 300 "$py" benchmarks/benchmark.py --preset paper --image-size 64 \
     --batch-size 32 "${short[@]}" --variants "$graphs" --json "$out/benchmark_paper64.json"
 part benchmark_paper32_compiled 1500 "$py" "${paper32[@]}" \

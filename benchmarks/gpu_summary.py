@@ -11,6 +11,8 @@ From what the run left in its folder (any part may be missing: a short loan skip
   its images/s over the log windows without an epoch end (the steady state), over those with one
   (the checkpoint written then), and over the whole run, the first window left out (it holds the
   CUDA-graph capture or the compilation);
+* the checkpoint's stall (``checkpoint_stall.json``): the synchronous save against the
+  background writer's copy;
 * the time of the paper's CIFAR-10 evaluation (10,000 test images, k = 1000 importance samples)
   at the best IW rate the 32×32 benchmark measured (the target: under an hour on one H100), and
   the rate of the CLI evaluation (``eval_iw.json``, timed by the script).
@@ -152,6 +154,23 @@ def summary(out: Path) -> str:
             f"{CIFAR10_TEST_IMAGES:,} test images.",
             "",
         ]
+    if (out / "checkpoint_stall.json").exists():
+        stall = json.loads((out / "checkpoint_stall.json").read_text())
+        lines += [
+            f"## The checkpoint's stall ({stall['preset']} model, "
+            f"{stall['checkpoint_bytes'] / 2**20:.0f} MiB)",
+            "",
+            f"Synchronous save {stall['sync_median_s']:.3f} s; the background writer holds the "
+            f"loop {stall['stall_median_s']:.3f} s ({stall['stall_ratio']:.2f}×), the file in "
+            f"place after {stall['written_median_s']:.3f} s (medians of {stall['rounds']} "
+            "alternating rounds).",
+        ]
+        if "steps" in stall:
+            lines.append(
+                f"{stall['steps']} training steps: {stall['steps_without_s']:.3f} s alone, "
+                f"{stall['steps_during_write_s']:.3f} s beside a write."
+            )
+        lines.append("")
     if (out / "eval_iw.json").exists() and (out / "eval_iw.seconds").exists():
         result = json.loads((out / "eval_iw.json").read_text())
         seconds = float((out / "eval_iw.seconds").read_text())

@@ -523,6 +523,7 @@ GPU_CHECK_PARTS = [
     "train_paper",
     "eval_iw",
     "cuda_tests",
+    "checkpoint_stall",
     "benchmark_paper64",
     "benchmark_paper32_compiled",
     "train_paper_compiled",
@@ -587,6 +588,7 @@ def test_every_command_of_the_gpu_check_is_accepted_by_its_program(tmp_path):
     # A misspelt option would cost a part of a short GPU loan: each call the script makes is
     # parsed here by the program it calls (the CUDA device aside, the same arguments).
     import benchmark
+    import checkpoint_stall
 
     from densflow.cli import build_parser
 
@@ -597,6 +599,8 @@ def test_every_command_of_the_gpu_check_is_accepted_by_its_program(tmp_path):
         if call[0] == "benchmarks/benchmark.py":
             args = benchmark.build_parser().parse_args(call[1:])
             assert set(args.variants.split(",")) <= set(benchmark.VARIANTS), call
+        elif call[0] == "benchmarks/checkpoint_stall.py":
+            checkpoint_stall.build_parser().parse_args(call[1:])
         elif call[:2] == ["-m", "densflow"]:
             build_parser().parse_args(call[2:])
         elif call[:2] == ["-m", "pytest"]:
@@ -604,7 +608,13 @@ def test_every_command_of_the_gpu_check_is_accepted_by_its_program(tmp_path):
         else:
             assert call[0] == "benchmarks/gpu_summary.py", call
         seen.add(call[0] if call[0] != "-m" else call[1])
-    assert seen == {"benchmarks/benchmark.py", "densflow", "pytest", "benchmarks/gpu_summary.py"}
+    assert seen == {
+        "benchmarks/benchmark.py",
+        "benchmarks/checkpoint_stall.py",
+        "densflow",
+        "pytest",
+        "benchmarks/gpu_summary.py",
+    }
 
 
 def test_gpu_summary_sets_the_trainer_against_its_benchmark_row(tmp_path, capsys):
@@ -643,6 +653,11 @@ def test_gpu_summary_sets_the_trainer_against_its_benchmark_row(tmp_path, capsys
     result = {"n_images": 64, "iw_samples": 1000, "bpd_iw": 3.5, "bpd_single": 3.625}
     (out / "eval_iw.json").write_text(json.dumps(result))
     (out / "eval_iw.seconds").write_text("32\n")
+    stall = {"preset": "paper", "checkpoint_bytes": 1500 * 2**20, "rounds": 3,
+             "sync_median_s": 4.0, "stall_median_s": 0.5, "written_median_s": 5.0,
+             "stall_ratio": 0.125, "steps": 5, "steps_without_s": 1.0,
+             "steps_during_write_s": 1.25}  # fmt: skip
+    (out / "checkpoint_stall.json").write_text(json.dumps(stall))
     rates = gpu_summary.trainer_rates(gpu_summary.read_events(out / "train_paper/metrics.jsonl"))
     seconds = sum(640 / r for r in (250.0, 200.0, 260.0, 240.0))
     assert rates == {"variant": "graph+channels_last+bf16", "steady": 250.0,
@@ -656,6 +671,30 @@ def test_gpu_summary_sets_the_trainer_against_its_benchmark_row(tmp_path, capsys
     hours = 10_000 * 1000 / 5000 / 3600  # CIFAR-10's test set at k = 1000
     assert f"At 5000 image·samples/s (paper 32×32, graph+channels_last+bf16): {hours:.2f} h" in text
     assert "| paper 32×32 | eager | 1024 | 512 | 256 |" in text
+    assert "## The checkpoint's stall (paper model, 1500 MiB)" in text
+    assert "holds the loop 0.500 s (0.12×), the file in place after 5.000 s" in text
+    assert "5 training steps: 1.000 s alone, 1.250 s beside a write." in text
     assert "64 images × k = 1000 in 32 s, 2000 image·samples/s; bits/dim 3.5000 (IW)" in text
     assert gpu_summary.main([str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_checkpoint_stall_times_both_saves_in_one_run(tmp_path):
+    # The figures of benchmarks/checkpoint_stall.py, not their values: both saves timed in each
+    # round, the ratio of their medians, and the steps beside a write.
+    import checkpoint_stall
+
+    out = tmp_path / "stall.json"
+    assert (
+        checkpoint_stall.main(
+            ["--preset", "tiny", "--rounds", "2", "--steps", "1", "--json", str(out)]
+        )
+        == 0
+    )
+    stall = json.loads(out.read_text())
+    assert len(stall["sync_s"]) == len(stall["stall_s"]) == len(stall["written_s"]) == 2
+    assert stall["stall_ratio"] == stall["stall_median_s"] / stall["sync_median_s"]
+    assert all(w >= s for w, s in zip(stall["written_s"], stall["stall_s"], strict=True))
+    assert stall["checkpoint_bytes"] > 0 and stall["steps"] == 1
+    with pytest.raises(SystemExit):
+        checkpoint_stall.main(["--rounds", "0"])
