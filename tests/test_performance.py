@@ -310,31 +310,20 @@ def test_prepare_model_applies_the_transforms_it_is_asked_for(model_and_images, 
     assert torch.allclose(reference_log_prob(model, to_channels_last(x)), expected, rtol=1e-5)
 
 
-def eager_passes(model, x, amp="none", seed=3):
-    """The plain model's single-sample bound, IW bound (k=5 in chunks of 2: a last chunk of 1),
-    and samples at temperature 0.7, each from a generator seeded ``seed``, and the generator
+def passes(source, x, amp="none", seed=3):
+    """The single-sample bound, the IW bound (k=5 in chunks of 2: a last chunk of 1) and samples
+    at temperature 0.7 of ``source`` (the model, or a GraphedFlow of it, which has the same
+    methods and applies its own amp), each from a generator seeded ``seed``, and the generator
     states after each."""
     out = []
     with torch.no_grad(), autocast(x.device, amp):
         for fn in (
-            lambda g: model.log_prob(x, g),
-            lambda g: model.iw_log_prob(x, 5, 2, g),
-            lambda g: model.sample(3, 0.7, g),
+            lambda g: source.log_prob(x, g),
+            lambda g: source.iw_log_prob(x, 5, 2, g),
+            lambda g: source.sample(3, 0.7, g),
         ):
             g = torch.Generator().manual_seed(seed)
             out.append((fn(g), g.get_state()))
-    return out
-
-
-def graphed_passes(flow, x, seed=3):
-    out = []
-    for fn in (
-        lambda g: flow.log_prob(x, g),
-        lambda g: flow.iw_log_prob(x, 5, 2, g),
-        lambda g: flow.sample(3, 0.7, g),
-    ):
-        g = torch.Generator().manual_seed(seed)
-        out.append((fn(g), g.get_state()))
     return out
 
 
@@ -345,9 +334,9 @@ def test_graphed_flow_on_a_cpu_gives_the_eager_numbers_and_draws_to_the_bit(mode
     model, x = model_and_images
     model.eval()
     flow = GraphedFlow(model, amp)
-    expected = eager_passes(model, x, amp)
+    expected = passes(model, x, amp)
     for _ in range(2):  # the first call of each shape sets up its buffers, the second reuses them
-        got = graphed_passes(flow, x)
+        got = passes(flow, x)
         for (want, want_state), (have, have_state) in zip(expected, got, strict=True):
             assert have.dtype == want.dtype and torch.equal(have, want)
             assert torch.equal(have_state, want_state)  # the same draws, no more, no fewer
@@ -355,7 +344,7 @@ def test_graphed_flow_on_a_cpu_gives_the_eager_numbers_and_draws_to_the_bit(mode
     assert len(flow.calls) == 4 and not flow.captured
     assert expected[2][0].dtype == torch.uint8
     # Another seed gives other numbers: the draws are really the caller's.
-    other = graphed_passes(flow, x, seed=4)
+    other = passes(flow, x, seed=4)
     assert not torch.equal(other[0][0], expected[0][0])
     assert not torch.equal(other[2][0], expected[2][0])
 
