@@ -28,7 +28,7 @@ from .compile import (
     run_eagerly,
 )
 from .compose import ComposedCouplingNet, compose_coupling_nets, plain_coupling_nets
-from .graphs import CapturableConv1x1, CapturedCall, GraphedFlow
+from .graphs import CapturableConv1x1, CapturedCall, GraphedFlow, capture_graph
 from .precision import AMP_MODES, autocast, to_channels_last
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "GraphedFlow",
     "CapturedCall",
     "CapturableConv1x1",
+    "capture_graph",
     "COMPILED_FUNCTIONS",
     "FusedPinvNystromAttention",
     "_compile_with_fallback",

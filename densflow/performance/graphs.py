@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Hashable
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -42,7 +43,9 @@ from ..validate import check_float, check_images, check_int
 from .compose import swap_classes
 from .precision import autocast
 
-__all__ = ["CapturableConv1x1", "CapturedCall", "GraphedFlow"]
+__all__ = ["CapturableConv1x1", "CapturedCall", "GraphedFlow", "capture_graph"]
+
+T = TypeVar("T")
 
 Inputs = tuple[Tensor | dict[str, Tensor], ...]
 
@@ -98,6 +101,48 @@ def _first_difference(want: tuple, got: tuple) -> str:
     return "the inputs differ"
 
 
+def capture_graph(
+    fn: Callable[[], T],
+    device: torch.device,
+    *,
+    name: str,
+    warmup: int = 0,
+    buffers: list[Tensor] | tuple[Tensor, ...] = (),
+    stacklevel: int = 2,
+) -> tuple[torch.cuda.CUDAGraph, T] | None:
+    """``fn()`` recorded in a CUDA graph on ``device``: the graph and the output tensors it
+    rewrites at each replay, or None, with a ``RuntimeWarning`` naming ``name``, where the capture
+    fails (an operator that cannot be captured on this platform, …); the caller then runs ``fn``
+    eagerly. A capture records and runs nothing.
+
+    ``warmup`` eager calls run first on a side stream (CUDA's libraries set up their workspaces
+    then), after which ``buffers`` get back their values. The capture checks only this thread's
+    CUDA calls (``thread_local``): a DataLoader's pinning thread may call CUDA meanwhile.
+    """
+    try:
+        saved = [b.clone() for b in buffers]
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+        if buffers:
+            torch._foreach_copy_(list(buffers), saved)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            out = fn()
+    except Exception as err:
+        warnings.warn(
+            f"CUDA graph capture of {name} failed ({err.__class__.__name__}: {err}); it runs "
+            "eagerly",
+            RuntimeWarning,
+            stacklevel=stacklevel + 1,
+        )
+        return None
+    return graph, out
+
+
 class CapturedCall:
     """``fn(*args)``, a pure function of tensors, captured once in a CUDA graph for the shapes of
     ``args`` and replayed by each call.
@@ -135,16 +180,12 @@ class CapturedCall:
         device = self._tensors()[0].device
         if device.type != "cuda":
             return  # nothing to capture: eager calls on the buffers
-        try:
-            self._capture(device, list(buffers))
-        except Exception as err:  # an operator that cannot be captured on this platform, …
-            # self.graph is set only by a capture that completed: calls run eagerly.
-            warnings.warn(
-                f"CUDA graph capture of {name} failed ({err.__class__.__name__}: {err}); it "
-                "runs eagerly",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        captured = capture_graph(
+            lambda: self.fn(*self._args), device, name=name, warmup=self.warmup,
+            buffers=list(buffers), stacklevel=3,
+        )  # fmt: skip
+        if captured is not None:  # else calls run eagerly
+            self.graph, self._out = captured
 
     @property
     def captured(self) -> bool:
@@ -167,21 +208,6 @@ class CapturedCall:
 
     def _tensors(self) -> list[Tensor]:
         return [t for a in self._args for t in (a.values() if isinstance(a, dict) else [a])]
-
-    def _capture(self, device: torch.device, buffers: list[Tensor]) -> None:
-        saved = [b.clone() for b in buffers]
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                self.fn(*self._args)
-        torch.cuda.current_stream(device).wait_stream(side)
-        if buffers:
-            torch._foreach_copy_(buffers, saved)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._out = self.fn(*self._args)
-        self.graph = graph
 
 
 class CapturableConv1x1(InvertibleConv1x1):

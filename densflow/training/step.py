@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from ..bounds import bits_per_dim
 from ..glow import ActNorm
 from ..model import DenseFlow
-from ..performance import CapturedCall, autocast, compile_model
+from ..performance import CapturedCall, autocast, capture_graph, compile_model
 from .config import Speed
 from .optim import compile_optimizer, make_capturable, restore_eager_groups, set_lr
 
@@ -301,35 +301,26 @@ class GraphedUpdate:
     def __call__(self) -> Tensor:
         self._updates += 1
         if self.graph is None and not self._eager and self._updates > 1:
-            self._capture()
+            captured = capture_graph(
+                self._step, self.params[0].device, name="the optimizer update", stacklevel=3
+            )
+            if captured is None:  # nothing ran: the eager update, with the eager settings
+                self._eager = True
+                restore_eager_groups(self.optimizer)
+            else:
+                self.graph, self._flag = captured
         if self.graph is not None:
             self.graph.replay()
             return self._flag
+        return self._step()
+
+    def _step(self) -> Tensor:
         with warnings.catch_warnings():
-            # torch's advice for a capturable optimizer stepped outside a capture: this first
+            # torch's advice for a capturable optimizer stepped outside a capture: the first
             # update runs so on purpose, to create the state that the capture then records.
             warnings.filterwarnings("ignore", message=".*capturable=True.*without CUDA graph")
             self.optimizer.step()
         return all_finite(self.params)
-
-    def _capture(self) -> None:
-        graph = torch.cuda.CUDAGraph()
-        try:
-            # thread_local: the DataLoader's pinning thread may call CUDA meanwhile.
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self.optimizer.step()
-                self._flag = all_finite(self.params)
-        except Exception as err:  # a capture that fails has run nothing: update eagerly
-            self._eager = True
-            restore_eager_groups(self.optimizer)
-            warnings.warn(
-                f"CUDA graph capture of the optimizer update failed "
-                f"({err.__class__.__name__}: {err}); it runs eagerly",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            return
-        self.graph = graph
 
 
 class GraphedStep(TrainStep):
