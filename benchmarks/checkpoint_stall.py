@@ -24,17 +24,13 @@ import time
 from pathlib import Path
 
 import torch
+from benchmark import device_name, sync  # benchmarks/benchmark.py, beside this script
 
 from densflow import DenseFlow, DenseFlowConfig
 from densflow.checkpoint import TrainingState, save_training_checkpoint, training_checkpoint
 from densflow.training.checkpoint_writer import CheckpointWriter
 from densflow.training.optim import build_optimizer, optimizer_state_dict
 from densflow.training.step import TrainStep
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(preset: str, device: torch.device, rounds: int, steps: int, batch: int) -> dict:
@@ -90,7 +86,7 @@ def measure(preset: str, device: torch.device, rounds: int, steps: int, batch: i
     med = statistics.median
     out = {
         "preset": preset,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": device_name(device),
         "torch": torch.__version__,
         "checkpoint_bytes": size,
         "rounds": rounds,
