@@ -74,10 +74,7 @@ def make_capturable(optimizer: torch.optim.Optimizer) -> None:
         group["lr"] = torch.tensor(float(group["lr"]), dtype=first.dtype, device=first.device)
         if "capturable" in group:
             group["capturable"] = True
-            for p in group["params"]:  # a capturable step count lives with its parameter
-                state = optimizer.state.get(p, {})
-                if isinstance(state.get("step"), Tensor):
-                    state["step"] = state["step"].to(p.device)
+            _move_step_counts(optimizer, group, on_host=False)
 
 
 def restore_eager_groups(optimizer: torch.optim.Optimizer) -> None:
@@ -89,12 +86,18 @@ def restore_eager_groups(optimizer: torch.optim.Optimizer) -> None:
         group["lr"] = float(group["lr"])
         if capturable is not None:
             group["capturable"] = capturable
-            if not capturable:  # where the eager optimizer keeps its step counts
-                for p in group["params"]:
-                    state = optimizer.state.get(p, {})
-                    if isinstance(state.get("step"), Tensor):
-                        state["step"] = state["step"].cpu()
+            if not capturable:
+                _move_step_counts(optimizer, group, on_host=True)
     del optimizer.densflow_capturable
+
+
+def _move_step_counts(optimizer: torch.optim.Optimizer, group: dict, on_host: bool) -> None:
+    """The step counts of ``group``'s parameters onto the host (where a non-capturable optimizer
+    keeps them) or beside their parameters (a capturable one)."""
+    for p in group["params"]:
+        state = optimizer.state.get(p, {})
+        if isinstance(state.get("step"), Tensor):
+            state["step"] = state["step"].to("cpu" if on_host else p.device)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
