@@ -36,7 +36,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(PYTEST) tests --doctest-modules densflow
+	$(PYTEST) tests -m "" --doctest-modules densflow
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
 		echo "== nbval: teaching notebooks (strict outputs) =="; \
 		DENSFLOW_STATIC=1 $(PYTEST) --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks; \
@@ -48,7 +48,7 @@ test: $(STAMP)
 
 # The unit tests without the paper-size model and the notebooks: for quick iteration.
 test-fast: $(STAMP)
-	$(PYTEST) tests -m "not slow"
+	$(PYTEST)
 
 # The course website: the notebooks with their committed outputs (not re-executed), docs/*.md and the
 # API reference, offline (MathJax is served from the site). Warnings fail the build.

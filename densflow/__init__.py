@@ -6,7 +6,7 @@ Layout (one paper part per module): :mod:`~densflow.dequantization`, :mod:`~dens
 :mod:`~densflow.attention`, :mod:`~densflow.cross_unit`, :mod:`~densflow.invertible_dense_block`,
 :mod:`~densflow.multiscale`, :mod:`~densflow.prior`, :mod:`~densflow.base` (the contract of every
 step), :mod:`~densflow.config`, :mod:`~densflow.model`, :mod:`~densflow.bounds`; speed as
-transforms of a built model in :mod:`~densflow.performance`; :mod:`~densflow.official`,
+transforms of a built model in :mod:`~densflow.performance`; :mod:`~densflow.io.official`,
 :mod:`~densflow.data`, :mod:`~densflow.training`, :mod:`~densflow.evaluate`, :mod:`~densflow.cli`.
 
 The training loop and the evaluation are ``densflow.training.train`` and
@@ -15,12 +15,12 @@ The training loop and the evaluation are ``densflow.training.train`` and
 
 from . import data
 from .bounds import bits_per_dim, importance_weighted_bound
-from .checkpoint import CheckpointError, load_model, save_model
 from .data import DatasetError, augmentation_for, check_dataset, image_shape, load_dataset
 from .evaluate import save_sample_grid
+from .io.checkpoint import CheckpointError, load_model, save_model
+from .io.official import load_official
 from .model import PRESETS, DenseFlow, DenseFlowConfig
 from .noise import fixed_noise, make_generator
-from .official import load_official
 from .training import TrainConfig, train_preset
 
 __version__ = "0.1.0"

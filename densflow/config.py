@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .validate import check_int
+from .utils.validate import check_int
 
 __all__ = ["AUGMENTATIONS", "COUPLING_NETS", "DenseFlowConfig", "PAPER", "PRESETS"]
 

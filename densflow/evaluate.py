@@ -31,12 +31,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .bounds import bits_per_dim
-from .checkpoint import atomic_save, nonfinite_entries
 from .data import paper_datasets
+from .io.checkpoint import atomic_save, nonfinite_entries
 from .model import DenseFlow
 from .performance import GraphedFlow, autocast, run_eagerly
-from .runtime import collate_images, progress_bar, resolve_device
-from .validate import check_float, check_int
+from .utils.runtime import collate_images, progress_bar, resolve_device
+from .utils.validate import check_float, check_int
 
 __all__ = ["EvalResult", "PAPER_IW_SAMPLES", "draw_samples", "evaluate", "save_sample_grid"]
 

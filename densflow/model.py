@@ -39,7 +39,7 @@ from .invertible_dense_block import InvertibleDenseBlock
 from .multiscale import CentredSqueeze, Transition
 from .noise import draw
 from .prior import LearnedGaussianPrior
-from .validate import check_float, check_images, check_int, check_noise
+from .utils.validate import check_float, check_images, check_int, check_noise
 
 __all__ = ["DenseFlowConfig", "DenseFlow", "PRESETS", "coupling_net_factory"]
 
@@ -368,14 +368,14 @@ class DenseFlow(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_dir: str, **kwargs) -> DenseFlow:
         """A model directory, a cached name (``"cifar10"``…) or a Hub repo id: see
-        :func:`densflow.pretrained.from_pretrained`."""
-        from .pretrained import from_pretrained  # pretrained imports this module
+        :func:`densflow.io.pretrained.from_pretrained`."""
+        from .io.pretrained import from_pretrained  # pretrained imports this module
 
         return from_pretrained(name_or_dir, **kwargs)
 
     def save_pretrained(self, directory: str, **kwargs) -> None:
         """``config.json`` + ``model.safetensors``, atomically: see
-        :func:`densflow.pretrained.save_pretrained`."""
-        from .pretrained import save_pretrained
+        :func:`densflow.io.pretrained.save_pretrained`."""
+        from .io.pretrained import save_pretrained
 
         save_pretrained(self, directory, **kwargs)

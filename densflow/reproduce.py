@@ -21,12 +21,12 @@ import torch
 
 from .data import DATASETS, check_dataset, load_dataset, paper_datasets, paper_table1
 from .evaluate import PAPER_IW_SAMPLES, EvalResult, evaluate, save_sample_grid
+from .io.pretrained import resolve_model
 from .model import DenseFlow
 from .noise import make_generator
 from .performance import prepare_model
-from .pretrained import resolve_model
-from .runtime import first_images, log_to_stderr, resolve_device
 from .training import TrainConfig, TrainResult, read_metrics, train, train_preset
+from .utils.runtime import first_images, log_to_stderr, resolve_device
 
 __all__ = [
     "PAPER_RESULTS",
@@ -309,7 +309,7 @@ def reproduce(
             ``out_dir/tensorboard`` while training (:mod:`densflow.training.loggers`).
         checkpoint: a model to evaluate instead of training: a densflow checkpoint, an official
             run folder, a model directory, a cached name, or ``"official"`` for the authors'
-            model of ``dataset`` (:func:`densflow.pretrained.resolve_model`).
+            model of ``dataset`` (:func:`densflow.io.pretrained.resolve_model`).
         iw_samples: k of the importance-weighted bound (None: :func:`default_iw_samples`).
         eval_limit: evaluate the first N test images only (None: the whole split; ``smoke``: the
             preset's limit).

@@ -18,6 +18,7 @@ from densflow.training import read_metrics
 VARIANTS = [(a, c) for a in AUGMENTATIONS for c in COUPLING_NETS]
 
 
+@pytest.mark.slow
 def test_the_defaults_are_the_paper_model():
     config = DenseFlowConfig()
     assert (config.coupling_net, config.augmentation) == ("dense+attention", "incremental")
@@ -137,6 +138,7 @@ def test_multiply_accumulates_count_an_added_module():
     assert base > 0
 
 
+@pytest.mark.slow
 def test_the_study_resumes_per_variant_and_seed(tmp_path):
     out = tmp_path / "study"
     kwargs = dict(preset="smoke", out_dir=out, variants=["glow", "denseflow"], seeds=[0], steps=2,

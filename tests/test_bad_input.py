@@ -22,17 +22,17 @@ import torch
 from torch.utils.data import TensorDataset
 from utils import assert_one_line, run_cli, snapshot
 
-from densflow.checkpoint import (
+from densflow.cli import main
+from densflow.config import DenseFlowConfig
+from densflow.evaluate import evaluate
+from densflow.io.checkpoint import (
     FORMAT,
     CheckpointError,
     load_any_checkpoint,
     save_model,
 )
-from densflow.cli import main
-from densflow.config import DenseFlowConfig
-from densflow.evaluate import evaluate
 from densflow.model import DenseFlow
-from densflow.validate import check_float, check_int, check_output_path
+from densflow.utils.validate import check_float, check_int, check_output_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -339,6 +339,7 @@ def test_a_bug_is_status_1_and_debug_shows_the_traceback(workdir, capsys, monkey
         main(EVAL)
 
 
+@pytest.mark.slow
 def test_a_real_process_prints_no_traceback(workdir):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("DENSFLOW_DEBUG", None)

@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import TensorDataset
 from utils import assert_one_line, run_cli, snapshot, tiny_run
 
-from densflow.checkpoint import (
+from densflow.cli import build_parser
+from densflow.io.checkpoint import (
     CheckpointError,
     TrainingState,
     load_model,
@@ -25,7 +26,6 @@ from densflow.checkpoint import (
     save_training_checkpoint,
     temporaries_of,
 )
-from densflow.cli import build_parser
 from densflow.model import DenseFlow, DenseFlowConfig
 from densflow.training import (
     CHECKPOINT_NAME,
@@ -232,6 +232,7 @@ def test_save_training_checkpoint_refuses_non_finite_tensors(tmp_path):
     assert path.read_bytes() == good and temporaries_of(path) == []
 
 
+@pytest.mark.slow
 def test_divergence_names_a_finite_checkpoint_and_init_from_starts_a_new_run(tmp_path, capsys):
     first = tmp_path / "first"
     t = trainer(config(first, max_nonfinite=2))
@@ -295,6 +296,7 @@ sys.stdin.read()
 """
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_and_a_killed_holder_frees_the_folder(tmp_path, capsys):
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import TensorDataset
 from utils import assert_same_training_state, perturb, tiny_run
 
-from densflow.checkpoint import (
+from densflow.io.checkpoint import (
     CheckpointWriteError,
     TrainingState,
     read_checkpoint,
@@ -376,6 +376,7 @@ def logged(out_dir: Path) -> list[tuple]:
     ]
 
 
+@pytest.mark.slow
 def test_a_process_killed_during_a_background_write_resumes_exactly(tmp_path):
     settings = dict(image_size=32, checkpoint_every=2, max_steps=6)  # the photos are 32×32
     killed = tmp_path / "killed"

@@ -93,6 +93,7 @@ def test_a_bare_train_command_gets_the_quickstart_settings():
     assert config.warmup_steps < 2 * 147  # photos: 147 steps of 16 per epoch
 
 
+@pytest.mark.slow
 def test_a_training_run_redirected_to_a_file_logs_its_progress(tmp_path):
     log = tmp_path / "log"
     command = [sys.executable, "-m", "densflow", "train", "--preset", "smoke", "--dataset",

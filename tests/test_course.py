@@ -4,7 +4,7 @@
   collapsed in JupyterLab (``"jupyter": {"source_hidden": true}``) and opening with the invitation
   to try first, then a code cell tagged ``check`` whose ``assert``s judge the answer.
 * Widgets: the notebooks where a learner should play have a cell tagged ``widget`` calling
-  ``explore(`` (densflow.widgets), and every cell calling it carries the tag.
+  ``explore(`` (densflow.utils.widgets), and every cell calling it carries the tag.
 * Sources: no notebook or doc names a path outside the repository, and the method's equations are
   never cited as "Sec. 3" (eq. 2 is in Sec. 1, eqs. 3–13 and Example 1 in Sec. 2.1, eqs. 14–15 in
   Sec. 2.2); the conditioning rule of eq. 6 is the paper's, never an "official quirk".
@@ -166,7 +166,11 @@ def exercise(**changes) -> list[dict]:
     return [c for c in cells.values() if c is not None]
 
 
-GOOD = [markdown("# A notebook"), *exercise(), code("from densflow.widgets import Slider, explore")]
+GOOD = [
+    markdown("# A notebook"),
+    *exercise(),
+    code("from densflow.utils.widgets import Slider, explore"),
+]
 
 
 def test_a_notebook_that_follows_the_conventions_passes(tmp_path):

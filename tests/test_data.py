@@ -1,4 +1,4 @@
-"""Tests of densflow.data on tiny fixtures in the real on-disk formats (densflow.testing)."""
+"""Tests of densflow.data on tiny fixtures in the real on-disk formats (densflow.utils.testing)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from densflow.data import (
     paper_table1,
     restricted_unpickle,
 )
-from densflow.testing import write_celeba, write_cifar10, write_imagenet
+from densflow.utils.testing import write_celeba, write_cifar10, write_imagenet
 
 CIFAR_URL = "cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
@@ -124,7 +124,8 @@ def test_paper_facts() -> None:
 
 
 def test_facts_elsewhere_come_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    from densflow import evaluate, official, reproduce
+    from densflow import evaluate, reproduce
+    from densflow.io import official
 
     assert official.IMAGE_SIZES == {"cifar10": 32, "imagenet32": 32, "imagenet64": 64, "celeba": 64}
     assert evaluate.PAPER_IW_SAMPLES == {

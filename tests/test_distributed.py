@@ -13,7 +13,7 @@ import pytest
 import torch
 from utils import assert_same_training_state
 
-from densflow.checkpoint import read_checkpoint
+from densflow.io.checkpoint import read_checkpoint
 from densflow.training import CHECKPOINT_NAME, read_metrics
 
 pytestmark = pytest.mark.slow  # four torchrun launches, ≈ 1.5 minutes
@@ -102,6 +102,7 @@ def full(script, tmp_path_factory) -> Path:
     return out_dir
 
 
+@pytest.mark.slow
 def test_two_ranks_stay_in_step_and_resume_exactly(script, full, tmp_path):
     split = tmp_path / "split"
     torchrun(script, split, 2)
@@ -125,6 +126,7 @@ def test_two_ranks_stay_in_step_and_resume_exactly(script, full, tmp_path):
     assert steps == [1, 2, 3, 4]  # one log per step, from rank 0 only
 
 
+@pytest.mark.compile
 def test_compiled_channels_last_ranks_stay_in_step_and_follow_eager(script, full, tmp_path):
     # --compile --channels-last under torchrun: the compiled flow inside DDP, whose gradient
     # buckets take the channels_last parameters' strides.

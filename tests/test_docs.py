@@ -74,6 +74,7 @@ def pages(site: Path) -> list[Path]:
     )
 
 
+@pytest.mark.slow
 def test_the_site_has_a_page_for_every_notebook_doc_and_module(site):
     for nb in NOTEBOOKS:
         assert (site / "notebooks" / f"{nb.stem}.html").is_file(), f"no page for {nb.name}"
@@ -87,6 +88,7 @@ def test_the_site_has_a_page_for_every_notebook_doc_and_module(site):
     assert 'url=docs/index.html"' in (site / "index.html").read_text()
 
 
+@pytest.mark.slow
 def test_mathjax_is_served_from_the_site(site):
     script = site / "_static" / "mathjax" / "tex-chtml.js"
     assert script.is_file() and script.stat().st_size > 100_000
@@ -215,15 +217,18 @@ def problems(visits: dict[str, Visit], attribute: str) -> dict[str, list]:
     return {name: getattr(v, attribute) for name, v in visits.items() if getattr(v, attribute)}
 
 
+@pytest.mark.browser
 def test_no_page_logs_an_error(visits):
     assert not problems(visits, "console_errors")
     assert not problems(visits, "failed_requests")
 
 
+@pytest.mark.browser
 def test_no_page_asks_the_network(visits):
     assert not problems(visits, "outside_requests"), "the site must work offline"
 
 
+@pytest.mark.browser
 def test_every_image_loads(visits):
     assert not problems(visits, "broken_images")
     # Every figure of every notebook is on its page: the committed outputs, not re-executed ones.
@@ -236,6 +241,7 @@ def test_every_image_loads(visits):
         assert visit.output_images == figures, (nb.name, visit.output_images, figures)
 
 
+@pytest.mark.browser
 def test_math_is_typeset(visits):
     untypeset = {n: (v.typeset, v.math) for n, v in visits.items() if v.typeset != v.math}
     assert not untypeset, f"formulas MathJax left as TeX (typeset, all): {untypeset}"
@@ -319,6 +325,7 @@ def test_raw_tex_is_recognised(text, raw):
     assert bool(RAW_TEX.search(text)) == raw
 
 
+@pytest.mark.browser
 def test_every_internal_link_resolves(site, visits):
     base = "/".join(next(iter(visits.values())).url.split("/")[:3]) + "/"
     checked, broken = broken_links(site, base, {n: v.links for n, v in visits.items()})

@@ -64,6 +64,7 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(model, tmp_path, 
     assert resumed.n_images == 10 and resumed.per_image_iw.shape == (10,)
 
 
+@pytest.mark.compile
 def test_a_compiled_model_runs_the_last_smaller_batch_eagerly(model):
     # Batches of 4, 4, 2 and the IW bound in chunks of 2. The full batches need two graphs: the
     # single bound of 4 images and the IW pass of 8. The last batch would add a third (2 images)

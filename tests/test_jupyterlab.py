@@ -26,7 +26,7 @@ from browser import chromium, free_port, skip_without_browser
 
 ROOT = Path(__file__).resolve().parent.parent
 # The course notebook whose first slider is moved (k of the importance-weighted bound). Any notebook
-# with a cell tagged 'widget' calling densflow.widgets.explore works.
+# with a cell tagged 'widget' calling densflow.utils.widgets.explore works.
 NOTEBOOK = ROOT / "notebooks" / "04_monte_carlo_lower_bound.ipynb"
 START_TIMEOUT_S = 90
 RUN_TIMEOUT_S = 180  # Run All: a course notebook takes up to a minute on a busy 2-core machine
@@ -194,6 +194,7 @@ def run_and_move_the_first_slider(page, base: str, token: str) -> None:
     assert new_src.startswith("data:image/png;base64,")
 
 
+@pytest.mark.browser
 def test_a_slider_in_jupyterlab_redraws_the_figure(tmp_path):
     skip_without_browser()
     assert any(

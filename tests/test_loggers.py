@@ -63,6 +63,7 @@ def test_event_files_mirror_the_metrics_log(tmp_path):
     assert '"logger": "tensorboard"' in config[0].tensor_proto.string_val[0].decode()
 
 
+@pytest.mark.slow
 def test_resumed_run_has_the_steps_of_an_uninterrupted_one(tmp_path):
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     run(reference, 15)

@@ -12,9 +12,9 @@ import torch
 from densflow import DenseFlow, DenseFlowConfig, fixed_noise
 from densflow.attention import NystromAttention, iterative_pinv
 from densflow.base import squeeze
-from densflow.checkpoint import CheckpointError, load_model
 from densflow.cli import main as cli_main
-from densflow.official import (
+from densflow.io.checkpoint import CheckpointError, load_model
+from densflow.io.official import (
     config_from_state_dict,
     convert_state_dict,
     load_official,

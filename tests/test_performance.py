@@ -51,6 +51,7 @@ def test_channels_last_keeps_the_float32_likelihood(model_and_images):
     assert torch.allclose(got, expected, rtol=1e-5, atol=0)
 
 
+@pytest.mark.compile
 @pytest.mark.parametrize("backend", [None, "aot_eager"])
 def test_channels_last_gradients_have_their_parameters_layout(model_and_images, backend):
     # What lets the Trainer silence DDP's stride warning under channels_last: a gradient's strides
@@ -100,6 +101,7 @@ def test_autocast_rejects_unknown_modes():
         autocast("cpu", "fp8")
 
 
+@pytest.mark.compile
 def test_compiled_model_keeps_keys_and_numbers(model_and_images):
     # The "eager" dynamo backend traces the flow without code generation: it checks the wiring
     # (what gets compiled, keys, numbers) in seconds, not minutes.
@@ -118,6 +120,7 @@ def test_compiled_model_keeps_keys_and_numbers(model_and_images):
     assert torch.allclose(reference_log_prob(model, x), expected, rtol=1e-5, atol=0)
 
 
+@pytest.mark.compile
 def test_compiled_model_draws_from_the_callers_generator_and_honours_fixed_noise(model_and_images):
     # Dynamo must not bake one draw, nor the fixed_noise constant, into the graph: the noise is
     # drawn eagerly before the compiled pass and enters it as an input.
@@ -148,6 +151,7 @@ def test_compiled_model_draws_from_the_callers_generator_and_honours_fixed_noise
         assert torch.allclose(got, expected, rtol=1e-5, atol=0)
 
 
+@pytest.mark.compile
 def test_the_likelihood_and_the_sampler_each_trace_to_one_graph(model_and_images):
     # A graph break (a random draw, a host read, an unsupported call) splits the flow into many
     # small graphs and costs most of what compiling buys.
@@ -162,6 +166,7 @@ def test_the_likelihood_and_the_sampler_each_trace_to_one_graph(model_and_images
         assert (report.graph_count, report.graph_break_count) == (1, 0), report.break_reasons
 
 
+@pytest.mark.compile
 def test_inductor_compiled_training_step_matches_eager(model_and_images):
     # The real code generator (a C++ compiler on the CPU), forward and backward, on a model small
     # enough to compile in about a minute: loss and gradients of the composed and compiled model
@@ -184,6 +189,7 @@ def test_compile_model_rejects_other_modules():
         compile_model(torch.nn.Linear(2, 2))
 
 
+@pytest.mark.compile
 def test_compile_falls_back_to_eager_when_the_backend_fails(model_and_images):
     model, x = model_and_images
     expected = reference_log_prob(model, x)
@@ -425,6 +431,7 @@ def test_graphed_sampling_inverts_the_1x1_convolutions_without_a_host_read(
     assert [m for m in model.modules() if type(m) is InvertibleConv1x1] == plain  # swapped back
 
 
+@pytest.mark.slow
 def test_benchmark_reports_ratios_against_the_baseline_of_the_same_run(tmp_path):
     import benchmark  # benchmarks/benchmark.py, on sys.path above
 
@@ -473,6 +480,7 @@ def test_benchmark_reports_ratios_against_the_baseline_of_the_same_run(tmp_path)
     assert ddp2["train_peak_bytes"] > 0  # both ranks' peaks, summed
 
 
+@pytest.mark.slow
 def test_benchmark_processes_return_in_order_and_report_a_failure_with_its_traceback():
     import benchmark
 
@@ -549,6 +557,7 @@ def run_gpu_check(tmp_path, stub_body: str, budget: int | None = None):
     return done, calls, ran
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
 def test_gpu_check_runs_every_part_and_reports_a_failed_one(tmp_path):
     # A failing part (the CUDA tests here) is reported, the parts after it still run, and the
@@ -562,6 +571,7 @@ def test_gpu_check_runs_every_part_and_reports_a_failed_one(tmp_path):
     assert (tmp_path / "out" / "train_paper.seconds").read_text().strip().isdigit()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
 def test_gpu_check_stays_within_its_budget(tmp_path):
     # 62 s of budget: the first part gets it all (and takes 3 s); then under a minute is left,

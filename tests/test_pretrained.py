@@ -24,10 +24,10 @@ from test_official import write_official_run  # tests/ is on sys.path
 from utils import init_actnorms, perturb
 
 from densflow import DenseFlow, DenseFlowConfig, fixed_noise, load_official, save_model
-from densflow import pretrained as pt
-from densflow import weights as wt
-from densflow.checkpoint import CheckpointError
 from densflow.cli import main as cli_main
+from densflow.io import pretrained as pt
+from densflow.io import weights as wt
+from densflow.io.checkpoint import CheckpointError
 
 RUNS = {  # path inside the archive → dataset in its args.pickle
     "DenseFlow/cifar10_run": "cifar10",

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from densflow import reproduce, testing
+from densflow import reproduce
+from densflow.utils import testing
 
 papermill = pytest.importorskip("papermill")
 
@@ -67,6 +68,7 @@ def smoke_run(data_dir: Path, out_dir: Path) -> dict:
     )
 
 
+@pytest.mark.notebook
 @pytest.mark.parametrize("dataset", sorted(FIXTURES))
 def test_dataset_notebook_smoke_run_on_fixture_data(dataset, tmp_path):
     data_dir, out_dir = tmp_path / "data", tmp_path / "run"
@@ -82,6 +84,7 @@ def test_dataset_notebook_smoke_run_on_fixture_data(dataset, tmp_path):
         assert "cuda_graphs needs a CUDA device" in text
 
 
+@pytest.mark.notebook
 def test_rerun_with_the_same_out_dir_resumes(tmp_path):
     data_dir, out_dir = tmp_path / "data", tmp_path / "run"
     FIXTURES["cifar10"](data_dir)
@@ -95,6 +98,7 @@ def test_rerun_with_the_same_out_dir_resumes(tmp_path):
     assert json.loads((out_dir / "results.json").read_text())["train"]["steps"] == first
 
 
+@pytest.mark.notebook
 def test_missing_data_dir_fails_with_the_actionable_message(tmp_path):
     with pytest.raises(papermill.PapermillExecutionError) as err:
         run_notebook(
@@ -109,6 +113,7 @@ def test_missing_data_dir_fails_with_the_actionable_message(tmp_path):
     assert not (tmp_path / "run" / "results.json").exists()
 
 
+@pytest.mark.notebook
 def test_quickstart_with_a_shortened_parameter_set_shows_its_progress(tmp_path):
     out_dir = tmp_path / "quick"
     out = run_notebook(
@@ -227,6 +232,7 @@ def test_ablations_notebook_lists_every_parameter_with_its_type_and_help(caplog)
     assert set(assigned) <= set(inspect.signature(ablations.run).parameters)
 
 
+@pytest.mark.notebook
 def test_ablations_notebook_smoke_run(tmp_path):
     out_dir = tmp_path / "ablations"
     out = run_notebook("ablations", tmp_path, preset="smoke", out_dir=str(out_dir), timing_steps=1)

@@ -133,6 +133,7 @@ def test_graphed_step_explains_what_it_cannot_take(model_and_images):
 @pytest.mark.parametrize(
     "name, backend, rtol", [("Adamax", "inductor", 1e-6), ("Adam", "aot_eager", 1e-4)]
 )
+@pytest.mark.compile
 def test_compiled_optimizer_makes_the_eager_update_and_a_schedule_does_not_recompile(
     name, backend, rtol
 ):
@@ -222,6 +223,7 @@ def test_a_step_updates_with_the_given_rate_and_skips_a_non_finite_one(model_and
     assert_same(before, state(model, optimizer))  # BatchNorm statistics restored too
 
 
+@pytest.mark.compile
 def test_eager_graphed_and_compiled_steps_take_the_same_step(model_and_images, monkeypatch):
     # On a CPU the graphed step runs eagerly on its buffers: the same numbers to the bit. The
     # compiled step (aot_eager: dynamo and AOTAutograd without code generation) within rounding.

@@ -13,9 +13,9 @@ from torch.utils.data import TensorDataset
 from utils import assert_same_training_state, tiny_run
 
 from densflow import DenseFlowConfig, performance
-from densflow.checkpoint import CheckpointError, load_model, read_checkpoint
 from densflow.data import DATASETS, load_dataset
 from densflow.evaluate import evaluate
+from densflow.io.checkpoint import CheckpointError, load_model, read_checkpoint
 from densflow.training import (
     CHECKPOINT_NAME,
     METRICS_NAME,
@@ -289,6 +289,7 @@ def test_training_options_run(tmp_path, options):
     assert result.step == 2 and result.train_bpd is not None and math.isfinite(result.train_bpd)
 
 
+@pytest.mark.compile
 def test_compiled_training_follows_eager_training_and_resumes_either_way(tmp_path, monkeypatch):
     # The aot_eager backend runs dynamo and AOTAutograd's forward/backward graphs without code
     # generation: the Trainer's wiring is tested here in seconds; inductor's numbers are tested
@@ -362,6 +363,7 @@ def test_the_defaults_train_on_photos_and_are_the_quickstart_preset():
 # ----------------------------------------------------------------------------- a real smoke run
 
 
+@pytest.mark.slow
 def test_two_epochs_on_photos_lower_the_test_bpd(tmp_path):
     cfg = train_preset(
         "photos",

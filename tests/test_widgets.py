@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 
-from densflow.widgets import Choice, Slider, explore, is_static  # noqa: E402
+from densflow.utils.widgets import Choice, Slider, explore, is_static  # noqa: E402
 
 
 def recorder():
@@ -62,5 +62,5 @@ def test_bad_controls_are_refused(make, message):
 
 def test_a_control_must_be_a_slider_or_choice(monkeypatch):
     monkeypatch.setenv("DENSFLOW_STATIC", "1")
-    with pytest.raises(TypeError, match="must be a densflow.widgets.Slider or Choice"):
+    with pytest.raises(TypeError, match="must be a densflow.utils.widgets.Slider or Choice"):
         explore(lambda **v: None, t=(0, 1))

@@ -15,7 +15,7 @@ import torch
 
 from ..config import DenseFlowConfig
 from ..model import DenseFlow
-from ..validate import check_int
+from ..utils.validate import check_int
 
 __all__ = ["cost", "count_parameters", "latent_dims", "multiply_accumulates", "step_time"]
 

@@ -17,9 +17,9 @@ import torch
 from ..config import DenseFlowConfig
 from ..data import dataset_info, load_dataset, paper_datasets
 from ..data.registry import PAPER_MODEL
-from ..runtime import first_images, log_to_stderr
 from ..training import TrainConfig, read_metrics, train
-from ..validate import check_int
+from ..utils.runtime import first_images, log_to_stderr
+from ..utils.validate import check_int
 from .measure import cost, count_parameters, latent_dims, multiply_accumulates
 from .variants import (
     ABLATION_PRESETS,

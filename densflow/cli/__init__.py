@@ -12,7 +12,7 @@ Sub-commands:
 * ``sample CHECKPOINT | --official RUN_DIR --out grid.png`` — a PNG grid of samples.
 * ``data check NAME --data-dir D`` and ``data download NAME --root R``.
 * ``download weights [--root DIR]`` — the authors' released models, converted into the cache that
-  ``DenseFlow.from_pretrained("cifar10")`` reads (:mod:`densflow.weights`).
+  ``DenseFlow.from_pretrained("cifar10")`` reads (:mod:`densflow.io.weights`).
 
 Exit status and messages:
 
@@ -57,9 +57,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from ..checkpoint import save_model
-    from ..official import load_official
-    from ..validate import check_output_path
+    from ..io.checkpoint import save_model
+    from ..io.official import load_official
+    from ..utils.validate import check_output_path
 
     inputs = [args.official, args.args, *official_files(args.official)]
     check_output_path("OUT", args.out, inputs, folder=args.format == "pretrained")
@@ -67,7 +67,7 @@ def _convert(args: argparse.Namespace) -> int:
         args.official, args.args, image_size=args.image_size, trust_checkpoint=args.trust_checkpoint
     )
     if args.format == "pretrained":
-        from ..pretrained import save_pretrained
+        from ..io.pretrained import save_pretrained
 
         save_pretrained(model, args.out, source=str(args.official))
     else:
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert an official DenseFlow checkpoint into a densflow checkpoint",
         description="Read an official run folder (args.pickle + check/checkpoint.pt) or checkpoint "
         "file, check every key and shape, and write a densflow checkpoint that "
-        "densflow.checkpoint.load_model (and every other sub-command) reads.",
+        "densflow.io.checkpoint.load_model (and every other sub-command) reads.",
     )
     convert.add_argument("official", help="official run folder, or its check/checkpoint.pt")
     convert.add_argument("out", help="the densflow checkpoint (.pt) or model directory to write")
@@ -181,8 +181,8 @@ def _message(err: BaseException) -> tuple[int, str]:
     """The exit status and the one line that :func:`main` prints for ``err``."""
     import torch
 
-    from ..checkpoint import CheckpointError
     from ..data import DatasetError, MissingDependencyError
+    from ..io.checkpoint import CheckpointError
     from ..training import TrainingDivergedError
 
     if isinstance(err, Interrupted):

@@ -41,7 +41,7 @@ def add_download(sub: argparse._SubParsersAction) -> None:
 
 
 def _download_weights(args: argparse.Namespace) -> int:
-    from ..weights import download_weights
+    from ..io.weights import download_weights
 
     found = download_weights(args.root, source=args.source, trust_checkpoint=args.trust_checkpoint)
     print(f"load with DenseFlow.from_pretrained(NAME), NAME in {sorted(found)}")

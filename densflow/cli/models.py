@@ -71,8 +71,8 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[Any, str | None]:
     """The model to evaluate or sample, and the dataset it was trained on (when recorded)."""
-    from ..pretrained import resolve_model
-    from ..runtime import resolve_device
+    from ..io.pretrained import resolve_model
+    from ..utils.runtime import resolve_device
 
     device = resolve_device(args.device, option="--device")
     return resolve_model(args.official or args.checkpoint, map_location=device)
@@ -210,8 +210,8 @@ def _load_for_speed(args: argparse.Namespace) -> tuple[Any, str | None]:
 def _eval(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..evaluate import PAPER_IW_SAMPLES, evaluate
-    from ..runtime import collate_images, first_images
-    from ..validate import check_output_path
+    from ..utils.runtime import collate_images, first_images
+    from ..utils.validate import check_output_path
 
     # Every output is checked before any work, so that hours of evaluation are never lost.
     inputs = official_files(args.official or args.checkpoint)
@@ -317,7 +317,7 @@ def _sample(args: argparse.Namespace) -> int:
     import torch
 
     from ..evaluate import save_sample_grid
-    from ..validate import check_output_path
+    from ..utils.validate import check_output_path
 
     out = check_output_path("--out", args.out, official_files(args.official or args.checkpoint))
     model, _ = _load_for_speed(args)

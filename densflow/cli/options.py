@@ -32,14 +32,14 @@ def _option_type(option: str, convert: type, check: Callable[[Any], Any]) -> Cal
 def option_int(option: str, minimum: int = 1, maximum: int | None = None) -> Callable[[str], int]:
     """An argparse ``type``: an integer option in ``[minimum, maximum]``, refused with one
     line."""
-    from ..validate import check_int
+    from ..utils.validate import check_int
 
     return _option_type(option, int, lambda value: check_int(option, value, minimum, maximum))
 
 
 def option_float(option: str, minimum: float | None = None) -> Callable[[str], float]:
     """An argparse ``type``: a finite number option ``>= minimum``, refused with one line."""
-    from ..validate import check_float
+    from ..utils.validate import check_float
 
     return _option_type(option, float, lambda value: check_float(option, value, minimum=minimum))
 

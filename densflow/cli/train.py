@@ -104,8 +104,8 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..runtime import log_to_stderr
     from ..training import train
+    from ..utils.runtime import log_to_stderr
 
     # A bad setting (ValueError, found before any work) ends in main() as one line, exit 2.
     config = train_config_from_args(args)

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..utils.errors import InputError
+
 if TYPE_CHECKING:
     from .registry import DatasetInfo
 
@@ -28,7 +30,7 @@ __all__ = [
 ]
 
 
-class DatasetError(Exception):
+class DatasetError(InputError):
     """A dataset is missing or malformed; the message says what was expected and where."""
 
 

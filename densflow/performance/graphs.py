@@ -39,7 +39,7 @@ from torch import Tensor
 
 from ..glow import InvertibleConv1x1
 from ..model import DenseFlow
-from ..validate import check_float, check_images, check_int
+from ..utils.validate import check_float, check_images, check_int
 from .compose import swap_classes
 from .precision import autocast
 

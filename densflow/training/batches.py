@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from .. import data
 from ..model import DenseFlow
 from ..performance import to_channels_last
-from ..runtime import collate_images
+from ..utils.runtime import collate_images
 from .config import TrainConfig
 from .schedule import Stream, derive_seed, epoch_permutation, shard_indices
 

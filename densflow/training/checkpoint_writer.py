@@ -1,12 +1,12 @@
 """Checkpoints that do not stall training: a host copy of the state, written in the background.
 
 :meth:`CheckpointWriter.save` takes a training checkpoint
-(:func:`~densflow.checkpoint.training_checkpoint`: the model and optimizer state, the position,
+(:func:`~densflow.io.checkpoint.training_checkpoint`: the model and optimizer state, the position,
 the generators) and copies every tensor of it onto the host, so that the copy is independent of
 the updates that follow. On CUDA the copies go into pinned buffers, all enqueued without
 blocking and waited for by one synchronisation; on the CPU they are plain copies. The copy is
-refused when a model tensor is not finite (:func:`~densflow.checkpoint.refuse_nonfinite`, nothing
-is written), then one background thread writes it with :func:`~densflow.checkpoint.atomic_save`.
+refused when a model tensor is not finite (:func:`~densflow.io.checkpoint.refuse_nonfinite`, nothing
+is written), then one background thread writes it with :func:`~densflow.io.checkpoint.atomic_save`.
 The training thread stalls only for the copy and its check; serialising, writing and ``fsync``
 overlap the next steps. The buffers (the size of a checkpoint: ~1.5 GB for the paper's model with
 its Adamax state) are kept for the next saves.
@@ -21,7 +21,7 @@ of the metrics log at its copy, so a run resumed from it cuts exactly the log li
 it replays, whenever its write finished.
 
 **Errors are not lost.** A write that fails (a full disk, no write access) leaves the previous
-file as it was, and its :class:`~densflow.checkpoint.CheckpointWriteError` (the synchronous
+file as it was, and its :class:`~densflow.io.checkpoint.CheckpointWriteError` (the synchronous
 write's error, word for word) is raised in the training thread by the next :meth:`save` or
 :meth:`wait`; :meth:`settle` hands it over as a clause instead, for a message that already stops
 the run. A process killed during a write leaves the previous checkpoint and a temporary, which the
@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..checkpoint import atomic_save, refuse_nonfinite
+from ..io.checkpoint import atomic_save, refuse_nonfinite
 
 __all__ = ["CheckpointWriter"]
 

@@ -22,7 +22,8 @@ from .ranges import RANGES, check_range
 __all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "OPTIMIZERS", "SCHEDULES", "Speed", "TrainConfig"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-"""The training checkpoint inside ``out_dir``; :func:`densflow.checkpoint.load_model` reads it."""
+"""The training checkpoint inside ``out_dir``; :func:`~densflow.io.checkpoint.load_model` reads
+it."""
 METRICS_NAME = "metrics.jsonl"
 """The metrics log inside ``out_dir``: one JSON object per line (see ``read_metrics``)."""
 

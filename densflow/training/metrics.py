@@ -1,7 +1,7 @@
 """What a run reports: the metrics log ``metrics.jsonl`` (the source of truth, read back by
 :func:`read_metrics`), one ``logging`` line per log point, evaluation and checkpoint (logger
-``densflow``), a progress bar where someone watches (:func:`densflow.runtime.progress_bar`), and
-the running sums behind them, kept on the device and read only at log points.
+``densflow``), a progress bar where someone watches (:func:`densflow.utils.runtime.progress_bar`),
+and the running sums behind them, kept on the device and read only at log points.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..runtime import progress_bar
+from ..utils.runtime import progress_bar
 from .config import METRICS_NAME
 
 __all__ = ["RunLog", "RunningMean", "read_metrics"]

@@ -4,7 +4,7 @@ A run resumes from its own ``out_dir/checkpoint.pt`` only when every setting tha
 learned is the checkpoint's (:data:`~densflow.training.config.RESUMABLE_CHANGES` lists the others)
 and its weights are finite. ``init_from`` takes only the model weights of any densflow checkpoint
 of the same architecture: the optimizer, the schedule and the step count start afresh. Each
-refusal is one :class:`~densflow.checkpoint.CheckpointError` line that says how to go on.
+refusal is one :class:`~densflow.io.checkpoint.CheckpointError` line that says how to go on.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import (
+from ..io.checkpoint import (
     CheckpointError,
     TrainingCheckpoint,
     nonfinite_entries,

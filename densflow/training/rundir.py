@@ -17,7 +17,8 @@ import errno
 import os
 from pathlib import Path
 
-from ..checkpoint import temporaries_of
+from ..io.checkpoint import temporaries_of
+from ..utils.errors import InputError
 
 try:
     import fcntl
@@ -30,7 +31,7 @@ LOCK_NAME = ".lock"
 """The file in the run folder that names the pid of the run writing it."""
 
 
-class TrainingSetupError(ValueError):
+class TrainingSetupError(InputError):
     """A run that cannot start as configured (its folder, its data or its device); raised before
     any training work."""
 

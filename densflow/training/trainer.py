@@ -46,12 +46,12 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .. import data
-from ..checkpoint import TrainingState, restore_rng, training_checkpoint
 from ..evaluate import evaluate
 from ..glow import ActNorm
+from ..io.checkpoint import TrainingState, restore_rng, training_checkpoint
 from ..model import DenseFlow
 from ..performance import autocast, compose_coupling_nets
-from ..runtime import collate_images, first_images, resolve_device
+from ..utils.runtime import collate_images, first_images, resolve_device
 from .batches import StepInputs
 from .checkpoint_writer import CheckpointWriter
 from .config import CHECKPOINT_NAME, TrainConfig

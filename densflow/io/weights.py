@@ -10,13 +10,13 @@ interrupt and rerun:
 2. **verify** its sha256 against :data:`ARCHIVE_SHA256`, or — while that constant is ``None`` —
    against the digest the first download recorded in ``weights.sha256``. A mismatch deletes the
    file and stops with an error; nothing from it is unpacked.
-3. **unpack** it (:mod:`densflow.archive`: zip or tar, told apart by content) into a hidden
+3. **unpack** it (:mod:`densflow.io.archive`: zip or tar, told apart by content) into a hidden
    temporary folder, refusing absolute paths and ``..`` and never creating links, so no member
    lands outside that folder.
 4. **find** every run folder, at any depth: a folder with ``args.pickle`` and
    ``check/checkpoint.pt``.
-5. **convert** each with :func:`densflow.official.load_official` into a model directory
-   (:mod:`densflow.pretrained`) named after its dataset — ``<cache>/models/cifar10`` and so on.
+5. **convert** each with :func:`densflow.io.official.load_official` into a model directory
+   (:mod:`densflow.io.pretrained`) named after its dataset — ``<cache>/models/cifar10`` and so on.
    A run folder that does not convert is reported in one line and skipped.
 
 Every result appears by a rename once complete (the archive, each model directory, and last a
@@ -141,7 +141,7 @@ def verify_archive(path: Path, digest_file: Path, *, delete: bool = True) -> str
     """
     digest = _sha256(path)
     if ARCHIVE_SHA256 is not None:
-        expected, origin = ARCHIVE_SHA256.lower(), "densflow.weights.ARCHIVE_SHA256"
+        expected, origin = ARCHIVE_SHA256.lower(), "densflow.io.weights.ARCHIVE_SHA256"
     elif digest_file.is_file():
         expected = digest_file.read_text().split()[0].lower()
         origin = f"the digest the first download recorded in {digest_file}"
@@ -206,7 +206,7 @@ def fetch_archive(downloads: Path) -> tuple[Path, str]:
 
 # ----------------------------------------------------------------------------- unpack
 def unpack(archive: Path, dest: Path, *, nested: bool = True) -> None:
-    """Unpack ``archive`` into ``dest`` safely (:func:`densflow.archive.unpack`); a damaged or
+    """Unpack ``archive`` into ``dest`` safely (:func:`densflow.io.archive.unpack`); a damaged or
     unsafe archive is a :class:`WeightsError`."""
     try:
         unpack_archive(archive, dest, nested=nested, report=_say)
@@ -338,7 +338,7 @@ def download_weights(
             archive is checked against :data:`ARCHIVE_SHA256` when that is known, and never
             deleted.
         trust_checkpoint: allow full unpickling of a checkpoint that ``weights_only`` loading
-            refuses (see :func:`densflow.official.load_official`).
+            refuses (see :func:`densflow.io.official.load_official`).
 
     After it, ``DenseFlow.from_pretrained("cifar10")`` (and each other dataset found) loads from
     the cache.

@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..data import DATASETS, AllowList, restricted_unpickle
+from ..dense_block import DenseBlock
+from ..model import DenseFlow, DenseFlowConfig
 from .checkpoint import FORMAT, CheckpointError, check_torch_file
-from .data import DATASETS, AllowList, restricted_unpickle
-from .dense_block import DenseBlock
-from .model import DenseFlow, DenseFlowConfig
 
 __all__ = [
     "load_official",
@@ -353,7 +353,7 @@ def load_official(
     if isinstance(raw, dict) and raw.get("format") == FORMAT:
         raise CheckpointError(
             f"{ckpt_file} is a densflow checkpoint already, not an official one: load it with "
-            "densflow.checkpoint.load_model (eval and sample read it as it is)"
+            "densflow.io.checkpoint.load_model (eval and sample read it as it is)"
         )
     state_dict = raw.get("model", raw) if isinstance(raw, dict) else None
     if not isinstance(state_dict, Mapping) or not all(

@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .model import DenseFlow, DenseFlowConfig
+from ..model import DenseFlow, DenseFlowConfig
+from ..utils.errors import InputError
 
 __all__ = [
     "CheckpointError",
@@ -56,7 +57,7 @@ __all__ = [
 FORMAT, VERSION = "densflow", 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that is missing, unreadable, or does not fit the model."""
 
 
@@ -346,7 +347,7 @@ def load_any_checkpoint(
 
     The kind is decided by content: a file that ``torch.load`` reads as a dict with
     ``format="densflow"`` is ours (and any failure to use it is reported as such), a folder or
-    any other ``torch.save`` file goes to :func:`~densflow.official.load_official`, and a file
+    any other ``torch.save`` file goes to :func:`~densflow.io.official.load_official`, and a file
     that is neither a zip archive nor a pickle is not a checkpoint."""
     from .official import load_official, locate_official, read_official_args
 

@@ -1,17 +1,18 @@
 """Checks of user-given values at the boundaries of the package (configs, public methods, the
-command line): each raises a ``ValueError`` that names the argument, says what was expected and
-what was given, so that the command line can show it as one line.
+command line): each raises an :class:`~densflow.utils.errors.InputError` (a ``ValueError``)
+that names the argument, says what was expected and what was given, so that the command line can
+show it as one line.
 
 >>> check_int("k", 4)
 4
 >>> check_int("k", 2.5)
 Traceback (most recent call last):
 ...
-ValueError: k must be an integer >= 1, got 2.5
+densflow.utils.errors.InputError: k must be an integer >= 1, got 2.5
 >>> check_float("temperature", float("nan"), minimum=0.0)
 Traceback (most recent call last):
 ...
-ValueError: temperature must be a finite number >= 0.0, got nan
+densflow.utils.errors.InputError: temperature must be a finite number >= 0.0, got nan
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .errors import InputError
+
 __all__ = ["check_int", "check_float", "check_images", "check_noise", "check_output_path"]
 
 
@@ -37,7 +40,7 @@ def check_int(name: str, value: Any, minimum: int = 1, maximum: int | None = Non
     if ok and value >= minimum and (maximum is None or value <= maximum):
         return int(value)
     bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-    raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
+    raise InputError(f"{name} must be an integer {bound}, got {value!r}")
 
 
 def check_float(
@@ -62,7 +65,7 @@ def check_float(
     if maximum is not None:
         parts.append(f"<= {maximum}")
     bound = (" " + " and ".join(parts)) if parts else ""
-    raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+    raise InputError(f"{name} must be a finite number{bound}, got {value!r}")
 
 
 def check_output_path(
@@ -86,23 +89,23 @@ def check_output_path(
             source.exists() and target.exists() and os.path.samefile(source, target)
         )  # a hard link or another name of the same file
         if same or (folder and target in source.parents):
-            raise ValueError(
+            raise InputError(
                 f"{name} {path} is {'also' if same else 'the folder of'} an input of "
                 "this command and would be overwritten; write to another path"
             )
     if folder and path.exists() and not path.is_dir():
-        raise ValueError(f"{name} {path} is a file; give a folder path")
+        raise InputError(f"{name} {path} is a file; give a folder path")
     if not folder and path.is_dir():
-        raise ValueError(f"{name} {path} is a folder; give a file path")
+        raise InputError(f"{name} {path} is a folder; give a file path")
     if not folder and path.exists() and not os.access(path, os.W_OK):
-        raise ValueError(f"{name} {path} exists and is read-only; choose another path")
+        raise InputError(f"{name} {path} exists and is read-only; choose another path")
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=parent):
             pass
     except OSError as err:
-        raise ValueError(
+        raise InputError(
             f"{name} {path}: cannot write into {parent} ({err.strerror or err}); choose a "
             "writable folder"
         ) from err
@@ -113,28 +116,28 @@ def check_images(x: Any, size: int, *, divisor: int) -> None:
     """``x`` is a batch of 8-bit RGB images ``(B, 3, size, size)``: an integer tensor with values
     0..255 and at least one image (a model of ``divisor`` halvings needs a side divisible by it)."""
     if not isinstance(x, Tensor):
-        raise ValueError(f"expected a torch.Tensor of uint8 images, got {type(x).__name__}")
+        raise InputError(f"expected a torch.Tensor of uint8 images, got {type(x).__name__}")
     if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
-        raise ValueError(
+        raise InputError(
             f"expected uint8 images with values 0..255, got dtype {x.dtype}. DenseFlow models "
             "discrete 8-bit data; convert images in [0, 1] with (x * "
             "255).round().to(torch.uint8)"
         )
     if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(
+        raise InputError(
             f"expected a batch of RGB images of shape (B, 3, H, W), got shape {tuple(x.shape)}"
         )
     if x.shape[0] == 0:
-        raise ValueError("x is an empty batch (B = 0); pass at least one image")
+        raise InputError("x is an empty batch (B = 0); pass at least one image")
     if tuple(x.shape[2:]) != (size, size):
-        raise ValueError(
+        raise InputError(
             f"this model was built for {size}×{size} images, got {x.shape[2]}×{x.shape[3]}; "
             "build "
             f"one with DenseFlowConfig(image_size={x.shape[2]}, ...) (needs a square size "
             f"divisible by {divisor})"
         )
     if x.dtype != torch.uint8 and (x.min() < 0 or x.max() > 255):
-        raise ValueError(
+        raise InputError(
             f"expected integer values in 0..255, got values in [{int(x.min())}, {int(x.max())}]"
         )
 
@@ -148,9 +151,9 @@ def check_noise(
     got = {name: tuple(t.shape) for name, t in noise.items()}
     wrong = [name for name, t in noise.items() if not t.is_floating_point()]
     if wrong:
-        raise ValueError(f"noise must be floating point (standard-normal draws); {wrong} are not")
+        raise InputError(f"noise must be floating point (standard-normal draws); {wrong} are not")
     if got != expected:
-        raise ValueError(
+        raise InputError(
             f"noise does not fit this model and batch of {batch_size}: expected the shapes "
             f"{expected}, got {got}. Make it with model.draw_noise({batch_size}"
             f"{', sampling=True' if sampling else ''})"

@@ -3,7 +3,7 @@
 byte range, then the raw bytes (no pickle, nothing that can run code).
 
 Files written here load with ``safetensors.torch.load_file`` and the reverse, so a model directory
-(:mod:`densflow.pretrained`) loads with no compiled package beside torch.
+(:mod:`densflow.io.pretrained`) loads with no compiled package beside torch.
 
 >>> import tempfile, torch
 >>> with tempfile.TemporaryDirectory() as folder:

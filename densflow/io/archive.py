@@ -1,6 +1,6 @@
 """Unpacking a downloaded zip or tar archive so that no member can write outside its folder.
 
-The authors' weights (:mod:`densflow.weights`) come as an archive from a file host: its member
+The authors' weights (:mod:`densflow.io.weights`) come as an archive from a file host: its member
 names are not trusted. A member with an absolute path or ``..`` stops the unpacking; links and
 special files are never created (each is reported and skipped), so every file lands inside the
 destination, whatever the archive holds.
@@ -15,12 +15,14 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+from ..utils.errors import InputError
+
 __all__ = ["ArchiveError", "unpack"]
 
 _ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz")
 
 
-class ArchiveError(ValueError):
+class ArchiveError(InputError):
     """An archive that cannot be unpacked safely: damaged, of an unknown format, or with a member
     that points outside the destination."""
 

@@ -106,7 +106,7 @@ def explore(draw: Callable[..., Any], **controls: Slider | Choice) -> Any:
     for name, control in controls.items():
         if not isinstance(control, Slider | Choice):
             raise TypeError(
-                f"control {name!r} must be a densflow.widgets.Slider or Choice, "
+                f"control {name!r} must be a densflow.utils.widgets.Slider or Choice, "
                 f"got {type(control).__name__}"
             )
     import matplotlib.pyplot as plt

@@ -12,15 +12,15 @@ A model directory holds two files and nothing that can run code:
 It is the layout of ``huggingface_hub``'s ``PyTorchModelHubMixin`` (``config.json`` +
 ``model.safetensors``), so a directory uploads to the Hugging Face Hub as it is and
 :func:`from_pretrained` reads it back from a Hub repo id. Training checkpoints
-(:mod:`densflow.checkpoint`) stay ``torch.save`` files: they carry the optimizer state.
+(:mod:`densflow.io.checkpoint`) stay ``torch.save`` files: they carry the optimizer state.
 
-The safetensors codec (:mod:`densflow.safetensors_codec`) is a few dozen lines of plain Python over
-``torch``; files it writes load with ``safetensors.torch.load_file`` and the reverse (tests check
-both), so loading a model needs no compiled package beside torch.
+The safetensors codec (:mod:`densflow.io.safetensors_codec`) is a few dozen lines of plain Python
+over ``torch``; files it writes load with ``safetensors.torch.load_file`` and the reverse (tests
+check both), so loading a model needs no compiled package beside torch.
 
 Names resolve against a cache, ``$DENSFLOW_CACHE`` or else ``~/.cache/densflow``: the model
 ``"cifar10"`` is the directory ``<cache>/models/cifar10``, which ``python -m densflow download
-weights`` (:mod:`densflow.weights`) fills with the authors' released models.
+weights`` (:mod:`densflow.io.weights`) fills with the authors' released models.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
+from ..model import DenseFlow, DenseFlowConfig
 from .checkpoint import CheckpointError, load_any_checkpoint
-from .model import DenseFlow, DenseFlowConfig
 from .safetensors_codec import load_safetensors, save_safetensors
 
 __all__ = [
