@@ -12,18 +12,21 @@ and with :math:`k` samples the importance-weighted bound (Burda et al., 2016)
 .. math:: \ln p(x) \ge \mathbb{E}\left[\ln \frac{1}{k}\sum_{j=1}^{k} w_j\right],
    \qquad \ln w_j = \ln p(x, e_j) - \ln q(e_j \mid x),
 
-is tighter and does not decrease as :math:`k` grows.
+is tighter and does not decrease as :math:`k` grows. :func:`importance_weighted_log_prob` is the
+one implementation of it that the model (:meth:`~densflow.model.DenseFlow.iw_log_prob`), its
+CUDA-graphed passes and the test-set evaluation (:mod:`densflow.evaluation`) share: they differ
+only in how a chunk of log-weights is computed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["bits_per_dim", "importance_weighted_bound", "num_dims"]
+__all__ = ["bits_per_dim", "importance_weighted_bound", "importance_weighted_log_prob", "num_dims"]
 
 
 def num_dims(image_shape: int | Sequence[int]) -> int:
@@ -65,3 +68,25 @@ def importance_weighted_bound(log_weights: Tensor, dim: int = 0) -> Tensor:
     """
     k = log_weights.shape[dim]
     return torch.logsumexp(log_weights, dim=dim) - math.log(k)
+
+
+def importance_weighted_log_prob(
+    log_weights: Callable[[int, int], Tensor], k: int, chunk_size: int | None = None
+) -> Tensor:
+    r"""The k-sample bound :math:`\ln \frac{1}{k}\sum_{j=1}^{k} w_j` of each image of a batch, its
+    log-weights computed ``chunk_size`` samples at a time (all ``k`` at once when None), so that
+    k = 1000 fits in memory.
+
+    ``log_weights(start, c)`` returns the ``(c, B)`` log-weights :math:`\ln w_j` of samples
+    ``start, …, start + c − 1`` of each of the ``B`` images (one single-sample bound each, with
+    fresh draws). Each image's bound is then one ``logsumexp`` over its own ``k`` log-weights, so
+    it is the same number whatever the chunk size and whatever else is in the batch.
+    """
+    chunks, start = [], 0
+    step = k if chunk_size is None else chunk_size
+    while start < k:
+        c = min(step, k - start)
+        chunks.append(log_weights(start, c))
+        start += c
+    per_image = torch.cat(chunks).T.contiguous()  # (B, k): one row of log-weights per image
+    return torch.stack([importance_weighted_bound(row) for row in per_image])

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 
 import torch
 from torch import Tensor, nn
 
 from .base import FlowStep, nested, within
+from .bounds import importance_weighted_log_prob
 from .config import PRESETS, DenseFlowConfig
 from .coupling import CouplingNet
 from .dequantization import VariationalDequantization
@@ -41,7 +43,7 @@ from .noise import draw
 from .prior import LearnedGaussianPrior
 from .utils.validate import check_float, check_images, check_int, check_noise
 
-__all__ = ["DenseFlowConfig", "DenseFlow", "PRESETS", "coupling_net_factory"]
+__all__ = ["DenseFlowConfig", "DenseFlow", "PRESETS", "coupling_net_factory", "sum_terms"]
 
 
 def coupling_net_factory(config: DenseFlowConfig, block: int) -> CouplingNetFactory:
@@ -55,6 +57,13 @@ def coupling_net_factory(config: DenseFlowConfig, block: int) -> CouplingNetFact
         pinv_iterations=config.pinv_iterations,
         branches=config.coupling_net,
     )
+
+
+def sum_terms(terms: dict[str, Tensor]) -> Tensor:
+    """The bound ``(B,)`` from its terms, added one after the other in the flow's order: each
+    image's number is then the same whatever else is in the batch (a reduction over a stacked
+    ``(terms, B)`` tensor adds in another order for one image than for several)."""
+    return functools.reduce(operator.add, terms.values())
 
 
 def input_noise_channels(config: DenseFlowConfig) -> int:
@@ -280,7 +289,7 @@ class DenseFlow(nn.Module):
             generator: the source of every random draw (dequantization and cross-unit noise).
             noise: the draws themselves (:meth:`draw_noise`) instead of ``generator``.
         """
-        return torch.stack(list(self.log_prob_terms(x, generator, noise=noise).values())).sum(dim=0)
+        return sum_terms(self.log_prob_terms(x, generator, noise=noise))
 
     def forward(
         self,
@@ -297,28 +306,27 @@ class DenseFlow(nn.Module):
         self,
         x: Tensor,
         k: int,
-        chunk_size: int = 50,
+        chunk_size: int | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Importance-weighted bound ``ln (1/k) Σ_j w_j`` with ``k`` samples, shape ``(B,)``.
+        """Importance-weighted bound ``ln (1/k) Σ_j w_j`` with ``k`` samples, shape ``(B,)``
+        (:func:`densflow.bounds.importance_weighted_log_prob`).
 
         Every ``w_j`` is one single-sample bound (fresh dequantization and cross-unit noise).
-        Samples are evaluated ``chunk_size`` at a time — the batch repeated ``chunk_size`` times in
-        one forward pass — and combined with a running ``logsumexp``, so k = 1000 fits in memory.
+        Samples are evaluated ``chunk_size`` at a time (None: all ``k`` in one pass) — the batch
+        repeated ``chunk_size`` times in one forward pass — so k = 1000 fits in memory.
         Call it in eval mode (BatchNorm then uses its running statistics).
         """
-        k, chunk_size = check_int("k", k), check_int("chunk_size", chunk_size)
+        k = check_int("k", k)
+        if chunk_size is not None:
+            chunk_size = check_int("chunk_size", chunk_size)
         x = self._check_images(x).to(torch.uint8)
         b = x.shape[0]
-        running = None
-        done = 0
-        while done < k:
-            c = min(chunk_size, k - done)
-            log_w = self.log_prob(x.repeat(c, 1, 1, 1), generator).view(c, b)
-            chunk = torch.logsumexp(log_w, dim=0)
-            running = chunk if running is None else torch.logaddexp(running, chunk)
-            done += c
-        return running - math.log(k)
+
+        def log_weights(start: int, c: int) -> Tensor:
+            return self.log_prob(x.repeat(c, 1, 1, 1), generator).view(c, b)
+
+        return importance_weighted_log_prob(log_weights, k, chunk_size)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

@@ -11,25 +11,25 @@ What is captured: the two pure functions of :class:`~densflow.model.DenseFlow` (
 host reads), given the images and the drawn noise —
 
 * the log-likelihood of a batch (the single-sample bound, eqs. 5 and 9, Sec. 2.1:
-  :meth:`~densflow.model.DenseFlow.terms_from_noise`, summed), and the importance-weighted
-  bound's chunk of ``c`` samples, :math:`\operatorname{logsumexp}_{j \le c} \ln w_j` for each
-  image (the batch repeated ``c`` times in one pass, as
-  :meth:`~densflow.model.DenseFlow.iw_log_prob` does);
-* a batch of samples from its noise (:meth:`~densflow.model.DenseFlow.sample_from_noise`, then the
-  quantization ``floor(256·v)``), with each plain 1×1 convolution inverted by
+  :meth:`~densflow.model.DenseFlow.terms_from_noise`, summed); a chunk of ``c`` samples of the
+  importance-weighted bound is that pass on the batch repeated ``c`` times, combined by
+  :func:`~densflow.bounds.importance_weighted_log_prob`, as the eager
+  :meth:`~densflow.model.DenseFlow.iw_log_prob` does;
+* a batch of samples from its noise (:meth:`~densflow.model.DenseFlow.sample_from_noise`; the
+  quantization ``floor(256·v)`` follows eagerly), with each plain 1×1 convolution inverted by
   :class:`CapturableConv1x1` (``torch.linalg.inv`` reads its error flag back to the host).
 
-The noise is drawn eagerly, on the caller's generator, with exactly the draws of the eager path
-(:meth:`~densflow.model.DenseFlow.draw_noise`, in the same order), and copied into the graph's input
-buffers: a fixed seed gives the same bits/dim and the same samples either way. A graph holds one
-set of shapes (:class:`CapturedCall` refuses others); :class:`GraphedFlow` keeps one per shape.
+The noise is given (``noise=``), or drawn eagerly on the caller's generator with exactly the draws
+of the eager path (:meth:`~densflow.model.DenseFlow.draw_noise`, in the same order), and copied into
+the graph's input buffers: a fixed seed gives the same bits/dim and the same samples either way.
+A graph holds one set of shapes (:class:`CapturedCall` refuses others); :class:`GraphedFlow` keeps
+one per shape.
 On a CPU, or where a capture fails (a warning says why), the same function runs eagerly on the same
 buffers: the same numbers.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Hashable
 from typing import TypeVar
@@ -37,9 +37,10 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+from ..bounds import importance_weighted_log_prob
 from ..glow import InvertibleConv1x1
-from ..model import DenseFlow
-from ..utils.validate import check_float, check_images, check_int
+from ..model import DenseFlow, sum_terms
+from ..utils.validate import check_float, check_images, check_int, check_noise
 from .compose import swap_classes
 from .precision import autocast
 
@@ -225,12 +226,13 @@ class GraphedFlow:
     """The evaluation and sampling passes of an eval-mode :class:`~densflow.model.DenseFlow`,
     each replayed from a CUDA graph: one per shape, captured at its first use.
 
-    ``log_prob``, ``iw_log_prob`` and ``sample`` take the arguments of the model's methods and
-    return their numbers: the noise is drawn eagerly on ``generator`` with the same draws, in the
-    same order, and only the pure pass is replayed (float32 within rounding of the eager path on
-    a GPU, to the bit on a CPU, where every pass runs eagerly on the graph's buffers). ``amp``
-    is :func:`~densflow.performance.autocast`'s (bf16 for the networks inside the flow; log-dets,
-    the prior and the bound stay float32), applied inside each pass.
+    ``log_prob``, ``iw_log_prob``, ``sample`` and ``sample_continuous`` take the arguments of the
+    model's methods and return their numbers: the noise is drawn eagerly on ``generator`` with
+    the same draws, in the same order (or given), and only the pure pass is replayed (float32
+    within rounding of the eager path on a GPU, to the bit on a CPU, where every pass runs
+    eagerly on the graph's buffers). ``amp`` is :func:`~densflow.performance.autocast`'s (bf16 for
+    the networks inside the flow; log-dets, the prior and the bound stay float32), applied inside
+    each pass.
 
     For evaluation only: no gradients, and the model must be in eval mode (BatchNorm's running
     statistics; a training-mode pass would update them, and ActNorm could initialise). The graphs
@@ -262,11 +264,20 @@ class GraphedFlow:
 
     # ------------------------------------------------------------------ likelihood
     @torch.no_grad()
-    def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def log_prob(
+        self,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        noise: dict[str, Tensor] | None = None,
+    ) -> Tensor:
         """:meth:`DenseFlow.log_prob <densflow.model.DenseFlow.log_prob>`: the single-sample
-        bound in nats, ``(B,)``."""
+        bound in nats, ``(B,)``, the noise drawn from ``generator`` unless ``noise`` is given."""
         self._check(x)
-        noise = self.model.draw_noise(x.shape[0], generator)
+        if noise is None:
+            noise = self.model.draw_noise(x.shape[0], generator)
+        else:
+            check_noise(noise, self.model.noise_shapes(x.shape[0]), x.shape[0], sampling=False)
         return self._call(("log_prob",), self._log_prob, x, noise)
 
     @torch.no_grad()
@@ -274,40 +285,31 @@ class GraphedFlow:
         self,
         x: Tensor,
         k: int,
-        chunk_size: int = 50,
+        chunk_size: int | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """:meth:`DenseFlow.iw_log_prob <densflow.model.DenseFlow.iw_log_prob>`: the
-        importance-weighted bound ``ln (1/k) Σ_j w_j`` in nats, ``(B,)``, ``chunk_size`` samples
-        per replayed pass (a last, smaller chunk has a graph of its own), combined with a running
-        ``logaddexp``."""
-        k, chunk_size = check_int("k", k), check_int("chunk_size", chunk_size)
+        importance-weighted bound ``ln (1/k) Σ_j w_j`` in nats, ``(B,)``
+        (:func:`~densflow.bounds.importance_weighted_log_prob`), each chunk of ``chunk_size``
+        samples one replayed pass of the repeated batch (a last, smaller chunk has a graph of its
+        own)."""
+        k = check_int("k", k)
+        if chunk_size is not None:
+            chunk_size = check_int("chunk_size", chunk_size)
         self._check(x)
         x = x.to(torch.uint8)  # the eager path repeats uint8 images too
         b = x.shape[0]
-        running = None
-        done = 0
-        while done < k:
-            c = min(chunk_size, k - done)
-            noise = self.model.draw_noise(c * b, generator)
-            chunk = self._call(("iw_chunk", c), self._iw_chunk, x, noise)
-            running = chunk if running is None else torch.logaddexp(running, chunk)
-            done += c
-        return running - math.log(k)
+
+        def log_weights(start: int, c: int) -> Tensor:
+            return self.log_prob(x.repeat(c, 1, 1, 1), generator).view(c, b)
+
+        return importance_weighted_log_prob(log_weights, k, chunk_size)
 
     def _log_prob(self, x: Tensor, noise: dict[str, Tensor]) -> Tensor:
         model = self.model
         with autocast(x.device, self.amp, cache_enabled=False):
             terms = model.terms_from_noise(x.to(model.prior.loc.dtype), noise)
-        return torch.stack(list(terms.values())).sum(dim=0)
-
-    def _iw_chunk(self, x: Tensor, noise: dict[str, Tensor]) -> Tensor:
-        """``logsumexp`` over the chunk's ``c`` samples of each image's ``ln w``: the batch
-        repeated ``c`` times, in one pass."""
-        b = x.shape[0]
-        c = next(iter(noise.values())).shape[0] // b
-        log_w = self._log_prob(x.repeat(c, 1, 1, 1), noise).view(c, b)
-        return torch.logsumexp(log_w, dim=0)
+        return sum_terms(terms)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -316,10 +318,28 @@ class GraphedFlow:
     ) -> Tensor:
         """:meth:`DenseFlow.sample <densflow.model.DenseFlow.sample>`: ``n`` uint8 images
         ``(n, 3, H, W)``; one graph per ``n`` and temperature (a constant of the pass)."""
+        v = self.sample_continuous(n, temperature, generator)
+        return self.model.dequantization.flow_inverse(v)
+
+    @torch.no_grad()
+    def sample_continuous(
+        self,
+        n: int,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        *,
+        noise: dict[str, Tensor] | None = None,
+    ) -> Tensor:
+        """:meth:`DenseFlow.sample_continuous
+        <densflow.model.DenseFlow.sample_continuous>`: ``v ∈ [0, 1)`` before quantization,
+        ``(n, 3, H, W)``, the draws from ``generator`` unless ``noise`` is given."""
         n = check_int("n", n)
         temperature = check_float("temperature", temperature, minimum=0.0)
         self._check_mode()
-        noise = self.model.draw_noise(n, generator, sampling=True)
+        if noise is None:
+            noise = self.model.draw_noise(n, generator, sampling=True)
+        else:
+            check_noise(noise, self.model.noise_shapes(n, sampling=True), n, sampling=True)
 
         def sample_from(noise: dict[str, Tensor]) -> Tensor:
             model = self.model
@@ -327,10 +347,9 @@ class GraphedFlow:
             swap_classes(model, InvertibleConv1x1, CapturableConv1x1)
             try:
                 with autocast(model.prior.loc.device, self.amp, cache_enabled=False):
-                    v = model.sample_from_noise(noise, temperature)
+                    return model.sample_from_noise(noise, temperature)
             finally:
                 swap_classes(model, CapturableConv1x1, InvertibleConv1x1)
-            return model.dequantization.flow_inverse(v)
 
         return self._call(("sample", temperature), sample_from, noise)
 
