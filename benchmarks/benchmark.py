@@ -49,14 +49,15 @@ import torch
 from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
 from densflow.performance import (
     GraphedFlow,
+    Speed,
     autocast,
     compile_model,
     compose_coupling_nets,
     to_channels_last,
 )
-from densflow.training import Speed
 from densflow.training.optim import build_optimizer
-from densflow.training.step import Dist, GraphedStep, TrainStep, make_step
+from densflow.training.step import GraphedStep, TrainStep, make_step
+from densflow.utils.distributed import Dist
 
 SINGLE = (
     "eager",

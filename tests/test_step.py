@@ -12,7 +12,8 @@ import torch
 from utils import optimizer_parameters, optimizer_steps
 
 from densflow import DenseFlow, DenseFlowConfig, bits_per_dim, performance
-from densflow.training import Speed, optim
+from densflow.performance import Speed
+from densflow.training import optim
 from densflow.training import step as step_module
 from densflow.training.optim import compile_optimizer, optimizer_state_dict
 from densflow.training.step import (

@@ -13,6 +13,8 @@ within 0.01 bits/dim (``benchmarks/benchmark.py`` measures what each buys on a m
   two pure functions, its log-density and its sampler, one graph each; :func:`prepare_model`
   applies the transforms to a loaded model; :func:`run_eagerly` skips compilation for a shape
   met once.
+* :mod:`~densflow.performance.speed` — :class:`Speed`, the switches above, checked together; what
+  training and evaluation choose their step or pass from.
 * :mod:`~densflow.performance.graphs` — :class:`GraphedFlow`: the evaluation and sampling passes
   (the same two pure functions) replayed from CUDA graphs, one per shape, the noise drawn eagerly
   with the eager path's draws; :class:`CapturedCall`, one such graph; :class:`CapturableConv1x1`,
@@ -30,9 +32,11 @@ from .compile import (
 from .compose import ComposedCouplingNet, compose_coupling_nets, plain_coupling_nets
 from .graphs import CapturableConv1x1, CapturedCall, GraphedFlow, capture_graph
 from .precision import AMP_MODES, autocast, to_channels_last
+from .speed import Speed
 
 __all__ = [
     "AMP_MODES",
+    "Speed",
     "autocast",
     "to_channels_last",
     "compose_coupling_nets",

@@ -25,7 +25,7 @@ One concern per module:
   event files in ``out_dir/tensorboard``).
 """
 
-from .config import CHECKPOINT_NAME, METRICS_NAME, Speed, TrainConfig
+from .config import CHECKPOINT_NAME, METRICS_NAME, TrainConfig
 from .divergence import TrainingDivergedError
 from .metrics import read_metrics
 from .optim import compile_optimizer, optimizer_state_dict, set_lr
@@ -47,7 +47,6 @@ __all__ = [
     "METRICS_NAME",
     "TRAIN_PRESETS",
     "GraphedTrainingStep",
-    "Speed",
     "StepMetrics",
     "TrainConfig",
     "TrainResult",

@@ -16,10 +16,10 @@ import torch
 
 from .. import data
 from ..model import PRESETS, DenseFlowConfig
-from ..performance import AMP_MODES
+from ..performance import AMP_MODES, Speed
 from .ranges import RANGES, check_range
 
-__all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "OPTIMIZERS", "SCHEDULES", "Speed", "TrainConfig"]
+__all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "OPTIMIZERS", "SCHEDULES", "TrainConfig"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 """The training checkpoint inside ``out_dir``; :func:`~densflow.io.checkpoint.load_model` reads
@@ -46,26 +46,6 @@ _LEGACY_FIELDS = {"iw_chunk_size": "chunk_size", "pin_memory": None}
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
     return {"help": text, **extra}
-
-
-@dataclass(frozen=True)
-class Speed:
-    """The speed switches of a training step (``densflow.training.step.make_step``): none of
-    them changes what is learned beyond rounding (bf16: within 0.01 bits/dim)."""
-
-    amp: str = "none"
-    channels_last: bool = False
-    compile: bool = False
-    cuda_graphs: bool = False
-
-    def __post_init__(self) -> None:
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
-        if self.cuda_graphs and self.compile:
-            raise ValueError(
-                "choose one of compile and cuda_graphs: a capture of the compiled "
-                "flow has not been validated"
-            )
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,6 @@ flag at once, before a save).
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,14 +42,13 @@ from torch import Tensor, nn
 from ..bounds import bits_per_dim
 from ..glow import ActNorm
 from ..model import DenseFlow
-from ..performance import CapturedCall, autocast, capture_graph, compile_model
-from .config import Speed
+from ..performance import CapturedCall, Speed, autocast, capture_graph, compile_model
+from ..utils.distributed import Dist, join_process_group
 from .optim import compile_optimizer, make_capturable, restore_eager_groups, set_lr
 
 __all__ = [
     "BatchNormStats",
     "CompiledStep",
-    "Dist",
     "GraphedStep",
     "GraphedTrainingStep",
     "GraphedUpdate",
@@ -347,33 +345,13 @@ class GraphedStep(TrainStep):
         pass  # the graph's gradients are its own tensors, rewritten by each replay
 
 
-@dataclass(frozen=True)
-class Dist:
-    """This process's place in a ``torchrun`` job (rank 0 of 1 without one)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls) -> Dist:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world == 1:
-            return cls()
-        return cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-
 def wrap_distributed(model: DenseFlow, device: torch.device, channels_last: bool) -> nn.Module:
     """``model`` in DistributedDataParallel, joining the ``torchrun`` process group (NCCL on
     CUDA, gloo on the CPU). The wrapper broadcasts rank 0's parameters and buffers, so every rank
     starts from rank 0's initialisation."""
-    import torch.distributed as tdist
     from torch.nn.parallel import DistributedDataParallel
 
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # NCCL's communicator uses the current device
-    if not tdist.is_initialized():
-        tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    join_process_group(device)
     if channels_last:
         # DDP gives each gradient bucket its parameter's strides and warns (once) when a
         # gradient's differ. Under channels_last they differ only for tensors shaped (·, ·, 1, 1),
@@ -391,9 +369,11 @@ def make_step(
     speed: Speed,
     *,
     max_norm: float = math.inf,
-    dist: Dist = Dist(),
+    dist: Dist | None = None,
 ) -> TrainStep:
-    """The step implementation for ``speed`` and this process (ActNorm must be initialised)."""
+    """The step implementation for ``speed`` and this process (``dist``: its place in a
+    ``torchrun`` job, default a single process); ActNorm must be initialised."""
+    dist = dist or Dist()
     device = next(model.parameters()).device
     if speed.cuda_graphs:
         if dist.world_size > 1:

@@ -51,7 +51,8 @@ from ..glow import ActNorm
 from ..io.checkpoint import TrainingState, restore_rng, training_checkpoint
 from ..model import DenseFlow
 from ..performance import autocast, compose_coupling_nets
-from ..utils.runtime import collate_images, first_images, resolve_device
+from ..utils.distributed import Dist
+from ..utils.runtime import collate_images, first_images
 from .batches import StepInputs
 from .checkpoint_writer import CheckpointWriter
 from .config import CHECKPOINT_NAME, TrainConfig
@@ -62,7 +63,7 @@ from .optim import build_optimizer, optimizer_state_dict
 from .resume import load_init_weights, read_resumable
 from .rundir import RunFolderLock, TrainingSetupError, remove_stale_temporaries
 from .schedule import Stream, derive_seed, learning_rate
-from .step import BatchNormStats, Dist, TrainStep, make_step
+from .step import BatchNormStats, TrainStep, make_step
 
 __all__ = ["TrainResult", "Trainer", "TrainingDivergedError", "TrainingSetupError", "train"]
 
@@ -119,13 +120,10 @@ class Trainer:
         self.config = cfg = config
         self.dist = Dist.from_env()
         self.is_main = self.dist.rank == 0
-        if self.dist.world_size > 1 and torch.cuda.is_available():
-            self.device = torch.device("cuda", self.dist.local_rank)
-        else:
-            try:
-                self.device = resolve_device(cfg.device)
-            except ValueError as err:
-                raise TrainingSetupError(str(err)) from err
+        try:
+            self.device = self.dist.device(cfg.device)  # under torchrun: one GPU per process
+        except ValueError as err:
+            raise TrainingSetupError(str(err)) from err
         self.out_dir = Path(cfg.out_dir)
         self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
         # Only rank 0 writes to the run folder, so only rank 0 takes its lock.
