@@ -7,16 +7,17 @@ Layout (one paper part per module): :mod:`~densflow.dequantization`, :mod:`~dens
 :mod:`~densflow.multiscale`, :mod:`~densflow.prior`, :mod:`~densflow.base` (the contract of every
 step), :mod:`~densflow.config`, :mod:`~densflow.model`, :mod:`~densflow.bounds`; speed as
 transforms of a built model in :mod:`~densflow.performance`; :mod:`~densflow.io.official`,
-:mod:`~densflow.data`, :mod:`~densflow.training`, :mod:`~densflow.evaluate`, :mod:`~densflow.cli`.
+:mod:`~densflow.data`, :mod:`~densflow.training`, :mod:`~densflow.evaluation`,
+:mod:`~densflow.cli`.
 
 The training loop and the evaluation are ``densflow.training.train`` and
-``densflow.evaluate.evaluate`` (not re-exported here, so that the module names stay the modules).
+``densflow.evaluation.evaluate`` (not re-exported here, so that the module names stay the modules).
 """
 
 from . import data
 from .bounds import bits_per_dim, importance_weighted_bound
 from .data import DatasetError, augmentation_for, check_dataset, image_shape, load_dataset
-from .evaluate import save_sample_grid
+from .evaluation import save_sample_grid
 from .io.checkpoint import CheckpointError, load_model, save_model
 from .io.official import load_official
 from .model import PRESETS, DenseFlow, DenseFlowConfig

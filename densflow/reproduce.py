@@ -20,13 +20,13 @@ from typing import Any
 import torch
 
 from .data import DATASETS, check_dataset, load_dataset, paper_datasets, paper_table1
-from .evaluate import PAPER_IW_SAMPLES, EvalResult, evaluate, save_sample_grid
+from .evaluation import EvalConfig, EvalResult, evaluate, paper_iw_samples, save_sample_grid
 from .io.pretrained import resolve_model
 from .model import DenseFlow
-from .noise import make_generator
 from .performance import prepare_model
 from .training import TrainConfig, TrainResult, read_metrics, train, train_preset
-from .utils.runtime import first_images, log_to_stderr, resolve_device
+from .utils.distributed import Dist
+from .utils.runtime import first_images, log_to_stderr
 
 __all__ = [
     "PAPER_RESULTS",
@@ -87,9 +87,8 @@ def reproduction_config(
 def default_iw_samples(dataset: str, preset: str) -> int:
     """The paper's k for ``dataset`` (1000 for CIFAR-10, 200 otherwise); 8 for minutes-long
     ``smoke`` runs and for datasets outside the paper."""
-    if preset == "smoke":
-        return 8
-    return PAPER_IW_SAMPLES.get(dataset, 8)
+    k = paper_iw_samples(dataset)
+    return 8 if preset == "smoke" or k is None else k
 
 
 def train_or_load(
@@ -103,7 +102,7 @@ def train_or_load(
     if checkpoint is not None:
         # A path, an official run folder, a model directory or cached name, or "official" for
         # the authors' model of this dataset; a model trained on another dataset is refused.
-        device = resolve_device(config.device)
+        device = Dist.from_env().device(config.device)  # under torchrun: this process's GPU
         model, _ = resolve_model(checkpoint, config.dataset, map_location=device)
         return prepare_model(model.eval(), config.channels_last, config.compile), None
     result = train(config)
@@ -115,28 +114,27 @@ def evaluate_test_split(
     config: TrainConfig,
     *,
     iw_samples: int | None,
-    chunk_size: int = 50,
+    chunk_size: int | None = None,
     limit: int | None = None,
     progress: bool | None = None,
+    dist: Dist | None = None,
 ) -> EvalResult:
-    """Test bits/dim, single-sample and importance-weighted, resumable from ``out_dir``."""
+    """Test bits/dim, single-sample and importance-weighted, resumable from ``out_dir``;
+    ``dist``: sharded over the processes of a ``torchrun`` job (every one must call it).
+    ``chunk_size`` None: the evaluation's default (:class:`~densflow.evaluation.EvalConfig`)."""
     test = load_dataset(config.dataset, config.data_dir, "test", celeba_crop=config.celeba_crop)
     test = first_images(test, limit)
+    settings = EvalConfig(iw_samples=iw_samples, seed=config.seed, progress=progress,
+                          num_workers=config.num_workers)  # fmt: skip
+    if chunk_size is not None:
+        settings = settings.replace(chunk_size=chunk_size)
     batch = config.eval_batch_size or config.batch_size
     # The IW bound forwards batch × chunk images at once; keep that near a training batch.
     if iw_samples:
-        batch = max(1, min(batch, (config.batch_size * 8) // min(chunk_size, iw_samples)))
+        batch = max(1, min(batch, (config.batch_size * 8) // min(settings.chunk_size, iw_samples)))
     partial = Path(config.out_dir) / f"eval_k{iw_samples or 1}_n{len(test)}.partial.pt"
     return evaluate(
-        model,
-        test,
-        batch_size=batch,
-        iw_samples=iw_samples,
-        chunk_size=chunk_size,
-        seed=config.seed,
-        progress=progress,
-        partial_path=partial,
-        num_workers=config.num_workers,
+        model, test, settings.replace(batch_size=batch), partial_path=partial, dist=dist
     )
 
 
@@ -192,10 +190,9 @@ def write_results(
     train_result: TrainResult | None = None,
     checkpoint: str | os.PathLike | None = None,
 ) -> Path:
-    """Write ``out_dir/results.json``; every bits/dim must be finite (else ``ValueError``)."""
-    for name, value in (("bpd_single", result.bpd_single), ("bpd_iw", result.bpd_iw)):
-        if value is not None and not (value == value and abs(value) != float("inf")):
-            raise ValueError(f"{name} is {value}: the evaluation produced a non-finite bits/dim")
+    """Write ``out_dir/results.json``; every bits/dim must be finite (else
+    :class:`~densflow.evaluation.NonFiniteError`, and nothing is written)."""
+    result.check_finite()
     paper = PAPER_RESULTS["DenseFlow-74-10"].get(dataset)
     summary = {
         "dataset": dataset,
@@ -295,7 +292,9 @@ def reproduce(
 ) -> Reproduction:
     """A reproduction: check the data, train (resuming from ``out_dir``) or load ``checkpoint``,
     evaluate the test split, draw 64 samples and write ``results.json``, all in ``out_dir``.
-    Progress shows as a bar and as ``logging`` lines on stderr.
+    Progress shows as a bar and as ``logging`` lines on stderr. Under ``torchrun`` every process
+    runs it: training is data-parallel, the evaluation and the samples are sharded, rank 0
+    writes the files, and every process returns the same numbers (docs/evaluation.md).
 
     Arguments:
         dataset, data_dir: the data (:func:`densflow.data.load_dataset`).
@@ -335,13 +334,18 @@ def reproduce(
         limit = eval_limit
         if limit is None and preset == "smoke":
             limit = config.eval_limit
+        dist = Dist.from_env()  # under torchrun: each process evaluates and samples its share
         test = evaluate_test_split(
-            model, config, iw_samples=k, chunk_size=config.chunk_size, limit=limit
+            model, config, iw_samples=k, chunk_size=config.chunk_size, limit=limit, dist=dist
         )
+        test.check_finite()  # before anything is written
         samples = Path(out_dir) / "samples.png"
-        generator = make_generator(model, seed)
-        save_sample_grid(model, samples, n=64, temperature=temperature, generator=generator)
-        results = write_results(out_dir, dataset, config, test, train_result, checkpoint)
+        save_sample_grid(
+            model, samples, n_samples=64, temperature=temperature, seed=seed, dist=dist
+        )
+        results = Path(out_dir) / "results.json"
+        if dist.is_main:
+            write_results(out_dir, dataset, config, test, train_result, checkpoint)
         table = comparison_table(dataset, test)
         return Reproduction(
             dataset, summary, config, model, train_result, test, table, samples, results

@@ -24,7 +24,7 @@ from utils import assert_one_line, run_cli, snapshot
 
 from densflow.cli import main
 from densflow.config import DenseFlowConfig
-from densflow.evaluate import evaluate
+from densflow.evaluation import evaluate
 from densflow.io.checkpoint import (
     FORMAT,
     CheckpointError,
@@ -58,6 +58,11 @@ def files(tmp_path_factory, reference_dir) -> Path:
         for p in nan.parameters():
             p.fill_(float("nan"))
     save_model(nan, root / "nan.pt", train_config=photos)
+    huge = tiny()
+    with torch.no_grad():
+        for p in huge.parameters():
+            p.mul_(1e30)  # finite weights, whose flow overflows: an all-black grid if not refused
+    save_model(huge, root / "huge.pt", train_config=photos)
     ckpt = torch.load(root / "m.pt", weights_only=True)
     torch.save({**ckpt, "version": 99}, root / "newer.pt")
     (root / "random.pt").write_bytes(bytes(range(256)) * 8)
@@ -132,32 +137,35 @@ CLI_ROWS = {
     ),
     "sample --temperature nan": (
         [*SAMPLE, "--temperature", "nan"],
-        r"--temperature: must be a finite number >= 0\.0, got nan",
+        r"--temperature: must be a finite number >= 0\.0 and <= 1000\.0, got nan",
     ),
     "sample --temperature inf": (
         [*SAMPLE, "--temperature", "inf"],
-        r"finite number >= 0\.0, got inf",
+        r"finite number >= 0\.0 and <= 1000\.0, got inf",
     ),
     "sample --temperature -1": ([*SAMPLE, "--temperature", "-1"], r"got -1\.0"),
     "sample --temperature abc": ([*SAMPLE, "--temperature", "abc"], r"got 'abc'"),
-    "sample --n 0": ([*SAMPLE, "--n", "0"], r"--n: must be an integer >= 1, got 0"),
-    "sample --nrow 0": ([*SAMPLE, "--nrow", "0"], r"--nrow: must be an integer >= 1"),
+    "sample --n 0": ([*SAMPLE, "--n", "0"], r"--n: must be an integer in \[1, 16384\], got 0"),
+    "sample --nrow 0": ([*SAMPLE, "--nrow", "0"], r"--nrow: must be an integer in \[1, 1024\]"),
     "eval --iw-samples 0": (
         [*EVAL, "--iw-samples", "0"],
-        r"--iw-samples: must be an integer >= 1",
+        r"--iw-samples: must be an integer in \[1, 1048576\]",
     ),
     "eval --iw-samples 2.5": ([*EVAL, "--iw-samples", "2.5"], r"got '2\.5'"),
     "eval --chunk-size 0": (
         [*EVAL, "--chunk-size", "0"],
-        r"--chunk-size: must be an integer >= 1",
+        r"--chunk-size: must be an integer in \[1, 65536\]",
     ),
-    "eval --limit 0": ([*EVAL, "--limit", "0"], r"--limit: must be an integer >= 1, got 0"),
+    "eval --limit 0": ([*EVAL, "--limit", "0"], r"--limit: .* in \[1, \d+\], got 0"),
     "eval --limit -3": ([*EVAL, "--limit", "-3"], r"got -3"),
+    "eval --iw-samples 1e12": ([*EVAL, "--iw-samples", str(10**12)], r"in \[1, 1048576\]"),
+    "sample --n 10**9": ([*SAMPLE, "--n", str(10**9)], r"--n: must be an integer in \[1, 16384\]"),
+    "eval --save-interval-s -1": ([*EVAL, "--save-interval-s", "-1"], r"got -1\.0"),
     "eval --batch-size 0": (
         [*EVAL, "--batch-size", "0"],
-        r"--batch-size: must be an integer >= 1",
+        r"--batch-size: must be an integer in \[1, 65536\]",
     ),
-    "eval --num-workers -1": ([*EVAL, "--num-workers", "-1"], r"must be an integer >= 0"),
+    "eval --num-workers -1": ([*EVAL, "--num-workers", "-1"], r"--num-workers: .* in \[0, 1024\]"),
     "eval --seed -1": (
         [*EVAL, "--seed", "-1"],
         r"--seed: must be an integer in \[0, 18446744073709551615\]",
@@ -168,11 +176,11 @@ CLI_ROWS = {
     ),
     "eval --compile --cuda-graphs": (
         [*EVAL, "--compile", "--cuda-graphs"],
-        r"choose one of --compile and --cuda-graphs: a capture of the compiled flow",
+        r"choose one of compile and cuda_graphs \(--compile, --cuda-graphs\): a capture of",
     ),
     "sample --compile --cuda-graphs": (
         [*SAMPLE, "--compile", "--cuda-graphs"],
-        r"choose one of --compile and --cuda-graphs",
+        r"choose one of compile and cuda_graphs",
     ),
     "convert --image-size 0": (["convert", "run", "o.pt", "--image-size", "0"], r"got 0"),
     # models that cannot be used, with the real reason
@@ -197,14 +205,35 @@ CLI_ROWS = {
         r"the model is for \(3, 16, 16\) images, photos test has \(3, 32, 32\); .*--dataset",
     ),
     "eval --device nonsense": ([*EVAL[:-1], "nonsense"], r"--device 'nonsense' is not a device"),
+    # outputs that are not numbers: refused in one line, nothing written
     "eval non-finite weights": (
         ["eval", "nan.pt", "--limit", "4"],
-        r"bits/dim are not finite .*evaluate an earlier checkpoint",
+        r"bits/dim are not finite \(NaN or inf\) for 4 of 4 images .*evaluate an earlier",
+    ),
+    "eval non-finite weights, --out": (
+        ["eval", "nan.pt", "--limit", "4", "--out", "r.json"],
+        r"bits/dim are not finite .* 4 of 4 images",
+    ),
+    "eval huge weights, --out and --iw-samples": (
+        ["eval", "huge.pt", "--limit", "3", "--iw-samples", "2", "--out", "r.json"],
+        r"bits/dim are not finite \(NaN or inf\) for 3 of 3 images \(the first: image 0\)",
+    ),
+    "eval huge weights, --iw-samples only": (
+        ["eval", "huge.pt", "--limit", "2", "--iw-samples", "2", "--no-single"],
+        r"bits/dim are not finite .* 2 of 2 images",
     ),
     "sample non-finite weights": (
         ["sample", "nan.pt", "--n", "4", "--out", "s.png"],
         r"the model.s weights are not finite \(\d+ tensors hold NaN or inf, .*before training "
         r"diverged",
+    ),
+    "sample huge weights": (
+        ["sample", "huge.pt", "--n", "4", "--out", "s.png"],
+        r"^error: 4 of 4 samples are not finite \(NaN or inf\), so the grid would be black",
+    ),
+    "sample huge weights, bf16": (
+        ["sample", "huge.pt", "--n", "3", "--out", "s.png", "--amp", "bf16", "--seed", "5"],
+        r"3 of 3 samples are not finite .*sample from an earlier checkpoint",
     ),
 }
 if not CUDA:
@@ -255,23 +284,19 @@ def test_eval_into_a_read_only_folder_fails_before_the_work(how, workdir, capsys
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
         monkeypatch.setattr("tempfile.TemporaryFile", refuse)
-    monkeypatch.setattr("densflow.evaluate.evaluate", pytest.fail)  # never reached
+    monkeypatch.setattr("densflow.evaluation.evaluate", pytest.fail)  # never reached
     status, _, err = run_cli([*EVAL, "--out", "locked/r.json"], capsys)
     assert status == 2
     assert_one_line(err, r"cannot write into locked .*writable folder")
     assert list((workdir / "locked").iterdir()) == []
 
 
-def test_non_finite_results_are_valid_json_and_status_2(workdir, capsys):
-    status = main(["eval", "nan.pt", "--limit", "4", "--out", "r.json"])
+def test_non_finite_results_print_nothing_and_keep_no_progress(workdir, capsys):
+    status = main(["eval", "huge.pt", "--limit", "4", "--out", "r.json", "--save-interval-s", "0"])
     captured = capsys.readouterr()
-    assert status == 2
-    written = json.loads(Path("r.json").read_text())  # strict JSON: NaN would not parse
-    assert json.loads(captured.out) == written
-    assert written["bpd_single"] is None and written["non_finite"] is True
-    assert "NaN" not in Path("r.json").read_text()
+    assert status == 2 and captured.out == ""  # no JSON: nothing that looks like a result
     assert_one_line(captured.err, r"not finite")
-    assert not Path("r.json.partial").exists()
+    assert not Path("r.json").exists() and not Path("r.json.partial").exists()
 
 
 def test_ctrl_c_during_eval_keeps_the_progress_and_the_same_command_resumes(
@@ -294,7 +319,8 @@ def test_ctrl_c_during_eval_keeps_the_progress_and_the_same_command_resumes(
     err = capsys.readouterr().err
     assert err == "interrupted; the partial file r.json.partial lets the same command resume\n"
     progress = torch.load("r.json.partial", weights_only=True)
-    assert progress["done"] == 4 and not Path("r.json").exists()
+    assert progress["start"] == 0 and progress["single"].shape == (4,)
+    assert not Path("r.json").exists()
 
     monkeypatch.setattr(DenseFlow, "log_prob", real)
     assert main(argv) == 0
@@ -307,7 +333,7 @@ def test_ctrl_c_during_sample_writes_nothing(workdir, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(DenseFlow, "sample", interrupted)
+    monkeypatch.setattr(DenseFlow, "sample_continuous", interrupted)
     before = snapshot(workdir)
     assert main(SAMPLE) == 130
     assert capsys.readouterr().err == "interrupted; s.png was not written\n"
@@ -328,7 +354,7 @@ def test_a_bug_is_status_1_and_debug_shows_the_traceback(workdir, capsys, monkey
     def bug(*args, **kwargs):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr("densflow.evaluate.evaluate", bug)
+    monkeypatch.setattr("densflow.evaluation.evaluate", bug)
     status, _, err = run_cli(EVAL, capsys)
     assert status == 1
     assert_one_line(err, r"unexpected ZeroDivisionError: .*rerun with --debug for the traceback")
@@ -416,6 +442,10 @@ API_ROWS = {
     "evaluate an empty dataset": (
         lambda m: evaluate(m, TensorDataset(IMAGES[:0])),
         r"^dataset is empty",
+    ),
+    "evaluate a generator": (
+        lambda m: evaluate(m, TensorDataset(IMAGES), generator=torch.Generator()),
+        r"^unknown evaluation settings \['generator'\]",
     ),
 }
 

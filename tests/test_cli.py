@@ -156,7 +156,10 @@ def test_train_eval_sample_end_to_end(tmp_path, capsys, monkeypatch):
     code = main([*small_eval, "--out", str(out)])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed == json.loads(out.read_text())
+    written = json.loads(out.read_text())  # the summary, and each image's bits/dim
+    assert {k: v for k, v in written.items() if not k.startswith("per_image")} == printed
+    assert len(written["per_image_iw"]) == 8
+    assert sum(written["per_image_iw"]) / 8 == pytest.approx(printed["bpd_iw"], rel=1e-12)
     assert printed["dataset"] == "photos" and printed["n_images"] == 8  # from the checkpoint
     assert 0 < printed["bpd_iw"] < 9 and 0 < printed["bpd_single"] < 9
     assert not (tmp_path / "eval.json.partial").exists()

@@ -372,7 +372,7 @@ def test_graphed_evaluate_and_the_trainers_evaluation_follow_the_eager_ones_on_t
     from utils import tiny_run
 
     import densflow.training.trainer as trainer_module
-    from densflow.evaluate import evaluate
+    from densflow.evaluation import evaluate
     from densflow.training import Trainer, read_metrics
 
     # evaluate(): 10 images in batches of 4, 4 and 2 (the last eagerly), k = 3 in chunks of 2, 1.

@@ -124,11 +124,12 @@ def test_paper_facts() -> None:
 
 
 def test_facts_elsewhere_come_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    from densflow import evaluate, reproduce
+    from densflow import reproduce
+    from densflow.evaluation import paper_iw_samples
     from densflow.io import official
 
     assert official.IMAGE_SIZES == {"cifar10": 32, "imagenet32": 32, "imagenet64": 64, "celeba": 64}
-    assert evaluate.PAPER_IW_SAMPLES == {
+    assert {name: paper_iw_samples(name) for name in paper_datasets()} == {
         "cifar10": 1000,
         "imagenet32": 200,
         "imagenet64": 200,

@@ -14,7 +14,7 @@ from utils import assert_same_training_state, tiny_run
 
 from densflow import DenseFlowConfig, performance
 from densflow.data import DATASETS, load_dataset
-from densflow.evaluate import evaluate
+from densflow.evaluation import evaluate
 from densflow.io.checkpoint import CheckpointError, load_model, read_checkpoint
 from densflow.training import (
     CHECKPOINT_NAME,

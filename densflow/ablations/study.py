@@ -17,6 +17,7 @@ import torch
 from ..config import DenseFlowConfig
 from ..data import dataset_info, load_dataset, paper_datasets
 from ..data.registry import PAPER_MODEL
+from ..evaluation import evaluate
 from ..training import TrainConfig, read_metrics, train
 from ..utils.runtime import first_images, log_to_stderr
 from ..utils.validate import check_int
@@ -140,8 +141,6 @@ def run_one(
 ) -> dict[str, Any]:
     """Train and evaluate one (variant, seed) in ``out_dir/<name>/seed<seed>``, or read back its
     ``result.json`` when that run is finished with the same config, steps and batch size."""
-    from ..evaluate import evaluate
-
     run_dir = Path(out_dir) / name / f"seed{seed}"
     done = run_dir / "result.json"
     key = {"config": config.to_dict(), "steps": steps, "batch_size": batch_size, "seed": seed}

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from .options import MAX_SEED, option_int
+from ..utils.validate import MAX_SEED
+from .options import option_int
 
 __all__ = ["add_ablate"]
 

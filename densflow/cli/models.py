@@ -10,9 +10,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .options import add_seed, option_float, option_int
+from .options import add_config_options, given_fields, option_int
 
-__all__ = ["Interrupted", "add_eval", "add_sample", "official_files", "option_int"]
+__all__ = ["Interrupted", "add_eval", "add_sample", "official_files"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -20,7 +20,13 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _iw_samples(text: str) -> int | str:
-    return text if text == "paper" else option_int("--iw-samples")(text)
+    """``--iw-samples``: a number in EvalConfig's range, or ``paper``."""
+    from ..evaluation import EvalConfig
+
+    if text == "paper":
+        return text
+    [meta] = [f.metadata for f in EvalConfig.fields_of("eval") if f.name == "iw_samples"]
+    return option_int("--iw-samples", meta["minimum"], meta["maximum"])(text)
 
 
 def official_files(spec: str | os.PathLike | None) -> list[Path]:
@@ -69,13 +75,30 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, str | None]:
-    """The model to evaluate or sample, and the dataset it was trained on (when recorded)."""
-    from ..io.pretrained import resolve_model
-    from ..utils.runtime import resolve_device
+def _add_settings(parser: argparse.ArgumentParser, command: str) -> None:
+    """The options of ``command``, one per :class:`~densflow.evaluation.EvalConfig` field of it;
+    its speed switches in a group of their own."""
+    from ..evaluation import EvalConfig
 
-    device = resolve_device(args.device, option="--device")
-    return resolve_model(args.official or args.checkpoint, map_location=device)
+    fields = EvalConfig.fields_of(command)
+    add_config_options(
+        parser, EvalConfig, [f for f in fields if not f.metadata.get("speed")],
+        parse={"iw_samples": _iw_samples},
+    )  # fmt: skip
+    speed = parser.add_argument_group(
+        "speed",
+        "switches of densflow.performance (docs/performance.md): --channels-last, --compile and "
+        "--cuda-graphs change results by rounding only (1e-5 relative), --amp bf16 a little more",
+    )
+    add_config_options(speed, EvalConfig, [f for f in fields if f.metadata.get("speed")])
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    """The :class:`~densflow.evaluation.EvalConfig` of the options given (checked in one line
+    before any work)."""
+    from ..evaluation import EvalConfig
+
+    return EvalConfig(**given_fields(EvalConfig, args))
 
 
 def add_eval(sub: argparse._SubParsersAction) -> None:
@@ -84,8 +107,11 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser(
         "eval", help="test-set bits/dim of a checkpoint",
         description="Bits/dim on a dataset split: the single-sample bound and, with --iw-samples, "
-        "the importance-weighted bound the paper reports (k=1000 for CIFAR-10 in chunks of 50, "
-        "k=200 otherwise: --iw-samples paper). Prints JSON; --out also writes it to a file.",
+        "the importance-weighted bound the paper reports (k=1000 for CIFAR-10, k=200 otherwise: "
+        "--iw-samples paper). Image i's draws depend on --seed and i alone, so the numbers do "
+        "not depend on --batch-size, --chunk-size or the number of processes. Prints the JSON "
+        "summary; --out also writes it with each image's bits/dim. Under torchrun every process "
+        "evaluates a shard and rank 0 writes (docs/evaluation.md).",
     )  # fmt: skip
     _add_model_source(ev)
     ev.add_argument(
@@ -110,109 +136,39 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         "(default: official)",
     )
     ev.add_argument(
-        "--limit",
-        type=option_int("--limit"),
-        default=None,
-        help="only the first N images of the split",
-    )
-    ev.add_argument(
-        "--batch-size",
-        type=option_int("--batch-size"),
-        default=64,
-        help="images per forward pass; the "
-        "importance-weighted bound runs batch-size x chunk-size (default: 64)",
-    )
-    ev.add_argument(
-        "--iw-samples",
-        type=_iw_samples,
-        default=None,
-        help="k of the importance-weighted bound, or "
-        "'paper' for the paper's k of the dataset (default: single-sample only)",
-    )
-    ev.add_argument(
-        "--chunk-size",
-        type=option_int("--chunk-size"),
-        default=50,
-        help="importance samples per forward pass (default: 50)",
-    )
-    add_seed(ev, "the noise draws")
-    ev.add_argument(
         "--partial",
         default=None,
-        help="progress file: an interrupted evaluation "
-        "resumes from it; only a progress file of this program is ever replaced or deleted "
-        "(default: OUT.partial when --out is given)",
-    )
-    ev.add_argument("--out", default=None, help="also write the JSON results to this file")
-    ev.add_argument(
-        "--num-workers",
-        type=option_int("--num-workers", 0),
-        default=0,
-        help="DataLoader workers (default: 0)",
+        help="progress file: an interrupted evaluation resumes from it (under torchrun, one "
+        "per process: PARTIAL.rank<r>); only a progress file of this program is ever replaced "
+        "or deleted (default: OUT.partial when --out is given)",
     )
     ev.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar (default: only on a terminal)",
+        "--out", default=None, help="also write the JSON results, with each image's, to this file"
     )
-    _add_speed_switches(
-        ev,
-        amp_help="bf16: the coupling networks in bfloat16, log-dets and "
-        "bits/dim in float32; the paper's numbers are float32 (default: none)",
-        compile_help="worth it for importance-weighted runs of the whole test set",
-        graphs_help="for importance-weighted runs on a GPU, where the eager pass is bound by "
-        "the host issuing its operators; the last, smaller batch runs eagerly",
-    )
+    _add_settings(ev, "eval")
     ev.set_defaults(run=_eval, parser=ev)
 
 
-def _add_speed_switches(
-    parser: argparse.ArgumentParser, amp_help: str, compile_help: str, graphs_help: str
-) -> None:
-    from ..performance import AMP_MODES
-
-    speed = parser.add_argument_group(
-        "speed",
-        "switches of densflow.performance (docs/performance.md): --channels-last, --compile and "
-        "--cuda-graphs change results by rounding only (1e-5 relative), --amp bf16 a little more",
-    )
-    speed.add_argument("--amp", default="none", choices=AMP_MODES, help=amp_help)
-    speed.add_argument(
-        "--channels-last", action="store_true", help="NHWC memory format for the convolutions"
-    )
-    speed.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the flow: minutes of compilation, then faster passes; " + compile_help,
-    )
-    speed.add_argument(
-        "--cuda-graphs",
-        action="store_true",
-        help="replay the passes from CUDA graphs, captured once per shape (not with --compile; "
-        "eager, with a warning, on a CPU): " + graphs_help,
-    )
-
-
-def _load_for_speed(args: argparse.Namespace) -> tuple[Any, str | None]:
-    """:func:`_load`, then the model prepared for ``--channels-last`` and ``--compile``."""
+def _load_for_speed(args: argparse.Namespace, config: Any, dist: Any) -> tuple[Any, str | None]:
+    """The model on this process's device, prepared for ``channels_last`` and ``compile``, and
+    the dataset it was trained on (when recorded)."""
+    from ..io.pretrained import resolve_model
     from ..performance import prepare_model
 
-    if args.compile and args.cuda_graphs:
-        raise ValueError(
-            "choose one of --compile and --cuda-graphs: a capture of the compiled flow has not "
-            "been validated"
-        )
-    model, trained_on = _load(args)
-    return prepare_model(model, args.channels_last, args.compile), trained_on
+    device = dist.device(args.device, option="--device")
+    model, trained_on = resolve_model(args.official or args.checkpoint, map_location=device)
+    return prepare_model(model, config.channels_last, config.compile), trained_on
 
 
 def _eval(args: argparse.Namespace) -> int:
     from ..data import load_dataset
-    from ..evaluate import PAPER_IW_SAMPLES, evaluate
-    from ..utils.runtime import collate_images, first_images
+    from ..evaluation import evaluate
+    from ..evaluation.partial import ProgressFiles
+    from ..utils.distributed import Dist
+    from ..utils.runtime import collate_images, log_to_stderr
     from ..utils.validate import check_output_path
 
+    config, dist = _settings(args), Dist.from_env()
     # Every output is checked before any work, so that hours of evaluation are never lost.
     inputs = official_files(args.official or args.checkpoint)
     out = check_output_path("--out", args.out, inputs) if args.out else None
@@ -220,17 +176,12 @@ def _eval(args: argparse.Namespace) -> int:
     if partial is not None:
         partial = check_output_path("--partial", partial, [*inputs, out])
 
-    model, trained_on = _load_for_speed(args)
+    model, trained_on = _load_for_speed(args, config, dist)
     dataset = args.dataset or trained_on
     if dataset is None:
         args.parser.error("--dataset is needed: the checkpoint does not record its dataset")
-    k = args.iw_samples
-    if k == "paper":
-        if dataset not in PAPER_IW_SAMPLES:
-            args.parser.error(f"the paper reports no importance-weighted bound for {dataset}")
-        k = PAPER_IW_SAMPLES[dataset]
+    config = config.for_dataset(dataset)
     images = load_dataset(dataset, args.data_dir, args.split, celeba_crop=args.celeba_crop)
-    images = first_images(images, args.limit)
     if len(images) == 0:
         raise ValueError(f"{dataset} {args.split} has no images; check the dataset (data check)")
     shape = tuple(collate_images([images[0]]).shape[1:])
@@ -241,43 +192,25 @@ def _eval(args: argparse.Namespace) -> int:
             "image size"
         )
     try:
-        result = evaluate(
-            model,
-            images,
-            batch_size=args.batch_size,
-            iw_samples=k,
-            chunk_size=args.chunk_size,
-            seed=args.seed,
-            progress=args.progress,
-            partial_path=partial,
-            num_workers=args.num_workers,
-            amp=args.amp,
-            cuda_graphs=args.cuda_graphs,
-        )
+        with log_to_stderr():  # the group's progress lines, from rank 0
+            result = evaluate(model, images, config, partial_path=partial, dist=dist)
     except KeyboardInterrupt:
-        kept = partial is not None and partial.is_file()
+        kept = partial is not None and ProgressFiles.path_of(partial, dist).is_file()
         raise Interrupted(
-            f"interrupted; the partial file {partial} lets the same command resume"
+            f"interrupted; the partial file {ProgressFiles.path_of(partial, dist)} lets the same "
+            "command resume"
             if kept
             else "interrupted; nothing was kept (give --out or --partial to make an evaluation "
             "resumable)"
         ) from None
-    summary = {
-        "dataset": dataset,
-        "split": args.split,
-        "model": args.checkpoint or args.official,
-        **result.to_dict(),
-    }
-    text = json.dumps(summary, indent=2, allow_nan=False)  # JSON has no NaN: to_dict gives null
-    print(text)
+    result.check_finite()  # non-finite bits/dim: one line, nothing written
+    if not dist.is_main:
+        return 0
+    summary = {"dataset": dataset, "split": args.split, "model": args.checkpoint or args.official}
+    print(json.dumps({**summary, **result.to_dict()}, indent=2, allow_nan=False))
     if out is not None:
+        text = json.dumps({**summary, **result.to_dict(per_image=True)}, indent=2)
         _write_text(out, text + "\n")
-    if not result.finite:
-        raise ValueError(
-            'the bits/dim are not finite (NaN or inf, written as null with "non_finite": '
-            "true); the model's weights or outputs are not finite: evaluate an earlier "
-            "checkpoint of the run"
-        )
     return 0
 
 
@@ -285,55 +218,28 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser(
         "sample",
         help="write a PNG grid of samples",
-        description="Draw samples from a checkpoint and save them as a PNG grid.",
+        description="Draw samples from a checkpoint and save them as a PNG grid. Sample i's "
+        "draws depend on --seed and i alone: under torchrun every process draws its share of "
+        "the same grid, and rank 0 writes it.",
     )
     _add_model_source(sp)
     sp.add_argument("--out", required=True, help="the PNG file to write")
-    sp.add_argument(
-        "--n", type=option_int("--n"), default=64, help="number of samples (default: 64)"
-    )
-    sp.add_argument(
-        "--nrow", type=option_int("--nrow"), default=8, help="images per grid row (default: 8)"
-    )
-    sp.add_argument(
-        "--temperature",
-        type=option_float("--temperature", minimum=0.0),
-        default=1.0,
-        help="scale of the prior's standard deviation, finite and >= 0 (default: 1.0)",
-    )
-    add_seed(sp, "the draws")
-    _add_speed_switches(
-        sp,
-        amp_help="bf16: the coupling networks in bfloat16; the same draws, "
-        "so pixels differ slightly from the float32 samples (default: none)",
-        compile_help="worth it only for a large --n",
-        graphs_help="one grid is one pass, so the capture (warm-up passes and the recording) "
-        "costs more than the replay saves",
-    )
+    _add_settings(sp, "sample")
     sp.set_defaults(run=_sample)
 
 
 def _sample(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..evaluate import save_sample_grid
+    from ..evaluation import save_sample_grid
+    from ..utils.distributed import Dist
     from ..utils.validate import check_output_path
 
+    config, dist = _settings(args), Dist.from_env()
     out = check_output_path("--out", args.out, official_files(args.official or args.checkpoint))
-    model, _ = _load_for_speed(args)
-    generator = torch.Generator(next(model.parameters()).device).manual_seed(args.seed)
+    model, _ = _load_for_speed(args, config, dist)
     try:
-        save_sample_grid(
-            model,
-            out,
-            n=args.n,
-            temperature=args.temperature,
-            generator=generator,
-            nrow=args.nrow,
-            amp=args.amp,
-            cuda_graphs=args.cuda_graphs,
-        )
+        save_sample_grid(model, out, config, dist=dist)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; {out} was not written") from None
-    print(f"wrote {args.n} samples to {args.out}")
+    if dist.is_main:
+        print(f"wrote {config.n_samples} samples to {args.out}")
     return 0

@@ -1,15 +1,22 @@
 """Options that several sub-commands declare the same way: numbers refused in one line, the seed
-of the random draws, and ``--trust-checkpoint``."""
+``--trust-checkpoint``, and one option per field of a settings dataclass
+(:func:`add_config_options`: ``train``'s from :class:`~densflow.training.TrainConfig`, ``eval``'s
+and ``sample``'s from :class:`~densflow.evaluation.EvalConfig`)."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["MAX_SEED", "add_seed", "add_trust_checkpoint", "option_float", "option_int"]
-
-MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
+__all__ = [
+    "add_config_options",
+    "add_trust_checkpoint",
+    "given_fields",
+    "option_float",
+    "option_int",
+]
 
 
 def _option_type(option: str, convert: type, check: Callable[[Any], Any]) -> Callable[[str], Any]:
@@ -37,21 +44,71 @@ def option_int(option: str, minimum: int = 1, maximum: int | None = None) -> Cal
     return _option_type(option, int, lambda value: check_int(option, value, minimum, maximum))
 
 
-def option_float(option: str, minimum: float | None = None) -> Callable[[str], float]:
-    """An argparse ``type``: a finite number option ``>= minimum``, refused with one line."""
+def option_float(
+    option: str, minimum: float | None = None, maximum: float | None = None
+) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number option in ``[minimum, maximum]``, refused with one
+    line."""
     from ..utils.validate import check_float
 
-    return _option_type(option, float, lambda value: check_float(option, value, minimum=minimum))
-
-
-def add_seed(parser: argparse.ArgumentParser, draws: str) -> None:
-    """``--seed`` (default 0) of the command's random ``draws``, any 64-bit seed."""
-    parser.add_argument(
-        "--seed",
-        type=option_int("--seed", 0, MAX_SEED),
-        default=0,
-        help=f"seed of {draws} (default: 0)",
+    return _option_type(
+        option, float, lambda value: check_float(option, value, minimum=minimum, maximum=maximum)
     )
+
+
+def _or_none(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse``, and ``none`` for None (an optional field's "not set")."""
+
+    def parse_or_none(text: str) -> Any:
+        return None if text.lower() == "none" else parse(text)
+
+    parse_or_none.__name__ = getattr(parse, "__name__", "value")  # argparse names it in errors
+    return parse_or_none
+
+
+def add_config_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    fields: Iterable[dataclasses.Field],
+    parse: dict[Any, Callable[[str], Any]] | None = None,
+) -> None:
+    """One option per field of the dataclass ``cls``, ``--field-name`` (or the field's
+    ``metadata["flags"]``, plus its ``aliases``), typed from its annotation and documented by its
+    ``metadata["help"]`` and default. A bool is a ``--x/--no-x`` pair; a number with a
+    ``minimum``/``maximum`` in its metadata is checked against them (naming the option); an
+    optional field also takes ``none``. ``parse`` gives the parser of a field (by name) or of a
+    type. Options not given stay unset on the namespace (:func:`given_fields`)."""
+    from ..evaluation.config import field_kind
+
+    parse = parse or {}
+    for f in fields:
+        kind, optional = field_kind(cls, f.name)
+        meta = f.metadata
+        flags = [*meta.get("flags", ["--" + f.name.replace("_", "-")]), *meta.get("aliases", ())]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        opts: dict[str, Any] = {
+            "help": f"{meta['help']} [{cls.__name__} default: {default}]",
+            "default": argparse.SUPPRESS,
+            "dest": f.name,
+        }
+        if kind is bool:
+            opts["action"] = argparse.BooleanOptionalAction
+        else:
+            convert = parse.get(f.name) or parse.get(kind)
+            if convert is None and "minimum" in meta:
+                number = option_int if kind is int else option_float
+                convert = number(flags[0], meta["minimum"], meta.get("maximum"))
+            convert = convert or kind
+            opts["type"] = _or_none(convert) if optional else convert
+            for key in ("metavar", "choices"):
+                if key in meta:
+                    opts[key] = meta[key]
+        parser.add_argument(*flags, **opts)
+
+
+def given_fields(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of ``cls`` that options of :func:`add_config_options` set in ``args``."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
 
 
 def add_trust_checkpoint(parser: argparse.ArgumentParser) -> None:

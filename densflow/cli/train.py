@@ -7,28 +7,12 @@ import argparse
 import dataclasses
 import json
 import sys
-import types
-import typing
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .options import add_config_options, given_fields
+
 __all__ = ["add_train", "train_config_from_args"]
-
-
-def _optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        return None if text.lower() == "none" else kind(text)
-
-    parse.__name__ = kind.__name__  # argparse names the type in its error messages
-    return parse
-
-
-def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
-    """``int | None`` → ``(int, True)``; ``int`` → ``(int, False)``."""
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        return next(a for a in typing.get_args(tp) if a is not type(None)), True
-    return tp, False
 
 
 def _model_config(text: str) -> Any:
@@ -65,26 +49,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         default=argparse.SUPPRESS,
         help="start from this preset's settings for --dataset",
     )
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        kind, optional = _unwrap_optional(hints[f.name])
-        opts: dict[str, Any] = {
-            "help": f.metadata["help"], "default": argparse.SUPPRESS, "dest": f.name
-        }  # fmt: skip
-        if kind is bool:
-            opts["action"] = argparse.BooleanOptionalAction
-        elif kind is DenseFlowConfig:
-            opts["type"], opts["metavar"] = _model_config, "JSON"
-        else:
-            opts["type"] = _optional(kind) if optional else kind
-            if "metavar" in f.metadata:
-                opts["metavar"] = f.metadata["metavar"]
-            if "choices" in f.metadata:
-                opts["choices"] = f.metadata["choices"]
-        default = f.default if f.default is not dataclasses.MISSING else None
-        opts["help"] += f" [TrainConfig default: {default}]"
-        flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
-        train.add_argument(*flags, **opts)
+    fields = dataclasses.fields(TrainConfig)
+    add_config_options(train, TrainConfig, fields, parse={DenseFlowConfig: _model_config})
     train.set_defaults(run=_train, parser=train)
 
 
@@ -93,11 +59,7 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
     preset's fields (if ``--preset``) overridden by every option given."""
     from ..training import TrainConfig, train_preset
 
-    fields = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(TrainConfig)
-        if hasattr(args, f.name)
-    }
+    fields = given_fields(TrainConfig, args)
     if hasattr(args, "preset"):
         return train_preset(fields.pop("dataset", TrainConfig.dataset), args.preset, **fields)
     return TrainConfig(**fields)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .. import data
+from ..evaluation import eval_default
 from ..model import PRESETS, DenseFlowConfig
 from ..performance import AMP_MODES, Speed
 from .ranges import RANGES, check_range
@@ -228,21 +229,21 @@ class TrainConfig:
         ),
     )
     eval_limit: int | None = field(
-        default=None,
+        default=eval_default("limit"),
         metadata=_help("evaluate on the first N test images only (default: the whole test split)"),
     )
     eval_batch_size: int | None = field(
         default=None, metadata=_help("batch size of evaluations (default: batch_size)")
     )
     iw_samples: int | None = field(
-        default=None,
+        default=eval_default("iw_samples"),
         metadata=_help(
             "after the last epoch, also the importance-weighted bound with this many samples "
             "(paper: 1000 for CIFAR-10, 200 otherwise; costs that many forward passes per image)"
         ),
     )
     chunk_size: int = field(
-        default=50,
+        default=eval_default("chunk_size"),
         metadata=_help("samples of the importance-weighted bound evaluated per forward pass"),
     )
     max_nonfinite: int = field(

@@ -27,11 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ..data import require
-from ..evaluate import draw_samples
+from ..evaluation import draw_samples
 from ..model import DenseFlow
 from .config import LOGGERS
 from .metrics import read_metrics
@@ -151,13 +150,11 @@ class TensorBoardLogger(Logger):
 
 
 def sample_source(model: DenseFlow, seed: int, n: int = 16) -> Callable[[], Tensor]:
-    """Draws ``n`` samples of ``model`` from a fresh generator seeded with ``seed`` each call (the
-    same noise each time; the global random state is not touched)."""
+    """Draws the same ``n`` samples of ``model`` (their draws seeded by ``seed``) each call; the
+    global random state is not touched."""
 
     def draw() -> Tensor:
-        device = next(model.parameters()).device
-        generator = torch.Generator(device).manual_seed(seed)
-        return draw_samples(model, n, generator=generator)
+        return draw_samples(model, n_samples=n, seed=seed)
 
     return draw
 

@@ -30,7 +30,10 @@ permutation (:func:`~densflow.training.schedule.shard_indices`) and the step wra
 DistributedDataParallel; only rank 0 writes checkpoints, metrics and progress. ActNorm's
 data-dependent initialisation runs on each rank's first batch *before* the wrapping, and the
 wrapper then broadcasts rank 0's parameters and buffers, so all ranks start identical. Logged
-train bits/dim are rank 0's share of the batch; every rank evaluates the same test images.
+train bits/dim are rank 0's share of the batch. An evaluation is sharded over the ranks
+(:func:`densflow.evaluation.evaluate`), each rank holding rank 0's model: its buffers (BatchNorm's
+statistics, which each rank updated on its own shard) are broadcast first, as DDP's next forward
+pass would do anyway.
 """
 
 from __future__ import annotations
@@ -46,13 +49,13 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .. import data
-from ..evaluate import evaluate
+from ..evaluation import evaluate
 from ..glow import ActNorm
 from ..io.checkpoint import TrainingState, restore_rng, training_checkpoint
 from ..model import DenseFlow
 from ..performance import autocast, compose_coupling_nets
-from ..utils.distributed import Dist
-from ..utils.runtime import collate_images, first_images
+from ..utils.distributed import Dist, broadcast_buffers
+from ..utils.runtime import collate_images
 from .batches import StepInputs
 from .checkpoint_writer import CheckpointWriter
 from .config import CHECKPOINT_NAME, TrainConfig
@@ -354,7 +357,7 @@ class Trainer:
             phase="main" if self.epoch < cfg.epochs else "finetune",
         )  # fmt: skip
         last = self.epoch + 1 == total_epochs
-        # Every rank evaluates (the same numbers): no rank waits on another beyond DDP's timeouts.
+        # Every rank evaluates its shard of the test set; the result is the same on every rank.
         if cfg.eval_every and ((self.epoch + 1) % cfg.eval_every == 0 or last):
             start = time.perf_counter()
             self._evaluate(iw=False)
@@ -366,12 +369,14 @@ class Trainer:
 
     def _evaluate(self, iw: bool) -> None:
         cfg = self.config
+        if self.dist.world_size > 1:  # each rank's BatchNorm statistics saw its own shard
+            broadcast_buffers(self.model)
         result = evaluate(
-            self.model, first_images(self.test_set, cfg.eval_limit),
-            batch_size=cfg.eval_batch_size or cfg.batch_size,
+            self.model, self.test_set, device=self.device, dist=self.dist,
+            batch_size=cfg.eval_batch_size or cfg.batch_size, limit=cfg.eval_limit,
             iw_samples=cfg.iw_samples if iw else None, chunk_size=cfg.chunk_size,
-            device=self.device, seed=derive_seed(cfg.seed, Stream.EVAL), progress=False,
-            single=not iw, num_workers=cfg.num_workers,
+            seed=derive_seed(cfg.seed, Stream.EVAL), progress=False, single=not iw,
+            num_workers=cfg.num_workers,
             cuda_graphs=cfg.cuda_graphs and self.device.type == "cuda",  # make_step warns on a CPU
         )  # fmt: skip
         if iw:

@@ -19,7 +19,7 @@ import torch
 from .errors import InputError
 from .runtime import resolve_device
 
-__all__ = ["Dist", "join_process_group"]
+__all__ = ["Dist", "broadcast_buffers", "join_process_group"]
 
 
 @dataclass(frozen=True)
@@ -54,14 +54,17 @@ class Dist:
         """Whether this is rank 0, the process that writes a job's outputs."""
         return self.rank == 0
 
-    def device(self, requested: str | torch.device | None = "auto") -> torch.device:
+    def device(
+        self, requested: str | torch.device | None = "auto", option: str = "device"
+    ) -> torch.device:
         """Where this process runs: ``cuda:LOCAL_RANK`` under ``torchrun`` when ``requested``
         is ``"auto"`` or ``"cuda"`` and CUDA is available (one GPU per process), else
-        ``requested`` as :func:`~densflow.utils.runtime.resolve_device` reads it."""
+        ``requested`` as :func:`~densflow.utils.runtime.resolve_device` reads it (a bad one
+        refused naming ``option``)."""
         name = "auto" if requested is None else str(requested)
         if self.world_size > 1 and name in ("auto", "cuda") and torch.cuda.is_available():
-            return resolve_device(f"cuda:{self.local_rank}")
-        return resolve_device(name)
+            return resolve_device(f"cuda:{self.local_rank}", option)
+        return resolve_device(name, option)
 
     def shard(self, n: int) -> range:
         """This rank's contiguous share of ``n`` items: ``[rank·n/N, (rank+1)·n/N)``; the shares
@@ -84,3 +87,13 @@ def join_process_group(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL's communicator uses the current device
     tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers of ``module`` (BatchNorm's running statistics, …) on every process, in
+    place, so that the processes hold one model: each rank's statistics saw only its own data.
+    Every rank must call it."""
+    import torch.distributed as tdist
+
+    for buffer in module.buffers():
+        tdist.broadcast(buffer, src=0)

@@ -1,4 +1,4 @@
-"""Evaluation: resumable test bits/dim, the importance-weighted bound, sample grids."""
+"""evaluate(): test-set bits/dim that depend only on the seed, resumable from progress files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 from utils import init_actnorms, perturb
 
 from densflow import DenseFlow, DenseFlowConfig
-from densflow.evaluate import PAPER_IW_SAMPLES, evaluate, save_sample_grid
+from densflow.evaluation import EvalConfig, NonFiniteError, evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,28 +22,72 @@ def images(n: int, seed: int = 0) -> torch.Tensor:
     )
 
 
-@pytest.fixture
-def model() -> DenseFlow:
+def tiny_model() -> DenseFlow:
     torch.manual_seed(0)
     flow = perturb(DenseFlow(DenseFlowConfig.tiny()), 0.02, 0)  # non-zero couplings: noise matters
     return init_actnorms(flow, images(8, 1), generator=torch.Generator().manual_seed(1))
 
 
-def interrupt(model, monkeypatch, at_call: int, **evaluate_kwargs) -> None:
-    """Run ``evaluate`` until the ``at_call``-th ``log_prob`` call raises KeyboardInterrupt, as
-    a user's Ctrl-C would, leaving its progress file behind."""
-    real, calls = model.log_prob, []
+@pytest.fixture
+def model() -> DenseFlow:
+    return tiny_model()
 
-    def flaky(x, generator=None):
-        calls.append(1)
-        if len(calls) == at_call:
+
+def spy_passes(model, monkeypatch, at_call: int | None = None) -> list[int]:
+    """The images of every pass of ``model`` (eager or replayed: both call its pure function),
+    and a KeyboardInterrupt at the ``at_call``-th, as a user's Ctrl-C would."""
+    real, passes = model.terms_from_noise, []
+
+    def spy(x, noise):
+        passes.append(len(x))
+        if len(passes) == at_call:
             raise KeyboardInterrupt
-        return real(x, generator)
+        return real(x, noise)
 
-    monkeypatch.setattr(model, "log_prob", flaky)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(model, "terms_from_noise", spy)
+    return passes
+
+
+def interrupt(model, monkeypatch, at_call: int, **evaluate_kwargs) -> None:
+    """Run ``evaluate`` until its ``at_call``-th pass is interrupted, leaving its progress file
+    behind."""
+    spy_passes(model, monkeypatch, at_call)
+    with pytest.raises(KeyboardInterrupt), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # cuda_graphs on a CPU: tested below
         evaluate(model, save_interval_s=0, **evaluate_kwargs)
     monkeypatch.undo()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_per_image_values_are_the_same_for_every_batch_and_chunk_size(dtype):
+    torch.set_default_dtype(dtype)
+    try:
+        model = tiny_model()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    data = TensorDataset(images(10))
+    runs = {
+        (batch, chunk): evaluate(model, data, batch_size=batch, iw_samples=5, chunk_size=chunk,
+                                 seed=3, progress=False)
+        for batch, chunk in [(1, 1), (3, 2), (8, 5), (10, 50)]
+    }  # fmt: skip
+    reference = runs[1, 1]
+    assert reference.per_image_iw.dtype == np.float64 and reference.per_image_iw.shape == (10,)
+    for (batch, chunk), result in runs.items():
+        for got, want in [
+            (result.per_image_single, reference.per_image_single),
+            (result.per_image_iw, reference.per_image_iw),
+        ]:
+            if dtype == torch.float64:  # the same computation per image: equal to the bit
+                assert np.array_equal(got, want), (batch, chunk)
+            else:  # float32 kernels round differently per batch shape
+                np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+    # The draws are the seed's: another seed, other numbers; an image's own, not its neighbour's.
+    other = evaluate(model, data, batch_size=3, iw_samples=5, seed=4, progress=False)
+    assert not np.array_equal(other.per_image_single, reference.per_image_single)
+    twice = evaluate(model, TensorDataset(torch.cat([images(10)[:1]] * 2)), seed=3, progress=False)
+    assert twice.per_image_single[0] == reference.per_image_single[0]
+    assert twice.per_image_single[1] != twice.per_image_single[0]  # image 1 draws its own noise
 
 
 def test_an_interrupted_evaluation_resumes_to_the_same_numbers(model, tmp_path, monkeypatch):
@@ -52,9 +96,11 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(model, tmp_path, 
     reference = evaluate(model, data, **kwargs)
 
     partial = tmp_path / "eval.partial"
-    # Batch 0 takes 3 calls (1 single-sample + 2 chunks of the IW bound): stop in batch 1.
+    # Batch 0 takes 3 passes (1 single-sample + 2 chunks of the IW bound): stop in batch 1.
     interrupt(model, monkeypatch, 4, dataset=data, partial_path=partial, **kwargs)
     assert partial.exists() and model.training is False  # the mode is restored on the way out
+    saved = torch.load(partial, weights_only=True)
+    assert saved["start"] == 0 and saved["iw"].shape == (4,)  # batch 0's images
 
     resumed = evaluate(model, data, partial_path=partial, **kwargs)
     assert not partial.exists()
@@ -62,6 +108,21 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(model, tmp_path, 
     assert np.array_equal(resumed.per_image_single, reference.per_image_single)
     assert np.array_equal(resumed.per_image_iw, reference.per_image_iw)
     assert resumed.n_images == 10 and resumed.per_image_iw.shape == (10,)
+
+
+def test_progress_resumes_with_another_batch_size(model, tmp_path, monkeypatch):
+    # The values of an image do not depend on its batch, so neither does the progress file.
+    data = TensorDataset(images(9))
+    kwargs = dict(iw_samples=2, chunk_size=2, seed=1, progress=False)
+    reference = evaluate(model, data, batch_size=2, **kwargs)
+    partial = tmp_path / "eval.partial"
+    # Batches of 3, each two passes (single, one IW chunk): stop in batch 1, images 0-2 kept.
+    interrupt(model, monkeypatch, 3, dataset=data, partial_path=partial, batch_size=3, **kwargs)
+    passes = spy_passes(model, monkeypatch)
+    resumed = evaluate(model, data, partial_path=partial, batch_size=2, **kwargs)
+    assert sum(passes) == (9 - 3) * (1 + 2)  # images 3..8 only, each once single and twice IW
+    np.testing.assert_allclose(resumed.per_image_iw, reference.per_image_iw, rtol=1e-6)
+    np.testing.assert_allclose(resumed.per_image_single, reference.per_image_single, rtol=1e-6)
 
 
 @pytest.mark.compile
@@ -114,33 +175,27 @@ def test_bf16_evaluation_is_within_0_01_bits_per_dim_and_not_resumed_from_float3
 def test_a_partial_file_of_other_settings_is_not_used(model, tmp_path, monkeypatch):
     data = TensorDataset(images(8))
     partial = tmp_path / "eval.partial"
-    interrupt(
-        model,
-        monkeypatch,
-        2,
-        dataset=data,
-        batch_size=4,
-        seed=0,
-        progress=False,
-        partial_path=partial,
-    )
+    kwargs = dict(batch_size=4, progress=False, partial_path=partial)
+    interrupt(model, monkeypatch, 2, dataset=data, seed=0, **kwargs)
     with pytest.warns(UserWarning, match="starting over"):
-        other = evaluate(model, data, batch_size=4, seed=1, progress=False, partial_path=partial)
+        other = evaluate(model, data, seed=1, **kwargs)
     fresh = evaluate(model, data, batch_size=4, seed=1, progress=False)
     assert other.bpd_single == fresh.bpd_single
+    # Another model's progress is not resumed either.
+    interrupt(model, monkeypatch, 2, dataset=data, seed=1, **kwargs)
+    with torch.no_grad():
+        model.prior.loc.add_(0.5)
+    with pytest.warns(UserWarning, match="another model or other settings"):
+        moved = evaluate(model, data, seed=1, **kwargs)
+    assert moved.bpd_single != fresh.bpd_single
 
 
 def test_the_importance_weighted_bound_is_tighter(model):
     model.train()
     result = evaluate(
-        model,
-        TensorDataset(images(8, 2)),
-        batch_size=8,
-        iw_samples=16,
-        chunk_size=8,
-        seed=0,
+        model, TensorDataset(images(8, 2)), batch_size=8, iw_samples=16, chunk_size=8, seed=0,
         progress=False,
-    )
+    )  # fmt: skip
     assert model.training  # put back in the mode it was in
     assert result.bpd_iw < result.bpd_single
     assert result.to_dict() == {
@@ -149,62 +204,35 @@ def test_the_importance_weighted_bound_is_tighter(model):
         "n_images": 8,
         "iw_samples": 16,
     }
+    full = result.to_dict(per_image=True)
+    assert full["per_image_iw"] == result.per_image_iw.tolist()
+    assert np.mean(full["per_image_single"]) == pytest.approx(result.bpd_single, rel=1e-12)
 
 
-def test_same_seed_same_numbers_and_iw_only(model):
+def test_a_config_and_changes_and_iw_only(model):
     data = TensorDataset(images(6))
-    a = evaluate(model, data, batch_size=3, seed=3, progress=False)
-    b = evaluate(
-        model, data, batch_size=3, generator=torch.Generator().manual_seed(3), progress=False
-    )
-    assert a.bpd_single == b.bpd_single and a.bpd_iw is None
+    a = evaluate(model, data, EvalConfig(batch_size=3, seed=3, progress=False))
+    b = evaluate(model, data, EvalConfig(batch_size=2), seed=3, progress=False)
+    assert a.bpd_single == pytest.approx(b.bpd_single, rel=1e-6) and a.bpd_iw is None
     iw_only = evaluate(model, data, batch_size=3, iw_samples=2, single=False, progress=False)
     assert iw_only.bpd_single is None and iw_only.bpd_iw is not None
+    assert evaluate(model, data, limit=4, progress=False).n_images == 4
     with pytest.raises(ValueError, match="nothing to compute"):
         evaluate(model, data, single=False)
+    with pytest.raises(ValueError, match=r"^unknown evaluation settings \['generator'\]"):
+        evaluate(model, data, generator=torch.Generator())
+    with pytest.raises(ValueError, match="iw_samples='paper' needs the dataset's name"):
+        evaluate(model, data, iw_samples="paper")
 
 
-def test_sample_grid_is_a_png(model, tmp_path):
-    from PIL import Image
-
-    path = tmp_path / "grid.png"
-    samples = save_sample_grid(model, path, n=8, nrow=4, generator=torch.Generator().manual_seed(0))
-    assert samples.shape == (8, 3, 16, 16) and samples.dtype == torch.uint8
-    with Image.open(path) as img:  # 4 columns and 2 rows of 16 px with 2 px padding
-        assert img.size == (4 * 16 + 5 * 2, 2 * 16 + 3 * 2)
-
-
-def test_sample_grid_in_bf16_keeps_the_draws_and_runs_the_networks_in_bf16(model, tmp_path):
-    from densflow.coupling import CouplingNet
-
-    dtypes = []
-    net = next(m for m in model.modules() if isinstance(m, CouplingNet))
-    net.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
-
-    def grid(amp):
-        path, g = tmp_path / f"{amp}.png", torch.Generator().manual_seed(0)
-        return save_sample_grid(model, path, n=8, amp=amp, generator=g)
-
-    exact, fast = grid("none"), grid("bf16")
-    assert dtypes == [torch.float32, torch.bfloat16]
-    # The same noise through slightly different networks: pixels a level or so apart at most.
-    assert (exact.int() - fast.int()).abs().max() <= 2
-    with pytest.raises(ValueError, match="amp must be one of"):
-        grid("fp16")
-    assert not (tmp_path / "fp16.png").exists()
-
-
-def interrupted_at(call: int, fn):
-    """``fn`` that raises KeyboardInterrupt at its ``call``-th call, as a user's Ctrl-C would."""
-    calls = []
-
-    def flaky(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == call:
-            raise KeyboardInterrupt
-        return fn(*args, **kwargs)
-
-    return flaky
+def test_non_finite_bits_per_dim_are_refused_by_the_result(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1e30)  # finite weights whose flow overflows
+    result = evaluate(model, TensorDataset(images(4)), batch_size=2, progress=False)
+    assert not result.finite and result.to_dict()["non_finite"] is True
+    with pytest.raises(NonFiniteError, match=r"^the bits/dim are not finite .* 4 of 4 images"):
+        result.check_finite()
 
 
 def count_graphed_passes(monkeypatch) -> list[str]:
@@ -212,7 +240,7 @@ def count_graphed_passes(monkeypatch) -> list[str]:
     from densflow.performance import GraphedFlow
 
     calls = []
-    for name in ("log_prob", "iw_log_prob", "sample"):
+    for name in ("log_prob", "sample_continuous"):
         real = getattr(GraphedFlow, name)
 
         def spy(self, *args, _real=real, _name=name, **kwargs):
@@ -233,12 +261,14 @@ def test_cuda_graphs_on_a_cpu_evaluate_to_the_bit_and_run_the_last_batch_eagerly
     passes = count_graphed_passes(monkeypatch)
     with pytest.warns(RuntimeWarning, match="cuda_graphs needs a CUDA device; on cpu the eval"):
         graphed = evaluate(model, data, cuda_graphs=True, **kwargs)
-    assert passes == ["log_prob", "iw_log_prob"] * 2  # the two full batches; the last is eager
+    assert passes == ["log_prob"] * 3 * 2  # the two full batches' 3 passes; the last is eager
     assert np.array_equal(graphed.per_image_single, reference.per_image_single)
     assert np.array_equal(graphed.per_image_iw, reference.per_image_iw)
     assert graphed.bpd_iw == reference.bpd_iw and graphed.bpd_single == reference.bpd_single
     with pytest.raises(ValueError, match="amp must be one of"):  # before any work
         evaluate(model, data, cuda_graphs=True, **(kwargs | {"amp": "fp16"}))
+    with pytest.raises(ValueError, match="choose one of compile and cuda_graphs"):
+        evaluate(model, data, cuda_graphs=True, compile=True)
 
 
 def test_cuda_graphs_keep_the_progress_file_and_resume_to_the_same_numbers(
@@ -251,12 +281,10 @@ def test_cuda_graphs_keep_the_progress_file_and_resume_to_the_same_numbers(
     reference = evaluate(model, data, **kwargs)
     for resume_with_graphs in (True, False):
         partial = tmp_path / f"eval{resume_with_graphs}.partial"
-        # Batch 0 draws 3 times (1 single + 2 IW chunks): stop at the 4th, in batch 1.
-        monkeypatch.setattr(model, "draw_noise", interrupted_at(4, model.draw_noise))
-        with pytest.warns(RuntimeWarning), pytest.raises(KeyboardInterrupt):
-            evaluate(model, data, partial_path=partial, save_interval_s=0, cuda_graphs=True,
-                     **kwargs)  # fmt: skip
-        monkeypatch.undo()
+        # Batch 0 takes 3 passes (1 single + 2 IW chunks): stop at the 4th, in batch 1.
+        interrupt(model, monkeypatch, 4, dataset=data, partial_path=partial, cuda_graphs=True,
+                  **kwargs)  # fmt: skip
+        assert torch.load(partial, weights_only=True)["iw"].shape == (4,)
         assert partial.exists() and model.training is False
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # the CPU's: tested above
@@ -266,29 +294,3 @@ def test_cuda_graphs_keep_the_progress_file_and_resume_to_the_same_numbers(
         assert not partial.exists()
         assert np.array_equal(resumed.per_image_single, reference.per_image_single)
         assert np.array_equal(resumed.per_image_iw, reference.per_image_iw)
-
-
-def test_cuda_graphs_on_a_cpu_draw_the_same_samples(model, tmp_path, monkeypatch):
-    def grid(name, amp, **kwargs):
-        path, g = tmp_path / f"{name}.png", torch.Generator().manual_seed(0)
-        return save_sample_grid(model, path, n=8, amp=amp, generator=g, **kwargs), path
-
-    model.train()  # draw_samples puts it in eval mode, and back
-    passes = count_graphed_passes(monkeypatch)
-    for amp in ("none", "bf16"):
-        plain, plain_png = grid(f"plain_{amp}", amp)
-        with pytest.warns(RuntimeWarning, match="on cpu the sampling runs eagerly"):
-            graphed, graphed_png = grid(f"graphed_{amp}", amp, cuda_graphs=True)
-        assert torch.equal(graphed, plain)
-        assert graphed_png.read_bytes() == plain_png.read_bytes()
-    assert passes == ["sample", "sample"]
-    assert model.training
-
-
-def test_paper_iw_samples():
-    assert PAPER_IW_SAMPLES == {
-        "cifar10": 1000,
-        "imagenet32": 200,
-        "imagenet64": 200,
-        "celeba": 200,
-    }

@@ -1,0 +1,188 @@
+"""The settings of an evaluation and of a sample grid: :class:`EvalConfig`, the one home of their
+defaults.
+
+Everything else reads them from here: :func:`~densflow.evaluation.evaluate` and
+:func:`~densflow.evaluation.save_sample_grid` (which take an ``EvalConfig`` and field overrides),
+the ``eval`` and ``sample`` command-line options (generated from the fields, their types and
+``help``), :func:`~densflow.reproduce.reproduce`, and the evaluation fields of
+:class:`~densflow.training.TrainConfig` (:func:`eval_default`). The dataset's paper ``k`` is read
+from the data registry (:func:`paper_iw_samples`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..data import dataset_info
+from ..performance import AMP_MODES, Speed
+from ..utils.errors import InputError
+from ..utils.validate import MAX_SEED, check_float, check_int
+
+__all__ = ["EVAL", "SAMPLE", "EvalConfig", "eval_default", "field_kind", "paper_iw_samples"]
+
+EVAL, SAMPLE = "eval", "sample"
+"""The commands a field belongs to (``EvalConfig.fields_of``)."""
+
+
+def _field(default: Any, help: str, commands: tuple[str, ...], **meta: Any) -> Any:
+    """A field with its ``help``, the commands whose options it is, and its range (``minimum``,
+    ``maximum``) or ``choices``, which both the dataclass and the command line check."""
+    return field(default=default, metadata={"help": help, "commands": commands, **meta})
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to evaluate bits/dim on a dataset and how to draw a sample grid.
+
+    The numbers depend on the model, the images and ``seed`` alone: image ``i``'s draws (and
+    sample ``i``'s) are a function of ``(seed, i)`` (:mod:`densflow.evaluation.draws`), so
+    ``batch_size``, ``chunk_size``, ``num_workers``, the number of processes and an interruption
+    change only the speed (and the rounding, where a pass runs in other shapes).
+    """
+
+    batch_size: int = _field(
+        64, "images per forward pass; the importance-weighted bound runs batch_size x chunk_size",
+        (EVAL,), minimum=1, maximum=2**16,
+    )  # fmt: skip
+    iw_samples: int | str | None = _field(
+        None, "k of the importance-weighted bound, or 'paper' for the paper's k of the dataset "
+        "(1000 for CIFAR-10, 200 otherwise); none: the single-sample bound only",
+        (EVAL,), minimum=1, maximum=2**20, metavar="K|paper",
+    )  # fmt: skip
+    chunk_size: int = _field(
+        50, "importance samples per forward pass (the paper's code: 50)", (EVAL,), minimum=1,
+        maximum=2**16,
+    )  # fmt: skip
+    single: bool = _field(
+        True, "the single-sample bound too (one pass per batch; off: the importance-weighted "
+        "bound only)", (EVAL,),
+    )  # fmt: skip
+    limit: int | None = _field(
+        None, "only the first N images of the split (none: all)", (EVAL,), minimum=1,
+        maximum=2**31,
+    )  # fmt: skip
+    seed: int = _field(
+        0, "seed of every draw: image i's (and sample i's) depend on the seed and i alone",
+        (EVAL, SAMPLE), minimum=0, maximum=MAX_SEED,
+    )  # fmt: skip
+    n_samples: int = _field(
+        64, "number of samples in the grid", (SAMPLE,), minimum=1, maximum=2**14, flags=("--n",)
+    )
+    nrow: int = _field(8, "images per grid row", (SAMPLE,), minimum=1, maximum=2**10)
+    temperature: float = _field(
+        1.0, "scale of the prior's standard deviation, finite and >= 0", (SAMPLE,), minimum=0.0,
+        maximum=1e3,
+    )  # fmt: skip
+    num_workers: int = _field(0, "DataLoader workers", (EVAL,), minimum=0, maximum=1024)
+    save_interval_s: float = _field(
+        60.0, "seconds between writes of the progress file (0: after every batch)", (EVAL,),
+        minimum=0.0, maximum=86400.0,
+    )  # fmt: skip
+    progress: bool | None = _field(
+        None, "progress bar (none: on a terminal and in notebooks; log lines otherwise)", (EVAL,)
+    )
+    amp: str = _field(
+        "none", "bf16: the coupling networks in bfloat16, log-dets and bits/dim in float32 "
+        "(within 0.01 bits/dim); the paper's numbers are float32", (EVAL, SAMPLE),
+        choices=AMP_MODES, speed=True,
+    )  # fmt: skip
+    channels_last: bool = _field(
+        False, "NHWC memory format for the convolutions", (EVAL, SAMPLE), speed=True
+    )
+    compile: bool = _field(
+        False, "torch.compile the flow: minutes of compilation, then faster passes; worth it "
+        "for importance-weighted runs of a whole test set", (EVAL, SAMPLE), speed=True,
+    )  # fmt: skip
+    cuda_graphs: bool = _field(
+        False, "replay the passes from CUDA graphs, one per shape, for importance-weighted runs "
+        "on a GPU, where the eager pass is bound by the host issuing its operators; not with "
+        "compile; eager, with a warning, on a CPU", (EVAL, SAMPLE), speed=True,
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            kind, optional = field_kind(EvalConfig, f.name)
+            if (value is None and optional) or (f.name == "iw_samples" and value == "paper"):
+                continue
+            if f.name == "iw_samples" and isinstance(value, str):
+                raise InputError(
+                    f"iw_samples must be a number of samples or 'paper', got {value!r}"
+                )
+            if "choices" in meta:
+                if value not in meta["choices"]:
+                    raise InputError(f"{f.name} must be one of {meta['choices']}, got {value!r}")
+            elif kind is bool:
+                if not isinstance(value, bool):
+                    raise InputError(f"{f.name} must be True or False, got {value!r}")
+            elif kind is float:
+                check_float(f.name, value, minimum=meta["minimum"], maximum=meta["maximum"])
+            else:
+                check_int(f.name, value, meta["minimum"], meta["maximum"])
+        self.speed  # noqa: B018 (validates the switches together)
+
+    @property
+    def speed(self) -> Speed:
+        """The speed switches, as the evaluation pass is chosen from them."""
+        return Speed(self.amp, self.channels_last, self.compile, self.cuda_graphs)
+
+    @classmethod
+    def fields_of(cls, command: str) -> list[dataclasses.Field]:
+        """The fields that are options of ``command`` (:data:`EVAL` or :data:`SAMPLE`)."""
+        return [f for f in dataclasses.fields(cls) if command in f.metadata["commands"]]
+
+    def replace(self, **changes: Any) -> EvalConfig:
+        """A copy with some fields changed (validated again); an unknown name is refused."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise InputError(
+                f"unknown evaluation settings {unknown}; the fields of EvalConfig are "
+                f"{[f.name for f in dataclasses.fields(self)]}"
+            )
+        return dataclasses.replace(self, **changes)
+
+    def for_dataset(self, dataset: str) -> EvalConfig:
+        """This config with ``iw_samples="paper"`` replaced by the paper's k of ``dataset``."""
+        if self.iw_samples != "paper":
+            return self
+        k = paper_iw_samples(dataset)
+        if k is None:
+            raise InputError(
+                f"the paper reports no importance-weighted bound for {dataset}; give a number "
+                "of samples (--iw-samples K)"
+            )
+        return self.replace(iw_samples=k)
+
+
+@functools.cache
+def field_kind(cls: type, name: str) -> tuple[type, bool]:
+    """The type of a dataclass field and whether it may be None: ``int | None`` →
+    ``(int, True)``, ``bool`` → ``(bool, False)`` (of a union, its first type but None)."""
+    hint = typing.get_type_hints(cls)[name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = typing.get_args(hint)
+        return next(a for a in args if a is not type(None)), type(None) in args
+    return hint, False
+
+
+def eval_default(name: str) -> Any:
+    """The default of :class:`EvalConfig`'s field ``name`` (for configs that hold one of them,
+    as :class:`~densflow.training.TrainConfig` does)."""
+    return next(f.default for f in dataclasses.fields(EvalConfig) if f.name == name)
+
+
+def paper_iw_samples(dataset: str) -> int | None:
+    """The ``k`` of the paper's reported test bits/dim on ``dataset`` (from the data registry:
+    1000 for CIFAR-10, 200 for the others), or None for a dataset outside the paper.
+
+    Example:
+        >>> paper_iw_samples("cifar10"), paper_iw_samples("photos")
+        (1000, None)
+    """
+    paper = dataset_info(dataset).paper
+    return None if paper is None else paper.iw_samples

@@ -1,0 +1,116 @@
+"""Samples of a model: :func:`draw_samples` and :func:`save_sample_grid`, sharded over
+``torchrun``'s processes.
+
+Sample ``i``'s draws (the prior's and the dropped halves', scaled by the temperature) come from
+a generator of its own, seeded from the seed and ``i`` (the ``"sample"`` stream of
+:mod:`~densflow.evaluation.draws`): the grid is the same however many processes draw it, each
+its contiguous share of the samples. A grid whose values are not finite numbers (weights that are
+not finite, or so large that the flow overflows: they would quantize to a black image) is
+refused, with nothing written.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..io.checkpoint import nonfinite_entries
+from ..model import DenseFlow
+from ..performance import autocast
+from ..utils.distributed import Dist
+from .config import EvalConfig
+from .distributed import Group
+from .draws import IndexedDraws
+from .passes import graphed_flow
+from .result import NonFiniteError
+
+__all__ = ["draw_samples", "save_sample_grid"]
+
+
+def draw_samples(
+    model: DenseFlow, config: EvalConfig | None = None, *, dist: Dist | None = None,
+    **changes: Any,
+) -> Tensor:  # fmt: skip
+    """``config.n_samples`` uint8 samples ``(n, 3, H, W)`` drawn in eval mode at
+    ``config.temperature``; the model's mode is restored.
+
+    ``changes`` replace fields of ``config`` (:class:`EvalConfig`), e.g.
+    ``draw_samples(model, n_samples=16, seed=3)``. ``amp="bf16"`` runs the coupling networks in
+    bfloat16 (the same draws, so pixels differ slightly from the float32 samples);
+    ``cuda_graphs``: the sampling pass replayed from a CUDA graph
+    (:class:`~densflow.performance.GraphedFlow`, the same draws; eager, with a warning, on a CPU).
+    For one grid the capture costs more than the replay saves.
+    ``dist``: every process of a ``torchrun`` job draws its share, and every one returns the
+    whole grid (default: a single process).
+
+    Weights holding NaN or inf are refused before any draw, and samples that are not finite
+    after it (:class:`~densflow.evaluation.result.NonFiniteError`).
+    """
+    config = (config or EvalConfig()).replace(**changes)
+    dist = dist or Dist()
+    bad = nonfinite_entries(model.state_dict())
+    if bad:
+        raise NonFiniteError(
+            f"the model's weights are not finite ({len(bad)} tensors hold NaN or inf, e.g. "
+            f"{bad[0]}), so its samples would be meaningless; sample from a checkpoint saved "
+            "before training diverged"
+        )
+    device = next(model.parameters()).device
+    group = Group(dist, device)
+    shard = dist.shard(config.n_samples)
+    flow = graphed_flow(model, config.amp, "sampling") if config.cuda_graphs else model
+    precision = autocast(device, "none" if config.cuda_graphs else config.amp)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), precision:
+            v = torch.zeros(0, *model.image_shape, device=device)
+            if len(shard):
+                noise = IndexedDraws(model, config.seed, "sample", shard, sampling=True).next()
+                v = flow.sample_continuous(len(shard), config.temperature, noise=noise)
+            nonfinite = int((~torch.isfinite(v)).flatten(1).any(dim=1).sum())
+            samples = model.dequantization.flow_inverse(v).cpu()
+    finally:
+        model.train(was_training)
+    parts = group.gather((samples, nonfinite))
+    nonfinite = sum(bad for _, bad in parts)
+    if nonfinite:
+        raise NonFiniteError(
+            f"{nonfinite} of {config.n_samples} samples are not finite (NaN or inf), so the "
+            "grid would be black: the model's weights are too large or its outputs overflow; "
+            "sample from an earlier checkpoint of the run"
+        )
+    return torch.cat([s for s, _ in parts])
+
+
+def save_sample_grid(
+    model: DenseFlow, path: str | os.PathLike, config: EvalConfig | None = None, *,
+    dist: Dist | None = None, **changes: Any,
+) -> Tensor:  # fmt: skip
+    """Draw ``config.n_samples`` images (:func:`draw_samples`) and write them to ``path`` as a
+    PNG grid of ``config.nrow`` columns (by rank 0 alone under ``torchrun``); nothing is written
+    when the samples are refused. Returns the uint8 samples ``(n, 3, H, W)``."""
+    from torchvision.utils import save_image
+
+    config = (config or EvalConfig()).replace(**changes)
+    dist = dist or Dist()
+    samples = draw_samples(model, config, dist=dist)
+    if not dist.is_main:
+        return samples
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the target and renamed onto it: a crash or a full disk never leaves half a PNG
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            save_image(samples.float() / 255.0, f, format="png", nrow=config.nrow, padding=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return samples
