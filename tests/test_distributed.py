@@ -1,22 +1,20 @@
 """Training under ``torchrun``: two CPU processes (gloo, over loopback) stay in step and resume
-exactly, as the single-process runs of ``test_train.py`` do."""
+exactly, as the single-process runs of ``test_train.py`` do; on one launcher, or on two "nodes"
+(two launchers meeting at a c10d rendezvous on localhost)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from utils import assert_same_training_state
+from utils import assert_same_training_state, torchrun
 
 from densflow.io.checkpoint import read_checkpoint
 from densflow.training import CHECKPOINT_NAME, read_metrics
 
-pytestmark = pytest.mark.slow  # four torchrun launches, ≈ 1.5 minutes
+pytestmark = pytest.mark.slow  # six torchrun launches, ≈ 2 minutes
 
 # Each rank trains the tiny model on the same 24 random 16×16 images (its shard: 12), then saves
 # what it ends with, so that the ranks can be compared.
@@ -47,35 +45,12 @@ RANK_SCRIPT = textwrap.dedent("""
 """)
 
 
-def torchrun(script: Path, out_dir: Path, max_steps: int, *options: str) -> str:
-    """Run ``script`` on two ranks; returns their output (stdout and stderr)."""
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
-        ),
-    }
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(script),
-            str(out_dir),
-            str(max_steps),
-            *options,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout + done.stderr
+def train(script: Path, out_dir: Path, max_steps: int, *options: str, nodes: int = 1) -> str:
+    """Run ``script`` on two ranks (``nodes`` launchers); returns their output."""
+    launched = torchrun(str(script), str(out_dir), str(max_steps), *options, nodes=nodes)
+    for run in launched:
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return "".join(run.stdout + run.stderr for run in launched)
 
 
 def final_state(out_dir: Path, rank: int) -> dict:
@@ -98,16 +73,16 @@ def script(tmp_path_factory) -> Path:
 def full(script, tmp_path_factory) -> Path:
     """The uninterrupted eager run of 4 steps, which both tests compare with."""
     out_dir = tmp_path_factory.mktemp("full")
-    torchrun(script, out_dir, 4)
+    train(script, out_dir, 4)
     return out_dir
 
 
 @pytest.mark.slow
 def test_two_ranks_stay_in_step_and_resume_exactly(script, full, tmp_path):
     split = tmp_path / "split"
-    torchrun(script, split, 2)
+    train(script, split, 2)
     after_two = read_checkpoint(split / CHECKPOINT_NAME)
-    torchrun(script, split, 4)  # resumes from step 2
+    train(script, split, 4)  # resumes from step 2
 
     ranks = [final_state(full, r) for r in (0, 1)]
     assert_equal_states(*ranks)  # DDP averaged the gradients of two different shards
@@ -131,7 +106,7 @@ def test_compiled_channels_last_ranks_stay_in_step_and_follow_eager(script, full
     # --compile --channels-last under torchrun: the compiled flow inside DDP, whose gradient
     # buckets take the channels_last parameters' strides.
     fast = tmp_path / "fast"
-    output = torchrun(script, fast, 4, "fast")
+    output = train(script, fast, 4, "fast")
     ranks = [final_state(fast, r) for r in (0, 1)]
     assert "torch.compile failed" not in output
     assert ranks[0]["graphs"] == 2  # the flow's likelihood and the optimizer step, one graph each
@@ -140,3 +115,19 @@ def test_compiled_channels_last_ranks_stay_in_step_and_follow_eager(script, full
         assert torch.allclose(ranks[0]["params"][name], x, rtol=1e-4, atol=1e-6), name
     # Only nominal stride differences, which the step silences (see wrap_distributed).
     assert "Grad strides do not match" not in output
+
+
+def test_two_nodes_resume_exactly_as_one_node(script, full, tmp_path):
+    # Two launchers of one process each (torchrun --nnodes 2), as on two machines: rank 0 and
+    # rank 1 of the same job, so the same numbers as one launcher of two processes.
+    split = tmp_path / "nodes"
+    train(script, split, 2, nodes=2)
+    train(script, split, 4, nodes=2)  # resumes from step 2
+    starts = [e for e in read_metrics(split) if e["event"] == "start"]
+    assert [(e["step"], e["resumed"], e["world_size"]) for e in starts] == [
+        (0, False, 2),
+        (2, True, 2),
+    ]
+    for r in (0, 1):
+        assert_equal_states(final_state(full, r), final_state(split, r))
+    assert read_checkpoint(split / CHECKPOINT_NAME)["data_order"]["world_size"] == 2

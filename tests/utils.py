@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -136,3 +140,34 @@ def tiny_run(out_dir: str | Path, **overrides) -> TrainConfig:
         progress=False,
     )
     return TrainConfig(**{**fields, **overrides})
+
+
+def torchrun(
+    *args: str, cwd: str | Path | None = None, nodes: int = 1, timeout: float = 600
+) -> list[subprocess.CompletedProcess]:
+    """``torchrun … args`` with two CPU processes (one thread each, this checkout's densflow):
+    one launcher of two (``nodes=1``), or two launchers of one each that meet at a c10d
+    rendezvous on localhost, as two machines would (``nodes=2``). Returns each launcher's run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    run = [sys.executable, "-m", "torch.distributed.run"]
+    if nodes == 1:
+        commands = [[*run, "--standalone", "--nproc_per_node", "2", *args]]
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        rendezvous = ["--nnodes", str(nodes), "--nproc_per_node", "1", "--rdzv-backend", "c10d",
+                      "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "test"]  # fmt: skip
+        commands = [[*run, *rendezvous, *args]] * nodes
+    launched = [
+        subprocess.Popen(
+            c, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )  # fmt: skip
+        for c in commands
+    ]
+    done = []
+    for process in launched:
+        out, err = process.communicate(timeout=timeout)
+        done.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return done

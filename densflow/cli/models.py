@@ -162,7 +162,7 @@ def _load_for_speed(args: argparse.Namespace, config: Any, dist: Any) -> tuple[A
 
 def _eval(args: argparse.Namespace) -> int:
     from ..data import load_dataset
-    from ..evaluation import evaluate
+    from ..evaluation import GroupStopped, evaluate
     from ..evaluation.partial import ProgressFiles
     from ..utils.distributed import Dist
     from ..utils.runtime import collate_images, log_to_stderr
@@ -194,13 +194,14 @@ def _eval(args: argparse.Namespace) -> int:
     try:
         with log_to_stderr():  # the group's progress lines, from rank 0
             result = evaluate(model, images, config, partial_path=partial, dist=dist)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, GroupStopped) as err:
+        why = "interrupted" if isinstance(err, KeyboardInterrupt) else str(err)
         kept = partial is not None and ProgressFiles.path_of(partial, dist).is_file()
         raise Interrupted(
-            f"interrupted; the partial file {ProgressFiles.path_of(partial, dist)} lets the same "
+            f"{why}; the partial file {ProgressFiles.path_of(partial, dist)} lets the same "
             "command resume"
             if kept
-            else "interrupted; nothing was kept (give --out or --partial to make an evaluation "
+            else f"{why}; nothing was kept (give --out or --partial to make an evaluation "
             "resumable)"
         ) from None
     result.check_finite()  # non-finite bits/dim: one line, nothing written
@@ -229,7 +230,7 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from ..evaluation import save_sample_grid
+    from ..evaluation import GroupStopped, save_sample_grid
     from ..utils.distributed import Dist
     from ..utils.validate import check_output_path
 
@@ -238,8 +239,9 @@ def _sample(args: argparse.Namespace) -> int:
     model, _ = _load_for_speed(args, config, dist)
     try:
         save_sample_grid(model, out, config, dist=dist)
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted; {out} was not written") from None
+    except (KeyboardInterrupt, GroupStopped) as err:
+        why = "interrupted" if isinstance(err, KeyboardInterrupt) else str(err)
+        raise Interrupted(f"{why}; {out} was not written") from None
     if dist.is_main:
         print(f"wrote {config.n_samples} samples to {args.out}")
     return 0

@@ -28,6 +28,7 @@ machines, Slurm) and what was measured.
 """
 
 from .config import EvalConfig, eval_default, paper_iw_samples
+from .distributed import GroupStopped
 from .result import EvalResult, NonFiniteError
 from .run import evaluate
 from .sampling import draw_samples, save_sample_grid
@@ -35,6 +36,7 @@ from .sampling import draw_samples, save_sample_grid
 __all__ = [
     "EvalConfig",
     "EvalResult",
+    "GroupStopped",
     "NonFiniteError",
     "draw_samples",
     "eval_default",

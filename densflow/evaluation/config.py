@@ -71,8 +71,9 @@ class EvalConfig:
         (EVAL, SAMPLE), minimum=0, maximum=MAX_SEED,
     )  # fmt: skip
     n_samples: int = _field(
-        64, "number of samples in the grid", (SAMPLE,), minimum=1, maximum=2**14, flags=("--n",)
-    )
+        64, "number of samples in the grid (--n for short, but not under torchrun, whose own "
+        "options it abbreviates)", (SAMPLE,), minimum=1, maximum=2**14, aliases=("--n",),
+    )  # fmt: skip
     nrow: int = _field(8, "images per grid row", (SAMPLE,), minimum=1, maximum=2**10)
     temperature: float = _field(
         1.0, "scale of the prior's standard deviation, finite and >= 0", (SAMPLE,), minimum=0.0,

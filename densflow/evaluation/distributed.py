@@ -7,9 +7,9 @@ per-image values are gathered, in dataset order, on every process (:meth:`Group.
 
 The processes run in lockstep: the same number of rounds (the most batches any of them has left),
 each ending with one sum of the images done, which rank 0 reports as the group's one progress
-line (:class:`GroupProgress`). A process that dies breaks that collective: the others fail at once,
-keep their progress (:mod:`densflow.evaluation.partial`) and exit, ``torchrun`` ends the job, and
-the same command resumes every process.
+line (:class:`GroupProgress`). A process that dies breaks that collective: the others stop at once
+(:class:`GroupStopped`, or ``torchrun``'s SIGTERM), keep their progress
+(:mod:`densflow.evaluation.partial`) and exit, and the same command resumes every process.
 
 The collectives carry a few numbers per batch and the per-image values at the end, so they go
 over gloo on the CPU: the default process group where that is gloo, else one gloo group made once
@@ -18,8 +18,10 @@ per process beside the GPUs' NCCL group.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -28,11 +30,26 @@ import torch.distributed as tdist
 from ..utils.distributed import Dist, join_process_group
 from ..utils.runtime import progress_bar
 
-__all__ = ["Group", "GroupProgress"]
+__all__ = ["Group", "GroupProgress", "GroupStopped"]
 
 logger = logging.getLogger("densflow")
 
 _CPU_GROUP: list[Any] = []  # the gloo group of this process, made at its first evaluation
+
+
+class GroupStopped(Exception):
+    """A collective of the evaluation failed: another process of the ``torchrun`` job stopped
+    (killed, out of memory, interrupted) or the connection to it broke. This process's progress
+    is kept, as on an interruption: the same command resumes."""
+
+
+@contextlib.contextmanager
+def _collective() -> Iterator[None]:
+    try:
+        yield
+    except RuntimeError as err:  # gloo's errors (DistBackendError among them)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise GroupStopped(f"another process of this torchrun job stopped ({reason})") from err
 
 
 class Group:
@@ -49,7 +66,8 @@ class Group:
         if self.dist.world_size == 1:
             return value
         t = torch.tensor([value], dtype=torch.int64)
-        tdist.all_reduce(t, op=getattr(tdist.ReduceOp, op), group=self.group)
+        with _collective():
+            tdist.all_reduce(t, op=getattr(tdist.ReduceOp, op), group=self.group)
         return int(t.item())
 
     def max(self, value: int) -> int:
@@ -65,7 +83,8 @@ class Group:
         if self.dist.world_size == 1:
             return [obj]
         out: list[Any] = [None] * self.dist.world_size
-        tdist.all_gather_object(out, obj, group=self.group)
+        with _collective():
+            tdist.all_gather_object(out, obj, group=self.group)
         return out
 
 

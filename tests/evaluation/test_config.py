@@ -75,7 +75,7 @@ def test_an_option_out_of_range_is_refused_naming_it(capsys):
     assert code == 2
     assert "argument --batch-size: must be an integer in [1, 65536], got 0" in err
     code, _, err = run_cli(["sample", "m.pt", "--out", "x.png", "--n", "-3"], capsys)
-    assert code == 2 and "argument --n: must be an integer in [1, 16384], got -3" in err
+    assert code == 2 and "argument --n-samples/--n: must be an integer in [1, 16384], got -3" in err
     parser = subcommand("eval")
     args = parser.parse_args(["m.pt", "--iw-samples", "paper", "--no-single", "--limit", "none"])
     assert (args.iw_samples, args.single, args.limit) == ("paper", False, None)
