@@ -4,6 +4,7 @@ exactly, as the single-process runs of ``test_train.py`` do; on one launcher, or
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from utils import assert_same_training_state, torchrun
 from densflow.io.checkpoint import read_checkpoint
 from densflow.training import CHECKPOINT_NAME, read_metrics
 
-pytestmark = pytest.mark.slow  # six torchrun launches, ≈ 2 minutes
+pytestmark = pytest.mark.slow  # seven torchrun launches, ≈ 2.5 minutes
 
 # Each rank trains the tiny model on the same 24 random 16×16 images (its shard: 12), then saves
 # what it ends with, so that the ranks can be compared.
@@ -26,6 +27,8 @@ RANK_SCRIPT = textwrap.dedent("""
     from densflow.training import step as step_module
 
     out_dir, max_steps, fast = sys.argv[1], int(sys.argv[2]), sys.argv[3:] == ["fast"]
+    if os.environ["RANK"] == "1":  # a node whose out_dir is a disk of its own, if the test says so
+        out_dir = os.environ.get("RANK1_OUT_DIR", out_dir)
     if fast:  # aot_eager: dynamo and AOTAutograd's graphs without code generation (seconds)
         step_module.compile_model = lambda m: performance.compile_model(m, backend="aot_eager")
         step_module.compile_optimizer = lambda o: optim.compile_optimizer(
@@ -131,3 +134,16 @@ def test_two_nodes_resume_exactly_as_one_node(script, full, tmp_path):
     for r in (0, 1):
         assert_equal_states(final_state(full, r), final_state(split, r))
     assert read_checkpoint(split / CHECKPOINT_NAME)["data_order"]["world_size"] == 2
+
+
+def test_ranks_that_do_not_see_the_same_checkpoint_do_not_start(
+    script, full, tmp_path, monkeypatch
+):
+    shared = tmp_path / "shared"
+    shutil.copytree(full, shared)  # rank 0 resumes from step 4 here
+    monkeypatch.setenv("RANK1_OUT_DIR", str(tmp_path / "local"))  # rank 1 sees no checkpoint
+    [run] = torchrun(str(script), str(shared), "6")
+    assert run.returncode != 0
+    assert "rank 1 would start at step 0, rank 0 at step 4: they do not see the same" in run.stderr
+    assert "put out_dir on a file system that every node shares" in run.stderr
+    assert read_checkpoint(shared / CHECKPOINT_NAME)["progress"]["step"] == 4  # nothing trained

@@ -5,6 +5,8 @@ learned is the checkpoint's (:data:`~densflow.training.config.RESUMABLE_CHANGES`
 and its weights are finite. ``init_from`` takes only the model weights of any densflow checkpoint
 of the same architecture: the optimizer, the schedule and the step count start afresh. Each
 refusal is one :class:`~densflow.io.checkpoint.CheckpointError` line that says how to go on.
+Under ``torchrun`` every rank must start at the same step with the same settings
+(:func:`check_ranks_agree`).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from ..io.checkpoint import (
     read_training_checkpoint,
 )
 from ..model import DenseFlow
+from ..utils.distributed import gather_objects
 from .config import RESUMABLE_CHANGES, TrainConfig
+from .rundir import TrainingSetupError
 
-__all__ = ["load_init_weights", "read_resumable"]
+__all__ = ["check_ranks_agree", "load_init_weights", "read_resumable"]
 
 
 def read_resumable(
@@ -85,3 +89,29 @@ def load_init_weights(model: DenseFlow, path: str, device: torch.device) -> None
             "earlier, finite checkpoint"
         )
     model.load_state_dict(ckpt["model"])
+
+
+def check_ranks_agree(step: int, config: TrainConfig, checkpoint: Path) -> None:
+    """Under ``torchrun``, every rank starts from the same ``step`` with the same settings, or
+    none starts (:class:`~densflow.training.rundir.TrainingSetupError`): a node that does not see
+    rank 0's ``checkpoint`` (``out_dir`` on a disk of its own) would start over, or a node's
+    command would differ, and the ranks would train different runs in silence. Every rank calls
+    it, in the process group."""
+    # A node's own paths and switches may differ; a node that does not see rank 0's out_dir is
+    # found by its step (only rank 0 writes there).
+    local = {"data_dir", "out_dir", "device", "num_workers", "progress"}
+    mine = {k: v for k, v in config.to_dict().items() if k not in local}
+    ranks = gather_objects((step, mine))
+    for rank, (their_step, settings) in enumerate(ranks):
+        if settings != ranks[0][1]:
+            differ = sorted(k for k in settings if settings[k] != ranks[0][1].get(k))
+            raise TrainingSetupError(
+                f"rank {rank} was given other settings than rank 0 ({', '.join(differ)}); start "
+                "every node's torchrun with the same densflow command"
+            )
+        if their_step != ranks[0][0]:
+            raise TrainingSetupError(
+                f"rank {rank} would start at step {their_step}, rank 0 at step {ranks[0][0]}: "
+                f"they do not see the same {checkpoint}; put out_dir on a file system that "
+                "every node shares (docs/evaluation.md, several machines)"
+            )

@@ -30,10 +30,8 @@ permutation (:func:`~densflow.training.schedule.shard_indices`) and the step wra
 DistributedDataParallel; only rank 0 writes checkpoints, metrics and progress. ActNorm's
 data-dependent initialisation runs on each rank's first batch *before* the wrapping, and the
 wrapper then broadcasts rank 0's parameters and buffers, so all ranks start identical. Logged
-train bits/dim are rank 0's share of the batch. An evaluation is sharded over the ranks
-(:func:`densflow.evaluation.evaluate`), each rank holding rank 0's model: its buffers (BatchNorm's
-statistics, which each rank updated on its own shard) are broadcast first, as DDP's next forward
-pass would do anyway.
+train bits/dim are rank 0's share of the batch. Evaluations are sharded over the ranks, which
+first take rank 0's buffers (BatchNorm's statistics; DDP's next forward pass broadcasts them too).
 """
 
 from __future__ import annotations
@@ -63,7 +61,7 @@ from .divergence import DivergenceGuard, TrainingDivergedError
 from .loggers import make_loggers, sample_source
 from .metrics import RunLog, RunningMean, read_metrics
 from .optim import build_optimizer, optimizer_state_dict
-from .resume import load_init_weights, read_resumable
+from .resume import check_ranks_agree, load_init_weights, read_resumable
 from .rundir import RunFolderLock, TrainingSetupError, remove_stale_temporaries
 from .schedule import Stream, derive_seed, learning_rate
 from .step import BatchNormStats, TrainStep, make_step
@@ -280,6 +278,8 @@ class Trainer:
             self.out_dir, self.device,
         )  # fmt: skip
         self.train_step = self._build_step()
+        if self.dist.world_size > 1:  # the same step and settings on every rank, or none starts
+            check_ranks_agree(self.step, cfg, self.checkpoint_path)
         try:
             while self.epoch < total_epochs and (
                 cfg.max_steps is None or self.step < cfg.max_steps

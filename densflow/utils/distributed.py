@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .errors import InputError
 from .runtime import resolve_device
 
-__all__ = ["Dist", "broadcast_buffers", "join_process_group"]
+__all__ = ["Dist", "broadcast_buffers", "gather_objects", "join_process_group"]
 
 
 @dataclass(frozen=True)
@@ -97,3 +98,13 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
 
     for buffer in module.buffers():
         tdist.broadcast(buffer, src=0)
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """``obj`` (picklable) of every process of the default group, in rank order, on every
+    process. Every rank must call it."""
+    import torch.distributed as tdist
+
+    out: list[Any] = [None] * tdist.get_world_size()
+    tdist.all_gather_object(out, obj)
+    return out
