@@ -22,6 +22,7 @@ from ..data import dataset_info
 from ..performance import AMP_MODES, Speed
 from ..utils.errors import InputError
 from ..utils.validate import MAX_SEED, check_float, check_int
+from .draws import BLOCK
 
 __all__ = ["EVAL", "SAMPLE", "EvalConfig", "eval_default", "field_kind", "paper_iw_samples"]
 
@@ -55,8 +56,8 @@ class EvalConfig:
         (EVAL,), minimum=1, maximum=2**20, metavar="K|paper",
     )  # fmt: skip
     chunk_size: int = _field(
-        50, "importance samples per forward pass (the paper's code: 50)", (EVAL,), minimum=1,
-        maximum=2**16,
+        BLOCK, "importance samples per forward pass (the paper's code: 50; a chunk of 50 is one "
+        "block of draws)", (EVAL,), minimum=1, maximum=2**16,
     )  # fmt: skip
     single: bool = _field(
         True, "the single-sample bound too (one pass per batch; off: the importance-weighted "

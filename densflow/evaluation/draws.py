@@ -14,12 +14,14 @@ interrupted evaluation resumed. A single generator consumed in dataset order wou
 
 where :math:`b(s)` is a 64-bit number derived from :math:`s` by numpy's ``SeedSequence`` and the
 stream is 0 for the single-sample bound, 1 for the :math:`k` importance samples and 2 for
-sampling (sample :math:`i` of a grid). Each call of a generator draws the flat noise of one pass of
-one image, every site of :meth:`~densflow.model.DenseFlow.noise_shapes` in order, as one
-standard-normal vector: the single-sample bound is the first call of stream 0, importance sample
-:math:`j` the :math:`(j+1)`-th call of stream 1. A chunk of :math:`c` samples of :math:`B` images
-takes :math:`c` calls of each image's generator and lays them out as the batch repeated
-:math:`c` times (row :math:`jB + b` is sample :math:`j` of image :math:`b`).
+sampling (sample :math:`i` of a grid). One pass of one image needs one standard-normal vector: every
+site of :meth:`~densflow.model.DenseFlow.noise_shapes` in order. Each call of a generator draws a
+block of :data:`BLOCK` such vectors for the importance samples (one for the other streams), always
+the same size, so importance sample :math:`j` is row :math:`j \bmod 50` of the
+:math:`(\lfloor j/50 \rfloor + 1)`-th call whatever the chunks it is evaluated in, and the first
+:math:`k` samples are the same for every larger :math:`k`. A chunk of :math:`c` samples of
+:math:`B` images is laid out as the batch repeated :math:`c` times (row :math:`jB + b` is sample
+:math:`j` of image :math:`b`).
 
 Why offsets and not a hash: CPU generators (MT19937) use only the low 32 bits of a seed, so
 hashed seeds would collide by the birthday bound within a few tens of thousands of images; offsets
@@ -29,9 +31,10 @@ by a generator of that device: a CPU and a GPU give different (equally valid) nu
 reproducible. Every draw goes through :func:`densflow.noise.randn`, so
 :func:`~densflow.noise.fixed_noise` fixes these too.
 
-**Cost.** One generator call per image and sample, rather than one per noise site for the whole
-batch: a few microseconds each, next to a pass that takes milliseconds per image
-(docs/evaluation.md measures the whole evaluation before and after).
+**Cost.** One generator call per image and block of 50 samples (the default chunk, so one call per
+image and pass), rather than one per noise site for the whole batch: on a GPU, one kernel launch
+per image next to a pass of tens of thousands (docs/evaluation.md measures the whole evaluation
+before and after).
 """
 
 from __future__ import annotations
@@ -46,10 +49,14 @@ from torch import Tensor
 from ..model import DenseFlow
 from ..noise import randn
 
-__all__ = ["STREAMS", "IndexedDraws", "index_seeds"]
+__all__ = ["BLOCK", "STREAMS", "IndexedDraws", "index_seeds"]
 
 STREAMS = {"single": 0, "iw": 1, "sample": 2}
 """The streams of draws of one index: the single-sample bound, the importance samples, sampling."""
+
+BLOCK = 50
+"""Importance samples drawn per generator call: part of the scheme (another block size draws other
+numbers), and the default chunk size, so that a chunk is one call per image."""
 
 
 def index_seeds(seed: int, stream: str, indices: Sequence[int]) -> list[int]:
@@ -68,7 +75,8 @@ def index_seeds(seed: int, stream: str, indices: Sequence[int]) -> list[int]:
 
 class IndexedDraws:
     """The draws of a list of indices in one stream: one generator per index, on the model's
-    device, each call of :meth:`next` advancing every one of them by ``repeats`` passes.
+    device, drawn in blocks (:data:`BLOCK` passes for the importance samples, one otherwise);
+    :meth:`next` takes the next passes of every index.
 
     Arguments:
         model: the flow whose noise sites are drawn (their shapes, dtype and device).
@@ -88,23 +96,40 @@ class IndexedDraws:
         }
         self.sizes = [math.prod(shape) for shape in self.shapes.values()]
         self.dtype, self.device = model.prior.loc.dtype, model.prior.loc.device
+        self.block = BLOCK if stream == "iw" else 1
         self.generators = [
             torch.Generator(self.device).manual_seed(s) for s in index_seeds(seed, stream, indices)
         ]
+        # each index's block of draws in use, and its number (passes are taken in order)
+        self.current: list[tuple[int, Tensor]] = [(-1, torch.empty(0))] * len(self.generators)
+        self.position = 0  # passes taken so far, of every index
+
+    def _rows(self, b: int, start: int, stop: int) -> Tensor:
+        """Passes ``start .. stop − 1`` of the ``b``-th index, ``(stop − start, size)``, its
+        generator drawing its next block when one is reached."""
+        parts = []
+        while start < stop:
+            block, offset = divmod(start, self.block)
+            number, values = self.current[b]
+            if number != block:
+                values = randn((self.block, sum(self.sizes)), generator=self.generators[b],
+                               dtype=self.dtype, device=self.device)  # fmt: skip
+                self.current[b] = (block, values)
+            take = min(stop - start, self.block - offset)
+            parts.append(values[offset : offset + take])
+            start += take
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def next(self, repeats: int = 1) -> dict[str, Tensor]:
         """The next ``repeats`` passes' draws of every index (at least one), named by site, each
         of shape ``(repeats · len(indices), …)``: row ``j · len(indices) + b`` is pass ``j`` of
         index ``b`` (the layout of ``x.repeat(repeats, 1, 1, 1)``)."""
-        size = sum(self.sizes)
-        rows = [
-            randn((size,), generator=g, dtype=self.dtype, device=self.device)
-            for _ in range(repeats)
-            for g in self.generators
-        ]
-        flat = torch.stack(rows)
+        start, stop = self.position, self.position + repeats
+        rows = [self._rows(b, start, stop) for b in range(len(self.generators))]
+        self.position = stop
+        flat = torch.stack(rows, dim=1).reshape(repeats * len(rows), -1)
         parts = torch.split(flat, self.sizes, dim=1)
         return {
-            name: part.reshape(len(rows), *shape).contiguous()
+            name: part.reshape(len(flat), *shape).contiguous()
             for (name, shape), part in zip(self.shapes.items(), parts, strict=True)
         }

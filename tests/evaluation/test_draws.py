@@ -7,7 +7,7 @@ import math
 import torch
 
 from densflow import DenseFlow, DenseFlowConfig, fixed_noise
-from densflow.evaluation.draws import STREAMS, IndexedDraws, index_seeds
+from densflow.evaluation.draws import BLOCK, STREAMS, IndexedDraws, index_seeds
 
 
 def tiny() -> DenseFlow:
@@ -43,6 +43,18 @@ def test_an_index_draws_the_same_whatever_its_batch_and_layout():
     assert not torch.equal(single["dequantization"], passes[0]["dequantization"])
     sampling = IndexedDraws(model, 1, "sample", [9], sampling=True).next()
     assert sampling.keys() == model.noise_shapes(1, sampling=True).keys()
+
+
+def test_importance_sample_j_is_the_same_whatever_the_chunks_and_k():
+    model = tiny()
+    whole = IndexedDraws(model, 2, "iw", [0, 1]).next(2 * BLOCK + 7)
+    chunked = IndexedDraws(model, 2, "iw", [0, 1])
+    parts = [chunked.next(c) for c in (3, BLOCK, 30, BLOCK - 26)]  # across block boundaries
+    one_by_one = IndexedDraws(model, 2, "iw", [0, 1])
+    singles = [one_by_one.next() for _ in range(12)]
+    for name, values in whole.items():
+        assert torch.equal(torch.cat([p[name] for p in parts]), values)
+        assert torch.equal(torch.cat([p[name] for p in singles]), values[:24])  # k = 12: a prefix
 
 
 def test_the_draws_are_standard_normal_and_follow_fixed_noise():
