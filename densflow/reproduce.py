@@ -25,7 +25,7 @@ from .io.pretrained import resolve_model
 from .model import DenseFlow
 from .performance import prepare_model
 from .training import TrainConfig, TrainResult, read_metrics, train, train_preset
-from .utils.distributed import Dist
+from .utils.distributed import Dist, broadcast_buffers, join_process_group
 from .utils.runtime import first_images, log_to_stderr
 
 __all__ = [
@@ -335,6 +335,9 @@ def reproduce(
         if limit is None and preset == "smoke":
             limit = config.eval_limit
         dist = Dist.from_env()  # under torchrun: each process evaluates and samples its share
+        if dist.world_size > 1:  # every rank holds rank 0's model (BatchNorm saw each shard)
+            join_process_group(next(model.parameters()).device)
+            broadcast_buffers(model)
         test = evaluate_test_split(
             model, config, iw_samples=k, chunk_size=config.chunk_size, limit=limit, dist=dist
         )

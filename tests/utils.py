@@ -142,23 +142,35 @@ def tiny_run(out_dir: str | Path, **overrides) -> TrainConfig:
     return TrainConfig(**{**fields, **overrides})
 
 
+def subprocess_env(**changes: str) -> dict[str, str]:
+    """The environment of a densflow subprocess: this checkout's densflow, one thread."""
+    path = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+    )
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, **changes}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def torchrun(
     *args: str, cwd: str | Path | None = None, nodes: int = 1, timeout: float = 600
 ) -> list[subprocess.CompletedProcess]:
     """``torchrun … args`` with two CPU processes (one thread each, this checkout's densflow):
     one launcher of two (``nodes=1``), or two launchers of one each that meet at a c10d
     rendezvous on localhost, as two machines would (``nodes=2``). Returns each launcher's run."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    env = subprocess_env()
     run = [sys.executable, "-m", "torch.distributed.run"]
     if nodes == 1:
         commands = [[*run, "--standalone", "--nproc_per_node", "2", *args]]
     else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        endpoint = f"127.0.0.1:{free_port()}"
         rendezvous = ["--nnodes", str(nodes), "--nproc_per_node", "1", "--rdzv-backend", "c10d",
-                      "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "test"]  # fmt: skip
+                      "--rdzv-endpoint", endpoint, "--rdzv-id", "test"]  # fmt: skip
         commands = [[*run, *rendezvous, *args]] * nodes
     launched = [
         subprocess.Popen(

@@ -1,19 +1,24 @@
 """Evaluation and sampling under ``torchrun``: two CPU processes (gloo, over loopback), on one
-launcher or on two "nodes" (two launchers meeting at a c10d rendezvous on localhost), give the
-numbers of one process; a process killed mid-way leaves its progress and the same command
-resumes every process."""
+launcher or on two "nodes" (the Slurm script's two launchers meeting at a c10d rendezvous on
+localhost), give the numbers of one process; a process killed mid-way leaves its progress and
+the same command resumes every process."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from utils import run_cli, torchrun
+from utils import free_port, run_cli, subprocess_env, torchrun
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+REPO = Path(__file__).resolve().parents[2]
 
 # densflow's command line, once per group of arguments ("--then" between groups), in one process;
 # with "--kill-rank R --at-batch B", rank R kills itself (SIGKILL) when its batch B starts.
@@ -65,12 +70,36 @@ def workdir(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
+def test_one_process_is_a_group_of_one_and_rank_0_reports_progress(caplog, monkeypatch):
+    import logging
+
+    from densflow.evaluation.distributed import Group, GroupProgress
+    from densflow.utils.distributed import Dist
+
+    group = Group(Dist(), torch.device("cpu"))
+    assert (group.max(3), group.sum(4), group.gather("x")) == (3, 4, ["x"])
+    clock = iter([0.0, 10.0, 30.0, 40.0, 50.0, 50.0])
+    monkeypatch.setattr("densflow.evaluation.distributed.time.monotonic", lambda: next(clock))
+    with caplog.at_level(logging.INFO, logger="densflow"):
+        progress = GroupProgress(Dist(), 100, 20, enabled=False, interval_s=15.0)  # at 0 s
+        progress.update(40)  # 10 s: too soon for a line
+        progress.update(60)  # 30 s: 40 images in 30 s
+        progress.update(100)  # 40 s: done, after a line: the last one
+        progress.close()
+        GroupProgress(Dist(1, 2), 10, 0, enabled=None, interval_s=0.0).update(10)  # not rank 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "evaluate: 60/100 images (60.0%), 1.33 images/s, 0m30s left",
+        "evaluate: 100/100 images (100.0%), 2.00 images/s, 0m00s left",
+    ]
+
+
 # 8 test images in 2 shards of 4, batches of 2: the shapes of one process's batches of 2.
 EVAL = ["eval", "m.pt", "--limit", "8", "--batch-size", "2", "--iw-samples", "3",
         "--chunk-size", "2", "--device", "cpu", "--save-interval-s", "0"]  # fmt: skip
 SAMPLE = ["sample", "m.pt", "--n-samples", "5", "--nrow", "5", "--seed", "3", "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_torchrun_eval_is_one_process_eval_and_a_killed_rank_resumes(workdir, capsys):
     assert run_cli([*EVAL, "--out", "one.json"], capsys)[0] == 0
     assert run_cli([*SAMPLE, "--out", "one.png"], capsys)[0] == 0
@@ -105,22 +134,87 @@ def test_torchrun_eval_is_one_process_eval_and_a_killed_rank_resumes(workdir, ca
     ]  # fmt: skip  no progress file left
 
 
-def test_two_launchers_one_node_each_train_then_evaluate_and_sample_as_one_process(workdir, capsys):
-    train = ["-m", "densflow", "train", "--dataset", "photos", "--model", "tiny",
-             "--batch-size", "2", "--epochs", "1", "--steps-per-epoch", "3", "--warmup-steps",
-             "2", "--eval-every", "0", "--out-dir", "run", "--no-progress"]  # fmt: skip
-    nodes = torchrun(*train, nodes=2, cwd=workdir)
-    assert [n.returncode for n in nodes] == [0, 0], nodes[0].stderr[-3000:]
-    checkpoint = workdir / "run" / "checkpoint.pt"
+# Slurm as the script meets it on a job of two nodes, here two launchers on this machine: srun
+# runs its command once per node, scontrol names the nodes.
+SRUN = """#!/bin/bash
+pids=()
+for ((node = 0; node < SLURM_JOB_NUM_NODES; node++)); do SLURM_NODEID=$node "$@" & pids+=($!); done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+exit $status
+"""
+SCONTROL = """#!/bin/bash
+[ "$1 $2" = "show hostnames" ] || exit 1
+for ((n = 0; n < SLURM_JOB_NUM_NODES; n++)); do echo 127.0.0.1; done
+"""
+
+
+def sbatch(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """``examples/slurm/densflow.sbatch args`` in a job of two nodes of one process each."""
+    bin_dir = workdir / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, text in (("srun", SRUN), ("scontrol", SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = subprocess_env(
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", PYTHON=sys.executable,
+        SLURM_JOB_NODELIST="node[0-1]", SLURM_JOB_NUM_NODES="2", SLURM_JOB_ID="7",
+        NPROC_PER_NODE="1", RDZV_PORT=str(free_port()),
+    )  # fmt: skip
+    script = REPO / "examples" / "slurm" / "densflow.sbatch"
+    return subprocess.run(["bash", str(script), *args], cwd=workdir, env=env, text=True,
+                          capture_output=True, timeout=600)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_slurm_script_trains_and_evaluates_on_two_nodes_as_one_process(workdir, capsys):
+    train = ["train", "--dataset", "photos", "--model", "tiny", "--batch-size", "2",
+             "--epochs", "1", "--steps-per-epoch", "3", "--warmup-steps", "2",
+             "--eval-every", "0", "--out-dir", "run", "--no-progress"]  # fmt: skip
+    job = sbatch(workdir, *train)
+    assert job.returncode == 0, job.stderr[-3000:]
     metrics = [json.loads(line) for line in (workdir / "run" / "metrics.jsonl").open()]
     assert metrics[0]["world_size"] == 2 and metrics[-1]["step"] == 3
 
-    ckpt_eval = [str(checkpoint) if a == "m.pt" else a for a in EVAL]
-    ckpt_sample = [str(checkpoint) if a == "m.pt" else a for a in SAMPLE]
-    nodes = torchrun("commands.py", *ckpt_eval, "--out", "two.json", "--then",
-                     *ckpt_sample, "--out", "two.png", nodes=2, cwd=workdir)  # fmt: skip
-    assert [n.returncode for n in nodes] == [0, 0], nodes[0].stderr[-3000:]
-    assert run_cli([*ckpt_eval, "--out", "one.json"], capsys)[0] == 0
-    assert run_cli([*ckpt_sample, "--out", "one.png"], capsys)[0] == 0
+    checkpoint = str(workdir / "run" / "checkpoint.pt")
+    evaluation = [checkpoint if a == "m.pt" else a for a in EVAL]
+    job = sbatch(workdir, *evaluation, "--out", "two.json")
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert run_cli([*evaluation, "--out", "one.json"], capsys)[0] == 0
     assert json.loads(Path("two.json").read_text()) == json.loads(Path("one.json").read_text())
-    assert Path("two.png").read_bytes() == Path("one.png").read_bytes()
+
+
+REPRODUCE = textwrap.dedent("""
+    import os, sys, torch
+    from densflow import reproduce
+
+    out_dir, checkpoint = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else None)
+    run = reproduce.reproduce("photos", data_dir=None, out_dir=out_dir, preset="smoke",
+                              checkpoint=checkpoint, epochs=1, steps_per_epoch=2, batch_size=2,
+                              iw_samples=2, eval_limit=8)
+    torch.save({"single": run.test.per_image_single, "iw": run.test.per_image_iw},
+               os.path.join(out_dir, f"rank{os.environ.get('RANK', 0)}.pt"))
+""")
+
+
+@pytest.mark.slow
+def test_reproduce_under_torchrun_trains_evaluates_and_samples_as_one_process(tmp_path):
+    (tmp_path / "reproduce.py").write_text(REPRODUCE)
+    [job] = torchrun("reproduce.py", "two", cwd=tmp_path)
+    assert job.returncode == 0, job.stderr[-3000:]
+    two = tmp_path / "two"
+    ranks = [torch.load(two / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    for key in ("single", "iw"):  # every rank returns the whole result
+        assert (ranks[0][key] == ranks[1][key]).all() and len(ranks[0][key]) == 8
+    results = json.loads((two / "results.json").read_text())
+    assert results["train"]["completed"] and results["config"]["batch_size"] == 2
+
+    # The trained model, evaluated and sampled by one process: the same numbers and pixels.
+    one = tmp_path / "one"
+    done = subprocess.run([sys.executable, "reproduce.py", str(one), str(two / "checkpoint.pt")],
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    alone = json.loads((one / "results.json").read_text())
+    assert alone["test"] == results["test"]
+    assert (one / "samples.png").read_bytes() == (two / "samples.png").read_bytes()
