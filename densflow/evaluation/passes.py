@@ -11,6 +11,8 @@ saves: such a batch runs eagerly. The numbers are the same either way, within ro
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import warnings
 from typing import Protocol
 
@@ -37,10 +39,10 @@ class EagerPass:
         self.model, self.amp, self.full_batch = model, amp, full_batch
 
     def __call__(self, x: Tensor, noise: dict[str, Tensor], images: int) -> Tensor:
-        with autocast(x.device, self.amp):
-            if images < self.full_batch:
-                with run_eagerly():
-                    return self.model.log_prob(x, noise=noise)
+        # Only a process that imported torch._dynamo can hold a compiled model; importing it just
+        # to run eagerly would cost seconds.
+        eager = images < self.full_batch and "torch._dynamo" in sys.modules
+        with autocast(x.device, self.amp), run_eagerly() if eager else contextlib.nullcontext():
             return self.model.log_prob(x, noise=noise)
 
 
