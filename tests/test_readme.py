@@ -10,6 +10,7 @@ block of the README is marked ``readme-python: run`` and is executed.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -122,6 +123,22 @@ def check_densflow_cli(argv: list[str]) -> None:
         raise AssertionError(f"`{shlex.join(argv)}` is not a valid densflow command") from exit
 
 
+def load_script(path: Path):
+    """A script of the repository (not a package module) imported by its path."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it is executed
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_benchmark(argv: list[str]) -> None:
+    try:
+        load_script(ROOT / "benchmarks" / "benchmark.py").build_parser().parse_args(argv[2:])
+    except SystemExit as exit:
+        raise AssertionError(f"`{shlex.join(argv)}` is not a valid benchmark command") from exit
+
+
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
 def test_the_commands_that_need_data_are_valid(document):
     for command in commands("check", document):
@@ -134,6 +151,8 @@ def test_the_commands_that_need_data_are_valid(document):
                 check_papermill(argv, made_dirs)
             elif argv[:3] == ["python", "-m", "densflow"]:
                 check_densflow_cli(argv)
+            elif argv[:2] == ["python", "benchmarks/benchmark.py"]:
+                check_benchmark(argv)
             elif argv[0] == "torchrun" and "densflow" in argv:
                 at = argv.index("densflow")
                 assert argv[at - 1] == "-m", f"`{part.strip()}` must run `-m densflow`"
@@ -202,3 +221,25 @@ def test_environment_yml_names_the_same_dependencies_as_pyproject():
     pip = [d for d in env["dependencies"] if isinstance(d, dict)]
     listed |= {normal(d) for section in pip for d in section.get("pip", []) if d != "-e ."}
     assert listed == {normal(d) for d in wanted}
+
+
+@pytest.mark.skipif(
+    sys.version_info[:2] != (3, 11), reason="argparse's help layout differs between Pythons"
+)
+def test_the_cli_reference_page_is_what_the_parser_says(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setenv("COLUMNS", "100")
+    spec = importlib.util.spec_from_file_location(
+        "cli_reference", ROOT / "docs" / "cli_reference.py"
+    )
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    assert (ROOT / "docs" / "cli.md").read_text() == reference.render(), (
+        "docs/cli.md is stale: run python docs/cli_reference.py"
+    )
+
+
+def test_the_readme_fits_on_two_screens():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) < 160, f"README.md has {len(lines)} lines; move the details to docs/"
