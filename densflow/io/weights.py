@@ -4,7 +4,7 @@
 interrupt and rerun:
 
 1. **fetch** the Google Drive file that the official README links (:data:`DRIVE_FILE_ID`) with
-   ``gdown`` (the optional ``weights`` extra) into ``<cache>/downloads/``. gdown writes a ``.part``
+   ``gdown`` (the optional ``download`` extra) into ``<cache>/downloads/``. gdown writes a ``.part``
    file and resumes it; the finished file is called ``weights.unverified`` until step 2 passes, and
    only then is it renamed to ``weights.archive``.
 2. **verify** its sha256 against :data:`ARCHIVE_SHA256`, or — while that constant is ``None`` —
@@ -173,7 +173,7 @@ def fetch_archive(downloads: Path) -> tuple[Path, str]:
         import gdown
     except ImportError as err:
         raise WeightsError(
-            'downloading the authors\' weights needs gdown: pip install -e ".[weights]" (or pip '
+            'downloading the authors\' weights needs gdown: pip install -e ".[download]" (or pip '
             f"install gdown); or download {DRIVE_URL} in a browser and run python -m densflow "
             "download weights --from FILE"
         ) from err
