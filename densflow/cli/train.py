@@ -67,6 +67,7 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
 
 def _train(args: argparse.Namespace) -> int:
     from ..training import train
+    from ..utils.distributed import Dist
     from ..utils.runtime import log_to_stderr
 
     # A bad setting (ValueError, found before any work) ends in main() as one line, exit 2.
@@ -84,5 +85,6 @@ def _train(args: argparse.Namespace) -> int:
         f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name != "model"
     }
     summary.update(out_dir=str(result.out_dir), checkpoint=str(result.checkpoint))
-    print(json.dumps(summary, indent=2))
+    if Dist.from_env().is_main:  # under torchrun, one summary: rank 0's
+        print(json.dumps(summary, indent=2))
     return 0

@@ -173,6 +173,7 @@ def test_the_slurm_script_trains_and_evaluates_on_two_nodes_as_one_process(workd
              "--eval-every", "0", "--out-dir", "run", "--no-progress"]  # fmt: skip
     job = sbatch(workdir, *train)
     assert job.returncode == 0, job.stderr[-3000:]
+    assert job.stdout.count('"checkpoint"') == 1  # one summary, rank 0's
     metrics = [json.loads(line) for line in (workdir / "run" / "metrics.jsonl").open()]
     assert metrics[0]["world_size"] == 2 and metrics[-1]["step"] == 3
 
