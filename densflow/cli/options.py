@@ -78,7 +78,7 @@ def add_config_options(
     ``minimum``/``maximum`` in its metadata is checked against them (naming the option); an
     optional field also takes ``none``. ``parse`` gives the parser of a field (by name) or of a
     type. Options not given stay unset on the namespace (:func:`given_fields`)."""
-    from ..evaluation.config import field_kind
+    from ..utils.validate import field_kind
 
     parse = parse or {}
     for f in fields:

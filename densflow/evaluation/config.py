@@ -12,19 +12,16 @@ from the data registry (:func:`paper_iw_samples`).
 from __future__ import annotations
 
 import dataclasses
-import functools
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..data import dataset_info
 from ..performance import AMP_MODES, Speed
 from ..utils.errors import InputError
-from ..utils.validate import MAX_SEED, check_float, check_int
+from ..utils.validate import MAX_SEED, check_float, check_int, field_kind
 from .draws import BLOCK
 
-__all__ = ["EVAL", "SAMPLE", "EvalConfig", "eval_default", "field_kind", "paper_iw_samples"]
+__all__ = ["EVAL", "SAMPLE", "EvalConfig", "eval_default", "paper_iw_samples"]
 
 EVAL, SAMPLE = "eval", "sample"
 """The commands a field belongs to (``EvalConfig.fields_of``)."""
@@ -159,17 +156,6 @@ class EvalConfig:
                 "of samples (--iw-samples K)"
             )
         return self.replace(iw_samples=k)
-
-
-@functools.cache
-def field_kind(cls: type, name: str) -> tuple[type, bool]:
-    """The type of a dataclass field and whether it may be None: ``int | None`` →
-    ``(int, True)``, ``bool`` → ``(bool, False)`` (of a union, its first type but None)."""
-    hint = typing.get_type_hints(cls)[name]
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        args = typing.get_args(hint)
-        return next(a for a in args if a is not type(None)), type(None) in args
-    return hint, False
 
 
 def eval_default(name: str) -> Any:

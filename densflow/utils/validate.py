@@ -17,10 +17,13 @@ densflow.utils.errors.InputError: temperature must be a finite number >= 0.0, go
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
 import tempfile
+import types
+import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ __all__ = [
     "check_images",
     "check_noise",
     "check_output_path",
+    "field_kind",
 ]
 
 MAX_SEED = 2**64 - 1
@@ -168,3 +172,14 @@ def check_noise(
             f"{expected}, got {got}. Make it with model.draw_noise({batch_size}"
             f"{', sampling=True' if sampling else ''})"
         )
+
+
+@functools.cache
+def field_kind(cls: type, name: str) -> tuple[type, bool]:
+    """The type of a dataclass field and whether it may be None: ``int | None`` →
+    ``(int, True)``, ``bool`` → ``(bool, False)`` (of a union, its first type but None)."""
+    hint = typing.get_type_hints(cls)[name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = typing.get_args(hint)
+        return next(a for a in args if a is not type(None)), type(None) in args
+    return hint, False
