@@ -35,6 +35,7 @@ from .data import paper_datasets
 from .io.checkpoint import atomic_save, nonfinite_entries
 from .model import DenseFlow
 from .performance import GraphedFlow, autocast, run_eagerly
+from .utils.errors import InputError
 from .utils.runtime import collate_images, progress_bar, resolve_device
 from .utils.validate import check_float, check_int
 
@@ -108,7 +109,7 @@ def _read_partial(partial: Path) -> dict:
     else:
         reason = "no evaluation-progress marker"
     if not isinstance(state, dict) or state.get("format") != _PARTIAL_FORMAT:
-        raise ValueError(
+        raise InputError(
             f"partial_path {partial} exists and is not an evaluation progress file ({reason}); "
             "evaluate would overwrite and then delete it: pass another partial_path"
         )
@@ -181,7 +182,7 @@ def evaluate(
         An :class:`EvalResult`.
     """
     if iw_samples is None and not single:
-        raise ValueError("nothing to compute: single=False and no iw_samples")
+        raise InputError("nothing to compute: single=False and no iw_samples")
     batch_size, chunk_size = (
         check_int("batch_size", batch_size),
         check_int("chunk_size", chunk_size),
@@ -191,7 +192,7 @@ def evaluate(
     check_int("num_workers", num_workers, minimum=0)
     check_float("save_interval_s", save_interval_s, minimum=0.0)
     if len(dataset) == 0:
-        raise ValueError("dataset is empty: there is no image to evaluate")
+        raise InputError("dataset is empty: there is no image to evaluate")
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     n = len(dataset)
@@ -215,7 +216,7 @@ def evaluate(
     partial = Path(partial_path) if partial_path is not None else None
     fingerprint = _fingerprint(model) if partial is not None else None
     if partial is not None and partial.is_dir():
-        raise ValueError(f"partial_path {partial} is a folder; give a file path")
+        raise InputError(f"partial_path {partial} is a folder; give a file path")
     if partial is not None and partial.exists():
         state = _read_partial(partial)  # refuses a file that is not ours before any work
         if state.get("version") == _PARTIAL_VERSION and (
@@ -333,7 +334,7 @@ def draw_samples(
     precision = autocast(device, amp)  # checks amp before any work
     bad = nonfinite_entries(model.state_dict())
     if bad:
-        raise ValueError(
+        raise InputError(
             f"the model's weights are not finite ({len(bad)} tensors hold NaN or inf, e.g. "
             f"{bad[0]}), so its samples would be meaningless; sample from a checkpoint saved "
             "before training diverged"

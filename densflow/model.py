@@ -39,6 +39,7 @@ from .invertible_dense_block import InvertibleDenseBlock
 from .multiscale import CentredSqueeze, Transition
 from .noise import draw
 from .prior import LearnedGaussianPrior
+from .utils.errors import InputError
 from .utils.validate import check_float, check_images, check_int, check_noise
 
 __all__ = ["DenseFlowConfig", "DenseFlow", "PRESETS", "coupling_net_factory"]
@@ -255,7 +256,7 @@ class DenseFlow(nn.Module):
         """Inverse of :meth:`encode`: latents → continuous ``v``
         (quantize with ``floor(256·v)``)."""
         if len(latents) != len(self.blocks):
-            raise ValueError(
+            raise InputError(
                 f"expected {len(self.blocks)} latents (the dropped halves and z), got "
                 f"{len(latents)}"
             )

@@ -26,6 +26,7 @@ from .model import DenseFlow
 from .noise import make_generator
 from .performance import prepare_model
 from .training import TrainConfig, TrainResult, read_metrics, train, train_preset
+from .utils.errors import InputError
 from .utils.runtime import first_images, log_to_stderr, resolve_device
 
 __all__ = [
@@ -195,7 +196,7 @@ def write_results(
     """Write ``out_dir/results.json``; every bits/dim must be finite (else ``ValueError``)."""
     for name, value in (("bpd_single", result.bpd_single), ("bpd_iw", result.bpd_iw)):
         if value is not None and not (value == value and abs(value) != float("inf")):
-            raise ValueError(f"{name} is {value}: the evaluation produced a non-finite bits/dim")
+            raise InputError(f"{name} is {value}: the evaluation produced a non-finite bits/dim")
     paper = PAPER_RESULTS["DenseFlow-74-10"].get(dataset)
     summary = {
         "dataset": dataset,

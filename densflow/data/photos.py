@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..utils.errors import InputError
 from .arrays import ImageTensorDataset
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ class PhotoPatches(ImageTensorDataset):
 
     def __init__(self, split: str, patch_stride: int = 16) -> None:
         if patch_stride < 1:
-            raise ValueError(f"patch_stride must be positive, got {patch_stride}")
+            raise InputError(f"patch_stride must be positive, got {patch_stride}")
         patches, origins, regions = [], [], []
         for k, photo in enumerate(_photos()):
             h, w, _ = photo.shape

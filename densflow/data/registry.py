@@ -22,6 +22,7 @@ from typing import Any
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..utils.errors import InputError
 from . import celeba, cifar, imagenet, photos
 from .augmentation import Augmentation
 
@@ -327,7 +328,7 @@ DATASETS: dict[str, DatasetInfo] = {
 def dataset_info(name: str) -> DatasetInfo:
     """The registry entry of ``name``; an unknown name is a ``ValueError`` listing the known."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise InputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return DATASETS[name]
 
 

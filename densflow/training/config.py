@@ -17,6 +17,7 @@ import torch
 from .. import data
 from ..model import PRESETS, DenseFlowConfig
 from ..performance import AMP_MODES
+from ..utils.errors import InputError
 from .ranges import RANGES, check_range
 
 __all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "OPTIMIZERS", "SCHEDULES", "Speed", "TrainConfig"]
@@ -60,9 +61,9 @@ class Speed:
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+            raise InputError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.cuda_graphs and self.compile:
-            raise ValueError(
+            raise InputError(
                 "choose one of compile and cuda_graphs: a capture of the compiled "
                 "flow has not been validated"
             )
@@ -290,13 +291,13 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
-                raise ValueError(
+                raise InputError(
                     f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}"
                 )
         for name, (low, high, example) in RANGES.items():
             check_range(name, getattr(self, name), low, high, example)
         if self.epochs + self.finetune_epochs == 0:
-            raise ValueError(
+            raise InputError(
                 "epochs + finetune_epochs must be at least 1, got 0 (--epochs, --finetune-epochs): "
                 "set epochs=1 or more"
             )
@@ -304,12 +305,12 @@ class TrainConfig:
             try:
                 torch.device(self.device)
             except (RuntimeError, TypeError) as err:
-                raise ValueError(
+                raise InputError(
                     f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or another torch device "
                     f"name, got {self.device!r}; set --device auto to pick one"
                 ) from err
         if self.init_from is not None and not str(self.init_from).strip():
-            raise ValueError("init_from must be a checkpoint path, got ''; set --init-from PATH")
+            raise InputError("init_from must be a checkpoint path, got ''; set --init-from PATH")
         self.speed  # noqa: B018 (validates the switches together)
 
     @property
@@ -340,7 +341,7 @@ class TrainConfig:
                     d.setdefault(new, value)
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}")
+            raise InputError(f"unknown TrainConfig fields {sorted(unknown)}")
         return cls(**d)
 
     def replace(self, **changes: Any) -> TrainConfig:

@@ -51,6 +51,7 @@ from ..glow import ActNorm
 from ..io.checkpoint import TrainingState, restore_rng, training_checkpoint
 from ..model import DenseFlow
 from ..performance import autocast, compose_coupling_nets
+from ..utils.errors import InputError
 from ..utils.runtime import collate_images, first_images, resolve_device
 from .batches import StepInputs
 from .checkpoint_writer import CheckpointWriter
@@ -152,7 +153,7 @@ class Trainer:
             torch.manual_seed(derive_seed(cfg.seed, Stream.INIT))
             self.model = DenseFlow(cfg.architecture(shape[-1]))
         if shape != self.model.image_shape:
-            raise ValueError(
+            raise InputError(
                 f"the train images are {shape} but the model expects "
                 f"{self.model.image_shape}; set image_size or model_config to match"
             )
