@@ -109,12 +109,3 @@ class CrossUnitCoupling(FlowStep):
     def output_shape(self, shape: Shape) -> Shape:
         b, c, h, w = shape
         return (b, c + self.growth_rate, h, w)
-
-
-def __getattr__(name: str) -> object:
-    # InvertibleDenseBlock lived here once; it has its own module now, which imports this one.
-    if name == "InvertibleDenseBlock":
-        from .invertible_dense_block import InvertibleDenseBlock
-
-        return InvertibleDenseBlock
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

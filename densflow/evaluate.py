@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import math
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -32,7 +31,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .bounds import bits_per_dim
 from .data import paper_datasets
-from .io.checkpoint import atomic_save, nonfinite_entries
+from .io.checkpoint import nonfinite_entries
+from .io.files import atomic_save, atomic_write
 from .model import DenseFlow
 from .performance import GraphedFlow, autocast, run_eagerly
 from .utils.errors import InputError
@@ -371,15 +371,6 @@ def save_sample_grid(
     n, nrow = check_int("n", n), check_int("nrow", nrow)
     check_float("temperature", temperature, minimum=0.0)
     samples = draw_samples(model, n, temperature, generator, amp, cuda_graphs)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed onto it: a crash or a full disk never leaves half a PNG
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            save_image(samples.float().cpu() / 255.0, f, format="png", nrow=nrow, padding=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:  # a crash or a full disk never leaves half a PNG
+        save_image(samples.float().cpu() / 255.0, f, format="png", nrow=nrow, padding=2)
     return samples

@@ -364,19 +364,3 @@ class DenseFlow(nn.Module):
         for name, step in reversed(self.named_steps()[1:]):
             h = step.flow_inverse(h, within(name, noise), temperature)
         return h
-
-    # ------------------------------------------------------------------ model directories
-    @classmethod
-    def from_pretrained(cls, name_or_dir: str, **kwargs) -> DenseFlow:
-        """A model directory, a cached name (``"cifar10"``…) or a Hub repo id: see
-        :func:`densflow.io.pretrained.from_pretrained`."""
-        from .io.pretrained import from_pretrained  # pretrained imports this module
-
-        return from_pretrained(name_or_dir, **kwargs)
-
-    def save_pretrained(self, directory: str, **kwargs) -> None:
-        """``config.json`` + ``model.safetensors``, atomically: see
-        :func:`densflow.io.pretrained.save_pretrained`."""
-        from .io.pretrained import save_pretrained
-
-        save_pretrained(self, directory, **kwargs)

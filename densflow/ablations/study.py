@@ -17,6 +17,7 @@ import torch
 from ..config import DenseFlowConfig
 from ..data import dataset_info, load_dataset, paper_datasets
 from ..data.registry import PAPER_MODEL
+from ..io.files import atomic_write_text
 from ..training import TrainConfig, read_metrics, train
 from ..utils.errors import InputError
 from ..utils.runtime import first_images, log_to_stderr
@@ -189,7 +190,7 @@ def run_one(
             raise InputError(
                 f"{name} seed {seed}: {metric} is {record[metric]} (training diverged)"
             )
-    done.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(done, json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -293,7 +294,7 @@ def run(
         "torch": torch.__version__,
         "written": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    path = Path(out_dir) / "results.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    atomic_write_text(
+        Path(out_dir) / "results.json", json.dumps(results, indent=2, default=str) + "\n"
+    )
     return results

@@ -202,7 +202,8 @@ class DatasetInfo:
         needs = (
             f' (needs pip install -e ".[{self.download_needs[1]}]")' if self.download_needs else ""
         )
-        return f"{self.source}; or python -m densflow data download {self.name} --root DIR{needs}"
+        command = f"python -m densflow data download {self.name} --data-dir DIR"
+        return f"{self.source}; or {command}{needs}"
 
     def split_size(self, split: str) -> int:
         """Images in the full ``split``."""

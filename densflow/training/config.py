@@ -23,7 +23,7 @@ from .ranges import RANGES, check_range
 __all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "OPTIMIZERS", "SCHEDULES", "Speed", "TrainConfig"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-"""The training checkpoint inside ``out_dir``; :func:`~densflow.io.checkpoint.load_model` reads
+"""The training checkpoint inside ``out_dir``; :func:`densflow.io.load` reads
 it."""
 METRICS_NAME = "metrics.jsonl"
 """The metrics log inside ``out_dir``: one JSON object per line (see ``read_metrics``)."""
@@ -112,8 +112,7 @@ class TrainConfig:
         metadata=_help(
             "start a new run from the model weights of this densflow checkpoint (e.g. the last "
             "good checkpoint of a diverged run), with this run's optimizer settings; the model "
-            "must be the checkpoint's",
-            aliases=("--resume-from",),
+            "must be the checkpoint's. To resume a run, run the same command on its --out-dir",
             metavar="CHECKPOINT",
         ),
     )

@@ -13,17 +13,12 @@ from pathlib import Path
 
 import torch
 
-from ..io.checkpoint import (
-    CheckpointError,
-    TrainingCheckpoint,
-    nonfinite_entries,
-    read_checkpoint,
-    read_training_checkpoint,
-)
+from ..io.checkpoint import CheckpointError, load_weights, nonfinite_entries, read_checkpoint
 from ..model import DenseFlow
 from .config import RESUMABLE_CHANGES, TrainConfig
+from .state import TrainingCheckpoint, read_training_checkpoint
 
-__all__ = ["load_init_weights", "read_resumable"]
+__all__ = ["load_init_weights", "load_resumed", "read_resumable"]
 
 
 def read_resumable(
@@ -66,6 +61,21 @@ def read_resumable(
     return ckpt
 
 
+def load_resumed(
+    model: DenseFlow, optimizer: torch.optim.Optimizer, ckpt: TrainingCheckpoint, path: Path
+) -> None:
+    """Load the model and optimizer state of ``ckpt`` (read from ``path``); what does not fit
+    is refused in one line."""
+    load_weights(model, ckpt.model, path)
+    try:
+        optimizer.load_state_dict(ckpt.optimizer)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{path} holds an optimizer state that does not fit the model ({err}); start a new "
+            "run in another out_dir, with --init-from to keep its weights"
+        ) from err
+
+
 def load_init_weights(model: DenseFlow, path: str, device: torch.device) -> None:
     """A new run's starting point: load into ``model`` the weights of the checkpoint ``path`` (any
     densflow checkpoint), which must be ``model``'s architecture and finite."""
@@ -84,4 +94,4 @@ def load_init_weights(model: DenseFlow, path: str, device: torch.device) -> None
             f"init_from {path} holds non-finite weights ({', '.join(bad[:3])}); choose an "
             "earlier, finite checkpoint"
         )
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], path)
