@@ -88,7 +88,7 @@ ROWS = {
     ),
     "init from nothing": (
         ["--init-from", "{tmp}/nothing.pt"],
-        r"^error: no checkpoint at .*nothing\.pt$",
+        r"^error: .*nothing\.pt: no such file or folder$",
     ),
     "out dir is a file": (
         ["--out-dir", "{tmp}/a_file"],
@@ -279,6 +279,20 @@ def test_init_from_refuses_another_model_and_non_finite_weights(tmp_path):
     with pytest.raises(CheckpointError, match=r"holds non-finite weights .*choose an earlier"):
         trainer(config(tmp_path / "run", init_from=str(nan)))
     assert not (tmp_path / "run").exists()  # refused at set-up: no trace
+
+
+def test_init_from_takes_any_model_spec(tmp_path, monkeypatch):
+    from densflow.io.pretrained import CACHE_ENV, save_pretrained
+
+    torch.manual_seed(1)
+    start = DenseFlow(DenseFlowConfig.tiny(16))
+    save_pretrained(start, tmp_path / "cache" / "models" / "mine")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    for spec in ("mine", str(tmp_path / "cache" / "models" / "mine")):  # a name, a folder
+        t = trainer(config(tmp_path / f"run_{len(spec)}", init_from=spec))
+        for name, x in start.state_dict().items():
+            assert torch.equal(t.model.state_dict()[name], x), name
+        t._lock.release()
 
 
 # ----------------------------------------------------------------------------- the run folder

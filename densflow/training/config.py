@@ -110,9 +110,10 @@ class TrainConfig:
     init_from: str | None = field(
         default=None,
         metadata=_help(
-            "start a new run from the model weights of this densflow checkpoint (e.g. the last "
-            "good checkpoint of a diverged run), with this run's optimizer settings; the model "
-            "must be the checkpoint's. To resume a run, run the same command on its --out-dir",
+            "start a new run from the weights of this model (a checkpoint, e.g. the last good "
+            "one of a diverged run, a model directory or a cached name), with this run's "
+            "optimizer settings; the architecture must be the model's. To resume a run, run the "
+            "same command on its --out-dir",
             metavar="CHECKPOINT",
         ),
     )

@@ -2,9 +2,10 @@
 
 A run resumes from its own ``out_dir/checkpoint.pt`` only when every setting that changes what is
 learned is the checkpoint's (:data:`~densflow.training.config.RESUMABLE_CHANGES` lists the others)
-and its weights are finite. ``init_from`` takes only the model weights of any densflow checkpoint
-of the same architecture: the optimizer, the schedule and the step count start afresh. Each
-refusal is one :class:`~densflow.io.checkpoint.CheckpointError` line that says how to go on.
+and its weights are finite. ``init_from`` takes only the model weights of any model of the same
+architecture (a checkpoint, a model directory, a cached name: :func:`densflow.io.load`): the
+optimizer, the schedule and the step count start afresh. Each refusal is one
+:class:`~densflow.io.checkpoint.CheckpointError` line that says how to go on.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..io.checkpoint import CheckpointError, load_weights, nonfinite_entries, read_checkpoint
+from ..io.checkpoint import CheckpointError, load_weights, nonfinite_entries
+from ..io.resolve import locate
 from ..model import DenseFlow
 from .config import RESUMABLE_CHANGES, TrainConfig
 from .state import TrainingCheckpoint, read_training_checkpoint
@@ -76,22 +78,24 @@ def load_resumed(
         ) from err
 
 
-def load_init_weights(model: DenseFlow, path: str, device: torch.device) -> None:
-    """A new run's starting point: load into ``model`` the weights of the checkpoint ``path`` (any
-    densflow checkpoint), which must be ``model``'s architecture and finite."""
-    ckpt = read_checkpoint(path, map_location=device)
-    mine, theirs = model.config.to_dict(), ckpt["config"]
+def load_init_weights(model: DenseFlow, spec: str, device: torch.device) -> None:
+    """A new run's starting point: load into ``model`` the weights of the model ``spec`` names
+    (anything :func:`densflow.io.load` takes: a checkpoint, a model directory, a cached name...),
+    which must be ``model``'s architecture and finite."""
+    source = locate(spec)
+    start = source.load(device).model
+    mine, theirs = model.config.to_dict(), start.config.to_dict()
     differ = [f"{k}: {theirs.get(k)!r} there, {v!r} here" for k, v in mine.items()
               if theirs.get(k) != v]  # fmt: skip
     if differ:
         raise CheckpointError(
-            f"init_from {path} holds another model ({'; '.join(differ[:4])}); set --model, "
+            f"init_from {spec} holds another model ({'; '.join(differ[:4])}); set --model, "
             "--image-size or --model-config to the checkpoint's"
         )
-    bad = nonfinite_entries(ckpt["model"])
+    bad = nonfinite_entries(start.state_dict())
     if bad:
         raise CheckpointError(
-            f"init_from {path} holds non-finite weights ({', '.join(bad[:3])}); choose an "
+            f"init_from {spec} holds non-finite weights ({', '.join(bad[:3])}); choose an "
             "earlier, finite checkpoint"
         )
-    load_weights(model, ckpt["model"], path)
+    load_weights(model, start.state_dict(), source.path)

@@ -48,6 +48,7 @@ from torch.utils.data import Dataset
 from .. import data
 from ..evaluate import evaluate
 from ..glow import ActNorm
+from ..io.resolve import locate
 from ..model import DenseFlow
 from ..performance import autocast, compose_coupling_nets
 from ..utils.errors import InputError
@@ -130,7 +131,8 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
         # Only rank 0 writes to the run folder, so only rank 0 takes its lock.
-        self._lock = RunFolderLock(self.out_dir, inputs=[cfg.init_from], trees=[cfg.data_dir])
+        init = locate(cfg.init_from).files if cfg.init_from is not None else ()
+        self._lock = RunFolderLock(self.out_dir, inputs=init, trees=[cfg.data_dir])
         self._stale_temporaries = self._lock.acquire() if self.is_main else []
         try:
             self._set_up(train_set, test_set)

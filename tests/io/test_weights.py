@@ -334,6 +334,14 @@ def test_a_broken_run_folder_alone_is_an_error_that_names_it(tree, tmp_path, cac
     assert capsys.readouterr().out.startswith("skipped run folder .: CheckpointError: cannot read")
 
 
+def test_a_plain_tar_of_run_folders_converts(tree, tmp_path, cache):
+    archive = tmp_path / "runs.tar"
+    with tarfile.open(archive, "w") as tf:  # uncompressed: each checkpoint.pt is a zip inside
+        tf.add(tree, arcname="weights")
+    assert zipfile.is_zipfile(archive)
+    assert sorted(wt.download_weights(source=archive)) == sorted(RUNS.values())
+
+
 def test_run_folders_packed_one_by_one_are_found(golden, tree, tmp_path, cache):
     outer = tmp_path / "outer"
     outer.mkdir()
