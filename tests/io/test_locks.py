@@ -1,20 +1,16 @@
 """One holder per managed folder; the next holder removes what a killed one left in the staging
-folder, and nothing a user made."""
+folder, and nothing a user made. (A holder killed for real: the run folder's test in
+tests/test_bad_train_input.py.)"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from densflow.io.locks import LOCK_NAME, MARKER_NAME, FolderBusyError, FolderLock
 from densflow.utils.errors import InputError
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_second_holder_is_refused_until_the_first_releases(tmp_path):
@@ -79,31 +75,3 @@ def test_a_staging_folder_that_is_not_densflows_is_refused_not_emptied(tmp_path)
     # the refused holder gave the lock back: the next one meets the same refusal, not a holder
     with pytest.raises(InputError, match="was not made by densflow"):
         FolderLock(tmp_path).acquire()
-
-
-HOLD = """
-import sys
-from densflow.io.locks import FolderLock
-lock = FolderLock(sys.argv[1])
-lock.acquire()
-print("locked", flush=True)
-sys.stdin.read()
-"""
-
-
-@pytest.mark.slow
-def test_a_killed_holder_frees_the_folder(tmp_path):
-    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(tmp_path)], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, env=env, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(FolderBusyError, match=rf"\(pid {holder.pid}\)"):
-            FolderLock(tmp_path).acquire()
-    finally:
-        holder.kill()  # no clean-up runs in the holder
-        holder.wait(timeout=60)
-    with FolderLock(tmp_path) as lock:
-        assert lock.held

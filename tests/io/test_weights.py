@@ -131,7 +131,14 @@ def check_cache(golden, official, capsys_text: str) -> None:
     assert torch.allclose(got, golden["logp_zero_noise"], rtol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["zip", "tgz", "folder"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "zip",
+        pytest.param("tgz", marks=pytest.mark.slow),
+        pytest.param("folder", marks=pytest.mark.slow),
+    ],
+)
 def test_download_weights_from_a_given_archive_or_folder(
     golden, official, tree, archives, cache, kind, capsys
 ):
