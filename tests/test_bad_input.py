@@ -293,6 +293,11 @@ CLI_ROWS = {
         r"no model 'celeba' in the cache .*\['cifar10'\]\): run densflow download weights",
     ),
     "sample a FIFO as the model": (["sample", "fifo", "--out", "s.png"], r"not a regular file"),
+    "eval --partial is a FIFO": (
+        [*EVAL, "--partial", "fifo"],
+        r"--partial fifo is not a regular file; it is read back and replaced",
+    ),
+    "eval --partial is a device": ([*EVAL, "--partial", "/dev/null"], r"not a regular file"),
     "sample into a FIFO nobody reads": (
         ["sample", "m.pt", "--out", "fifo", "--n", "1"],
         r"cannot write fifo: No such device or address; fifo was not replaced",

@@ -194,7 +194,9 @@ def _eval(args: argparse.Namespace) -> int:
     out = check_output("--out", args.out, source.files, trees=trees) if args.out else None
     partial = args.partial or (f"{args.out}.partial" if args.out else None)
     if partial is not None:
-        partial = check_output("--partial", partial, [*source.files, out], trees=trees)
+        partial = check_output(
+            "--partial", partial, [*source.files, out], trees=trees, regular=True
+        )
 
     model, trained_on = _load_for_speed(args, source)
     dataset = args.dataset or trained_on

@@ -106,15 +106,22 @@ def check_output(
     inputs: Iterable[PathLike | None] = (),
     *,
     trees: Iterable[PathLike | None] = (),
+    regular: bool = False,
 ) -> Path:
     """``path`` as a file output of a command whose inputs are ``inputs`` (files or folders) and
     the files in the folders ``trees``; refused (:class:`InputError`, naming ``option``) when it
-    is one of them or cannot be written. The check writes nothing."""
+    is one of them or cannot be written. ``regular``: a file the command also reads back (a
+    progress file), so a device or a FIFO is refused too. The check writes nothing."""
     path = Path(path).expanduser()
     _refuse_input(option, path, list(inputs), list(trees))
     kind = path.stat().st_mode if path.exists() else None
     if kind is not None and stat.S_ISDIR(kind):
         raise InputError(f"{option} {path} is a folder; give a file path")
+    if kind is not None and regular and not stat.S_ISREG(kind):
+        raise InputError(
+            f"{option} {path} is not a regular file; it is read back and replaced: give the path "
+            "of a file"
+        )
     if kind is not None and (stat.S_ISCHR(kind) or stat.S_ISFIFO(kind)):
         if not os.access(path, os.W_OK):
             raise InputError(f"{option} {path} cannot be written to; choose another path")
