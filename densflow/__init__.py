@@ -14,8 +14,6 @@ The training loop and the evaluation are ``densflow.training.train`` and
 A model is loaded, whatever names it, with ``DenseFlow.from_pretrained`` (:func:`densflow.io.load`).
 """
 
-from importlib import metadata as _metadata
-
 from . import data
 from .bounds import bits_per_dim, importance_weighted_bound
 from .data import DatasetError, augmentation_for, check_dataset, image_shape, load_dataset
@@ -27,15 +25,7 @@ from .io import resolve as _resolve
 from .model import PRESETS, DenseFlow, DenseFlowConfig
 from .noise import fixed_noise, make_generator
 from .training import TrainConfig, train_preset
-
-
-def _version() -> str:
-    """The installed distribution's version (written once, in pyproject.toml)."""
-    try:
-        return _metadata.version("densflow")
-    except _metadata.PackageNotFoundError:  # imported from a source folder that is not installed
-        return "0+unknown"
-
+from .utils.provenance import version as _version
 
 __version__ = _version()
 

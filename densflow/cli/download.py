@@ -13,7 +13,7 @@ def add_download(sub: argparse._SubParsersAction) -> None:
     dp = sub.add_parser(
         "download",
         help="download the authors' released weights",
-        description="Fetch the authors' run folders from Google Drive (needs the 'weights' extra: "
+        description="Fetch the authors' run folders from Google Drive (needs the 'download' extra: "
         "gdown), verify the archive's sha256, unpack it, and convert every run folder into a model "
         "directory named after its dataset in the cache, where DenseFlow.from_pretrained(NAME) "
         "finds it. Interrupted, the same command resumes.",

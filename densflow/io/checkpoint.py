@@ -3,7 +3,8 @@ validated.
 
 A densflow checkpoint is a ``torch.save``d dict of tensors and plain values only, so that it loads
 with ``weights_only=True``: ``format`` (``"densflow"``), ``version``, ``config`` (a
-:class:`~densflow.model.DenseFlowConfig` as a plain dict) and ``model`` (the state dict). A
+:class:`~densflow.model.DenseFlowConfig` as a plain dict), ``model`` (the state dict) and
+``provenance`` (:func:`~densflow.utils.provenance.provenance`: the code that wrote it). A
 training run adds its own entries (:mod:`densflow.training.state`); :func:`read_checkpoint`
 checks the ones every checkpoint has, and :func:`model_from_checkpoint` builds the model.
 
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 
 from ..model import DenseFlow, DenseFlowConfig
 from ..utils.errors import InputError, first_line
+from ..utils.provenance import provenance
 from .files import atomic_save
 
 __all__ = [
@@ -79,6 +81,7 @@ def checkpoint_dict(model: DenseFlow, **extra: Any) -> dict[str, Any]:
         "version": VERSION,
         "config": model.config.to_dict(),
         "model": model.state_dict(),
+        "provenance": provenance(),
         **extra,
     }
 
@@ -109,24 +112,55 @@ def _pickle_streams(path: Path) -> list[bytes]:
     return [path.read_bytes()]  # a legacy torch file: several pickles in a row
 
 
+_STRINGS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING",
+            "BINSTRING", "STRING"}  # fmt: skip
+_MEMO_PUT = {"PUT", "BINPUT", "LONG_BINPUT"}
+_MEMO_GET = {"GET", "BINGET", "LONG_BINGET"}
+_NO_PUSH = {"PROTO", "FRAME", "MEMOIZE", "STOP", *_MEMO_PUT}
+
+
+def _globals_of(stream: io.BytesIO) -> list[str]:
+    """The globals one pickle in ``stream`` imports. ``STACK_GLOBAL`` takes its module and name
+    from the two values pushed last (strings, or strings fetched from the memo); when they are
+    anything else, the global is ``"?"``: unknown, so never taken for plain data."""
+    found: list[str] = []
+    pushed: list[str | None] = []  # the values pushed so far: a string, or None for any other
+    memo: dict[int, str | None] = {}
+    for op, arg, _ in pickletools.genops(stream):  # up to this pickle's STOP
+        name = op.name
+        if name in ("GLOBAL", "INST"):
+            found.append(str(arg).replace(" ", "."))
+        if name == "STACK_GLOBAL":
+            module, attr = pushed[-2:] if len(pushed) >= 2 else [None, None]
+            found.append(f"{module}.{attr}" if module and attr else "?")
+            pushed[-2:] = [None]
+        elif name in _MEMO_PUT or name == "MEMOIZE":
+            memo[arg if name != "MEMOIZE" else len(memo)] = pushed[-1] if pushed else None
+        elif name in _MEMO_GET:
+            pushed.append(memo.get(arg))
+        elif name in _STRINGS:
+            pushed.append(str(arg))
+        elif name not in _NO_PUSH:
+            pushed.append(None)
+    return found
+
+
 def pickle_globals(path: str | os.PathLike) -> list[str]:
     """The ``module.name`` globals the pickle(s) of a torch file would import, read with
     :mod:`pickletools` without running anything; ``"?"`` for one it cannot tell."""
     found: list[str] = []
     for data in _pickle_streams(Path(path)):
-        stream, strings = io.BytesIO(data), []
-        for _ in range(8):  # a legacy file holds a few pickles in a row; a zip member one
+        stream = io.BytesIO(data)
+        # torch.load unpickles one data.pkl of a zip file, or the first five pickles of a legacy
+        # file (magic number, protocol, system info, the object, the storage keys; raw bytes
+        # follow): exactly what is read here.
+        for k in range(5):
             if stream.tell() >= len(data):
                 break
             try:
-                for op, arg, _ in pickletools.genops(stream):  # up to this pickle's STOP
-                    if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
-                        strings.append(arg)
-                    elif op.name in ("GLOBAL", "INST"):
-                        found.append(str(arg).replace(" ", "."))
-                    elif op.name == "STACK_GLOBAL":
-                        found.append(".".join(strings[-2:]) if len(strings) >= 2 else "?")
-            except (ValueError, TypeError, EOFError):  # not (or no longer) a pickle
+                found += _globals_of(stream)
+            except (ValueError, TypeError, EOFError):  # not a pickle: nothing torch would run
+                found += ["?"] if k == 0 else []
                 break
     return sorted(set(found))
 
@@ -140,7 +174,7 @@ def _is_data(name: str) -> bool:
 
 def _refused_pickle(path: Path, err: BaseException, trust_hint: str) -> CheckpointError:
     names = pickle_globals(path)
-    code = [n for n in names if not _is_data(n)]
+    code = [n if n != "?" else "a global it hides" for n in names if not _is_data(n)]
     if code:
         shown = ", ".join(code[:4]) + (f" and {len(code) - 4} more" if len(code) > 4 else "")
         return CheckpointError(

@@ -3,8 +3,9 @@
 A model directory holds two files and nothing that can run code:
 
 * ``config.json`` — the :class:`~densflow.model.DenseFlowConfig` fields, plus ``model_type``
-  (``"densflow"``), ``format_version`` and, when known, the ``dataset`` the model was trained on
-  and its ``source``;
+  (``"densflow"``), ``format_version``, the ``provenance`` of the code that wrote it
+  (:func:`~densflow.utils.provenance.provenance`) and, when known, the ``dataset`` the model was
+  trained on and its ``source``;
 * ``model.safetensors`` — the state dict in the `safetensors <https://huggingface.co/docs/
   safetensors>`_ format, written and read by the ``safetensors`` package (memory-mapped: loading
   a model does not read the file into memory first).
@@ -35,6 +36,7 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from ..model import DenseFlow, DenseFlowConfig
+from ..utils.provenance import provenance
 from .checkpoint import CheckpointError, config_from, load_weights
 from .files import atomic_write_bytes, atomic_write_text, write_error
 
@@ -58,7 +60,7 @@ CACHE_ENV = "DENSFLOW_CACHE"
 """Environment variable naming the cache folder (default ``~/.cache/densflow``)."""
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 """What a model name in the cache looks like."""
-_INFO_KEYS = ("model_type", "format_version", "dataset", "source")
+_INFO_KEYS = ("model_type", "format_version", "dataset", "source", "provenance")
 _MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few hundred bytes
 # The dtypes a DenseFlow computes in: its weights are stored in one of them (its buffers in their
 # own integer types). Others the safetensors format holds (float8, complex, unsigned) are refused.
@@ -137,6 +139,7 @@ def save_pretrained(
     config = {"model_type": MODEL_TYPE, "format_version": FORMAT_VERSION}
     config.update(model.config.to_dict())
     config.update({k: v for k, v in (("dataset", dataset), ("source", source)) if v is not None})
+    config["provenance"] = provenance()
     atomic_write_bytes(target / WEIGHTS_NAME, _weights(model), staging=staging)
     atomic_write_text(target / CONFIG_NAME, json.dumps(config, indent=2) + "\n", staging=staging)
 

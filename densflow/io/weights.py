@@ -4,7 +4,7 @@
 interrupt and rerun:
 
 1. **fetch** the Google Drive file that the official README links (:data:`DRIVE_FILE_ID`) with
-   ``gdown`` (the optional ``weights`` extra) into ``<cache>/downloads/``. gdown writes a ``.part``
+   ``gdown`` (the optional ``download`` extra) into ``<cache>/downloads/``. gdown writes a ``.part``
    file and resumes it; the finished file is called ``weights.unverified`` until step 2 passes, and
    only then is it renamed to ``weights.archive``.
 2. **verify** its sha256 against :data:`ARCHIVE_SHA256`, or — while that constant is ``None`` —
@@ -130,7 +130,7 @@ def fetch_archive(downloads: Path) -> tuple[Path, str]:
     if final.is_file():  # checked again: a file at rest can be damaged too
         return final, verify_archive(final, digest_file)
     try:
-        gdown = require("gdown", "weights", "downloading the authors' weights")
+        gdown = require("gdown", "download", "downloading the authors' weights")
     except MissingDependencyError as err:
         raise MissingDependencyError(
             f"{err}; or download {DRIVE_URL} in a browser and run densflow download weights "

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,23 @@ def test_a_pickle_that_calls_a_system_function_is_never_recommended(tmp_path):
     message = str(info.value)
     assert "loading it would call posix.system" in message and "densflow never runs it" in message
     assert "trust" not in message and "\n" not in message
+
+
+def test_a_global_named_through_the_memo_is_still_found(tmp_path):
+    # protocol 4 fetches a string it saw before from the memo: the scan follows it
+    data = pickle.dumps({"a": "posix", "b": "system", "x": CallsSystem()}, protocol=4)
+    assert b"h\x02" in data  # BINGET 2: "posix" for the STACK_GLOBAL
+    torch.save({"w": torch.ones(1)}, tmp_path / "real.pt")
+    with (
+        zipfile.ZipFile(tmp_path / "real.pt") as src,
+        zipfile.ZipFile(tmp_path / "e.pt", "w") as dst,
+    ):
+        for name in src.namelist():  # a torch zip file whose pickle is this one
+            dst.writestr(name, data if name.endswith("data.pkl") else src.read(name))
+    assert "posix.system" in pickle_globals(tmp_path / "e.pt")
+    with pytest.raises(CheckpointError, match="would call posix.system") as info:
+        read_torch_file(tmp_path / "e.pt")
+    assert "trust" not in str(info.value)
 
 
 def test_a_pickle_of_plain_data_beyond_weights_only_gets_the_trusted_route(tmp_path):

@@ -19,6 +19,7 @@ from densflow.io import files
 from densflow.io import pretrained as pt
 from densflow.io.checkpoint import CheckpointError
 from densflow.io.resolve import load
+from densflow.utils.provenance import provenance
 
 
 @pytest.fixture
@@ -52,6 +53,7 @@ def test_a_model_directory_is_json_and_a_safetensors_file(tiny_model, tmp_path):
     config = json.loads((tmp_path / "m" / pt.CONFIG_NAME).read_text())
     assert config.pop("model_type") == "densflow" and config.pop("format_version") == 1
     assert (config.pop("dataset"), config.pop("source")) == ("celeba", "test")
+    assert config.pop("provenance") == provenance()  # the code that wrote it
     assert DenseFlowConfig.from_dict(config) == model.config
     with safe_open(tmp_path / "m" / pt.WEIGHTS_NAME, framework="pt") as f:  # the library reads it
         assert f.metadata() == {"format": "pt"}

@@ -321,7 +321,7 @@ def test_offline_or_without_gdown_the_error_is_one_clear_line(cache, monkeypatch
     use_gdown(monkeypatch, None)  # gdown not installed
     assert cli_main(["download", "weights"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and 'pip install -e ".[weights]"' in err
+    assert err.count("\n") == 1 and 'pip install -e ".[download]"' in err
     assert pt.cached_models() == []
 
 
