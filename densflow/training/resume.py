@@ -33,7 +33,8 @@ def read_resumable(
         return None
     if not config.resume:
         raise CheckpointError(
-            f"{path} exists and resume is off; choose another out_dir or remove the old run"
+            f"{path} exists and resume is off; choose another out_dir, or resume that run "
+            "(--resume)"
         )
     ckpt = read_training_checkpoint(path, map_location=device)
     try:
