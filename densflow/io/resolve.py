@@ -25,7 +25,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
@@ -203,12 +203,14 @@ def load(
     *,
     dataset: str | None = None,
     map_location: str | torch.device = "cpu",
-    **hub: Any,
+    cache_dir: str | os.PathLike | None = None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    force_download: bool = False,
+    local_files_only: bool = False,
 ) -> DenseFlow:
-    """The model ``spec`` names (see the module), in eval mode on ``map_location``.
-
-    ``dataset`` and the keywords of a Hub repo id (``cache_dir``, ``revision``, ``token``,
-    ``force_download``, ``local_files_only``) are :func:`locate`'s.
+    """The model ``spec`` names (see the module), in eval mode on ``map_location``; the other
+    keywords are :func:`locate`'s.
 
     Example:
         >>> import tempfile
@@ -218,7 +220,11 @@ def load(
         ...     load(folder).config == DenseFlowConfig.tiny()
         True
     """
-    return locate(spec, dataset=dataset, **hub).load(map_location).model
+    source = locate(
+        spec, dataset=dataset, cache_dir=cache_dir, revision=revision, token=token,
+        force_download=force_download, local_files_only=local_files_only,
+    )  # fmt: skip
+    return source.load(map_location).model
 
 
 def from_pretrained(
