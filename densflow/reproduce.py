@@ -21,10 +21,20 @@ import torch
 
 from .data import DATASETS, check_dataset, load_dataset, paper_datasets, paper_table1
 from .evaluation import EvalConfig, EvalResult, evaluate, paper_iw_samples, save_sample_grid
-from .io.pretrained import resolve_model
+from .io.files import atomic_write_text
+from .io.outputs import check_output_folder
+from .io.resolve import locate
 from .model import DenseFlow
 from .performance import prepare_model
-from .training import TrainConfig, TrainResult, read_metrics, train, train_preset
+from .training import (
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    TrainConfig,
+    TrainResult,
+    read_metrics,
+    train,
+    train_preset,
+)
 from .utils.distributed import Dist, broadcast_buffers, join_process_group
 from .utils.runtime import first_images, log_to_stderr
 
@@ -103,8 +113,8 @@ def train_or_load(
         # A path, an official run folder, a model directory or cached name, or "official" for
         # the authors' model of this dataset; a model trained on another dataset is refused.
         device = Dist.from_env().device(config.device)  # under torchrun: this process's GPU
-        model, _ = resolve_model(checkpoint, config.dataset, map_location=device)
-        return prepare_model(model.eval(), config.channels_last, config.compile), None
+        model = locate(checkpoint, dataset=config.dataset).load(device).model
+        return prepare_model(model, config.channels_last, config.compile), None
     result = train(config)
     return result.model, result
 
@@ -216,8 +226,7 @@ def write_results(
         "written": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     path = Path(out_dir) / "results.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_write_text(path, json.dumps(summary, indent=2, default=str) + "\n")
     return path
 
 
@@ -308,13 +317,17 @@ def reproduce(
             ``out_dir/tensorboard`` while training (:mod:`densflow.training.loggers`).
         checkpoint: a model to evaluate instead of training: a densflow checkpoint, an official
             run folder, a model directory, a cached name, or ``"official"`` for the authors'
-            model of ``dataset`` (:func:`densflow.io.pretrained.resolve_model`).
+            model of ``dataset`` (anything :func:`densflow.io.load` takes).
         iw_samples: k of the importance-weighted bound (None: :func:`default_iw_samples`).
         eval_limit: evaluate the first N test images only (None: the whole split; ``smoke``: the
             preset's limit).
         temperature: of the samples.
     """
     with log_to_stderr():  # the training's log lines, also in a notebook's output
+        # No output may land on an input (the model's files, the data): checked before any work.
+        inputs = locate(checkpoint, dataset=dataset).files if checkpoint is not None else ()
+        outputs = [CHECKPOINT_NAME, METRICS_NAME, "samples.png", "results.json"]
+        check_output_folder("out_dir", out_dir, outputs, inputs, trees=[data_dir])
         summary = check_dataset(dataset, data_dir)
         overrides: dict[str, Any] = dict(
             amp=amp, channels_last=channels_last, compile=compile, cuda_graphs=cuda_graphs,

@@ -611,7 +611,8 @@ def test_download_celeba_without_gdown_says_how_to_install(
     assert_message(
         err,
         "mmlab",
-        'python -m densflow data download celeba --root DIR (needs pip install -e ".[download]")',
+        "python -m densflow data download celeba --data-dir DIR "
+        '(needs pip install -e ".[download]")',
     )
 
 
@@ -631,10 +632,10 @@ def test_data_download_offers_only_downloadable_datasets(
 
     assert downloadable() == ("cifar10", "celeba")
     parser = build_parser()
-    assert parser.parse_args(["data", "download", "celeba", "--root", "d"]).name == "celeba"
+    assert parser.parse_args(["data", "download", "celeba", "--data-dir", "d"]).name == "celeba"
     for name in ("imagenet32", "imagenet64", "photos"):
         with pytest.raises(SystemExit):
-            parser.parse_args(["data", "download", name, "--root", "d"])
+            parser.parse_args(["data", "download", name, "--data-dir", "d"])
         assert "invalid choice" in capsys.readouterr().err
     assert parser.parse_args(["data", "check", "imagenet64"]).name == "imagenet64"
 

@@ -1,18 +1,16 @@
-"""The ``eval`` and ``sample`` sub-commands: a densflow checkpoint or an official run, evaluated
-on a dataset split or sampled into a PNG grid."""
+"""The ``eval`` and ``sample`` sub-commands: a model (anything :func:`densflow.io.load` takes)
+evaluated on a dataset split or sampled into a PNG grid."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from .options import add_config_options, given_fields, option_int
+from ..utils.errors import InputError
+from .options import add_cache_dir, add_config_options, add_deprecated, given_fields, option_int
 
-__all__ = ["Interrupted", "add_eval", "add_sample", "official_files"]
+__all__ = ["Interrupted", "add_eval", "add_sample"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -29,50 +27,32 @@ def _iw_samples(text: str) -> int | str:
     return option_int("--iw-samples", meta["minimum"], meta["maximum"])(text)
 
 
-def official_files(spec: str | os.PathLike | None) -> list[Path]:
-    """The files a model named by ``spec`` is read from (a run folder's checkpoint and
-    args.pickle, a model directory's two files), which no output may replace."""
-    if spec is None:
-        return []
-    path = Path(spec).expanduser()
-    if not path.is_dir():
-        return [path]
-    names = ("check/checkpoint.pt", "checkpoint.pt", "args.pickle", "config.json",
-             "model.safetensors")  # fmt: skip
-    return [path, *(path / name for name in names)]
-
-
-def _write_text(path: Path, text: str) -> None:
-    """``text`` into ``path`` through a temporary file renamed onto it: never half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
+    parser.add_argument(
         "checkpoint",
         nargs="?",
-        help="a densflow checkpoint (.pt): from training, or converted with 'convert'",
+        metavar="MODEL",
+        help="the model: a checkpoint (.pt) or run folder, a model directory, an official run "
+        "folder (args.pickle + check/checkpoint.pt), a cached name (cifar10, imagenet32, "
+        "imagenet64, celeba) or a Hugging Face Hub repo id",
     )
-    source.add_argument(
-        "--official",
-        metavar="RUN_DIR",
-        help="an official DenseFlow run folder (args.pickle + check/checkpoint.pt)",
-    )
+    add_deprecated(parser, "--official", "MODEL", "official", metavar="RUN_DIR")
+    add_cache_dir(parser, "that holds the cached names")
     parser.add_argument(
         "--device",
         default="auto",
         help="'auto' (cuda if available), 'cpu', 'cuda', ... (default: auto)",
     )
+
+
+def _locate(args: argparse.Namespace) -> Any:
+    """Where the model named on the command line is (:func:`densflow.io.locate`)."""
+    from ..io.resolve import locate
+
+    if (args.checkpoint is None) == (args.official is None):
+        raise InputError("give the model once: MODEL (a path, a cached name or a Hub repo id)")
+    args.checkpoint = args.checkpoint or args.official
+    return locate(args.checkpoint, cache_dir=args.cache_dir)
 
 
 def _add_settings(parser: argparse.ArgumentParser, command: str) -> None:
@@ -149,14 +129,15 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(run=_eval, parser=ev)
 
 
-def _load_for_speed(args: argparse.Namespace, config: Any, dist: Any) -> tuple[Any, str | None]:
-    """The model on this process's device, prepared for ``channels_last`` and ``compile``, and
-    the dataset it was trained on (when recorded)."""
-    from ..io.pretrained import resolve_model
+def _load_for_speed(
+    args: argparse.Namespace, source: Any, config: Any, dist: Any
+) -> tuple[Any, str | None]:
+    """The model of ``source`` on this process's device, prepared for ``channels_last`` and
+    ``compile``, and the dataset it was trained on (when recorded)."""
     from ..performance import prepare_model
 
     device = dist.device(args.device, option="--device")
-    model, trained_on = resolve_model(args.official or args.checkpoint, map_location=device)
+    model, trained_on = source.load(device)
     return prepare_model(model, config.channels_last, config.compile), trained_on
 
 
@@ -164,29 +145,34 @@ def _eval(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..evaluation import GroupStopped, evaluate
     from ..evaluation.partial import ProgressFiles
+    from ..io.files import atomic_write_text
+    from ..io.outputs import check_output
     from ..utils.distributed import Dist
     from ..utils.runtime import collate_images, log_to_stderr
-    from ..utils.validate import check_output_path
 
     config, dist = _settings(args), Dist.from_env()
-    # Every output is checked before any work, so that hours of evaluation are never lost.
-    inputs = official_files(args.official or args.checkpoint)
-    out = check_output_path("--out", args.out, inputs) if args.out else None
+    # Every output is checked against every input before any work, so that hours of evaluation
+    # are never lost and no input is overwritten.
+    source = _locate(args)
+    trees = [args.data_dir]
+    out = check_output("--out", args.out, source.files, trees=trees) if args.out else None
     partial = args.partial or (f"{args.out}.partial" if args.out else None)
     if partial is not None:
-        partial = check_output_path("--partial", partial, [*inputs, out])
+        partial = check_output(
+            "--partial", partial, [*source.files, out], trees=trees, regular=True
+        )
 
-    model, trained_on = _load_for_speed(args, config, dist)
+    model, trained_on = _load_for_speed(args, source, config, dist)
     dataset = args.dataset or trained_on
     if dataset is None:
         args.parser.error("--dataset is needed: the checkpoint does not record its dataset")
     config = config.for_dataset(dataset)
     images = load_dataset(dataset, args.data_dir, args.split, celeba_crop=args.celeba_crop)
     if len(images) == 0:
-        raise ValueError(f"{dataset} {args.split} has no images; check the dataset (data check)")
+        raise InputError(f"{dataset} {args.split} has no images; check the dataset (data check)")
     shape = tuple(collate_images([images[0]]).shape[1:])
     if shape != tuple(model.image_shape):
-        raise ValueError(
+        raise InputError(
             f"the model is for {model.image_shape} images, {dataset} {args.split} has {shape}; "
             "evaluate it on the dataset it was trained on (--dataset), or give a model of that "
             "image size"
@@ -207,11 +193,11 @@ def _eval(args: argparse.Namespace) -> int:
     result.check_finite()  # non-finite bits/dim: one line, nothing written
     if not dist.is_main:
         return 0
-    summary = {"dataset": dataset, "split": args.split, "model": args.checkpoint or args.official}
+    summary = {"dataset": dataset, "split": args.split, "model": args.checkpoint}
     print(json.dumps({**summary, **result.to_dict()}, indent=2, allow_nan=False))
     if out is not None:
         text = json.dumps({**summary, **result.to_dict(per_image=True)}, indent=2)
-        _write_text(out, text + "\n")
+        atomic_write_text(out, text + "\n")
     return 0
 
 
@@ -219,7 +205,7 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser(
         "sample",
         help="write a PNG grid of samples",
-        description="Draw samples from a checkpoint and save them as a PNG grid. Sample i's "
+        description="Draw samples from a model and save them as a PNG grid. Sample i's "
         "draws depend on --seed and i alone: under torchrun every process draws its share of "
         "the same grid, and rank 0 writes it.",
     )
@@ -231,12 +217,13 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
 
 def _sample(args: argparse.Namespace) -> int:
     from ..evaluation import GroupStopped, save_sample_grid
+    from ..io.outputs import check_output
     from ..utils.distributed import Dist
-    from ..utils.validate import check_output_path
 
     config, dist = _settings(args), Dist.from_env()
-    out = check_output_path("--out", args.out, official_files(args.official or args.checkpoint))
-    model, _ = _load_for_speed(args, config, dist)
+    source = _locate(args)
+    out = check_output("--out", args.out, source.files)
+    model, _ = _load_for_speed(args, source, config, dist)
     try:
         save_sample_grid(model, out, config, dist=dist)
     except (KeyboardInterrupt, GroupStopped) as err:

@@ -1,17 +1,22 @@
-"""Options that several sub-commands declare the same way: numbers refused in one line, the seed
-``--trust-checkpoint``, and one option per field of a settings dataclass
-(:func:`add_config_options`: ``train``'s from :class:`~densflow.training.TrainConfig`, ``eval``'s
-and ``sample``'s from :class:`~densflow.evaluation.EvalConfig`)."""
+"""Options that several sub-commands declare the same way: numbers refused in one line,
+``--trust-checkpoint``, ``--cache-dir``, old spellings kept with a deprecation warning, and one
+option per field of a settings dataclass (:func:`add_config_options`: ``train``'s from
+:class:`~densflow.training.TrainConfig`, ``eval``'s and ``sample``'s from
+:class:`~densflow.evaluation.EvalConfig`). Every switch has the ``--X/--no-X`` form of
+``argparse.BooleanOptionalAction``."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = [
+    "add_cache_dir",
     "add_config_options",
+    "add_deprecated",
     "add_trust_checkpoint",
     "given_fields",
     "option_float",
@@ -115,6 +120,39 @@ def add_trust_checkpoint(parser: argparse.ArgumentParser) -> None:
     """``--trust-checkpoint``: full unpickling where ``weights_only`` loading fails."""
     parser.add_argument(
         "--trust-checkpoint",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="allow full unpickling if weights_only loading fails (trusted files only)",
+    )
+
+
+class _Deprecated(argparse.Action):
+    """An old spelling of an option: it means the same, and says once on stderr what replaces it."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+        option_string: str | None = None,
+    ) -> None:  # fmt: skip
+        print(f"warning: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated(parser: Any, old: str, new: str, dest: str, **kwargs: Any) -> None:
+    """``old``: an old spelling of the option ``new`` (same ``dest``), hidden from the help and
+    taken with a one-line deprecation warning."""
+    parser.add_argument(old, dest=dest, action=_Deprecated, new=new, help=argparse.SUPPRESS,
+                        **kwargs)  # fmt: skip
+
+
+def add_cache_dir(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--cache-dir``: the densflow cache, ``what`` it holds for the command."""
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help=f"the densflow cache {what} (default: $DENSFLOW_CACHE, else ~/.cache/densflow)",
     )

@@ -61,10 +61,11 @@ class PhotoPatches(ImageTensorDataset):
     """32×32 patches of seven real photographs shipped with densflow; needs no download.
 
     Photos (scikit-image's samples): astronaut, chelsea, coffee, rocket, hubble_deep_field,
-    immunohistochemistry and the left view of stereo_motorcycle, at a shorter side of 320 px. Train patches come from the left 80 % of each photo's
-    columns less 32, test patches from the right 20 %, so no pixel of a test patch lies within 32 px
-    of a train patch. Patches lie on a grid of step ``patch_stride``; nothing is random. With the
-    default stride 16 there are 2356 train and 532 test patches.
+    immunohistochemistry and the left view of stereo_motorcycle, at a shorter side of 320 px.
+    Train patches come from the left 80 % of each photo's columns less 32, test patches from the
+    right 20 %, so no pixel of a test patch lies within 32 px of a train patch. Patches lie on a
+    grid of step ``patch_stride``; nothing is random. With the default stride 16 there are 2356
+    train and 532 test patches.
 
     Attributes:
         images: ``(N, 3, 32, 32)`` uint8.

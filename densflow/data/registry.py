@@ -22,6 +22,7 @@ from typing import Any
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..utils.errors import InputError
 from . import celeba, cifar, imagenet, photos
 from .augmentation import Augmentation
 
@@ -201,7 +202,8 @@ class DatasetInfo:
         needs = (
             f' (needs pip install -e ".[{self.download_needs[1]}]")' if self.download_needs else ""
         )
-        return f"{self.source}; or python -m densflow data download {self.name} --root DIR{needs}"
+        command = f"python -m densflow data download {self.name} --data-dir DIR"
+        return f"{self.source}; or {command}{needs}"
 
     def split_size(self, split: str) -> int:
         """Images in the full ``split``."""
@@ -327,7 +329,7 @@ DATASETS: dict[str, DatasetInfo] = {
 def dataset_info(name: str) -> DatasetInfo:
     """The registry entry of ``name``; an unknown name is a ``ValueError`` listing the known."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise InputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return DATASETS[name]
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..io.checkpoint import atomic_save
+from ..io.files import atomic_save
 from ..model import DenseFlow
 from ..utils.distributed import Dist
 from ..utils.errors import InputError

@@ -12,14 +12,13 @@ refused, with nothing written.
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..io.checkpoint import nonfinite_entries
+from ..io.files import atomic_write
 from ..model import DenseFlow
 from ..performance import autocast
 from ..utils.distributed import Dist
@@ -102,15 +101,6 @@ def save_sample_grid(
     samples = draw_samples(model, config, dist=dist)
     if not dist.is_main:
         return samples
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed onto it: a crash or a full disk never leaves half a PNG
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            save_image(samples.float() / 255.0, f, format="png", nrow=config.nrow, padding=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:  # a crash or a full disk never leaves half a PNG
+        save_image(samples.float() / 255.0, f, format="png", nrow=config.nrow, padding=2)
     return samples

@@ -62,5 +62,5 @@ def provenance() -> dict[str, str | bool | None]:
         "densflow": version(),
         "git_commit": commit,
         "git_dirty": dirty,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a str subclass that weights_only loading refuses
     }

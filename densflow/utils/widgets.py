@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import InputError
+
 __all__ = ["Choice", "Slider", "explore", "is_static"]
 
 STATIC_ENV = "DENSFLOW_STATIC"
@@ -37,12 +39,12 @@ class Slider:
 
     def __post_init__(self) -> None:
         if not self.low <= self.default <= self.high:
-            raise ValueError(
+            raise InputError(
                 f"Slider default {self.default} is outside [{self.low}, {self.high}]; "
                 "pick a default inside the range"
             )
         if not self.step > 0:
-            raise ValueError(f"Slider step must be positive, got {self.step}")
+            raise InputError(f"Slider step must be positive, got {self.step}")
 
     def widget(self, name: str) -> Any:
         import ipywidgets
@@ -68,7 +70,7 @@ class Choice:
 
     def __post_init__(self) -> None:
         if len(self.options) == 0:
-            raise ValueError("Choice needs at least one option")
+            raise InputError("Choice needs at least one option")
 
     @property
     def default(self) -> Any:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import stat
+from pathlib import Path
+
 import pytest
 import torch
 from utils import init_actnorms, perturb
@@ -9,6 +12,7 @@ from utils import init_actnorms, perturb
 from densflow import DenseFlow, DenseFlowConfig
 from densflow.evaluation import EvalConfig, NonFiniteError, draw_samples, save_sample_grid
 from densflow.evaluation.draws import IndexedDraws
+from densflow.io.files import WriteError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,6 +48,25 @@ def test_sample_grid_is_a_png(model, tmp_path):
     with Image.open(path) as img:  # 4 columns and 2 rows of 16 px with 2 px padding
         assert img.size == (4 * 16 + 5 * 2, 2 * 16 + 3 * 2)
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no temporary left
+
+
+def test_sample_grid_is_written_as_every_file_of_densflow(model, tmp_path):
+    # densflow.io.files.atomic_write: a replaced file keeps its mode and a link its target; a
+    # device is written through; a full disk is one WriteError line; no temporary is left.
+    grid = tmp_path / "grid.png"
+    grid.write_bytes(b"the previous grid")
+    grid.chmod(0o640)
+    link = tmp_path / "link.png"
+    link.symlink_to(grid)
+    save_sample_grid(model, link, n_samples=2)
+    assert link.is_symlink() and grid.read_bytes().startswith(b"\x89PNG")
+    assert stat.S_IMODE(grid.stat().st_mode) == 0o640
+    save_sample_grid(model, "/dev/null", n_samples=2)
+    assert Path("/dev/null").is_char_device()
+    if Path("/dev/full").exists():
+        with pytest.raises(WriteError, match=r"cannot write /dev/full: No space left"):
+            save_sample_grid(model, "/dev/full", n_samples=64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "link.png"]
 
 
 def test_sample_grid_in_bf16_keeps_the_draws_and_runs_the_networks_in_bf16(model, tmp_path):
