@@ -14,7 +14,10 @@ of them holds for its shard, whatever the number of processes or the batch size 
 Only files of this program are ever replaced or deleted: a file at a process's own path that is
 not such a progress file is refused before any work, and one of another model or other settings
 is replaced with a warning; when the evaluation completes, each process deletes its own file and
-rank 0 the other files of this evaluation that it found.
+rank 0 the other files of this evaluation that it found (a file the system refuses to delete
+stays, with a warning: the numbers are complete). The files are read as every torch file of
+densflow is (:func:`~densflow.io.checkpoint.read_torch_file`: tensors and plain values, nothing in
+them run) and written as every file is (:func:`~densflow.io.files.atomic_save`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..io.files import atomic_save
+from ..io.checkpoint import read_torch_file
+from ..io.files import atomic_save, write_error
 from ..model import DenseFlow
 from ..utils.distributed import Dist
 from ..utils.errors import InputError
@@ -51,9 +55,9 @@ def read_progress(path: Path) -> dict[str, Any]:
     """The progress file ``path``; anything else is refused (:class:`InputError`), since the
     evaluation replaces and finally deletes the file there."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for foreign or damaged files
-        state, reason = None, err.__class__.__name__
+        state = read_torch_file(path)
+    except InputError:  # not a torch file, or one that needs more than tensors to load
+        state, reason = None, "damaged, or not a torch file of tensors and plain values"
     else:
         reason = "no evaluation-progress marker"
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -90,7 +94,7 @@ class ProgressFiles:
         for path in [self.own, *sorted(siblings)]:
             try:
                 state = own_state if path == self.own else read_progress(path)
-            except InputError:  # not ours: neither read nor ever touched
+            except (InputError, OSError):  # not ours (or unreadable): never touched
                 continue
             if state is not None and self._matches(state):
                 self.found[path] = state
@@ -160,8 +164,13 @@ class ProgressFiles:
                 continue
             try:
                 read_progress(path)  # still ours (nothing replaced it meanwhile)
-            except InputError:
+            except (InputError, OSError):
                 if path == self.own:
                     raise
                 continue
-            path.unlink()
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as err:  # the evaluation is complete: its result is not withheld
+                warnings.warn(str(write_error(path, err, action="delete")), stacklevel=3)

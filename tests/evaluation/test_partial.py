@@ -3,6 +3,9 @@ never anything else replaced or deleted."""
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -90,3 +93,24 @@ def test_an_evaluation_resumes_from_the_files_of_two_processes(tmp_path, model, 
     assert np.array_equal(resumed.per_image_single, reference.per_image_single)
     assert np.array_equal(resumed.per_image_iw, reference.per_image_iw)
     assert list(tmp_path.iterdir()) == []  # every progress file of this evaluation is gone
+
+
+def test_a_progress_file_that_cannot_be_deleted_is_left_with_a_warning(
+    tmp_path, model, monkeypatch
+):
+    # The evaluation is complete: its numbers are returned, and the file a later run of the same
+    # command would finish from at once stays.
+    data = TensorDataset(torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8))
+    reference = evaluate(model, data, batch_size=1, progress=False)
+    partial = tmp_path / "eval.partial"
+
+    def refuse(self, missing_ok=False):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    with pytest.warns(UserWarning, match=r"cannot delete .*eval\.partial: Permission denied"):
+        result = evaluate(
+            model, data, batch_size=1, progress=False, partial_path=partial, save_interval_s=0
+        )
+    assert np.array_equal(result.per_image_single, reference.per_image_single)
+    assert partial.is_file()
