@@ -445,6 +445,21 @@ def test_eval_into_a_read_only_folder_fails_before_the_work(how, workdir, capsys
     assert list((workdir / "locked").iterdir()) == []
 
 
+def test_under_torchrun_each_process_s_progress_file_is_checked_before_the_work(
+    workdir, capsys, monkeypatch
+):
+    # Rank 1 of 2 keeps its progress in r.json.partial.rank1: here a link to the checkpoint.
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    Path("r.json.partial.rank1").symlink_to("m.pt")
+    monkeypatch.setattr("densflow.evaluation.evaluate", pytest.fail)  # never reached
+    before = snapshot(workdir)
+    status, _, err = run_cli([*EVAL, "--out", "r.json"], capsys)
+    assert status == 2
+    assert_one_line(err, r"--partial r\.json\.partial\.rank1 is also an input of this command")
+    assert snapshot(workdir) == before
+
+
 def test_non_finite_results_print_nothing_and_keep_no_progress(workdir, capsys):
     status = main(["eval", "huge.pt", "--limit", "4", "--out", "r.json", "--save-interval-s", "0"])
     captured = capsys.readouterr()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from ..utils.errors import InputError
@@ -141,6 +142,19 @@ def _load_for_speed(
     return prepare_model(model, config.channels_last, config.compile), trained_on
 
 
+def _check_partial(partial: str, dist: Any, inputs: list[Any], trees: list[Any]) -> Path:
+    """``--partial`` and this process's progress file (``PARTIAL.rank<r>`` under torchrun), each
+    checked as an output that is read back: a regular file, none of the inputs."""
+    from ..evaluation.partial import ProgressFiles
+    from ..io.outputs import check_output
+
+    path = check_output("--partial", partial, inputs, trees=trees, regular=True)
+    own = ProgressFiles.path_of(path, dist)
+    if own != path:
+        check_output("--partial", own, inputs, trees=trees, regular=True)
+    return path
+
+
 def _eval(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..evaluation import GroupStopped, evaluate
@@ -158,9 +172,7 @@ def _eval(args: argparse.Namespace) -> int:
     out = check_output("--out", args.out, source.files, trees=trees) if args.out else None
     partial = args.partial or (f"{args.out}.partial" if args.out else None)
     if partial is not None:
-        partial = check_output(
-            "--partial", partial, [*source.files, out], trees=trees, regular=True
-        )
+        partial = _check_partial(partial, dist, [*source.files, out], trees)
 
     model, trained_on = _load_for_speed(args, source, config, dist)
     dataset = args.dataset or trained_on
