@@ -85,7 +85,8 @@ class TrainConfig:
         default=None,
         metadata=_help(
             "a full DenseFlowConfig as a JSON object or a .json file; overrides model and "
-            "image_size"
+            "image_size",
+            metavar="JSON",
         ),
     )
     init_from: str | None = field(
