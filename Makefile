@@ -39,7 +39,7 @@ test: $(STAMP)
 	$(PYTEST) tests -m "" --doctest-modules densflow
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
 		echo "== nbval: teaching notebooks (strict outputs) =="; \
-		DENSFLOW_STATIC=1 $(PYTEST) --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks; \
+		$(PYTEST) --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks; \
 	fi
 	@if ls reproduce/*.ipynb >/dev/null 2>&1; then \
 		echo "== nbval: reproduction notebooks (lax) =="; \
@@ -53,7 +53,7 @@ test-fast: $(STAMP)
 # The course website: the notebooks with their committed outputs (not re-executed), docs/*.md and the
 # API reference, offline (MathJax is served from the site). Warnings fail the build.
 docs: $(STAMP)
-	DENSFLOW_STATIC=1 $(BIN)/python -m sphinx -W --keep-going -b html -c docs . docs/_build/html
+	$(BIN)/python -m sphinx -W --keep-going -b html -c docs . docs/_build/html
 	@echo ""
 	@echo "course website: docs/_build/html/index.html"
 

@@ -12,15 +12,11 @@ site works with no network at all.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # autodoc documents this checkout's densflow, not an installed one
-# Widget cells draw their static figure: there is no kernel behind a web page.
-os.environ.setdefault("DENSFLOW_STATIC", "1")
-
 import densflow  # noqa: E402
 
 project = "densflow"
@@ -48,8 +44,9 @@ exclude_patterns = sorted(
 # Notebooks: committed outputs only.
 nb_execution_mode = "off"
 nb_merge_streams = True
-# The notebooks are executed headless (DENSFLOW_STATIC=1), so they hold no live widget state; with
-# no loader the pages never ask a CDN for require.js or the widget manager.
+# A notebook executed headless holds no widget (densflow.utils.widgets shows the figure as an image
+# and adds controls only for a live front end); with no loader the pages never ask a CDN for
+# require.js or the widget manager.
 nb_ipywidgets_js = {}
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3

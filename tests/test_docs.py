@@ -42,7 +42,7 @@ def site(tmp_path_factory) -> Path:
     pytest.importorskip("sphinx", reason="the docs extra is missing: `pip install -e '.[docs]'`")
     pytest.importorskip("myst_nb", reason="the docs extra is missing: `pip install -e '.[docs]'`")
     out = tmp_path_factory.mktemp("site")
-    env = dict(os.environ, DENSFLOW_STATIC="1")
+    env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     start = time.perf_counter()
     run = subprocess.run(
