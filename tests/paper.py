@@ -48,7 +48,7 @@ QUOTES = {
     "inability to evaluate the likelihood": "Sec. 1",
     "subjects to some known distribution $p^*(e_i)$, e.g. a multivariate Gaussian": "Sec. 2.1",
     "approximates the product of the target distributions": "Sec. 2.1",
-    "We do not have a guarantee that $p(z_i) = p(z_i, e_i)/p^*(e_i)$": "Appendix D",
+    "We do not have a guarantee that $p(z_i) = p(z_i, e_i)/p^*(e_i)$.": "Appendix D",
     "Proof of Equation (5)": "Appendix D",
 }
 
