@@ -1,6 +1,7 @@
 """The course notebooks executed as a learner's tools execute them (papermill, in a clean
 environment): every widget cell shows its figure as an ordinary image, whatever the runner;
-notebook 08's verdicts do not depend on the number of threads and agree with its table.
+notebook 08's verdicts do not depend on the number of threads and agree with its table; notebook
+10's training loop gives `densflow train`'s numbers, within the course's time budget.
 
 Each notebook runs in a kernel that imports this checkout's densflow, with no densflow variable
 in its environment and with a per-cell timeout, so that a cell that waits forever fails instead.
@@ -171,3 +172,30 @@ def test_notebook_08_states_the_same_verdicts_with_one_and_two_threads(tmp_path,
     assert verdicts(runs[1]) == verdicts(runs[2])
     for executed in runs.values():
         assert verdict_problems(executed) == []
+
+
+# --- Notebook 10: a training loop you can read ----------------------------------------------------
+
+TRAINING_LOOP = ROOT / "notebooks" / "10_training_loop.ipynb"
+# A learner runs the notebook on a laptop's CPU; a budget of three minutes for the whole of it
+# (papermill records the duration), loading and both comparisons included.
+BUDGET_S = 180
+
+
+@pytest.mark.notebook
+def test_notebook_10_gives_densflow_train_numbers_on_its_first_20_steps(tmp_path, monkeypatch):
+    executed = run_with_papermill(
+        TRAINING_LOOP, tmp_path / "10.ipynb", monkeypatch, run_dir=str(tmp_path / "run")
+    )
+    cell = next(c for c in executed["cells"] if "reference_losses" in joined(c["source"]))
+    assert printed(cell) == [
+        "20 logged steps; largest loss difference <= 1e-6: True",
+        "parameters after step 20 within float32 rounding (< 1e-4): True",
+        "with compose_coupling_nets applied to our loop too: losses and parameters bit for bit "
+        "equal: True",
+    ]
+    assert sorted(p.name for p in (tmp_path / "run").glob("step*.pt")) == [
+        f"step{s:04d}.pt" for s in (20, 40, 60, 80)
+    ]
+    duration = executed["metadata"]["papermill"]["duration"]
+    assert duration < BUDGET_S, f"notebook 10 took {duration:.0f} s, over its {BUDGET_S} s budget"
