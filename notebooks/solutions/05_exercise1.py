@@ -4,4 +4,5 @@ widths_block1 = [sum(z_channels[:i]) for i in range(1, num_units)]  # g_i reads 
 
 
 def g_params(c):
-    return (9 * c * 4 * c + 4 * c) + (4 * c * 2 * growth + 2 * growth)  # 3x3 conv to 4c, 1x1 conv to 2 * growth
+    # a 3x3 convolution to 4c channels, then a 1x1 convolution to 2 * growth, both with biases
+    return (9 * c * 4 * c + 4 * c) + (4 * c * 2 * growth + 2 * growth)
