@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")) + sorted(
+    (ROOT / "notebooks").glob("appendix_*.ipynb")
+)
 CELL_TIMEOUT_S = 900  # the longest cells (training in 08 and 10) take minutes on a busy 2-core CPU
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
