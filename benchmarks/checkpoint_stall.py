@@ -27,9 +27,9 @@ import torch
 from benchmark import device_name, sync  # benchmarks/benchmark.py, beside this script
 
 from densflow import DenseFlow, DenseFlowConfig
-from densflow.io.checkpoint import TrainingState, save_training_checkpoint, training_checkpoint
 from densflow.training.checkpoint_writer import CheckpointWriter
 from densflow.training.optim import build_optimizer, optimizer_state_dict
+from densflow.training.state import TrainingState, save_training_checkpoint, training_checkpoint
 from densflow.training.step import TrainStep
 
 

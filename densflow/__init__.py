@@ -11,19 +11,29 @@ transforms of a built model in :mod:`~densflow.performance`; :mod:`~densflow.io.
 
 The training loop and the evaluation are ``densflow.training.train`` and
 ``densflow.evaluate.evaluate`` (not re-exported here, so that the module names stay the modules).
+A model is loaded, whatever names it, with ``DenseFlow.from_pretrained`` (:func:`densflow.io.load`).
 """
 
 from . import data
 from .bounds import bits_per_dim, importance_weighted_bound
 from .data import DatasetError, augmentation_for, check_dataset, image_shape, load_dataset
 from .evaluate import save_sample_grid
-from .io.checkpoint import CheckpointError, load_model, save_model
-from .io.official import load_official
+from .io import CheckpointError, save_model
+from .io import hub as _hub
+from .io import pretrained as _pretrained
+from .io import resolve as _resolve
 from .model import PRESETS, DenseFlow, DenseFlowConfig
 from .noise import fixed_noise, make_generator
 from .training import TrainConfig, train_preset
+from .utils.provenance import version as _version
 
-__version__ = "0.1.0"
+__version__ = _version()
+
+# The Hugging Face names on the model class. Storage (densflow.io) imports the model, so the model
+# cannot define them: they are attached here, where both are imported.
+DenseFlow.from_pretrained = classmethod(_resolve.from_pretrained)
+DenseFlow.save_pretrained = _pretrained.save_pretrained
+DenseFlow.push_to_hub = _hub.push_to_hub
 
 __all__ = [
     "DenseFlow",
@@ -33,8 +43,6 @@ __all__ = [
     "importance_weighted_bound",
     "fixed_noise",
     "make_generator",
-    "load_official",
-    "load_model",
     "save_model",
     "CheckpointError",
     "data",

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from .base import full_precision, ldj_dtype
 from .config import PAPER
+from .utils.errors import InputError
 
 __all__ = ["NystromAttention", "iterative_pinv", "broadcast_matmul"]
 
@@ -101,7 +102,7 @@ class NystromAttention(nn.Module):
         b, _, h, w = qkv.shape
         n, m, e = h * w, self.num_landmarks, self.embed_dim
         if n % m:
-            raise ValueError(f"Nyström attention needs H·W divisible by {m} landmarks, got {h}×{w}")
+            raise InputError(f"Nyström attention needs H·W divisible by {m} landmarks, got {h}×{w}")
         q, k, v = qkv.reshape(b, n, 3 * e).split(e, dim=-1)  # memory order, not a transpose
         q_land = q.reshape(b, m, n // m, e).mean(dim=2) / math.sqrt(n)  # (B, m, E)
         k_land = k.reshape(b, m, n // m, e).mean(dim=2) / math.sqrt(n)

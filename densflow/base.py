@@ -34,6 +34,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from .utils.errors import InputError
+
 __all__ = [
     "FlowStep",
     "Bijection",
@@ -158,7 +160,7 @@ def squeeze(x: Tensor) -> Tensor:
     """
     b, c, h, w = x.shape
     if h % 2 or w % 2:
-        raise ValueError(f"squeeze needs an even height and width, got {h}×{w}")
+        raise InputError(f"squeeze needs an even height and width, got {h}×{w}")
     x = x.view(b, c, h // 2, 2, w // 2, 2)  # (B, C, i, dy, j, dx)
     x = x.permute(0, 1, 3, 5, 2, 4)  # (B, C, dy, dx, i, j)
     return x.reshape(b, 4 * c, h // 2, w // 2)
@@ -168,7 +170,7 @@ def unsqueeze(z: Tensor) -> Tensor:
     """Inverse of :func:`squeeze`: ``(B, 4C, H, W) → (B, C, 2H, 2W)``."""
     b, c4, h, w = z.shape
     if c4 % 4:
-        raise ValueError(f"unsqueeze needs a channel count divisible by 4, got {c4}")
+        raise InputError(f"unsqueeze needs a channel count divisible by 4, got {c4}")
     z = z.view(b, c4 // 4, 2, 2, h, w)  # (B, C, dy, dx, i, j)
     z = z.permute(0, 1, 4, 2, 5, 3)  # (B, C, i, dy, j, dx)
     return z.reshape(b, c4 // 4, 2 * h, 2 * w)

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .utils.errors import InputError
+
 __all__ = ["bits_per_dim", "importance_weighted_bound", "num_dims"]
 
 
@@ -52,7 +54,7 @@ def bits_per_dim(log_prob: Tensor | float, image_shape: int | Sequence[int]) -> 
     """
     log_prob = torch.as_tensor(log_prob)
     if not torch.is_floating_point(log_prob):
-        raise ValueError(f"log_prob must be a floating tensor of nats, got dtype {log_prob.dtype}")
+        raise InputError(f"log_prob must be a floating tensor of nats, got dtype {log_prob.dtype}")
     if log_prob.dtype in (torch.float16, torch.bfloat16):
         log_prob = log_prob.float()
     return -log_prob / (num_dims(image_shape) * math.log(2.0))

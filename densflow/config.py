@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .utils.errors import InputError
 from .utils.validate import check_int
 
 __all__ = ["AUGMENTATIONS", "COUPLING_NETS", "DenseFlowConfig", "PAPER", "PRESETS"]
@@ -75,7 +76,7 @@ class DenseFlowConfig:
         for name in ("block_config", "layers_config", "mid_channels"):
             values = getattr(self, name)
             if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-                raise ValueError(f"{name} must be a sequence of integers, got {values!r}")
+                raise InputError(f"{name} must be a sequence of integers, got {values!r}")
             values = tuple(check_int(f"{name}[{i}]", v) for i, v in enumerate(values))
             object.__setattr__(self, name, values)
         for field in dataclasses.fields(self):  # every count and width is at least 1
@@ -84,36 +85,36 @@ class DenseFlowConfig:
                 check_int(field.name, getattr(self, field.name), minimum=least)
         n = len(self.block_config)
         if not (len(self.layers_config) == len(self.mid_channels) == n) or n == 0:
-            raise ValueError(
+            raise InputError(
                 "block_config, layers_config and mid_channels need one entry per dense block, got "
                 f"{self.block_config}, {self.layers_config}, {self.mid_channels}"
             )
         if self.num_bits != 8:
-            raise ValueError(f"only 8-bit images are supported, got num_bits={self.num_bits}")
+            raise InputError(f"only 8-bit images are supported, got num_bits={self.num_bits}")
         if self.coupling_net not in COUPLING_NETS:
-            raise ValueError(
+            raise InputError(
                 f"coupling_net must be one of {COUPLING_NETS}, got {self.coupling_net!r}"
             )
         if self.augmentation not in AUGMENTATIONS:
-            raise ValueError(
+            raise InputError(
                 f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}"
             )
         if self.augmentation == "input" and self.growth_rate < 1:
-            raise ValueError(
+            raise InputError(
                 f"augmentation='input' needs growth_rate >= 1, got {self.growth_rate}; for a "
                 "flow without noise use augmentation='none'"
             )
         if self.conv1x1 not in ("plain", "lu"):
-            raise ValueError(f"conv1x1 must be 'plain' or 'lu', got {self.conv1x1!r}")
+            raise InputError(f"conv1x1 must be 'plain' or 'lu', got {self.conv1x1!r}")
         if self.image_size % 2**n:
-            raise ValueError(
+            raise InputError(
                 f"image_size {self.image_size} cannot be squeezed {n} times (one initial squeeze "
                 f"and {n - 1} transitions): it must be divisible by {2**n}"
             )
         for b in range(n):
             side = self.image_size // 2 ** (b + 1)
             if (side * side) % self.num_landmarks:
-                raise ValueError(
+                raise InputError(
                     f"dense block {b} works at {side}×{side}, whose {side * side} positions cannot "
                     f"be split into {self.num_landmarks} Nyström landmarks; use a larger "
                     "image_size, fewer blocks or another num_landmarks"
@@ -142,7 +143,7 @@ class DenseFlowConfig:
     def preset(cls, name: str, image_size: int | None = None) -> DenseFlowConfig:
         """The preset ``name`` (one of :data:`PRESETS`), optionally at another image size."""
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+            raise InputError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         factory = getattr(cls, name)
         return factory() if image_size is None else factory(image_size)
 
@@ -154,7 +155,7 @@ class DenseFlowConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown DenseFlowConfig fields {sorted(unknown)}")
+            raise InputError(f"unknown DenseFlowConfig fields {sorted(unknown)}")
         return cls(**d)
 
 

@@ -27,6 +27,7 @@ from .attention import NystromAttention
 from .base import Bijection, full_precision, ldj_dtype
 from .config import COUPLING_NETS, PAPER
 from .dense_block import DenseBlock
+from .utils.errors import InputError
 
 __all__ = ["CouplingNet", "AffineCoupling", "affine_scale"]
 
@@ -75,9 +76,9 @@ class CouplingNet(nn.Module):
     ) -> None:
         super().__init__()
         if dense_depth < 1:
-            raise ValueError(f"CouplingNet needs dense_depth >= 1, got {dense_depth}")
+            raise InputError(f"CouplingNet needs dense_depth >= 1, got {dense_depth}")
         if branches not in COUPLING_NETS:
-            raise ValueError(f"branches must be one of {COUPLING_NETS}, got {branches!r}")
+            raise InputError(f"branches must be one of {COUPLING_NETS}, got {branches!r}")
         self.in_conv = nn.Conv2d(in_channels, mid_channels, kernel_size=1)
         # Built in the paper's order, so that a seed initialises the default network as before.
         self.attention = (

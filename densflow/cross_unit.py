@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from .base import NO_NOISE, FlowStep, Shape, ldj_dtype, standard_normal_log_prob
 from .coupling import affine_scale, zero_conv1x1
 from .noise import randn
+from .utils.errors import InputError
 
 __all__ = ["CrossUnitCoupling", "standard_normal_log_prob"]
 
@@ -84,7 +85,7 @@ class CrossUnitCoupling(FlowStep):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """``context``: the earlier representations ``g_i`` reads; ``noise[""]``: ``e``."""
         if context is None:
-            raise ValueError(
+            raise InputError(
                 "CrossUnitCoupling.flow_forward needs context: the earlier representations g_i "
                 "reads, concatenated by channel (InvertibleDenseBlock passes them)"
             )
@@ -108,12 +109,3 @@ class CrossUnitCoupling(FlowStep):
     def output_shape(self, shape: Shape) -> Shape:
         b, c, h, w = shape
         return (b, c + self.growth_rate, h, w)
-
-
-def __getattr__(name: str) -> object:
-    # InvertibleDenseBlock lived here once; it has its own module now, which imports this one.
-    if name == "InvertibleDenseBlock":
-        from .invertible_dense_block import InvertibleDenseBlock
-
-        return InvertibleDenseBlock
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

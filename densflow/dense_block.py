@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .utils.errors import InputError
+
 __all__ = ["DenseLayer", "DenseBlock", "GatedConv1x1"]
 
 
@@ -65,7 +67,7 @@ class DenseBlock(nn.Module):
     ) -> None:
         super().__init__()
         if residual and in_channels != out_channels:
-            raise ValueError(
+            raise InputError(
                 f"a residual dense block needs in_channels == out_channels, "
                 f"got {in_channels} and {out_channels}"
             )

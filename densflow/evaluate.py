@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import math
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -32,9 +31,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .bounds import bits_per_dim
 from .data import paper_datasets
-from .io.checkpoint import atomic_save, nonfinite_entries
+from .io.checkpoint import nonfinite_entries
+from .io.files import atomic_save, atomic_write
 from .model import DenseFlow
 from .performance import GraphedFlow, autocast, run_eagerly
+from .utils.errors import InputError
 from .utils.runtime import collate_images, progress_bar, resolve_device
 from .utils.validate import check_float, check_int
 
@@ -108,7 +109,7 @@ def _read_partial(partial: Path) -> dict:
     else:
         reason = "no evaluation-progress marker"
     if not isinstance(state, dict) or state.get("format") != _PARTIAL_FORMAT:
-        raise ValueError(
+        raise InputError(
             f"partial_path {partial} exists and is not an evaluation progress file ({reason}); "
             "evaluate would overwrite and then delete it: pass another partial_path"
         )
@@ -181,7 +182,7 @@ def evaluate(
         An :class:`EvalResult`.
     """
     if iw_samples is None and not single:
-        raise ValueError("nothing to compute: single=False and no iw_samples")
+        raise InputError("nothing to compute: single=False and no iw_samples")
     batch_size, chunk_size = (
         check_int("batch_size", batch_size),
         check_int("chunk_size", chunk_size),
@@ -191,7 +192,7 @@ def evaluate(
     check_int("num_workers", num_workers, minimum=0)
     check_float("save_interval_s", save_interval_s, minimum=0.0)
     if len(dataset) == 0:
-        raise ValueError("dataset is empty: there is no image to evaluate")
+        raise InputError("dataset is empty: there is no image to evaluate")
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     n = len(dataset)
@@ -215,7 +216,7 @@ def evaluate(
     partial = Path(partial_path) if partial_path is not None else None
     fingerprint = _fingerprint(model) if partial is not None else None
     if partial is not None and partial.is_dir():
-        raise ValueError(f"partial_path {partial} is a folder; give a file path")
+        raise InputError(f"partial_path {partial} is a folder; give a file path")
     if partial is not None and partial.exists():
         state = _read_partial(partial)  # refuses a file that is not ours before any work
         if state.get("version") == _PARTIAL_VERSION and (
@@ -333,7 +334,7 @@ def draw_samples(
     precision = autocast(device, amp)  # checks amp before any work
     bad = nonfinite_entries(model.state_dict())
     if bad:
-        raise ValueError(
+        raise InputError(
             f"the model's weights are not finite ({len(bad)} tensors hold NaN or inf, e.g. "
             f"{bad[0]}), so its samples would be meaningless; sample from a checkpoint saved "
             "before training diverged"
@@ -370,15 +371,6 @@ def save_sample_grid(
     n, nrow = check_int("n", n), check_int("nrow", nrow)
     check_float("temperature", temperature, minimum=0.0)
     samples = draw_samples(model, n, temperature, generator, amp, cuda_graphs)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed onto it: a crash or a full disk never leaves half a PNG
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            save_image(samples.float().cpu() / 255.0, f, format="png", nrow=nrow, padding=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:  # a crash or a full disk never leaves half a PNG
+        save_image(samples.float().cpu() / 255.0, f, format="png", nrow=nrow, padding=2)
     return samples

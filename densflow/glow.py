@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .base import Bijection, full_precision, ldj_dtype
 from .coupling import AffineCoupling, CouplingNet
+from .utils.errors import InputError
 
 CouplingNetFactory = Callable[[int, int], nn.Module]
 """``factory(in_channels, out_channels)`` → a network from the conditioning half
@@ -206,9 +207,9 @@ class GlowModule(Bijection):
     ) -> None:
         super().__init__()
         if conv1x1 not in ("plain", "lu"):
-            raise ValueError(f"conv1x1 must be 'plain' or 'lu', got {conv1x1!r}")
+            raise InputError(f"conv1x1 must be 'plain' or 'lu', got {conv1x1!r}")
         if (mid_channels is None) == (coupling_net is None):
-            raise ValueError(
+            raise InputError(
                 "GlowModule needs either mid_channels (DenseFlow's coupling network) or a "
                 "coupling_net factory, not both and not neither"
             )
@@ -218,7 +219,7 @@ class GlowModule(Bijection):
                 return CouplingNet(in_channels, out_channels, mid_channels, **coupling_net_options)
 
         elif coupling_net_options:
-            raise ValueError(
+            raise InputError(
                 f"options {sorted(coupling_net_options)} are for the default coupling network; "
                 "a coupling_net factory takes its own"
             )

@@ -17,6 +17,7 @@ from .base import FlowStep
 from .cross_unit import CrossUnitCoupling
 from .glow import GlowModule
 from .invertible_dense_block import InvertibleDenseBlock
+from .utils.errors import InputError
 
 __all__ = ["InputAugmentedBlock"]
 
@@ -33,7 +34,7 @@ class InputAugmentedBlock(InvertibleDenseBlock):
     ) -> None:
         FlowStep.__init__(self)  # the parent's layout, built here with an empty first unit
         if noise_channels < 1:
-            raise ValueError(f"InputAugmentedBlock needs noise_channels >= 1, got {noise_channels}")
+            raise InputError(f"InputAugmentedBlock needs noise_channels >= 1, got {noise_channels}")
         self.in_channels, self.growth_rate = in_channels, noise_channels
         self.cross_unit = nn.ModuleList([CrossUnitCoupling(in_channels, noise_channels)])
         self.units = nn.ModuleList([

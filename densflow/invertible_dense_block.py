@@ -30,6 +30,7 @@ from .base import NO_NOISE, FlowStep, Shape, ldj_dtype, nested, within
 from .cross_unit import CrossUnitCoupling
 from .glow import GlowModule
 from .noise import draw
+from .utils.errors import InputError
 
 __all__ = ["InvertibleDenseBlock"]
 
@@ -142,7 +143,7 @@ class InvertibleDenseBlock(FlowStep):
         if noise is None:
             drawn = draw(shapes, generator, dtype=ldj_dtype(x), device=x.device)
         elif len(noise) != len(shapes):
-            raise ValueError(
+            raise InputError(
                 f"expected {len(shapes)} noise tensors (one per cross-unit coupling), got "
                 f"{len(noise)}"
             )

@@ -39,6 +39,7 @@ from .invertible_dense_block import InvertibleDenseBlock
 from .multiscale import CentredSqueeze, Transition
 from .noise import draw
 from .prior import LearnedGaussianPrior
+from .utils.errors import InputError
 from .utils.validate import check_float, check_images, check_int, check_noise
 
 __all__ = ["DenseFlowConfig", "DenseFlow", "PRESETS", "coupling_net_factory"]
@@ -257,7 +258,7 @@ class DenseFlow(nn.Module):
         """Inverse of :meth:`encode`: latents → continuous ``v``
         (quantize with ``floor(256·v)``)."""
         if len(latents) != len(self.blocks):
-            raise ValueError(
+            raise InputError(
                 f"expected {len(self.blocks)} latents (the dropped halves and z), got "
                 f"{len(latents)}"
             )
@@ -365,19 +366,3 @@ class DenseFlow(nn.Module):
         for name, step in reversed(self.named_steps()[1:]):
             h = step.flow_inverse(h, within(name, noise), temperature)
         return h
-
-    # ------------------------------------------------------------------ model directories
-    @classmethod
-    def from_pretrained(cls, name_or_dir: str, **kwargs) -> DenseFlow:
-        """A model directory, a cached name (``"cifar10"``…) or a Hub repo id: see
-        :func:`densflow.io.pretrained.from_pretrained`."""
-        from .io.pretrained import from_pretrained  # pretrained imports this module
-
-        return from_pretrained(name_or_dir, **kwargs)
-
-    def save_pretrained(self, directory: str, **kwargs) -> None:
-        """``config.json`` + ``model.safetensors``, atomically: see
-        :func:`densflow.io.pretrained.save_pretrained`."""
-        from .io.pretrained import save_pretrained
-
-        save_pretrained(self, directory, **kwargs)

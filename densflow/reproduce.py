@@ -21,11 +21,22 @@ import torch
 
 from .data import DATASETS, check_dataset, load_dataset, paper_datasets, paper_table1
 from .evaluate import PAPER_IW_SAMPLES, EvalResult, evaluate, save_sample_grid
-from .io.pretrained import resolve_model
+from .io.files import atomic_write_text
+from .io.outputs import check_output_folder
+from .io.resolve import locate
 from .model import DenseFlow
 from .noise import make_generator
 from .performance import prepare_model
-from .training import TrainConfig, TrainResult, read_metrics, train, train_preset
+from .training import (
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    TrainConfig,
+    TrainResult,
+    read_metrics,
+    train,
+    train_preset,
+)
+from .utils.errors import InputError
 from .utils.runtime import first_images, log_to_stderr, resolve_device
 
 __all__ = [
@@ -104,8 +115,8 @@ def train_or_load(
         # A path, an official run folder, a model directory or cached name, or "official" for
         # the authors' model of this dataset; a model trained on another dataset is refused.
         device = resolve_device(config.device)
-        model, _ = resolve_model(checkpoint, config.dataset, map_location=device)
-        return prepare_model(model.eval(), config.channels_last, config.compile), None
+        model = locate(checkpoint, dataset=config.dataset).load(device).model
+        return prepare_model(model, config.channels_last, config.compile), None
     result = train(config)
     return result.model, result
 
@@ -195,7 +206,7 @@ def write_results(
     """Write ``out_dir/results.json``; every bits/dim must be finite (else ``ValueError``)."""
     for name, value in (("bpd_single", result.bpd_single), ("bpd_iw", result.bpd_iw)):
         if value is not None and not (value == value and abs(value) != float("inf")):
-            raise ValueError(f"{name} is {value}: the evaluation produced a non-finite bits/dim")
+            raise InputError(f"{name} is {value}: the evaluation produced a non-finite bits/dim")
     paper = PAPER_RESULTS["DenseFlow-74-10"].get(dataset)
     summary = {
         "dataset": dataset,
@@ -219,8 +230,7 @@ def write_results(
         "written": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     path = Path(out_dir) / "results.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_write_text(path, json.dumps(summary, indent=2, default=str) + "\n")
     return path
 
 
@@ -309,13 +319,17 @@ def reproduce(
             ``out_dir/tensorboard`` while training (:mod:`densflow.training.loggers`).
         checkpoint: a model to evaluate instead of training: a densflow checkpoint, an official
             run folder, a model directory, a cached name, or ``"official"`` for the authors'
-            model of ``dataset`` (:func:`densflow.io.pretrained.resolve_model`).
+            model of ``dataset`` (anything :func:`densflow.io.load` takes).
         iw_samples: k of the importance-weighted bound (None: :func:`default_iw_samples`).
         eval_limit: evaluate the first N test images only (None: the whole split; ``smoke``: the
             preset's limit).
         temperature: of the samples.
     """
     with log_to_stderr():  # the training's log lines, also in a notebook's output
+        # No output may land on an input (the model's files, the data): checked before any work.
+        inputs = locate(checkpoint, dataset=dataset).files if checkpoint is not None else ()
+        outputs = [CHECKPOINT_NAME, METRICS_NAME, "samples.png", "results.json"]
+        check_output_folder("out_dir", out_dir, outputs, inputs, trees=[data_dir])
         summary = check_dataset(dataset, data_dir)
         overrides: dict[str, Any] = dict(
             amp=amp, channels_last=channels_last, compile=compile, cuda_graphs=cuda_graphs,

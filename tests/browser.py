@@ -2,7 +2,9 @@
 
 The browser is Debian's ``chromium`` package driven by Playwright for Python; Playwright's own
 browser downloads are never used (``.ci/run`` installs the Debian package). Where either is missing
-the tests skip and say which one and how to install it.
+the tests skip and say which one and how to install it, and ``make test`` repeats that in its last
+line; where ``DENSFLOW_REQUIRE_BROWSER=1`` (CI sets it) they fail instead, so that CI never passes
+without them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import os
 import shutil
 import socket
 import sys
@@ -34,10 +37,12 @@ LAUNCH_ARGS = [
 
 
 def skip_without_browser() -> None:
-    """Skip the calling test, with the reason, unless Chromium and Playwright are both installed."""
+    """Skip the calling test, with the reason, unless Chromium and Playwright are both installed
+    (fail instead where ``DENSFLOW_REQUIRE_BROWSER=1``)."""
+    missing = pytest.fail if os.environ.get("DENSFLOW_REQUIRE_BROWSER") == "1" else pytest.skip
     if not CHROMIUM.exists():
         found = shutil.which("chromium")
-        pytest.skip(
+        missing(
             f"no Chromium at {CHROMIUM}"
             + (f" (the one at {found} is not used: these tests run Debian's)" if found else "")
             + ": install it with `apt-get install -y --no-install-recommends chromium`"
@@ -45,7 +50,7 @@ def skip_without_browser() -> None:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        pytest.skip("Playwright for Python is missing: `pip install -e '.[dev]'` installs it")
+        missing("Playwright for Python is missing: `pip install -e '.[docs]'` installs it")
 
 
 @contextlib.contextmanager

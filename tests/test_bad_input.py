@@ -8,11 +8,13 @@ non-finite one, random bytes, an official run folder), hashed before and after.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import errno
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -20,19 +22,19 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.data import TensorDataset
-from utils import assert_one_line, run_cli, snapshot
+from utils import assert_one_line, run_cli, snapshot, write_official_run
 
-from densflow.cli import main
+from densflow.cli import build_parser, main, train_config_from_args
 from densflow.config import DenseFlowConfig
 from densflow.evaluate import evaluate
-from densflow.io.checkpoint import (
-    FORMAT,
-    CheckpointError,
-    load_any_checkpoint,
-    save_model,
-)
+from densflow.io import files as io_files
+from densflow.io import locate
+from densflow.io.checkpoint import FORMAT, CheckpointError, save_model
+from densflow.io.pretrained import CACHE_ENV, save_pretrained
 from densflow.model import DenseFlow
-from densflow.utils.validate import check_float, check_int, check_output_path
+from densflow.training.optim import build_optimizer, optimizer_state_dict
+from densflow.training.state import TrainingState, save_training_checkpoint
+from densflow.utils.validate import check_float, check_int
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,11 +46,43 @@ def tiny(image_size: int = 32, seed: int = 0) -> DenseFlow:
     return DenseFlow(DenseFlowConfig.tiny(image_size=image_size)).eval()
 
 
+class CallsSystem:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+TRAIN = ["train", "--preset", "smoke", "--max-steps", "2", "--no-progress"]
+
+
+def damaged_runs(root: Path) -> None:
+    """Run folders whose checkpoint of ``TRAIN`` is damaged inside, one way each."""
+    config = train_config_from_args(build_parser().parse_args(TRAIN))
+    model = DenseFlow(config.architecture(32))
+    optimizer = optimizer_state_dict(build_optimizer(model, config.optimizer, config.lr))
+    state = TrainingState(2, 0, 2, 0, torch.zeros((), dtype=torch.float64), 2, 0, 1)
+    path = root / "good_run" / "checkpoint.pt"
+    path.parent.mkdir()
+    save_training_checkpoint(
+        path, model, train_config=config.to_dict(), optimizer=optimizer, state=state
+    )
+    good = torch.load(path, weights_only=True)
+    damage = {
+        "no_step": {**good, "progress": {k: v for k, v in good["progress"].items() if k != "step"}},
+        "bad_rng": {**good, "rng": {"torch": torch.zeros(10, dtype=torch.uint8), "cuda": None}},
+        "config_list": {**good, "config": [1, 2]},
+        "misshaped": {**good, "model": {**good["model"], "prior.loc": torch.zeros(1, 2, 3)}},
+        "optimizer_list": {**good, "optimizer": [1]},
+    }
+    for name, ckpt in damage.items():
+        (root / name).mkdir()
+        torch.save(ckpt, root / name / "checkpoint.pt")
+    for run in ("good_run", *damage):
+        (root / run / ".lock").touch()  # as every run leaves it
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, reference_dir) -> Path:
     """The folder every command-line row starts from (relative paths inside it)."""
-    from test_official import write_official_run
-
     root = tmp_path_factory.mktemp("files")
     photos = {"dataset": "photos"}
     save_model(tiny(), root / "m.pt", train_config=photos)  # the photos are 32×32
@@ -60,18 +94,34 @@ def files(tmp_path_factory, reference_dir) -> Path:
     save_model(nan, root / "nan.pt", train_config=photos)
     ckpt = torch.load(root / "m.pt", weights_only=True)
     torch.save({**ckpt, "version": 99}, root / "newer.pt")
+    torch.save({**ckpt, "config": [1, 2]}, root / "config_list.pt")
+    torch.save({**ckpt, "model": {**ckpt["model"], "prior.loc": torch.zeros(3)}}, root / "bad.pt")
+    torch.save({**ckpt, "x": CallsSystem()}, root / "evil.pt")
+    torch.save({**ckpt, "args": argparse.Namespace(lr=1)}, root / "namespace.pt")
     (root / "random.pt").write_bytes(bytes(range(256)) * 8)
     (root / "notes.txt").write_text("my notes, not a progress file\n")
     golden = torch.load(reference_dir / "golden_A.pt", weights_only=True)
     write_official_run(root / "run", golden)
+    (root / "imagenet").mkdir()
+    (root / "imagenet" / "val_data.npz").write_bytes(b"the validation images")
+    save_pretrained(tiny(), root / "cache" / "models" / "cifar10", dataset="cifar10")
+    os.symlink("m.pt", root / "alias.png")
+    # a user's files whose names look like densflow's temporaries: never touched
+    (root / ".m.pt.0123abcd.tmp").write_text("mine")
+    (root / "cache" / ".weights.unpack-1-0123abcd").mkdir()
+    (root / "cache" / ".weights.unpack-1-0123abcd" / "notes.txt").write_text("mine")
+    damaged_runs(root)
     return root
 
 
 @pytest.fixture
 def workdir(files, tmp_path, monkeypatch) -> Path:
     work = tmp_path / "work"
-    shutil.copytree(files, work)
+    shutil.copytree(files, work, symlinks=True)
+    os.mkfifo(work / "fifo")  # nobody reads it
+    os.link(work / "m.pt", work / "hard.png")  # copytree makes separate files of hard links
     monkeypatch.chdir(work)
+    monkeypatch.setenv(CACHE_ENV, str(work / "cache"))
     return work
 
 
@@ -101,8 +151,49 @@ CLI_ROWS = {
         r"cannot write into notes\.txt .*writable folder",
     ),
     "eval --out is the official checkpoint": (
-        ["eval", "--official", "run", "--out", "run/check/checkpoint.pt"],
+        ["eval", "run", "--out", "run/check/checkpoint.pt"],
         r"also an input",
+    ),
+    "eval --out is a data file": (
+        [
+            *EVAL[:2],
+            "--dataset",
+            "imagenet32",
+            "--data-dir",
+            "imagenet",
+            "--out",
+            "imagenet/val_data.npz",
+        ],
+        r"--out imagenet/val_data\.npz is also an input of this command \(a file of the dataset "
+        r"folder imagenet\)",
+    ),
+    "eval --partial is a data file": (
+        [*EVAL, "--data-dir", "imagenet", "--partial", "imagenet/val_data.npz"],
+        r"--partial imagenet/val_data\.npz is also an input",
+    ),
+    "sample --out is the cached model's weights": (
+        ["sample", "cifar10", "--out", "cache/models/cifar10/model.safetensors"],
+        r"--out cache/models/cifar10/model\.safetensors is also an input",
+    ),
+    "sample --out is the cached model's config": (
+        ["sample", "cifar10", "--out", "cache/models/cifar10/config.json"],
+        r"also an input",
+    ),
+    "sample --out is a hard link to the checkpoint": (
+        ["sample", "m.pt", "--out", "hard.png"],
+        r"--out hard\.png is also an input",
+    ),
+    "sample --out is a symbolic link to the checkpoint": (
+        ["sample", "m.pt", "--out", "alias.png"],
+        r"--out alias\.png is also an input",
+    ),
+    "train --out-dir holds its own --init-from": (
+        [*TRAIN, "--out-dir", "good_run", "--init-from", "good_run/checkpoint.pt"],
+        r"--out-dir good_run/checkpoint\.pt is also an input",
+    ),
+    "download weights --from inside the cache": (
+        ["download", "weights", "--from", "cache/models"],
+        r"--from cache/models lies inside the cache",
     ),
     "sample --out is the checkpoint": (
         ["sample", "m.pt", "--out", "m.pt"],
@@ -188,6 +279,67 @@ CLI_ROWS = {
         ["convert", "m.pt", "o.pt"],
         r"m\.pt is a densflow checkpoint already, not an official one",
     ),
+    "eval a typo with a suffix": (["eval", "checkpont.pt"], r"^error: checkpont\.pt: no such file"),
+    "eval a typo with a slash": (
+        ["eval", "runs/checkpont.pt"],
+        r"^error: runs/checkpont\.pt: no such file or folder$",
+    ),
+    "sample a typo in an existing folder": (
+        ["sample", "run/checkpont", "--out", "s.png"],
+        r"^error: run/checkpont: no such file or folder$",
+    ),
+    "sample a name not in the cache": (
+        ["sample", "celeba", "--out", "s.png"],
+        r"no model 'celeba' in the cache .*\['cifar10'\]\): run densflow download weights",
+    ),
+    "sample a FIFO as the model": (["sample", "fifo", "--out", "s.png"], r"not a regular file"),
+    "eval --partial is a FIFO": (
+        [*EVAL, "--partial", "fifo"],
+        r"--partial fifo is not a regular file; it is read back and replaced",
+    ),
+    "eval --partial is a device": ([*EVAL, "--partial", "/dev/null"], r"not a regular file"),
+    "sample into a FIFO nobody reads": (
+        ["sample", "m.pt", "--out", "fifo", "--n", "1"],
+        r"cannot write fifo: No such device or address; fifo was not replaced",
+    ),
+    "eval a pickle that calls a system function": (
+        ["eval", "evil.pt"],
+        r"evil\.pt is not a checkpoint densflow loads: loading it would call posix\.system",
+    ),
+    "convert a pickle that calls a system function": (
+        ["convert", "evil.pt", "o.pt"],
+        r"loading it would call posix\.system, .*densflow never runs it",
+    ),
+    "eval a pickle of plain data beyond weights_only": (
+        ["eval", "namespace.pt"],
+        r"argparse\.Namespace.*If it comes from a source you trust, convert it",
+    ),
+    "eval a config that is a list": (["eval", "config_list.pt"], r"'config' entry is a list"),
+    "eval a mis-shaped tensor": (["eval", "bad.pt"], r"mis-shaped: prior\.loc \(3,\) instead of"),
+    "resume from progress without step": (
+        [*TRAIN, "--out-dir", "no_step"],
+        r"no_step/checkpoint\.pt is damaged: progress has no step; it cannot be resumed",
+    ),
+    "resume from a bad RNG state": (
+        [*TRAIN, "--out-dir", "bad_rng"],
+        r"is damaged: its torch generator state has shape \(10,\)",
+    ),
+    "resume from a config that is a list": (
+        [*TRAIN, "--out-dir", "config_list"],
+        r"config_list/checkpoint\.pt: its 'config' entry is a list",
+    ),
+    "resume from a mis-shaped tensor": (
+        [*TRAIN, "--out-dir", "misshaped"],
+        r"misshaped/checkpoint\.pt: the weights do not fit .*mis-shaped: prior\.loc \(1, 2, 3\)",
+    ),
+    "resume from an optimizer that is a list": (
+        [*TRAIN, "--out-dir", "optimizer_list"],
+        r"is damaged: its optimizer is a list, not a dict",
+    ),
+    "download weights from a file that is no archive": (
+        ["download", "weights", "--from", "random.pt"],
+        r"--from random\.pt is neither a zip nor a tar archive nor a folder",
+    ),
     "eval a newer checkpoint version": (
         ["eval", "newer.pt"],
         r"newer\.pt has densflow checkpoint version 99, .* update densflow",
@@ -221,6 +373,8 @@ def test_a_bad_command_is_one_line_status_2_and_changes_no_file(argv, pattern, w
     assert status == 2
     assert_one_line(err, pattern)
     assert "trust_checkpoint" not in err  # an unsafe option, and one the CLI does not have
+    if "system function" in " ".join(argv) or "posix.system" in err:
+        assert "trust" not in err  # never advised for a file that would run code
     assert snapshot(workdir) == before  # nothing changed, lost or left behind
 
 
@@ -314,14 +468,46 @@ def test_ctrl_c_during_sample_writes_nothing(workdir, capsys, monkeypatch):
     assert snapshot(workdir) == before
 
 
-def test_a_full_disk_is_one_line_status_2(workdir, capsys, monkeypatch):
-    def full(path, text):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+FULL_DISK = {  # each writes its output last; the disk is full then
+    "eval --out": [*EVAL, "--out", "r.json"],
+    "sample --out": [*SAMPLE],
+    "convert to a checkpoint": ["convert", "run", "o.pt"],
+    "convert to a model directory": ["convert", "run", "o", "--format", "pretrained"],
+    "convert over an existing file": ["convert", "run", "notes.txt"],
+}
 
-    monkeypatch.setattr("densflow.cli.models._write_text", full)
-    status, _, err = run_cli([*EVAL, "--out", "r.json"], capsys)
+
+@pytest.mark.parametrize("argv", FULL_DISK.values(), ids=FULL_DISK.keys())
+def test_a_full_disk_is_one_line_status_2_and_keeps_every_file(argv, workdir, capsys, monkeypatch):
+    def full(self, data):
+        self.error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise self.error
+
+    monkeypatch.setattr(io_files._Sink, "write", full)
+    before = snapshot(workdir)
+    status, _, err = run_cli(argv, capsys)
     assert status == 2
-    assert_one_line(err, r"r\.json: No space left on device; free some space and run the same")
+    assert_one_line(err, r"^error: cannot write \S+: No space left on device; .*free disk space")
+    assert "delete" not in err
+    after = snapshot(workdir)
+    assert {k: v for k, v in after.items() if k != "o"} == before  # at most an empty folder
+
+
+def test_outputs_that_are_devices_are_written_through(workdir, capsys):
+    assert main([*SAMPLE[:3], "/dev/null", *SAMPLE[4:]]) == 0
+    assert main([*EVAL, "--out", "/dev/null"]) == 0
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)  # still the device, not a regular file
+
+
+def test_atomically_written_outputs_get_the_mode_open_gives(workdir, capsys):
+    old = os.umask(0o022)
+    try:
+        assert main(SAMPLE) == 0
+        assert main(["convert", "run", "o", "--format", "pretrained"]) == 0
+    finally:
+        os.umask(old)
+    for path in ("s.png", "o/config.json", "o/model.safetensors"):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o644, path
 
 
 def test_a_bug_is_status_1_and_debug_shows_the_traceback(workdir, capsys, monkeypatch):
@@ -443,20 +629,20 @@ def test_evaluate_refuses_a_partial_path_that_is_not_its_progress_file(model, tm
         assert target.read_bytes() == before
 
 
-def test_load_any_checkpoint_reports_the_real_reason(files):
+def test_loading_reports_the_real_reason(files):
     with pytest.raises(CheckpointError, match="is not a checkpoint") as info:
-        load_any_checkpoint(files / "random.pt")
+        locate(files / "random.pt").load()
     assert "trust_checkpoint" not in str(info.value)
     with pytest.raises(CheckpointError, match="version 99") as info:
-        load_any_checkpoint(files / "newer.pt")
+        locate(files / "newer.pt").load()
     assert "official" not in str(info.value)
     ckpt = torch.load(files / "m.pt", weights_only=True)
     bad = files.parent / "badconfig.pt"
     torch.save({**ckpt, "config": {**ckpt["config"], "num_landmarks": 0}}, bad)
     with pytest.raises(CheckpointError, match="num_landmarks must be an integer >= 1"):
-        load_any_checkpoint(bad)
+        locate(bad).load()
     assert ckpt["format"] == FORMAT
-    model, dataset = load_any_checkpoint(files / "m.pt")  # and a good one still loads
+    model, dataset = locate(files / "m.pt").load()  # and a good one still loads
     assert dataset == "photos" and model.config.image_size == 32
 
 
@@ -473,19 +659,3 @@ def test_the_validate_helpers():
             check_float("lr", bad, minimum=0.0, exclusive=True)
     with pytest.raises(ValueError, match="<= 1.0"):
         check_float("p", 1.5, minimum=0.0, maximum=1.0)
-
-
-def test_check_output_path(tmp_path):
-    src = tmp_path / "in.pt"
-    src.write_bytes(b"x")
-    assert check_output_path("--out", tmp_path / "new" / "o.json") == tmp_path / "new" / "o.json"
-    assert list((tmp_path / "new").iterdir()) == []  # the probe leaves nothing behind
-    with pytest.raises(ValueError, match="also an input"):
-        check_output_path("--out", src, [src])
-    os.link(src, tmp_path / "link.pt")
-    with pytest.raises(ValueError, match="also an input"):  # another name of the same file
-        check_output_path("--out", tmp_path / "link.pt", [src])
-    with pytest.raises(ValueError, match="the folder of an input"):
-        check_output_path("OUT", tmp_path, [src], folder=True)
-    with pytest.raises(ValueError, match="is a file; give a folder"):
-        check_output_path("OUT", src, folder=True)

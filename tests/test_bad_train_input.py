@@ -15,17 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.data import TensorDataset
-from utils import assert_one_line, run_cli, snapshot, tiny_run
+from utils import assert_one_line, run_cli, snapshot, temporaries, tiny_run
 
 from densflow.cli import build_parser
-from densflow.io.checkpoint import (
-    CheckpointError,
-    TrainingState,
-    load_model,
-    read_checkpoint,
-    save_training_checkpoint,
-    temporaries_of,
-)
+from densflow.io import load
+from densflow.io.checkpoint import CheckpointError, read_checkpoint
+from densflow.io.locks import MARKER_NAME, STAGING_NAME
 from densflow.model import DenseFlow, DenseFlowConfig
 from densflow.training import (
     CHECKPOINT_NAME,
@@ -37,6 +32,7 @@ from densflow.training import (
     read_metrics,
 )
 from densflow.training.rundir import LOCK_NAME
+from densflow.training.state import TrainingState, save_training_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,7 +88,7 @@ ROWS = {
     ),
     "init from nothing": (
         ["--init-from", "{tmp}/nothing.pt"],
-        r"^error: no checkpoint at .*nothing\.pt$",
+        r"^error: .*nothing\.pt: no such file or folder$",
     ),
     "out dir is a file": (
         ["--out-dir", "{tmp}/a_file"],
@@ -188,7 +184,7 @@ def poison_update_at(t: Trainer, step: int) -> None:
 
 def assert_finite_checkpoint(path: Path, step: int) -> None:
     assert read_checkpoint(path)["progress"]["step"] == step
-    assert all(torch.isfinite(v).all() for v in load_model(path).state_dict().values())
+    assert all(torch.isfinite(v).all() for v in load(path).state_dict().values())
 
 
 def test_an_update_that_makes_parameters_non_finite_stops_before_any_save(tmp_path):
@@ -204,7 +200,7 @@ def test_an_update_that_makes_parameters_non_finite_stops_before_any_save(tmp_pa
         t.fit()
     assert_finite_checkpoint(path, 2)
     assert read_metrics(tmp_path)[-1] == {**read_metrics(tmp_path)[-1], "event": "diverged"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME, METRICS_NAME]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME, CHECKPOINT_NAME, METRICS_NAME]
     # The lock went with the run: the next one starts (and resumes from the good step 2).
     again = trainer(config(tmp_path, max_steps=3))
     assert again.step == 2
@@ -229,7 +225,7 @@ def test_save_training_checkpoint_refuses_non_finite_tensors(tmp_path):
         next(model.parameters())[0] = math.inf
     with pytest.raises(CheckpointError, match=r"refusing to write .*: non-finite values in \S+;"):
         save_training_checkpoint(path, model, train_config={}, optimizer={}, state=state)
-    assert path.read_bytes() == good and temporaries_of(path) == []
+    assert path.read_bytes() == good and temporaries(tmp_path) == []
 
 
 @pytest.mark.slow
@@ -254,16 +250,17 @@ def test_divergence_names_a_finite_checkpoint_and_init_from_starts_a_new_run(tmp
     with pytest.raises(CheckpointError, match="lr: 0.001 in the checkpoint, 0.0005 now"):
         trainer(config(first, lr=5e-4))
     second = trainer(config(tmp_path / "second", lr=5e-4, init_from=str(good)))
-    weights = load_model(good).state_dict()
+    weights = load(good).state_dict()
     for name, x in second.model.state_dict().items():
         assert torch.equal(x, weights[name]), name
     assert second.step == 0 and second.optimizer.state_dict()["state"] == {}
     second.fit()
     assert_finite_checkpoint(tmp_path / "second" / CHECKPOINT_NAME, 12)
 
-    # the command line's --resume-from is the same field
-    args = build_parser().parse_args(["train", "--resume-from", str(good)])
-    assert args.init_from == str(good)
+    # the command line has no --resume-from: resuming is the same command on the same --out-dir
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--resume-from", str(good)])
+    capsys.readouterr()
 
 
 def test_init_from_refuses_another_model_and_non_finite_weights(tmp_path):
@@ -282,6 +279,20 @@ def test_init_from_refuses_another_model_and_non_finite_weights(tmp_path):
     with pytest.raises(CheckpointError, match=r"holds non-finite weights .*choose an earlier"):
         trainer(config(tmp_path / "run", init_from=str(nan)))
     assert not (tmp_path / "run").exists()  # refused at set-up: no trace
+
+
+def test_init_from_takes_any_model_spec(tmp_path, monkeypatch):
+    from densflow.io.pretrained import CACHE_ENV, save_pretrained
+
+    torch.manual_seed(1)
+    start = DenseFlow(DenseFlowConfig.tiny(16))
+    save_pretrained(start, tmp_path / "cache" / "models" / "mine")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    for spec in ("mine", str(tmp_path / "cache" / "models" / "mine")):  # a name, a folder
+        t = trainer(config(tmp_path / f"run_{len(spec)}", init_from=spec))
+        for name, x in start.state_dict().items():
+            assert torch.equal(t.model.state_dict()[name], x), name
+        t._lock.release()
 
 
 # ----------------------------------------------------------------------------- the run folder
@@ -306,7 +317,6 @@ def test_a_second_writer_is_refused_and_a_killed_holder_frees_the_folder(tmp_pat
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "locked"
-        assert (run / LOCK_NAME).read_text().strip() == str(holder.pid)
         assert_refused(
             [*SMOKE, "--out-dir", str(run)],
             rf"^error: another densflow run \(pid {holder.pid}\) is writing to "
@@ -320,7 +330,7 @@ def test_a_second_writer_is_refused_and_a_killed_holder_frees_the_folder(tmp_pat
     assert (run / LOCK_NAME).exists()  # left behind by the killed holder, and no obstacle
     code, out, err = run_cli([*SMOKE, "--out-dir", str(run)], capsys)
     assert code == 0, err
-    assert sorted(p.name for p in run.iterdir()) == [CHECKPOINT_NAME, METRICS_NAME]
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME, CHECKPOINT_NAME, METRICS_NAME]
 
 
 def test_one_trainer_per_folder_in_one_process_too(tmp_path):
@@ -334,18 +344,19 @@ def test_one_trainer_per_folder_in_one_process_too(tmp_path):
 
 def test_stale_temporaries_of_this_run_are_removed_at_start(tmp_path, capsys):
     run, other = tmp_path / "run", tmp_path / "other"
-    run.mkdir()
+    staging = run / STAGING_NAME
+    staging.mkdir(parents=True)
     other.mkdir()
-    stale = run / f".{CHECKPOINT_NAME}.k1ll3d_.tmp"
+    (staging / MARKER_NAME).write_text("made by densflow")
+    stale = staging / f".{CHECKPOINT_NAME}.k1ll3d_.tmp"  # what a save killed mid-write leaves
     stale.write_bytes(b"half a checkpoint")
-    kept = [run / "notes.tmp", run / ".metrics.jsonl.x.tmp", other / stale.name]
-    for path in kept:
+    kept = [run / f".{CHECKPOINT_NAME}.k1ll3d_.tmp", run / "notes.tmp", other / stale.name]
+    for path in kept:  # a user's files, named like temporaries but outside the staging folder
         path.write_bytes(b"not ours")
-    assert temporaries_of(run / CHECKPOINT_NAME) == [stale]
     code, out, err = run_cli([*SMOKE, "--out-dir", str(run)], capsys)
     assert code == 0, err
     assert "removed 1 temporary file(s) of an interrupted save" in err
-    assert not stale.exists() and all(p.read_bytes() == b"not ours" for p in kept)
+    assert not staging.exists() and all(p.read_bytes() == b"not ours" for p in kept)
 
 
 def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(
@@ -367,10 +378,10 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint
     assert code == 2 and "Traceback" not in err
     errors = [line for line in err.splitlines() if "error:" in line]
     assert errors == [
-        f"error: cannot write {path}: No space left on device; {path} is left as it was. Free "
-        "disk space or fix the folder's permissions, then run the same command again"
+        f"error: cannot write {path}: No space left on device; {path} is left as it was. To "
+        "fix: free disk space, then run the same command again"
     ]
-    assert path.read_bytes() == good and temporaries_of(path) == []
+    assert path.read_bytes() == good and temporaries(run) == []
     after = {k: v for k, v in snapshot(tmp_path).items() if not k.endswith(METRICS_NAME)}
     assert after == before  # only the log grew (its lines past the checkpoint are cut on resume)
 

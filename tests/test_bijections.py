@@ -10,9 +10,10 @@ from utils import init_actnorms, jacobian_logdet, perturb
 from densflow.attention import NystromAttention, iterative_pinv
 from densflow.base import Squeeze, squeeze, unsqueeze
 from densflow.coupling import AffineCoupling, CouplingNet
-from densflow.cross_unit import CrossUnitCoupling, InvertibleDenseBlock
+from densflow.cross_unit import CrossUnitCoupling
 from densflow.dequantization import VariationalDequantization
 from densflow.glow import ActNorm, ChannelSwap, GlowModule, InvertibleConv1x1, LUInvertibleConv1x1
+from densflow.invertible_dense_block import InvertibleDenseBlock
 from densflow.multiscale import CentredSqueeze, Transition
 from densflow.noise import draw
 from densflow.prior import LearnedGaussianPrior

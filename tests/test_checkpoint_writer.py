@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -20,16 +21,11 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.data import TensorDataset
-from utils import assert_same_training_state, perturb, tiny_run
+from utils import assert_same_training_state, perturb, temporaries, tiny_run
 
-from densflow.io.checkpoint import (
-    CheckpointWriteError,
-    TrainingState,
-    read_checkpoint,
-    save_training_checkpoint,
-    temporaries_of,
-    training_checkpoint,
-)
+from densflow.io.checkpoint import read_checkpoint
+from densflow.io.files import WriteError
+from densflow.io.locks import STAGING_NAME
 from densflow.model import DenseFlow, DenseFlowConfig
 from densflow.training import (
     CHECKPOINT_NAME,
@@ -39,7 +35,8 @@ from densflow.training import (
     read_metrics,
 )
 from densflow.training.checkpoint_writer import CheckpointWriter
-from densflow.training.rundir import LOCK_NAME
+from densflow.training.rundir import RunFolderLock
+from densflow.training.state import TrainingState, save_training_checkpoint, training_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,11 +86,11 @@ class Gate:
         self.entered, self.opened = threading.Event(), threading.Event()
         real = checkpoint_writer.atomic_save
 
-        def held(obj, path):
+        def held(obj, path, **kwargs):
             if step is None or obj["progress"]["step"] == step:
                 self.entered.set()
                 assert self.opened.wait(60), "the gate was never opened"
-            real(obj, path)
+            real(obj, path, **kwargs)
 
         monkeypatch.setattr(checkpoint_writer, "atomic_save", held)
 
@@ -106,9 +103,9 @@ def slow_writes(monkeypatch, seconds: float = 0.5) -> None:
     no file."""
     real = checkpoint_writer.atomic_save
 
-    def slow(obj, path):
+    def slow(obj, path, **kwargs):
         time.sleep(seconds)
-        real(obj, path)
+        real(obj, path, **kwargs)
 
     monkeypatch.setattr(checkpoint_writer, "atomic_save", slow)
 
@@ -178,15 +175,15 @@ def test_a_failed_write_is_raised_once_as_the_synchronous_error_and_keeps_the_fi
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(CheckpointWriteError) as synchronous:
+    with pytest.raises(WriteError) as synchronous:
         write_synchronously(path, model, optimizer, 3)
     writer.save(path, 3, checkpoint_of(model, optimizer, 3))  # fails in the background
-    with pytest.raises(CheckpointWriteError) as background:
+    with pytest.raises(WriteError) as background:
         writer.save(path, 4, checkpoint_of(model, optimizer, 4))  # raised here, nothing started
     assert str(background.value) == str(synchronous.value)
     assert str(background.value).startswith(f"cannot write {path}: No space left on device; ")
     assert background.value.errno == errno.ENOSPC
-    assert path.read_bytes() == good and temporaries_of(path) == []
+    assert path.read_bytes() == good and temporaries(path.parent) == []
     writer.wait()  # reported once
     assert writer.submitted == (path, 3)
 
@@ -249,6 +246,12 @@ def trainer(out_dir: Path, **overrides) -> Trainer:
     return Trainer(cfg, train_set=SETS[0], test_set=SETS[1])
 
 
+def assert_unlocked(folder: Path) -> None:
+    """No run holds the run folder's lock any more."""
+    with RunFolderLock(folder):
+        pass
+
+
 def writer_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "densflow-checkpoint"]
 
@@ -260,20 +263,20 @@ def test_fit_returns_with_its_last_checkpoint_in_place(tmp_path, monkeypatch, ca
         result = t.fit()
     assert result.step == 3
     assert read_checkpoint(tmp_path / CHECKPOINT_NAME)["progress"]["step"] == 3
-    assert temporaries_of(tmp_path / CHECKPOINT_NAME) == [] and writer_threads() == []
-    assert not (tmp_path / LOCK_NAME).exists()  # the lock went after the write
+    assert temporaries(tmp_path) == [] and writer_threads() == []
+    assert_unlocked(tmp_path)  # the lock went after the write
     logged = [r.getMessage() for r in caplog.records if "checkpoint" in r.getMessage()]
     assert logged == [f"step {s}  checkpoint {tmp_path / CHECKPOINT_NAME}" for s in (2, 3)]
     assert t._guard.last_checkpoint == (tmp_path / CHECKPOINT_NAME, 3)
 
 
 def disk_full_at_write(monkeypatch, n: int) -> None:
-    """The ``n``-th fsync (the ``n``-th checkpoint write) finds the disk full."""
+    """The ``n``-th fsync of a file (the ``n``-th checkpoint write) finds the disk full."""
     real, calls = os.fsync, []
 
     def fsync(fd):
-        calls.append(fd)
-        if len(calls) == n:
+        calls.extend([fd] if stat.S_ISREG(os.fstat(fd).st_mode) else [])  # not the folder's
+        if len(calls) == n and stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(fd)
 
@@ -313,7 +316,7 @@ def test_divergence_waits_for_the_write_in_flight_before_naming_the_last_good_on
     else:
         assert f"; the last good checkpoint is {path} (step 6), left as it was" in message
         assert read_checkpoint(path)["progress"]["step"] == 6
-    assert temporaries_of(path) == [] and writer_threads() == []
+    assert temporaries(path.parent) == [] and writer_threads() == []
     assert read_metrics(tmp_path)[-1]["event"] == "diverged"
 
 
@@ -335,8 +338,8 @@ def test_an_interrupt_waits_for_the_write_in_flight(tmp_path, monkeypatch, caplo
     with caplog.at_level(logging.ERROR, logger="densflow"):
         with pytest.raises(KeyboardInterrupt) as interrupt:  # not replaced by a write error
             t.fit()
-    assert writer_threads() == [] and temporaries_of(path) == []
-    assert not (tmp_path / LOCK_NAME).exists()
+    assert writer_threads() == [] and temporaries(path.parent) == []
+    assert_unlocked(tmp_path)
     clause = "the checkpoint of step 4 could not be written (No space left on device)"
     if write_fails:
         assert read_checkpoint(path)["progress"]["step"] == 2
@@ -387,7 +390,7 @@ def test_a_process_killed_during_a_background_write_resumes_exactly(tmp_path):
     )
 
     def killable() -> bool:  # step 4's write is half done and training went on to step 6
-        half = [p.read_bytes() for p in temporaries_of(killed / CHECKPOINT_NAME)]
+        half = [p.read_bytes() for p in (killed / STAGING_NAME).glob("*.tmp")]
         six = any(e["event"] == "train" and e["step"] == 6 for e in read_metrics(killed))
         return six and half == [b"half a checkpoint"]
 
@@ -403,7 +406,7 @@ def test_a_process_killed_during_a_background_write_resumes_exactly(tmp_path):
     assert read_checkpoint(killed / CHECKPOINT_NAME)["progress"]["step"] == 2  # the previous one
 
     resumed = Trainer(cfg)  # takes the lock, removes the temporary
-    assert resumed.step == 2 and temporaries_of(killed / CHECKPOINT_NAME) == []
+    assert resumed.step == 2 and temporaries(killed) == []
     resumed.fit()
     reference = Trainer(tiny_run(tmp_path / "reference", **settings))
     reference.fit()

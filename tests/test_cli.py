@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from utils import write_official_run
 
 from densflow.cli import build_parser, main, train_config_from_args
 from densflow.training import TrainConfig, TrainingDivergedError, train_preset
@@ -221,7 +222,7 @@ def test_expected_failures_are_one_error_line_and_status_2(tmp_path, capsys, mon
     assert err.startswith("error: cifar10: data not found in") and "Traceback" not in err
 
     assert main(["eval", str(tmp_path / "nothing.pt"), "--dataset", "photos"]) == 2
-    assert capsys.readouterr().err.startswith("error: no checkpoint at")
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nothing.pt'}: no such file or folder\n"
 
     def diverge(config):
         raise TrainingDivergedError("training diverged at step 8")
@@ -237,31 +238,131 @@ def test_data_check_photos(capsys):
 
 
 def test_eval_and_sample_an_official_run(reference_dir, tmp_path, capsys):
-    from test_official import write_official_run
-
     golden = torch.load(reference_dir / "golden_A.pt", weights_only=True)
     run = write_official_run(tmp_path / "run", golden)  # args.pickle says cifar10
-    assert main(["eval", "--official", str(run)]) == 2  # no CIFAR-10 here: a clear error
+    assert main(["eval", str(run)]) == 2  # no CIFAR-10 here: a clear error
     assert capsys.readouterr().err.startswith("error: cifar10: no data_dir given")
 
-    assert (
-        main(
-            [
-                "eval",
-                "--official",
-                str(run),
-                "--dataset",
-                "photos",
-                "--limit",
-                "4",
-                "--batch-size",
-                "4",
-            ]
-        )
-        == 0
-    )
+    argv = ["eval", str(run), "--dataset", "photos", "--limit", "4", "--batch-size", "4"]
+    assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["model"] == str(run) and result["n_images"] == 4
     png = tmp_path / "official.png"
     assert main(["sample", "--official", str(run), "--out", str(png), "--n", "2"]) == 0
     assert png.stat().st_size > 0
+    assert capsys.readouterr().err == "warning: --official is deprecated; use MODEL\n"
+
+
+# ----------------------------------------------------------------------------- names and causes
+def test_the_version_comes_from_the_package_metadata(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"python -m densflow {version('densflow')}\n"
+
+
+@pytest.mark.parametrize(
+    "argv0, prog",
+    [
+        ("/home/me/.venv/bin/densflow", "densflow"),
+        ("/repo/densflow/__main__.py", "python -m densflow"),
+    ],
+)
+def test_the_usage_names_the_command_as_it_was_invoked(argv0, prog, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [argv0, "sample", "--help"])
+    with pytest.raises(SystemExit):
+        main()
+    assert capsys.readouterr().out.startswith(f"usage: {prog} sample")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "m.pt", "--n", "zero"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.endswith(f"; see '{prog} sample --help'\n")
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "sample"])
+def test_every_switch_has_its_no_form(command):
+    parser = build_parser()
+    model = {"train": [], "eval": ["m.pt"], "sample": ["m.pt", "--out", "s.png"]}[command]
+    for flag in ("channels-last", "compile", "cuda-graphs"):
+        assert getattr(parser.parse_args([command, *model, f"--{flag}"]), flag.replace("-", "_"))
+        off = parser.parse_args([command, *model, f"--no-{flag}"])
+        assert getattr(off, flag.replace("-", "_")) is False
+
+
+def test_resume_from_is_gone_and_init_from_stays(capsys):
+    assert build_parser().parse_args(["train", "--init-from", "a.pt"]).init_from == "a.pt"
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["train", "--resume-from", "a.pt"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --resume-from" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, dest, old, new",
+    [
+        (["data", "download", "cifar10", "--root", "d"], "data_dir", "--root", "--data-dir"),
+        (["download", "weights", "--root", "c"], "cache_dir", "--root", "--cache-dir"),
+    ],
+)
+def test_old_spellings_mean_the_same_with_one_warning_line(argv, dest, old, new, capsys):
+    assert getattr(build_parser().parse_args(argv), dest) == argv[-1]
+    assert capsys.readouterr().err == f"warning: {old} is deprecated; use {new}\n"
+    renamed = [new if a == old else a for a in argv]
+    assert getattr(build_parser().parse_args(renamed), dest) == argv[-1]
+    assert capsys.readouterr().err == ""
+
+
+def _raises(err: BaseException):
+    def run(args):
+        raise err
+
+    return run
+
+
+def _os_error(code: int, filename: str | None = "out/r.json") -> OSError:
+    return OSError(code, os.strerror(code), filename)
+
+
+def _cpu_out_of_memory() -> RuntimeError:
+    try:
+        torch.empty(2**62, dtype=torch.uint8)
+    except RuntimeError as err:
+        return err
+    raise AssertionError("the allocation succeeded")
+
+
+# the exception a command raises → its exit status and its one line
+CAUSES = {
+    "InputError": (lambda: __import__("densflow").utils.errors.InputError("k must be >= 1"), 2,
+                   r"^error: k must be >= 1$"),
+    "a full disk": (lambda: _os_error(28), 2,
+                    r"^error: out/r\.json: No space left on device; free some space"),
+    "no permission": (lambda: _os_error(13), 2, r"^error: out/r\.json: Permission denied; "),
+    "a read-only file system": (lambda: _os_error(30), 2, r"Read-only file system; choose a path"),
+    "a missing user path": (lambda: _os_error(2), 2, r"^error: out/r\.json: No such file or "),
+    "a folder where a file goes": (lambda: _os_error(21), 2, r"Is a directory; give a file path"),
+    "a file where a folder goes": (lambda: _os_error(20), 2, r"Not a directory; a part of"),
+    "out of memory": (lambda: MemoryError(), 2, r"^error: out of memory for the requested size"),
+    "the CPU allocator": (_cpu_out_of_memory, 2, r"out of memory .*use a smaller --batch-size"),
+    "a missing package": (
+        lambda: __import__("densflow").data.MissingDependencyError("x needs y"), 2, r"x needs y"
+    ),
+    "a diverged run": (lambda: TrainingDivergedError("diverged at 3"), 2, r"diverged at 3"),
+    "a plain ValueError": (lambda: ValueError("bad"), 1, r"unexpected ValueError: bad; this is a"),
+    "a plain TypeError": (lambda: TypeError("bad"), 1, r"unexpected TypeError: bad; .*--debug"),
+    "an internal missing file": (lambda: _os_error(2, None), 1, r"unexpected FileNotFoundError"),
+    "any other bug": (lambda: KeyError("k"), 1, r"unexpected KeyError: 'k'; this is a bug"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("make, status, pattern", CAUSES.values(), ids=CAUSES.keys())
+def test_the_exit_status_is_decided_by_the_cause(make, status, pattern, monkeypatch, capsys):
+    from utils import assert_one_line
+
+    from densflow.cli import models
+
+    monkeypatch.setattr(models, "_locate", _raises(make()))
+    assert main(["sample", "m.pt", "--out", "s.png"]) == status
+    assert_one_line(capsys.readouterr().err, pattern)

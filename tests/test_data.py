@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import hashlib
 import os
 import pickle
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -595,7 +597,7 @@ def test_download_celeba_without_gdown_says_how_to_install(
         err,
         f"celeba: download into {tmp_path} failed",
         "'gdown'",
-        'pip install -e ".[celeba]"',
+        'pip install -e ".[download]"',
         "get it by hand: https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html",
         "img_align_celeba.zip",
         "drive.google.com/uc?id=0B7EVK8r0v71pZjFTYXZWM3FlRnM",
@@ -608,7 +610,8 @@ def test_download_celeba_without_gdown_says_how_to_install(
     assert_message(
         err,
         "mmlab",
-        'python -m densflow data download celeba --root DIR (needs pip install -e ".[celeba]")',
+        "python -m densflow data download celeba --data-dir DIR "
+        '(needs pip install -e ".[download]")',
     )
 
 
@@ -628,10 +631,10 @@ def test_data_download_offers_only_downloadable_datasets(
 
     assert downloadable() == ("cifar10", "celeba")
     parser = build_parser()
-    assert parser.parse_args(["data", "download", "celeba", "--root", "d"]).name == "celeba"
+    assert parser.parse_args(["data", "download", "celeba", "--data-dir", "d"]).name == "celeba"
     for name in ("imagenet32", "imagenet64", "photos"):
         with pytest.raises(SystemExit):
-            parser.parse_args(["data", "download", name, "--root", "d"])
+            parser.parse_args(["data", "download", name, "--data-dir", "d"])
         assert "invalid choice" in capsys.readouterr().err
     assert parser.parse_args(["data", "check", "imagenet64"]).name == "imagenet64"
 
@@ -727,6 +730,31 @@ def test_photos_sizes_and_content() -> None:
         assert x.min() < 10 and x.max() > 245
         assert set(ds.origins[:, 0].tolist()) == set(range(len(ds.photos)))  # every photo is used
     assert len(load_dataset("photos", None, "train", patch_stride=32)) < len(train)
+
+
+# SHA-256 of the default patches as cut from scikit-image 0.26's own copies of the photographs,
+# before densflow shipped them: the shipped PNGs must give the same pixels, so the course model and
+# every committed number stay valid.
+PHOTO_DIGESTS = {
+    "train": "a252d063c0acd837d145b0950efe8c85b5c291524430a4e44e2fe68aee19ff73",
+    "test": "94d3611febc48c896ca9c2f7360d63bb2a680fa6467bf2ff9da5d47a1743aa8a",
+}
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_the_shipped_photos_give_the_patches_cut_from_scikit_image(split) -> None:
+    images = load_dataset("photos", None, split).images
+    assert hashlib.sha256(images.numpy().tobytes()).hexdigest() == PHOTO_DIGESTS[split]
+
+
+def test_the_photos_need_no_scikit_image() -> None:
+    code = (
+        "import sys; sys.modules['skimage'] = sys.modules['scipy'] = None\n"
+        "from densflow.data import load_dataset\n"
+        "print(len(load_dataset('photos', None, 'test')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "532"
 
 
 def test_photos_deterministic() -> None:

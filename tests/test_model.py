@@ -397,11 +397,11 @@ def test_a_checkpoint_written_by_the_first_release_loads_with_its_numbers():
     of the flow are those of the checkpoints users already have."""
     from pathlib import Path
 
-    from densflow import load_model
+    from densflow.io import load
 
     path = Path(__file__).parent / "fixtures" / "checkpoint_v1_tiny.pt"
     expected = torch.load(path, weights_only=True)["expected"]
-    model = load_model(path).eval()
+    model = load(path).eval()
     x = expected["x"]
 
     def close(a, b):

@@ -15,7 +15,9 @@ from utils import assert_same_training_state, tiny_run
 from densflow import DenseFlowConfig, performance
 from densflow.data import DATASETS, load_dataset
 from densflow.evaluate import evaluate
-from densflow.io.checkpoint import CheckpointError, load_model, read_checkpoint
+from densflow.io import load
+from densflow.io.checkpoint import CheckpointError, read_checkpoint
+from densflow.io.locks import LOCK_NAME
 from densflow.training import (
     CHECKPOINT_NAME,
     METRICS_NAME,
@@ -146,8 +148,12 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint_and_resume_is_exact
     monkeypatch.undo()
     path = tmp_path / "crash" / CHECKPOINT_NAME
     assert read_checkpoint(path)["progress"]["step"] == 2
-    load_model(path)
-    assert sorted(p.name for p in path.parent.iterdir()) == [CHECKPOINT_NAME, METRICS_NAME]
+    load(path)
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        LOCK_NAME,
+        CHECKPOINT_NAME,
+        METRICS_NAME,
+    ]
 
     resumed = run(config(tmp_path / "crash", max_steps=6, checkpoint_every=2))
     assert_same_state(reference, resumed)
@@ -191,7 +197,7 @@ def test_too_many_non_finite_steps_stop_with_the_last_good_checkpoint(tmp_path):
         run(cfg, patch=patch)
     ckpt = read_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert ckpt["progress"]["step"] == 6
-    model = load_model(tmp_path / CHECKPOINT_NAME)
+    model = load(tmp_path / CHECKPOINT_NAME)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     # the skipped steps changed nothing: the checkpoint holds the model as it was at the stop
     for (name, x), y in zip(
@@ -321,7 +327,7 @@ RUN_V1 = Path(__file__).resolve().parent / "fixtures" / "run_v1"  # see its READ
 
 
 def test_a_run_written_by_the_earlier_code_loads_and_resumes(tmp_path):
-    model = load_model(RUN_V1 / CHECKPOINT_NAME)
+    model = load(RUN_V1 / CHECKPOINT_NAME)
     assert model.config == DenseFlowConfig.tiny(32)
     run_dir = tmp_path / "resumed"
     shutil.copytree(RUN_V1, run_dir)

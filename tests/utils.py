@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import pickle
 import re
 from pathlib import Path
 
@@ -98,6 +100,20 @@ def snapshot(root: Path) -> dict[str, str | None]:
     }
 
 
+def temporaries(folder: Path) -> list[str]:
+    """What atomic writes into ``folder`` left: temporaries beside their targets, and anything in
+    its staging folder besides the marker."""
+    from densflow.io.files import TEMP_SUFFIX
+    from densflow.io.locks import MARKER_NAME, STAGING_NAME
+
+    beside = [p.name for p in folder.iterdir() if p.name.endswith(TEMP_SUFFIX)]
+    staging = folder / STAGING_NAME
+    staged = (
+        [p.name for p in staging.iterdir() if p.name != MARKER_NAME] if staging.is_dir() else []
+    )
+    return sorted(beside + staged)
+
+
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     """``main(argv)`` in this process: its exit status (argparse's SystemExit too), stdout and
     stderr."""
@@ -136,3 +152,58 @@ def tiny_run(out_dir: str | Path, **overrides) -> TrainConfig:
         progress=False,
     )
     return TrainConfig(**{**fields, **overrides})
+
+
+def write_official_run(root, golden, *, prefix="module.", dataset="cifar10"):
+    """An official run folder: args.pickle (argparse.Namespace) and check/checkpoint.pt."""
+    cfg = golden["config"]
+    args = argparse.Namespace(
+        epochs=10,
+        seed=0,
+        device="cuda",
+        parallel="dp",
+        resume=None,
+        name="golden",
+        project=None,
+        eval_every=1,
+        check_every=1,
+        log_tb=False,
+        log_wandb=False,
+        dataset=dataset,
+        num_bits=8,
+        batch_size=64,
+        num_workers=4,
+        pin_memory=True,
+        augmentation="eta",
+        num_classes=None,
+        growth_rate=cfg["growth_rate"],
+        checkpointing=False,
+        block_conf=cfg["block_config"],
+        layer_mid_chnls=cfg["layer_mid_chnls"],
+        layers_conf=cfg["layers_config"],
+        optimizer="adamax",
+        lr=1e-3,
+        warmup=5000,
+        momentum=0.9,
+        momentum_sqr=0.999,
+        gamma=0.995,
+        use_grad_norm=False,
+    )
+    (root / "check").mkdir(parents=True)
+    with open(root / "args.pickle", "wb") as f:
+        pickle.dump(args, f)
+    state = {prefix + k: v for k, v in golden["state_dict"].items()}
+    torch.save(
+        {
+            "current_epoch": 9,
+            "train_metrics": {"bpd": [9.0]},
+            "eval_metrics": {"bpd": [9.1]},
+            "eval_epochs": [9],
+            "model": state,
+            "optimizer": {"state": {}, "param_groups": []},
+            "scheduler_iter": None,
+            "scheduler_epoch": None,
+        },
+        root / "check" / "checkpoint.pt",
+    )
+    return root

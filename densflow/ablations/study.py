@@ -17,7 +17,9 @@ import torch
 from ..config import DenseFlowConfig
 from ..data import dataset_info, load_dataset, paper_datasets
 from ..data.registry import PAPER_MODEL
+from ..io.files import atomic_write_text
 from ..training import TrainConfig, read_metrics, train
+from ..utils.errors import InputError
 from ..utils.runtime import first_images, log_to_stderr
 from ..utils.validate import check_int
 from .measure import cost, count_parameters, latent_dims, multiply_accumulates
@@ -156,7 +158,7 @@ def run_one(
     )  # fmt: skip
     trained = train(train_config)
     if trained.step < steps:  # the epochs above assumed a complete train split
-        raise ValueError(
+        raise InputError(
             f"{name} seed {seed}: trained {trained.step} of {steps} steps, so the {dataset} train "
             f"split holds fewer than its {dataset_info(dataset).train_size:,} images; check it "
             f"with python -m densflow data check {dataset}"
@@ -185,10 +187,10 @@ def run_one(
     }
     for metric in ("bpd_single", "bpd_iw"):
         if not math.isfinite(record[metric]):
-            raise ValueError(
+            raise InputError(
                 f"{name} seed {seed}: {metric} is {record[metric]} (training diverged)"
             )
-    done.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(done, json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -240,13 +242,13 @@ def run(
     ``None`` arguments take the preset's value (:data:`ABLATION_PRESETS`).
     """
     if preset not in ABLATION_PRESETS:
-        raise ValueError(
+        raise InputError(
             f"unknown ablation preset {preset!r}; choose one of {sorted(ABLATION_PRESETS)}"
         )
     p = ABLATION_PRESETS[preset]
     seeds = tuple(check_int("seeds", s, 0) for s in (p.seeds if seeds is None else seeds))
     if not seeds:
-        raise ValueError("seeds is empty; give at least one seed, e.g. [0, 1, 2]")
+        raise InputError("seeds is empty; give at least one seed, e.g. [0, 1, 2]")
     steps = check_int("steps", p.steps if steps is None else steps)
     batch_size = check_int("batch_size", p.batch_size if batch_size is None else batch_size)
     timing_steps = check_int("timing_steps", timing_steps, 0)
@@ -292,7 +294,7 @@ def run(
         "torch": torch.__version__,
         "written": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    path = Path(out_dir) / "results.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    atomic_write_text(
+        Path(out_dir) / "results.json", json.dumps(results, indent=2, default=str) + "\n"
+    )
     return results

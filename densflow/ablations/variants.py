@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import DenseFlowConfig
+from ..utils.errors import InputError
 from .measure import count_parameters
 
 __all__ = [
@@ -137,7 +138,7 @@ def match_parameters(
     while params((hi,) * n) < target:
         lo, hi = hi, 2 * hi
         if hi > 4096:
-            raise ValueError(f"no coupling-network width up to 4096 reaches {target:,} parameters")
+            raise InputError(f"no coupling-network width up to 4096 reaches {target:,} parameters")
     while hi - lo > 1:  # params((lo,)*n) < target <= params((hi,)*n), or lo the smallest
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if params((mid,) * n) < target else (lo, mid)
@@ -147,7 +148,7 @@ def match_parameters(
     )
     got = params(best)
     if abs(got - target) > tolerance * target:
-        raise ValueError(
+        raise InputError(
             f"cannot match {target:,} parameters within {tolerance:.0%} by the coupling-network "
             f"widths (nearest: {got:,} at mid_channels={best}); change the reference config"
         )
@@ -173,7 +174,7 @@ def variant_configs(
         elif name.startswith("growth") and name[6:].isdigit() and int(name[6:]) > 0:
             changes = {"growth_rate": int(name[6:])}
         else:
-            raise ValueError(
+            raise InputError(
                 f"unknown ablation variant {name!r}; choose from {all_variants(preset)} or "
                 "growth<g> with g >= 1"
             )

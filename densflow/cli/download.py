@@ -1,10 +1,10 @@
-"""``python -m densflow download weights``: the authors' released models, into the cache."""
+"""``densflow download weights``: the authors' released models, into the cache."""
 
 from __future__ import annotations
 
 import argparse
 
-from .options import add_trust_checkpoint
+from .options import add_cache_dir, add_deprecated, add_trust_checkpoint
 
 __all__ = ["add_download"]
 
@@ -13,7 +13,7 @@ def add_download(sub: argparse._SubParsersAction) -> None:
     dp = sub.add_parser(
         "download",
         help="download the authors' released weights",
-        description="Fetch the authors' run folders from Google Drive (needs the 'weights' extra: "
+        description="Fetch the authors' run folders from Google Drive (needs the 'download' extra: "
         "gdown), verify the archive's sha256, unpack it, and convert every run folder into a model "
         "directory named after its dataset in the cache, where DenseFlow.from_pretrained(NAME) "
         "finds it. Interrupted, the same command resumes.",
@@ -24,11 +24,8 @@ def add_download(sub: argparse._SubParsersAction) -> None:
         help="the authors' DenseFlow-74-10 models (cifar10, imagenet32, imagenet64, celeba)",
         description="Download, verify, unpack and convert the authors' weights into the cache.",
     )
-    weights.add_argument(
-        "--root",
-        default=None,
-        help="cache folder (default: $DENSFLOW_CACHE, else ~/.cache/densflow)",
-    )
+    add_cache_dir(weights, "to fill")
+    add_deprecated(weights, "--root", "--cache-dir", "cache_dir")
     weights.add_argument(
         "--from",
         dest="source",
@@ -43,6 +40,8 @@ def add_download(sub: argparse._SubParsersAction) -> None:
 def _download_weights(args: argparse.Namespace) -> int:
     from ..io.weights import download_weights
 
-    found = download_weights(args.root, source=args.source, trust_checkpoint=args.trust_checkpoint)
+    found = download_weights(
+        args.cache_dir, source=args.source, trust_checkpoint=args.trust_checkpoint
+    )
     print(f"load with DenseFlow.from_pretrained(NAME), NAME in {sorted(found)}")
     return 0

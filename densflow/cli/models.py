@@ -1,18 +1,16 @@
-"""The ``eval`` and ``sample`` sub-commands: a densflow checkpoint or an official run, evaluated
-on a dataset split or sampled into a PNG grid."""
+"""The ``eval`` and ``sample`` sub-commands: a model (anything :func:`densflow.io.load` takes)
+evaluated on a dataset split or sampled into a PNG grid."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from .options import add_seed, option_float, option_int
+from ..utils.errors import InputError
+from .options import add_cache_dir, add_deprecated, add_seed, option_float, option_int
 
-__all__ = ["Interrupted", "add_eval", "add_sample", "official_files", "option_int"]
+__all__ = ["Interrupted", "add_eval", "add_sample", "option_int"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -23,45 +21,17 @@ def _iw_samples(text: str) -> int | str:
     return text if text == "paper" else option_int("--iw-samples")(text)
 
 
-def official_files(spec: str | os.PathLike | None) -> list[Path]:
-    """The files a model named by ``spec`` is read from (a run folder's checkpoint and
-    args.pickle, a model directory's two files), which no output may replace."""
-    if spec is None:
-        return []
-    path = Path(spec).expanduser()
-    if not path.is_dir():
-        return [path]
-    names = ("check/checkpoint.pt", "checkpoint.pt", "args.pickle", "config.json",
-             "model.safetensors")  # fmt: skip
-    return [path, *(path / name for name in names)]
-
-
-def _write_text(path: Path, text: str) -> None:
-    """``text`` into ``path`` through a temporary file renamed onto it: never half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
+    parser.add_argument(
         "checkpoint",
         nargs="?",
-        help="a densflow checkpoint (.pt): from training, or converted with 'convert'",
+        metavar="MODEL",
+        help="the model: a checkpoint (.pt) or run folder, a model directory, an official run "
+        "folder (args.pickle + check/checkpoint.pt), a cached name (cifar10, imagenet32, "
+        "imagenet64, celeba) or a Hugging Face Hub repo id",
     )
-    source.add_argument(
-        "--official",
-        metavar="RUN_DIR",
-        help="an official DenseFlow run folder (args.pickle + check/checkpoint.pt)",
-    )
+    add_deprecated(parser, "--official", "MODEL", "official", metavar="RUN_DIR")
+    add_cache_dir(parser, "that holds the cached names")
     parser.add_argument(
         "--device",
         default="auto",
@@ -69,13 +39,14 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, str | None]:
-    """The model to evaluate or sample, and the dataset it was trained on (when recorded)."""
-    from ..io.pretrained import resolve_model
-    from ..utils.runtime import resolve_device
+def _locate(args: argparse.Namespace) -> Any:
+    """Where the model named on the command line is (:func:`densflow.io.locate`)."""
+    from ..io.resolve import locate
 
-    device = resolve_device(args.device, option="--device")
-    return resolve_model(args.official or args.checkpoint, map_location=device)
+    if (args.checkpoint is None) == (args.official is None):
+        raise InputError("give the model once: MODEL (a path, a cached name or a Hub repo id)")
+    args.checkpoint = args.checkpoint or args.official
+    return locate(args.checkpoint, cache_dir=args.cache_dir)
 
 
 def add_eval(sub: argparse._SubParsersAction) -> None:
@@ -177,50 +148,57 @@ def _add_speed_switches(
         "switches of densflow.performance (docs/performance.md): --channels-last, --compile and "
         "--cuda-graphs change results by rounding only (1e-5 relative), --amp bf16 a little more",
     )
+    switch: dict[str, Any] = dict(action=argparse.BooleanOptionalAction, default=False)
     speed.add_argument("--amp", default="none", choices=AMP_MODES, help=amp_help)
-    speed.add_argument(
-        "--channels-last", action="store_true", help="NHWC memory format for the convolutions"
-    )
+    speed.add_argument("--channels-last", **switch, help="NHWC memory format for the convolutions")
     speed.add_argument(
         "--compile",
-        action="store_true",
+        **switch,
         help="torch.compile the flow: minutes of compilation, then faster passes; " + compile_help,
     )
     speed.add_argument(
         "--cuda-graphs",
-        action="store_true",
+        **switch,
         help="replay the passes from CUDA graphs, captured once per shape (not with --compile; "
         "eager, with a warning, on a CPU): " + graphs_help,
     )
 
 
-def _load_for_speed(args: argparse.Namespace) -> tuple[Any, str | None]:
-    """:func:`_load`, then the model prepared for ``--channels-last`` and ``--compile``."""
+def _load_for_speed(args: argparse.Namespace, source: Any) -> tuple[Any, str | None]:
+    """The model of ``source`` on ``--device``, prepared for ``--channels-last`` and
+    ``--compile``, and the dataset it was trained on (when recorded)."""
     from ..performance import prepare_model
+    from ..utils.runtime import resolve_device
 
     if args.compile and args.cuda_graphs:
-        raise ValueError(
+        raise InputError(
             "choose one of --compile and --cuda-graphs: a capture of the compiled flow has not "
             "been validated"
         )
-    model, trained_on = _load(args)
+    device = resolve_device(args.device, option="--device")
+    model, trained_on = source.load(device)
     return prepare_model(model, args.channels_last, args.compile), trained_on
 
 
 def _eval(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..evaluate import PAPER_IW_SAMPLES, evaluate
+    from ..io.files import atomic_write_text
+    from ..io.outputs import check_output
     from ..utils.runtime import collate_images, first_images
-    from ..utils.validate import check_output_path
 
-    # Every output is checked before any work, so that hours of evaluation are never lost.
-    inputs = official_files(args.official or args.checkpoint)
-    out = check_output_path("--out", args.out, inputs) if args.out else None
+    # Every output is checked against every input before any work, so that hours of evaluation
+    # are never lost and no input is overwritten.
+    source = _locate(args)
+    trees = [args.data_dir]
+    out = check_output("--out", args.out, source.files, trees=trees) if args.out else None
     partial = args.partial or (f"{args.out}.partial" if args.out else None)
     if partial is not None:
-        partial = check_output_path("--partial", partial, [*inputs, out])
+        partial = check_output(
+            "--partial", partial, [*source.files, out], trees=trees, regular=True
+        )
 
-    model, trained_on = _load_for_speed(args)
+    model, trained_on = _load_for_speed(args, source)
     dataset = args.dataset or trained_on
     if dataset is None:
         args.parser.error("--dataset is needed: the checkpoint does not record its dataset")
@@ -232,10 +210,10 @@ def _eval(args: argparse.Namespace) -> int:
     images = load_dataset(dataset, args.data_dir, args.split, celeba_crop=args.celeba_crop)
     images = first_images(images, args.limit)
     if len(images) == 0:
-        raise ValueError(f"{dataset} {args.split} has no images; check the dataset (data check)")
+        raise InputError(f"{dataset} {args.split} has no images; check the dataset (data check)")
     shape = tuple(collate_images([images[0]]).shape[1:])
     if shape != tuple(model.image_shape):
-        raise ValueError(
+        raise InputError(
             f"the model is for {model.image_shape} images, {dataset} {args.split} has {shape}; "
             "evaluate it on the dataset it was trained on (--dataset), or give a model of that "
             "image size"
@@ -265,15 +243,15 @@ def _eval(args: argparse.Namespace) -> int:
     summary = {
         "dataset": dataset,
         "split": args.split,
-        "model": args.checkpoint or args.official,
+        "model": args.checkpoint,
         **result.to_dict(),
     }
     text = json.dumps(summary, indent=2, allow_nan=False)  # JSON has no NaN: to_dict gives null
     print(text)
     if out is not None:
-        _write_text(out, text + "\n")
+        atomic_write_text(out, text + "\n")
     if not result.finite:
-        raise ValueError(
+        raise InputError(
             'the bits/dim are not finite (NaN or inf, written as null with "non_finite": '
             "true); the model's weights or outputs are not finite: evaluate an earlier "
             "checkpoint of the run"
@@ -317,10 +295,11 @@ def _sample(args: argparse.Namespace) -> int:
     import torch
 
     from ..evaluate import save_sample_grid
-    from ..utils.validate import check_output_path
+    from ..io.outputs import check_output
 
-    out = check_output_path("--out", args.out, official_files(args.official or args.checkpoint))
-    model, _ = _load_for_speed(args)
+    source = _locate(args)
+    out = check_output("--out", args.out, source.files)
+    model, _ = _load_for_speed(args, source)
     generator = torch.Generator(next(model.parameters()).device).manual_seed(args.seed)
     try:
         save_sample_grid(

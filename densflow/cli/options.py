@@ -1,13 +1,24 @@
 """Options that several sub-commands declare the same way: numbers refused in one line, the seed
-of the random draws, and ``--trust-checkpoint``."""
+of the random draws, ``--trust-checkpoint``, ``--cache-dir``, and old spellings kept with a
+deprecation warning. Every switch has the ``--X/--no-X`` form of
+``argparse.BooleanOptionalAction``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["MAX_SEED", "add_seed", "add_trust_checkpoint", "option_float", "option_int"]
+__all__ = [
+    "MAX_SEED",
+    "add_cache_dir",
+    "add_deprecated",
+    "add_seed",
+    "add_trust_checkpoint",
+    "option_float",
+    "option_int",
+]
 
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
 
@@ -58,6 +69,39 @@ def add_trust_checkpoint(parser: argparse.ArgumentParser) -> None:
     """``--trust-checkpoint``: full unpickling where ``weights_only`` loading fails."""
     parser.add_argument(
         "--trust-checkpoint",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="allow full unpickling if weights_only loading fails (trusted files only)",
+    )
+
+
+class _Deprecated(argparse.Action):
+    """An old spelling of an option: it means the same, and says once on stderr what replaces it."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+        option_string: str | None = None,
+    ) -> None:  # fmt: skip
+        print(f"warning: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated(parser: Any, old: str, new: str, dest: str, **kwargs: Any) -> None:
+    """``old``: an old spelling of the option ``new`` (same ``dest``), hidden from the help and
+    taken with a one-line deprecation warning."""
+    parser.add_argument(old, dest=dest, action=_Deprecated, new=new, help=argparse.SUPPRESS,
+                        **kwargs)  # fmt: skip
+
+
+def add_cache_dir(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--cache-dir``: the densflow cache, ``what`` it holds for the command."""
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help=f"the densflow cache {what} (default: $DENSFLOW_CACHE, else ~/.cache/densflow)",
     )

@@ -83,8 +83,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                 opts["choices"] = f.metadata["choices"]
         default = f.default if f.default is not dataclasses.MISSING else None
         opts["help"] += f" [TrainConfig default: {default}]"
-        flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
-        train.add_argument(*flags, **opts)
+        train.add_argument("--" + f.name.replace("_", "-"), **opts)
     train.set_defaults(run=_train, parser=train)
 
 

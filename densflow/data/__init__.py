@@ -8,9 +8,9 @@ dropped: the model is unconditional). Dequantization and scaling belong to the m
   into one in-memory array.
 * ``celeba`` (64×64, :mod:`~densflow.data.celeba`) decodes the aligned JPEGs lazily, with two
   named crop conventions.
-* ``photos`` (32×32, :mod:`~densflow.data.photos`) needs no download: patches cut from photographs
-  shipped with scikit-image. It exists so that notebooks and tests can train on real images
-  anywhere.
+* ``photos`` (32×32, :mod:`~densflow.data.photos`) needs no download: patches cut from seven
+  photographs that ship inside the package. It exists so that notebooks and tests can train on
+  real images anywhere.
 
 Each dataset's facts (files, shapes, splits, download, augmentation, the paper's protocol and
 results) live in one entry of :data:`DATASETS` (:mod:`~densflow.data.registry`); the functions here

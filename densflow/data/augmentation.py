@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..utils.errors import InputError
+
 __all__ = ["Augmentation"]
 
 
@@ -43,10 +45,10 @@ class Augmentation:
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """Augments a batch ``x`` of shape ``(B, C, H, W)``, dtype uint8; returns the same shape."""
         if x.dtype != torch.uint8 or x.dim() != 4:
-            raise ValueError(f"expected a uint8 batch (B, C, H, W), got {x.dtype} {tuple(x.shape)}")
+            raise InputError(f"expected a uint8 batch (B, C, H, W), got {x.dtype} {tuple(x.shape)}")
         B, C, H, W = x.shape
         if self.shift < 0 or self.shift >= min(H, W):
-            raise ValueError(f"shift {self.shift} does not fit images of size {H}x{W}")
+            raise InputError(f"shift {self.shift} does not fit images of size {H}x{W}")
         if not self.flip and self.shift == 0:
             return x
         # Draw on the generator's device (CPU generators are the norm), then move the few numbers.

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..utils.errors import InputError
 from .errors import bad_file, not_found
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ class CelebA64(Dataset[Tensor]):
 
     def __init__(self, image_dir: Path, filenames: Sequence[str], crop: str = "official") -> None:
         if crop not in CELEBA_CROPS:
-            raise ValueError(f"unknown CelebA crop {crop!r}; choose one of {CELEBA_CROPS}")
+            raise InputError(f"unknown CelebA crop {crop!r}; choose one of {CELEBA_CROPS}")
         self.image_dir, self.filenames, self.crop = Path(image_dir), list(filenames), crop
 
     def __len__(self) -> int:

@@ -1,9 +1,9 @@
 """Fetching a dataset's files, by the ``download`` function of its registry entry.
 
 A download may need a package beyond the base install (CelebA's Google Drive files need ``gdown``,
-from the ``celeba`` extra); :func:`require` checks for it first and names the install command. Every
-failure ends in one :class:`~densflow.data.DatasetNotFoundError` that gives the manual way: the
-entry's ``source``, never the function that just failed.
+from the ``download`` extra); :func:`require` checks for it first and names the install command.
+Every failure ends in one :class:`~densflow.data.DatasetNotFoundError` that gives the manual way:
+the entry's ``source``, never the function that just failed.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def require(module: str, extra: str, purpose: str) -> ModuleType:
 
     Arguments:
         module: the import name (``"gdown"``).
-        extra: densflow's optional dependency group that provides it (``"celeba"``).
+        extra: densflow's optional dependency group that provides it (``"download"``).
         purpose: what needs it, for the message (``"downloading celeba"``).
 
     Raises:
@@ -47,7 +47,8 @@ def download(name: str, root: str | os.PathLike[str]) -> Path:
     """Downloads dataset ``name`` into ``root`` and returns the ``data_dir`` to use.
 
     CIFAR-10 and CelebA are fetched with torchvision's downloaders, which check every file's MD5
-    (CelebA needs ``gdown``: ``pip install -e ".[celeba]"``; Google Drive may refuse it when busy).
+    (CelebA needs ``gdown``: ``pip install -e ".[download]"``; Google Drive may refuse it when
+    busy).
     ImageNet32/64 cannot be downloaded automatically: image-net.org requires a login. ``photos``
     needs nothing and ``root`` is returned as it is.
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..utils.errors import InputError
 from .errors import data_root, empty_split
 from .registry import DatasetInfo, LoadOptions, dataset_info
 
@@ -16,7 +17,7 @@ __all__ = ["check_dataset", "load_dataset"]
 
 def _split(info: DatasetInfo, split: str) -> None:
     if split not in info.splits:
-        raise ValueError(f"{info.name} has splits {info.splits}, not {split!r}")
+        raise InputError(f"{info.name} has splits {info.splits}, not {split!r}")
 
 
 def _root(info: DatasetInfo, data_dir: str | os.PathLike[str] | None) -> Path | None:

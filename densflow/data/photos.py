@@ -1,19 +1,23 @@
-"""Patches of the photographs shipped with scikit-image: real images that need no download.
+"""Patches of seven real photographs that ship inside the package: real images, no download.
 
-Nothing is read from a data folder: the photographs come with the ``scikit-image`` package
-(``skimage.data``), so notebooks and tests can train on real images anywhere. See
-:class:`PhotoPatches` for how the 32×32 patches and the train/test regions are cut.
+The photographs are ``densflow/data/assets/photos/*.png`` (1.6 MB in all): scikit-image's sample
+photographs, each resized once (Lanczos) to a shorter side of 320 px and stored losslessly, so the
+patches are the same, pixel for pixel, as those cut from scikit-image's own copies, and the base
+install needs neither scikit-image nor SciPy. ``assets/README.md`` gives each photograph's source
+and licence. See :class:`PhotoPatches` for how the 32×32 patches and the train/test regions are cut.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from importlib import resources
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from ..utils.errors import InputError
 from .arrays import ImageTensorDataset
 
 if TYPE_CHECKING:
@@ -26,28 +30,21 @@ __all__ = ["PhotoPatches", "check", "load"]
 _PHOTOS = tuple(
     "astronaut chelsea coffee rocket hubble_deep_field immunohistochemistry motorcycle".split()
 )
-_PHOTO_SIDE = 320  # shorter side after resizing: 32 px patches then show object parts, not texture
+_PHOTO_SIDE = 320  # shorter side: 32 px patches then show object parts, not texture
 _PHOTO_GAP = 32  # columns between the train and the test region of each photo
 _PATCH = 32
 
 
 @functools.lru_cache(maxsize=1)
 def _photos() -> tuple[np.ndarray, ...]:
-    """The photographs, each resized (Lanczos) to a shorter side of 320 px, ``(H, W, 3)`` uint8."""
-    import skimage.data
+    """The photographs, ``(H, W, 3)`` uint8 with a shorter side of 320 px, read-only."""
     from PIL import Image
 
+    folder = resources.files(__package__) / "assets" / "photos"
     out = []
-    for name in _PHOTOS:  # all are RGB and bundled with scikit-image (no download)
-        img = (
-            skimage.data.stereo_motorcycle()[0]
-            if name == "motorcycle"
-            else getattr(skimage.data, name)()
-        )
-        h, w = img.shape[:2]
-        scale = _PHOTO_SIDE / min(h, w)
-        size = (round(w * scale), round(h * scale))
-        arr = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS))
+    for name in _PHOTOS:
+        with (folder / f"{name}.png").open("rb") as f, Image.open(f) as img:
+            arr = np.asarray(img.convert("RGB"))
         arr.setflags(write=False)  # cached and shared
         out.append(arr)
     return tuple(out)
@@ -61,14 +58,14 @@ def _photo_region(width: int, split: str) -> tuple[int, int]:
 
 
 class PhotoPatches(ImageTensorDataset):
-    """32×32 patches of real photographs shipped with scikit-image; needs no download.
+    """32×32 patches of seven real photographs shipped with densflow; needs no download.
 
-    Photos: astronaut, chelsea, coffee, rocket, hubble_deep_field, immunohistochemistry and the
-    left view of stereo_motorcycle (all RGB; the greyscale ones and the mostly black retina are left
-    out), resized to a shorter side of 320 px. Train patches come from the left 80 % of each photo's
-    columns less 32, test patches from the right 20 %, so no pixel of a test patch lies within 32 px
-    of a train patch. Patches lie on a grid of step ``patch_stride``; nothing is random. With the
-    default stride 16 there are 2356 train and 532 test patches.
+    Photos (scikit-image's samples): astronaut, chelsea, coffee, rocket, hubble_deep_field,
+    immunohistochemistry and the left view of stereo_motorcycle, at a shorter side of 320 px.
+    Train patches come from the left 80 % of each photo's columns less 32, test patches from the
+    right 20 %, so no pixel of a test patch lies within 32 px of a train patch. Patches lie on a
+    grid of step ``patch_stride``; nothing is random. With the default stride 16 there are 2356
+    train and 532 test patches.
 
     Attributes:
         images: ``(N, 3, 32, 32)`` uint8.
@@ -79,7 +76,7 @@ class PhotoPatches(ImageTensorDataset):
 
     def __init__(self, split: str, patch_stride: int = 16) -> None:
         if patch_stride < 1:
-            raise ValueError(f"patch_stride must be positive, got {patch_stride}")
+            raise InputError(f"patch_stride must be an integer >= 1, got {patch_stride!r}")
         patches, origins, regions = [], [], []
         for k, photo in enumerate(_photos()):
             h, w, _ = photo.shape

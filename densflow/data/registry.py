@@ -22,6 +22,7 @@ from typing import Any
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..utils.errors import InputError
 from . import celeba, cifar, imagenet, photos
 from .augmentation import Augmentation
 
@@ -201,7 +202,8 @@ class DatasetInfo:
         needs = (
             f' (needs pip install -e ".[{self.download_needs[1]}]")' if self.download_needs else ""
         )
-        return f"{self.source}; or python -m densflow data download {self.name} --root DIR{needs}"
+        command = f"python -m densflow data download {self.name} --data-dir DIR"
+        return f"{self.source}; or {command}{needs}"
 
     def split_size(self, split: str) -> int:
         """Images in the full ``split``."""
@@ -297,7 +299,7 @@ DATASETS: dict[str, DatasetInfo] = {
         load=celeba.load,
         check=celeba.check,
         download=celeba.download,
-        download_needs=("gdown", "celeba"),
+        download_needs=("gdown", "download"),
         official_name="celeba",
         paper=PaperResult(
             bpd=1.99,
@@ -313,8 +315,8 @@ DATASETS: dict[str, DatasetInfo] = {
         train_size=2356,
         test_size=532,
         files=(),
-        layout="built in: 32x32 patches of the photographs shipped with scikit-image",
-        source="scikit-image (skimage.data), no download",
+        layout="built in: 32x32 patches of seven photographs shipped with densflow",
+        source="scikit-image's sample photographs, shipped in densflow/data/assets (no download)",
         augmentation=Augmentation(flip=True, shift=1),
         load=photos.load,
         check=photos.check,
@@ -327,7 +329,7 @@ DATASETS: dict[str, DatasetInfo] = {
 def dataset_info(name: str) -> DatasetInfo:
     """The registry entry of ``name``; an unknown name is a ``ValueError`` listing the known."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise InputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return DATASETS[name]
 
 

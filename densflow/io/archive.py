@@ -1,25 +1,32 @@
 """Unpacking a downloaded zip or tar archive so that no member can write outside its folder.
 
 The authors' weights (:mod:`densflow.io.weights`) come as an archive from a file host: its member
-names are not trusted. A member with an absolute path or ``..`` stops the unpacking; links and
-special files are never created (each is reported and skipped), so every file lands inside the
-destination, whatever the archive holds.
+names are not trusted. Python does the safe part: ``tarfile``'s ``"data"`` extraction filter
+drops a leading ``/`` and refuses a member that ``..`` or a link would take outside the folder and
+special files (the whole unpacking stops), and ``zipfile`` drops a leading ``/`` and every ``..``
+from member names and never creates a link. densflow adds only the step these libraries do not
+take: archives found inside the archive are unpacked beside themselves, in case the run folders
+were packed one by one.
+
+The format is told by content, not by name. A damaged archive and a folder that cannot take the
+files (a full disk, a read-only file system) are told apart: only the first is the archive's fault.
 """
 
 from __future__ import annotations
 
-import re
-import shutil
+import lzma
 import tarfile
 import zipfile
-from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+import zlib
+from pathlib import Path
 
-from ..utils.errors import InputError
+from ..utils.errors import InputError, first_line
+from .files import WRITE_ERRNOS, write_error
 
-__all__ = ["ArchiveError", "unpack"]
+__all__ = ["ArchiveError", "archive_format", "unpack"]
 
 _ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz")
+_DAMAGED = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError)
 
 
 class ArchiveError(InputError):
@@ -27,94 +34,73 @@ class ArchiveError(InputError):
     that points outside the destination."""
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+def archive_format(path: Path) -> str | None:
+    """``"zip"``, ``"tar"`` (plain or compressed) or ``None``, from the content. A zip is known
+    by its first bytes: a tar that holds a zip file (a ``torch.save`` checkpoint) is a tar."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    return "tar" if tarfile.is_tarfile(path) else None
 
 
-def _member_path(dest: Path, name: str) -> Path:
-    """Where archive member ``name`` goes under ``dest``; absolute paths and ``..`` are refused."""
-    text = name.replace("\\", "/")
-    rel = PurePosixPath(text)
-    if rel.is_absolute() or re.match(r"[A-Za-z]:", text) or ".." in rel.parts:
+def _extract(archive: Path, kind: str, dest: Path) -> None:
+    if kind == "zip":
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(dest)
+        return
+    if not hasattr(tarfile, "data_filter"):
         raise ArchiveError(
-            f"archive member {name!r} points outside the archive (absolute path or '..'): "
-            "refusing to unpack it"
+            f"unpacking {archive} safely needs tarfile's extraction filters (Python 3.10.12, "
+            "3.11.4 or later): upgrade Python, or unpack it yourself and pass the folder"
         )
-    return dest.joinpath(*[p for p in rel.parts if p not in ("", ".")])
-
-
-def _copy_member(source, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "wb") as out:
-        shutil.copyfileobj(source, out, 1 << 20)
-
-
-def _unpack_zip(archive: Path, dest: Path) -> list[str]:
-    skipped = []
-    with zipfile.ZipFile(archive) as zf:
-        for info in zf.infolist():
-            target = _member_path(dest, info.filename)
-            mode = info.external_attr >> 16
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-            elif (mode & 0o170000) in (0, 0o100000):  # a regular file (or no Unix mode recorded)
-                with zf.open(info) as source:
-                    _copy_member(source, target)
-            else:  # a symbolic link or a special file: never created
-                skipped.append(info.filename)
-    return skipped
-
-
-def _unpack_tar(archive: Path, dest: Path) -> list[str]:
-    skipped = []
     with tarfile.open(archive, "r:*") as tf:
-        for member in tf:
-            target = _member_path(dest, member.name)
-            if member.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-            elif member.isfile():
-                source = tf.extractfile(member)
-                assert source is not None  # a regular file always has data
-                with source:
-                    _copy_member(source, target)
-            else:  # symbolic and hard links, devices, FIFOs: never created
-                skipped.append(member.name)
-    return skipped
+        tf.extractall(dest, filter="data")
 
 
-def unpack(
-    archive: Path, dest: Path, *, nested: bool = True, report: Callable[[str], None] = print
-) -> None:
+def unpack(archive: Path, dest: Path, *, nested: bool = True) -> None:
     """Unpack a zip or tar (plain, gz, bz2, xz) ``archive`` into ``dest``, by its content.
 
-    Members with absolute paths or ``..`` stop the unpacking; links and special files are skipped
-    (and reported): no member can write outside ``dest``. Archives found inside (by their suffix)
-    are unpacked beside themselves (``nested``, one level), in case the run folders were packed one
-    by one.
+    Archives found inside (by their suffix) are unpacked beside themselves, into
+    ``NAME.unpacked`` (``nested``, one level), and removed.
+
+    Raises:
+        ArchiveError: the archive is of an unknown format, damaged, or has a member that would
+            land outside ``dest`` (nothing outside ``dest`` is ever written).
+        WriteError: ``dest`` cannot take the files (a full disk, a read-only file system).
     """
-    dest.mkdir(parents=True, exist_ok=True)
-    with open(archive, "rb") as f:
-        head = f.read(8)
-    try:
-        if zipfile.is_zipfile(archive):
-            skipped = _unpack_zip(archive, dest)
-        elif tarfile.is_tarfile(archive):
-            skipped = _unpack_tar(archive, dest)
-        else:
-            raise ArchiveError(
-                f"{archive} is neither a zip nor a tar archive (it starts with {head!r}): unpack "
-                "it yourself and run python -m densflow download weights --from FOLDER"
-            )
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
+    kind = archive_format(archive)
+    if kind is None:
+        with open(archive, "rb") as f:
+            head = f.read(8)
         raise ArchiveError(
-            f"{archive} is damaged ({_first_line(err)}): delete it and run the command again"
+            f"{archive} is neither a zip nor a tar archive (it starts with {head!r}): unpack it "
+            "yourself and pass the folder"
+        )
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        _extract(archive, kind, dest)
+    except tarfile.FilterError as err:
+        raise ArchiveError(
+            f"{archive} holds a member that would land outside the folder it is unpacked into "
+            f"({first_line(err)}): refusing to unpack it"
         ) from err
-    for name in skipped:
-        report(f"skipped archive member {name}: not a regular file (links are never created)")
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise ArchiveError(
+                f"{archive} is damaged or truncated ({first_line(err)}); download it again"
+            ) from err
+        raise write_error(
+            err.filename or dest, err, action="unpack into",
+            kept=f"{archive} itself is fine",
+        ) from err  # fmt: skip
+    except _DAMAGED as err:
+        raise ArchiveError(
+            f"{archive} is damaged or truncated ({first_line(err)}); download it again"
+        ) from err
     if nested:
         for inner in sorted(p for p in dest.rglob("*") if p.is_file() and _is_archive_name(p)):
-            unpack(inner, inner.with_name(inner.name + ".unpacked"), nested=False, report=report)
+            unpack(inner, inner.with_name(inner.name + ".unpacked"), nested=False)
             inner.unlink()
 
 

@@ -1,86 +1,71 @@
-"""densflow checkpoint files: the one place that writes and reads them, atomically and
+"""densflow checkpoint files (``.pt``): the one place that writes and reads them, atomically and
 validated.
 
-A densflow checkpoint is a ``torch.save``d dict (tensors and plain values only, so that it loads
-with ``weights_only=True``):
+A densflow checkpoint is a ``torch.save``d dict of tensors and plain values only, so that it loads
+with ``weights_only=True``: ``format`` (``"densflow"``), ``version``, ``config`` (a
+:class:`~densflow.model.DenseFlowConfig` as a plain dict), ``model`` (the state dict) and
+``provenance`` (:func:`~densflow.utils.provenance.provenance`: the code that wrote it). A
+training run adds its own entries (:mod:`densflow.training.state`); :func:`read_checkpoint`
+checks the ones every checkpoint has, and :func:`model_from_checkpoint` builds the model.
 
-* every checkpoint: ``format`` (``"densflow"``), ``version``, ``config`` (a
-  :class:`~densflow.model.DenseFlowConfig` as a plain dict) and ``model`` (the state dict);
-* a training checkpoint (:func:`save_training_checkpoint`) adds ``train_config`` (the run's
-  ``TrainConfig`` as a dict), ``optimizer`` (its state dict), ``progress`` (the position and the
-  running sums of :class:`TrainingState`), ``data_order`` (``world_size``: the sharding of the
-  epoch's order) and ``rng`` (the global torch and CUDA generator states).
-
-:func:`load_model` reads the model out of either kind, :func:`read_training_checkpoint` the state
-a run resumes from, and :func:`load_any_checkpoint` also an official DenseFlow run.
+Every failure to read a file names the file and the cause in one line. A file that needs more
+than tensors and plain values to load (``weights_only`` refuses it) is described by the globals
+its pickle would call (:func:`pickle_globals`, read without running anything): loading it in full
+is offered only when every one of them is a plain data type, never for one that calls a system
+function.
 """
 
 from __future__ import annotations
 
-import glob
+import io
 import os
 import pickle
-import tempfile
-from dataclasses import dataclass
+import pickletools
+import zipfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..model import DenseFlow, DenseFlowConfig
-from ..utils.errors import InputError
+from ..utils.errors import InputError, first_line
+from ..utils.provenance import provenance
+from .files import atomic_save
 
 __all__ = [
     "CheckpointError",
-    "CheckpointWriteError",
-    "TrainingCheckpoint",
-    "TrainingState",
-    "atomic_save",
-    "check_torch_file",
-    "save_model",
-    "load_model",
-    "load_any_checkpoint",
-    "nonfinite_entries",
-    "read_checkpoint",
-    "read_training_checkpoint",
-    "refuse_nonfinite",
-    "restore_rng",
-    "save_training_checkpoint",
-    "training_checkpoint",
-    "temporaries_of",
-    "model_from_checkpoint",
     "FORMAT",
     "VERSION",
+    "check_torch_file",
+    "checkpoint_dict",
+    "config_from",
+    "describe_keys",
+    "load_weights",
+    "model_from_checkpoint",
+    "nonfinite_entries",
+    "pickle_globals",
+    "read_checkpoint",
+    "read_torch_file",
+    "save_model",
+    "validated",
 ]
 
 FORMAT, VERSION = "densflow", 1
 
+# Globals a checkpoint of tensors and plain values may need beyond what weights_only allows: with
+# nothing else, loading in full rebuilds data and runs no other code.
+_DATA_MODULES = ("torch", "numpy", "collections", "argparse", "_codecs", "copyreg")
+_DATA_BUILTINS = {"set", "frozenset", "slice", "dict", "list", "tuple", "object", "int", "float",
+                  "complex", "bool", "str", "bytes", "bytearray", "range"}  # fmt: skip
+
 
 class CheckpointError(InputError):
-    """A checkpoint that is missing, unreadable, or does not fit the model."""
+    """A checkpoint or model file that is missing, unreadable, or does not fit the model."""
 
 
-class CheckpointWriteError(CheckpointError, OSError):
-    """A checkpoint the system could not write (a full disk, a folder without write access);
-    the file it would have replaced is left as it was. ``errno`` is the system's."""
-
-    def __str__(self) -> str:  # the message, not OSError's "[Errno N] ..." form
-        return str(self.args[0]) if self.args else ""
-
-
-TEMP_SUFFIX = ".tmp"
-"""The ending of :func:`atomic_save`'s temporaries, named ``.NAME.<random>.tmp`` beside NAME."""
-
-
-def temporaries_of(path: str | os.PathLike) -> list[Path]:
-    """The temporaries that :func:`atomic_save` of ``path`` leaves behind only when its process
-    is killed mid-write (any other failure removes its own)."""
-    path = Path(path)
-    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*{TEMP_SUFFIX}"))
-
-
-def nonfinite_entries(state: dict[str, Any]) -> list[str]:
+def nonfinite_entries(state: Mapping[str, Any]) -> list[str]:
     """The names of the floating-point tensors of a state dict that hold a NaN or an infinity."""
     return [
         name
@@ -89,69 +74,155 @@ def nonfinite_entries(state: dict[str, Any]) -> list[str]:
     ]
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    A crash at any moment leaves either the previous file or the new one, never a torn file.
-    A system error (a full disk, no write access) raises :class:`CheckpointWriteError`, after
-    removing the temporary.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and not isinstance(err, CheckpointError):
-            reason = err.strerror or str(err)
-            kept = f"{path} is left as it was" if path.exists() else "nothing was written"
-            error = CheckpointWriteError(
-                f"cannot write {path}: {reason}; {kept}. Free disk space or fix the folder's "
-                "permissions, then run the same command again"
-            )
-            error.errno = err.errno
-            raise error from err
-        raise
-
-
-def _checkpoint_dict(model: DenseFlow, **extra: Any) -> dict[str, Any]:
+def checkpoint_dict(model: DenseFlow, **extra: Any) -> dict[str, Any]:
+    """The dict a checkpoint of ``model`` holds: the entries every checkpoint has, and ``extra``."""
     return {
         "format": FORMAT,
         "version": VERSION,
         "config": model.config.to_dict(),
         "model": model.state_dict(),
+        "provenance": provenance(),
         **extra,
     }
 
 
 def save_model(model: DenseFlow, path: str | os.PathLike, **extra: Any) -> None:
     """Save ``model`` (config + state dict, plus any ``extra`` entries) atomically."""
-    atomic_save(_checkpoint_dict(model, **extra), path)
+    atomic_save(checkpoint_dict(model, **extra), path)
 
 
-def _torch_load(path: Path, map_location: str | torch.device) -> Any:
+# ----------------------------------------------------------------------------- reading torch files
+def check_torch_file(path: str | os.PathLike) -> None:
+    """Refuse a file that ``torch.save`` cannot have written, from its first bytes: a zip
+    archive (or, before torch 1.6, a pickle stream of protocol 2 or later)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise CheckpointError(
+            f"{path} is not a checkpoint (neither a zip archive nor a pickle, which torch.save "
+            "writes); expected a densflow checkpoint (.pt), a model directory or an official "
+            "DenseFlow run folder: check the path"
+        )
+
+
+def _pickle_streams(path: Path) -> list[bytes]:
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            return [zf.read(n) for n in zf.namelist() if n.endswith("data.pkl")]
+    return [path.read_bytes()]  # a legacy torch file: several pickles in a row
+
+
+_STRINGS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING",
+            "BINSTRING", "STRING"}  # fmt: skip
+_MEMO_PUT = {"PUT", "BINPUT", "LONG_BINPUT"}
+_MEMO_GET = {"GET", "BINGET", "LONG_BINGET"}
+_NO_PUSH = {"PROTO", "FRAME", "MEMOIZE", "STOP", *_MEMO_PUT}
+
+
+def _globals_of(stream: io.BytesIO) -> list[str]:
+    """The globals one pickle in ``stream`` imports. ``STACK_GLOBAL`` takes its module and name
+    from the two values pushed last (strings, or strings fetched from the memo); when they are
+    anything else, the global is ``"?"``: unknown, so never taken for plain data."""
+    found: list[str] = []
+    pushed: list[str | None] = []  # the values pushed so far: a string, or None for any other
+    memo: dict[int, str | None] = {}
+    for op, arg, _ in pickletools.genops(stream):  # up to this pickle's STOP
+        name = op.name
+        if name in ("GLOBAL", "INST"):
+            found.append(str(arg).replace(" ", "."))
+        if name == "STACK_GLOBAL":
+            module, attr = pushed[-2:] if len(pushed) >= 2 else [None, None]
+            found.append(f"{module}.{attr}" if module and attr else "?")
+            pushed[-2:] = [None]
+        elif name in _MEMO_PUT or name == "MEMOIZE":
+            memo[arg if name != "MEMOIZE" else len(memo)] = pushed[-1] if pushed else None
+        elif name in _MEMO_GET:
+            pushed.append(memo.get(arg))
+        elif name in _STRINGS:
+            pushed.append(str(arg))
+        elif name not in _NO_PUSH:
+            pushed.append(None)
+    return found
+
+
+def pickle_globals(path: str | os.PathLike) -> list[str]:
+    """The ``module.name`` globals the pickle(s) of a torch file would import, read with
+    :mod:`pickletools` without running anything; ``"?"`` for one it cannot tell."""
+    found: list[str] = []
+    for data in _pickle_streams(Path(path)):
+        stream = io.BytesIO(data)
+        # torch.load unpickles one data.pkl of a zip file, or the first five pickles of a legacy
+        # file (magic number, protocol, system info, the object, the storage keys; raw bytes
+        # follow): exactly what is read here.
+        for k in range(5):
+            if stream.tell() >= len(data):
+                break
+            try:
+                found += _globals_of(stream)
+            except (ValueError, TypeError, EOFError):  # not a pickle: nothing torch would run
+                found += ["?"] if k == 0 else []
+                break
+    return sorted(set(found))
+
+
+def _is_data(name: str) -> bool:
+    module, _, attribute = name.rpartition(".")
+    if module in ("builtins", "__builtin__"):
+        return attribute in _DATA_BUILTINS
+    return module.split(".")[0] in _DATA_MODULES
+
+
+def _refused_pickle(path: Path, err: BaseException, trust_hint: str) -> CheckpointError:
+    names = pickle_globals(path)
+    code = [n if n != "?" else "a global it hides" for n in names if not _is_data(n)]
+    if code:
+        shown = ", ".join(code[:4]) + (f" and {len(code) - 4} more" if len(code) > 4 else "")
+        return CheckpointError(
+            f"{path} is not a checkpoint densflow loads: loading it would call {shown}, code "
+            "beyond tensors and plain values; densflow never runs it. Use a checkpoint that "
+            "holds a state dict"
+        )
+    shown = ", ".join(names[:4]) or first_line(err)
+    return CheckpointError(
+        f"{path} holds objects beyond tensors and plain values ({shown}), which weights_only "
+        f"loading refuses. {trust_hint}"
+    )
+
+
+def read_torch_file(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    *,
+    trusted: bool = False,
+    trust_hint: str = "If it comes from a source you trust, convert it with "
+    "densflow convert --trust-checkpoint",
+) -> Any:
+    """``torch.load`` of ``path`` with ``weights_only`` (in full when ``trusted``), every failure
+    one :class:`CheckpointError` line. ``trust_hint``: the advice for a file whose pickle needs
+    only data types beyond those ``weights_only`` allows."""
+    path = Path(path)
+    check_torch_file(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=not trusted)
+    except pickle.UnpicklingError as err:
+        if trusted:
+            raise CheckpointError(f"cannot read {path}: {first_line(err)}") from err
+        raise _refused_pickle(path, err, trust_hint) from err
+    except MemoryError:
+        raise
     except Exception as err:  # torch raises many types for torn or foreign files
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {err.__class__.__name__}: {err}. The file is corrupt "
-            "or not a densflow checkpoint (official DenseFlow checkpoints load with "
-            "densflow.load_official)"
+            f"cannot read {path}: {first_line(err)}. The file is damaged (a torn copy?) or not "
+            "a checkpoint"
         ) from err
 
 
+# ----------------------------------------------------------------------------- densflow checkpoints
 def _validate(ckpt: Any, path: Path) -> dict:
     """``ckpt`` if it is a densflow checkpoint dict this version reads, else why not."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         hint = (
-            " It looks like an official DenseFlow checkpoint: use densflow.load_official."
+            " It looks like an official DenseFlow checkpoint: convert it with densflow convert"
             if (isinstance(ckpt, dict) and "model" in ckpt and "current_epoch" in ckpt)
             else ""
         )
@@ -164,9 +235,14 @@ def _validate(ckpt: Any, path: Path) -> dict:
             f"{path} has densflow checkpoint version {ckpt.get('version')!r}, this densflow "
             f"reads version {VERSION}" + ("; update densflow to read it" if newer else "")
         )
-    for key in ("config", "model"):
+    for key, kind in (("config", "a dict of DenseFlowConfig fields"), ("model", "a state dict")):
         if key not in ckpt:
             raise CheckpointError(f"{path} has no '{key}' entry")
+        if not isinstance(ckpt[key], dict):
+            raise CheckpointError(
+                f"{path}: its '{key}' entry is a {type(ckpt[key]).__name__}, expected {kind}; "
+                "the file is damaged or was not written by densflow"
+            )
     return ckpt
 
 
@@ -175,203 +251,65 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
-    return _validate(_torch_load(path, map_location), path)
+    return _validate(read_torch_file(path, map_location), path)
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> DenseFlow:
-    """Rebuild the model stored in a densflow checkpoint (converted or from training)."""
-    return model_from_checkpoint(read_checkpoint(path, map_location), path, map_location)
+def validated(ckpt: Any, path: str | os.PathLike) -> dict:
+    """``ckpt`` (already read from ``path``) if it is a densflow checkpoint this version reads."""
+    return _validate(ckpt, Path(path))
+
+
+def describe_keys(groups: Iterable[tuple[str, list[str]]], k: int = 3) -> str:
+    """``"missing: a, b, c and 2 more; unexpected: d"``: the non-empty groups of state-dict keys,
+    a few of each, for a one-line message."""
+    return "; ".join(
+        f"{what}: {', '.join(keys[:k])}" + (f" and {len(keys) - k} more" if len(keys) > k else "")
+        for what, keys in groups
+        if keys
+    )
+
+
+def load_weights(module: nn.Module, state: Mapping[str, Any], source: str | os.PathLike) -> None:
+    """``module.load_state_dict(state)``, with what does not fit said in one line: the missing,
+    unexpected and mis-shaped entries, named (``source`` names where ``state`` came from)."""
+    mine = module.state_dict()
+    not_tensors = sorted(k for k, v in state.items() if not isinstance(v, Tensor))
+    missing = sorted(set(mine) - set(state))
+    unexpected = sorted(set(state) - set(mine))
+    misshaped = sorted(
+        f"{k} {tuple(state[k].shape)} instead of {tuple(mine[k].shape)}"
+        for k in set(mine) & set(state)
+        if isinstance(state[k], Tensor) and state[k].shape != mine[k].shape
+    )
+    wrong = describe_keys(
+        (("not tensors", not_tensors), ("missing", missing), ("unexpected", unexpected),
+         ("mis-shaped", misshaped))
+    )  # fmt: skip
+    if wrong:
+        raise CheckpointError(
+            f"{source}: the weights do not fit the model of its config ({wrong}); the file is "
+            "damaged or its config was edited"
+        )
+    module.load_state_dict(state)
+
+
+def config_from(raw: Any, source: str | os.PathLike) -> DenseFlowConfig:
+    """The :class:`DenseFlowConfig` of a checkpoint's or model directory's config entries."""
+    if not isinstance(raw, dict):
+        raise CheckpointError(
+            f"{source}: its config is a {type(raw).__name__}, expected a dict of "
+            "DenseFlowConfig fields"
+        )
+    try:
+        return DenseFlowConfig.from_dict(raw)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{source}: its config is no valid DenseFlowConfig: {err}") from err
 
 
 def model_from_checkpoint(
     ckpt: dict, path: str | os.PathLike = "<checkpoint>", map_location: str | torch.device = "cpu"
 ) -> DenseFlow:
     """The model of a checkpoint dict already read by :func:`read_checkpoint`."""
-    try:
-        config = DenseFlowConfig.from_dict(ckpt["config"])
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: its config is not a valid DenseFlowConfig: {err}") from err
-    model = DenseFlow(config)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: the state dict does not fit its own config: {err}") from err
+    model = DenseFlow(config_from(ckpt["config"], path))
+    load_weights(model, ckpt["model"], path)
     return model.to(map_location)
-
-
-# ----------------------------------------------------------------------------- training checkpoints
-
-
-@dataclass
-class TrainingState:
-    """Where a run stands after ``step`` steps: enough, with the model and the optimizer, to go
-    on exactly as if it had not stopped.
-
-    Attributes:
-        step: global steps done.
-        epoch, step_in_epoch: the position of the next step.
-        nonfinite_run: consecutive skipped (non-finite) steps up to now.
-        epoch_sum, epoch_count: the running sum of the epoch's losses (0-dim float64) and its
-            count.
-        metrics_bytes: the size of ``metrics.jsonl`` at this point.
-        world_size: processes that trained (the sharding of the epoch's data order).
-    """
-
-    step: int
-    epoch: int
-    step_in_epoch: int
-    nonfinite_run: int
-    epoch_sum: Tensor
-    epoch_count: int
-    metrics_bytes: int
-    world_size: int
-
-
-@dataclass
-class TrainingCheckpoint:
-    """A training checkpoint as read by :func:`read_training_checkpoint`."""
-
-    model: dict[str, Tensor]
-    train_config: dict[str, Any]
-    optimizer: dict[str, Any]
-    state: TrainingState
-    rng: dict[str, Any]
-
-
-def training_checkpoint(
-    model: DenseFlow,
-    *,
-    train_config: dict[str, Any],
-    optimizer: dict[str, Any],
-    state: TrainingState,
-) -> dict[str, Any]:
-    """The dict :func:`save_training_checkpoint` writes. It holds the live tensors of ``model``,
-    ``optimizer`` and ``state`` (the generators' states are copies): to write it while training
-    goes on, write a copy (:class:`~densflow.training.checkpoint_writer.CheckpointWriter`)."""
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    progress = {
-        "step": state.step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
-        "nonfinite_run": state.nonfinite_run, "epoch_sum": state.epoch_sum.detach().cpu(),
-        "epoch_count": state.epoch_count, "metrics_bytes": state.metrics_bytes,
-    }  # fmt: skip
-    return _checkpoint_dict(
-        model,
-        train_config=train_config,
-        optimizer=optimizer,
-        progress=progress,
-        data_order={"world_size": state.world_size},
-        rng={"torch": torch.get_rng_state(), "cuda": cuda_rng},
-    )
-
-
-def refuse_nonfinite(model_state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Raise :class:`CheckpointError` when a tensor of ``model_state`` is not finite: a run
-    resumed from such a checkpoint could never recover, and it would replace the last good one
-    at ``path``."""
-    bad = nonfinite_entries(model_state)
-    if bad:
-        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-        kept = f"{path} is left as it was" if Path(path).exists() else "no checkpoint was written"
-        raise CheckpointError(
-            f"refusing to write {path}: non-finite values in {shown}; {kept}. Start a new run "
-            "from the last good checkpoint with a lower lr (--init-from CHECKPOINT)"
-        )
-
-
-def save_training_checkpoint(
-    path: str | os.PathLike,
-    model: DenseFlow,
-    *,
-    train_config: dict[str, Any],
-    optimizer: dict[str, Any],
-    state: TrainingState,
-) -> None:
-    """Write a training checkpoint atomically: a crash leaves the previous one intact.
-
-    Model tensors that are not finite raise :class:`CheckpointError` and nothing is written
-    (:func:`refuse_nonfinite`).
-    """
-    ckpt = training_checkpoint(model, train_config=train_config, optimizer=optimizer, state=state)
-    refuse_nonfinite(ckpt["model"], path)
-    atomic_save(ckpt, path)
-
-
-def read_training_checkpoint(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> TrainingCheckpoint:
-    """The state a run resumes from (also from checkpoints of earlier versions, which stored a
-    few entries more)."""
-    ckpt = read_checkpoint(path, map_location)
-    missing = [k for k in ("train_config", "optimizer", "progress", "rng") if k not in ckpt]
-    if missing:
-        raise CheckpointError(
-            f"{path} is not a training checkpoint (no {', '.join(missing)}); a converted model "
-            "cannot be resumed, start a new run in another out_dir"
-        )
-    p, world_size = ckpt["progress"], ckpt.get("data_order", {}).get("world_size", 1)
-    state = TrainingState(
-        step=p["step"], epoch=p["epoch"], step_in_epoch=p["step_in_epoch"],
-        nonfinite_run=p["nonfinite_run"], epoch_sum=p["epoch_sum"], epoch_count=p["epoch_count"],
-        metrics_bytes=p["metrics_bytes"], world_size=world_size,
-    )  # fmt: skip
-    return TrainingCheckpoint(
-        ckpt["model"], ckpt["train_config"], ckpt["optimizer"], state, ckpt["rng"]
-    )
-
-
-def restore_rng(rng: dict[str, Any]) -> None:
-    """Set the global torch (and CUDA, where recorded and present) generators to a checkpoint's."""
-    torch.set_rng_state(rng["torch"].cpu())
-    if rng.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-
-
-def check_torch_file(path: str | os.PathLike) -> None:
-    """Refuse a file that ``torch.save`` cannot have written, from its first bytes: a zip
-    archive (or, before torch 1.6, a pickle stream of protocol 2 or later)."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
-        raise CheckpointError(
-            f"{path} is not a checkpoint (neither a zip archive nor a pickle, which torch.save "
-            "writes); expected a densflow checkpoint (.pt) or an official DenseFlow run folder "
-            "or checkpoint: check the path"
-        )
-
-
-def load_any_checkpoint(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[DenseFlow, str | None]:
-    """A model from a densflow checkpoint or an official run folder / checkpoint file, and the
-    dataset it was trained on when the files record it.
-
-    The kind is decided by content: a file that ``torch.load`` reads as a dict with
-    ``format="densflow"`` is ours (and any failure to use it is reported as such), a folder or
-    any other ``torch.save`` file goes to :func:`~densflow.io.official.load_official`, and a file
-    that is neither a zip archive nor a pickle is not a checkpoint."""
-    from .official import load_official, locate_official, read_official_args
-
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(
-            f"no checkpoint at {path}: expected a densflow checkpoint (.pt) or an "
-            "official DenseFlow run folder (args.pickle + check/checkpoint.pt)"
-        )
-    if path.is_file():
-        check_torch_file(path)
-        try:
-            ckpt = torch.load(path, map_location=device, weights_only=True)
-        except pickle.UnpicklingError:
-            ckpt = None  # objects beyond tensors: not ours, the official loader explains
-        except Exception as err:  # the real reason: a device, a torn file...
-            raise CheckpointError(
-                f"cannot read checkpoint {path}: {err.__class__.__name__}: {err}"
-            ) from err
-        # Ours by content: a dict with the densflow format marker; its own errors are reported.
-        if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
-            ckpt = _validate(ckpt, path)
-            dataset = (ckpt.get("train_config") or {}).get("dataset")
-            return model_from_checkpoint(ckpt, path, device), dataset
-    model = load_official(path, map_location=device)
-    _, args_file = locate_official(path)
-    return model, read_official_args(args_file).dataset if args_file is not None else None

@@ -29,10 +29,12 @@ from torch import Tensor
 from ..data import DATASETS, AllowList, restricted_unpickle
 from ..dense_block import DenseBlock
 from ..model import DenseFlow, DenseFlowConfig
-from .checkpoint import FORMAT, CheckpointError, check_torch_file
+from ..utils.errors import first_line
+from .checkpoint import FORMAT, CheckpointError, describe_keys, read_torch_file
 
 __all__ = [
     "load_official",
+    "model_from_official",
     "convert_state_dict",
     "official_key_map",
     "config_from_state_dict",
@@ -113,7 +115,7 @@ def official_key_map(model: DenseFlow) -> dict[str, str]:
     Only models with the paper's plain 1×1 convolutions have official counterparts.
     """
     if model.config.conv1x1 != "plain":
-        raise ValueError(
+        raise CheckpointError(
             "official checkpoints use plain 1×1 convolutions; build with conv1x1='plain'"
         )
     pairs = [("prior.loc", "base_dist.loc"), ("prior.log_scale", "base_dist.log_scale")]
@@ -193,7 +195,10 @@ def config_from_state_dict(
             "missing"
         ) from err
     inferred.update(overrides)
-    return DenseFlowConfig(**inferred)
+    try:
+        return DenseFlowConfig(**inferred)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"the weights describe no valid DenseFlow: {err}") from err
 
 
 _ARGS_PICKLE = AllowList.of(
@@ -212,7 +217,7 @@ def read_official_args(path: str | os.PathLike) -> argparse.Namespace:
     try:
         args = restricted_unpickle(path, _ARGS_PICKLE)
     except (OSError, pickle.UnpicklingError, EOFError) as err:
-        raise CheckpointError(f"cannot read official args file {path}: {err}") from err
+        raise CheckpointError(f"cannot read official args file {path}: {first_line(err)}") from err
     if not isinstance(args, argparse.Namespace):
         raise CheckpointError(
             f"{path} holds a {type(args).__name__}, expected an argparse.Namespace"
@@ -275,18 +280,14 @@ def convert_state_dict(official: Mapping[str, Tensor], model: DenseFlow) -> dict
         for t, m in wanted.items()
         if t in official and official[t].shape != ours[m].shape
     )
-    if missing or unexpected or misshaped:
-
-        def show(items: list[str]) -> str:
-            more = f" … and {len(items) - 8} more" if len(items) > 8 else ""
-            return "\n    " + "\n    ".join(items[:8]) + more if items else " none"
-
+    wrong = describe_keys(
+        (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+    )
+    if wrong:
         raise CheckpointError(
-            "the official checkpoint does not fit the model built for it "
-            f"(config {model.config}):\n  missing keys ({len(missing)}):{show(missing)}"
-            f"\n  unexpected keys ({len(unexpected)}):{show(unexpected)}"
-            f"\n  mis-shaped keys ({len(misshaped)}):{show(misshaped)}\n"
-            "Check that args.pickle belongs to this checkpoint, or pass the right image_size."
+            f"the official checkpoint does not fit the model its args.pickle and weights describe "
+            f"({wrong}); check that args.pickle belongs to this checkpoint, or pass the right "
+            "image_size"
         )
     return {mine: official[theirs] for mine, theirs in key_map.items()}
 
@@ -339,21 +340,25 @@ def load_official(
     Returns the model in eval mode, in float32, on ``map_location``.
     """
     ckpt_file, found_args = locate_official(Path(checkpoint_path))
+    raw = read_torch_file(
+        ckpt_file,
+        trusted=trust_checkpoint,
+        trust_hint="If it comes from a source you trust, pass trust_checkpoint=True (densflow "
+        "convert --trust-checkpoint)",
+    )
     args_file = Path(args_path) if args_path is not None else found_args
-    check_torch_file(ckpt_file)  # random bytes are no checkpoint, trusted or not
-    try:
-        raw = torch.load(ckpt_file, map_location="cpu", weights_only=not trust_checkpoint)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{ckpt_file} cannot be loaded with weights_only=True ({err}). If you trust its "
-            "source, pass trust_checkpoint=True (python -m densflow convert --trust-checkpoint)"
-        ) from err
-    except Exception as err:
-        raise CheckpointError(f"cannot read {ckpt_file}: {err.__class__.__name__}: {err}") from err
+    return model_from_official(raw, ckpt_file, args_file, image_size).to(map_location)
+
+
+def model_from_official(
+    raw: object, ckpt_file: Path, args_file: Path | None, image_size: int | None = None
+) -> DenseFlow:
+    """The model of an official checkpoint's content ``raw`` (read from ``ckpt_file``), with the
+    run's ``args_file`` when there is one; see :func:`load_official`."""
     if isinstance(raw, dict) and raw.get("format") == FORMAT:
         raise CheckpointError(
             f"{ckpt_file} is a densflow checkpoint already, not an official one: load it with "
-            "densflow.io.checkpoint.load_model (eval and sample read it as it is)"
+            "densflow.io.load (eval and sample read it as it is)"
         )
     state_dict = raw.get("model", raw) if isinstance(raw, dict) else None
     if not isinstance(state_dict, Mapping) or not all(
@@ -363,13 +368,15 @@ def load_official(
             f"{ckpt_file} holds no state dict (expected a dict with a 'model' entry)"
         )
     state_dict = _strip_prefix(state_dict)
-
     config = config_from_state_dict(state_dict, image_size or 32)
     if args_file is not None:
         fields = _config_from_args(read_official_args(args_file))
         if image_size is not None:
             fields["image_size"] = image_size
-        config = DenseFlowConfig(**{**config.to_dict(), **fields})
+        try:
+            config = DenseFlowConfig(**{**config.to_dict(), **fields})
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{args_file} describes no valid model: {err}") from err
     model = DenseFlow(config)
     model.load_state_dict(convert_state_dict(state_dict, model))
-    return model.eval().to(map_location)
+    return model.eval()

@@ -4,15 +4,14 @@
 interrupt and rerun:
 
 1. **fetch** the Google Drive file that the official README links (:data:`DRIVE_FILE_ID`) with
-   ``gdown`` (the optional ``weights`` extra) into ``<cache>/downloads/``. gdown writes a ``.part``
+   ``gdown`` (the optional ``download`` extra) into ``<cache>/downloads/``. gdown writes a ``.part``
    file and resumes it; the finished file is called ``weights.unverified`` until step 2 passes, and
    only then is it renamed to ``weights.archive``.
 2. **verify** its sha256 against :data:`ARCHIVE_SHA256`, or — while that constant is ``None`` —
    against the digest the first download recorded in ``weights.sha256``. A mismatch deletes the
    file and stops with an error; nothing from it is unpacked.
-3. **unpack** it (:mod:`densflow.io.archive`: zip or tar, told apart by content) into a hidden
-   temporary folder, refusing absolute paths and ``..`` and never creating links, so no member
-   lands outside that folder.
+3. **unpack** it (:mod:`densflow.io.archive`: zip or tar, told apart by content) into the cache's
+   staging folder; no member lands outside it.
 4. **find** every run folder, at any depth: a folder with ``args.pickle`` and
    ``check/checkpoint.pt``.
 5. **convert** each with :func:`densflow.io.official.load_official` into a model directory
@@ -21,6 +20,10 @@ interrupt and rerun:
 
 Every result appears by a rename once complete (the archive, each model directory, and last a
 ``weights.done`` record), so a later call never takes a partial file or folder for a finished one.
+One call at a time works on a cache: the others wait for it (:class:`~densflow.io.locks.FolderLock`
+on the cache), then find its models done. What a killed call leaves (an unpacked tree, half a model
+directory) lies in the cache's staging folder, which the next call empties; gdown's partial
+download stays, so that the next call resumes it.
 """
 
 from __future__ import annotations
@@ -29,28 +32,32 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from .archive import ArchiveError
-from .archive import unpack as unpack_archive
+from ..data import MissingDependencyError, require
+from ..model import DenseFlow
+from ..utils.errors import InputError, first_line
+from . import pretrained
+from .archive import ArchiveError, archive_format, unpack
 from .checkpoint import CheckpointError
+from .files import atomic_write_text, write_error
+from .locks import STAGING_NAME, FolderLock
 from .official import IMAGE_SIZES, load_official, read_official_args
-from .pretrained import CONFIG_NAME, cache_dir, is_model_dir, models_dir, save_pretrained
+from .pretrained import CONFIG_NAME, WEIGHTS_NAME, is_model_dir, save_pretrained
 
 __all__ = [
+    "ARCHIVE_SHA256",
     "DRIVE_FILE_ID",
     "DRIVE_URL",
-    "ARCHIVE_SHA256",
     "WeightsError",
+    "convert_runs",
     "download_weights",
     "fetch_archive",
-    "verify_archive",
-    "unpack",
     "find_run_folders",
-    "convert_runs",
+    "verify_archive",
 ]
 
 DRIVE_FILE_ID = "1CAX-TV4ZTtNbb57UYTn6j-rY7CQFpocp"
@@ -59,13 +66,12 @@ DRIVE_URL = f"https://drive.google.com/file/d/{DRIVE_FILE_ID}/view"
 
 ARCHIVE_SHA256: str | None = None
 """sha256 of the authors' archive. Not yet known: fill it in (lower-case hex) from the line that
-``python -m densflow download weights`` prints on its first download (also stored in
+``densflow download weights`` prints on its first download (also stored in
 ``<cache>/downloads/weights.sha256``). Until then each cache checks later downloads against the
 digest its first download recorded."""
 
 ARCHIVE_NAME, UNVERIFIED_NAME = "weights.archive", "weights.unverified"
 DIGEST_NAME, DONE_NAME = "weights.sha256", "weights.done"
-_TEMP = re.compile(r"\..+\.(?:tmp|old|unpack)-(\d+)-[0-9a-f]+")
 
 
 class WeightsError(CheckpointError):
@@ -74,53 +80,6 @@ class WeightsError(CheckpointError):
 
 def _say(line: str) -> None:
     print(line, flush=True)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
-
-
-# ----------------------------------------------------------------------------- temporaries
-def _temp_name(path: Path, kind: str) -> Path:
-    return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_stale_temporaries(*folders: Path) -> None:
-    """Delete what a killed run left (its process is gone): unpacked trees, half-written models."""
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        for entry in folder.iterdir():
-            match = _TEMP.fullmatch(entry.name)
-            if match and not _pid_alive(int(match.group(1))):
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = _temp_name(path, "tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------- fetch and verify
@@ -137,7 +96,8 @@ def verify_archive(path: Path, digest_file: Path, *, delete: bool = True) -> str
 
     The expected digest is :data:`ARCHIVE_SHA256`, else the one recorded in ``digest_file``; with
     neither, the digest is recorded there (and printed) for later calls. On a mismatch the file
-    is deleted (when ``delete``) and :class:`WeightsError` is raised.
+    is deleted (when ``delete``: only the cache's own download) and :class:`WeightsError` is
+    raised.
     """
     digest = _sha256(path)
     if ARCHIVE_SHA256 is not None:
@@ -146,7 +106,7 @@ def verify_archive(path: Path, digest_file: Path, *, delete: bool = True) -> str
         expected = digest_file.read_text().split()[0].lower()
         origin = f"the digest the first download recorded in {digest_file}"
     else:
-        _write_text_atomic(digest_file, f"{digest}  {ARCHIVE_NAME}\n")
+        atomic_write_text(digest_file, f"{digest}  {ARCHIVE_NAME}\n")
         _say(
             f"sha256 {digest} ({path.name}): recorded in {digest_file}; later downloads are "
             "checked against it"
@@ -170,12 +130,11 @@ def fetch_archive(downloads: Path) -> tuple[Path, str]:
     if final.is_file():  # checked again: a file at rest can be damaged too
         return final, verify_archive(final, digest_file)
     try:
-        import gdown
-    except ImportError as err:
-        raise WeightsError(
-            'downloading the authors\' weights needs gdown: pip install -e ".[weights]" (or pip '
-            f"install gdown); or download {DRIVE_URL} in a browser and run python -m densflow "
-            "download weights --from FILE"
+        gdown = require("gdown", "download", "downloading the authors' weights")
+    except MissingDependencyError as err:
+        raise MissingDependencyError(
+            f"{err}; or download {DRIVE_URL} in a browser and run densflow download weights "
+            "--from FILE"
         ) from err
     unverified = downloads / UNVERIFIED_NAME
     _say(f"downloading the authors' weights from {DRIVE_URL} (interrupted, rerun to resume)")
@@ -185,33 +144,23 @@ def fetch_archive(downloads: Path) -> tuple[Path, str]:
         result = gdown.download(id=DRIVE_FILE_ID, output=str(unverified), quiet=False, resume=True)
     except OSError as err:  # requests' ConnectionError and Timeout are OSErrors
         raise WeightsError(
-            f"cannot reach Google Drive ({_first_line(err)}): check the internet connection and "
+            f"cannot reach Google Drive ({first_line(err)}): check the internet connection and "
             "run the command again (it resumes), or download the file in a browser and pass it "
             "with --from FILE"
         ) from err
     except Exception as err:  # gdown's refusals: quota exceeded, permission, changed page
         raise WeightsError(
-            f"Google Drive did not serve {DRIVE_URL} ({_first_line(err)}): try again later, or "
-            "download it in a browser and run python -m densflow download weights --from FILE"
+            f"Google Drive did not serve {DRIVE_URL} ({first_line(err)}): try again later, or "
+            "download it in a browser and run densflow download weights --from FILE"
         ) from err
     if result is None or not unverified.is_file():
         raise WeightsError(
             f"gdown returned without writing {unverified}: download {DRIVE_URL} in a browser "
-            "and run python -m densflow download weights --from FILE"
+            "and run densflow download weights --from FILE"
         )
     digest = verify_archive(unverified, digest_file)
     os.replace(unverified, final)
     return final, digest
-
-
-# ----------------------------------------------------------------------------- unpack
-def unpack(archive: Path, dest: Path, *, nested: bool = True) -> None:
-    """Unpack ``archive`` into ``dest`` safely (:func:`densflow.io.archive.unpack`); a damaged or
-    unsafe archive is a :class:`WeightsError`."""
-    try:
-        unpack_archive(archive, dest, nested=nested, report=_say)
-    except ArchiveError as err:
-        raise WeightsError(str(err)) from err
 
 
 # ----------------------------------------------------------------------------- find and convert
@@ -243,11 +192,26 @@ def _source_of(directory: Path) -> str | None:
         return None
 
 
+def _install(model: DenseFlow, target: Path, staging: Path, dataset: str, source: str) -> None:
+    """Write the model directory in ``staging``, then rename its two files into ``target``: a
+    kill while writing leaves nothing in ``target``, and other files of ``target`` stay."""
+    tmp = staging / f"{target.name}.{secrets.token_hex(4)}"
+    save_pretrained(model, tmp, dataset=dataset, source=source, staging=staging)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for name in (WEIGHTS_NAME, CONFIG_NAME):  # config.json last: then it is a model dir
+            os.replace(tmp / name, target / name)
+    except OSError as err:
+        raise write_error(target, err) from err
+    tmp.rmdir()
+
+
 def convert_runs(
     tree: Path,
     models: Path,
     *,
     label: str,
+    staging: Path,
     trust_checkpoint: bool = False,
     report: Callable[[str], None] = _say,
 ) -> dict[str, Path]:
@@ -256,9 +220,10 @@ def convert_runs(
     ``label`` names where the run folders came from (``sha256:<hex>`` of an archive, or a folder);
     each model records ``<label>/<run folder>`` as its source. For an archive, a model directory
     that records the same source is already done and is kept; a folder's runs are always
-    converted (its content may have changed). The first run folder of a
-    dataset (in path order) gets the dataset's name, any other one ``<dataset>-<folder name>``.
-    A run folder that fails to convert is reported in one line and skipped.
+    converted (its content may have changed). The first run folder of a dataset (in path order)
+    gets the dataset's name, any other one ``<dataset>-<folder name>``. A run folder that cannot
+    be read is reported in one line and skipped; a model that cannot be written stops the call.
+    ``staging`` holds the model directories being written (on the file system of ``models``).
     """
     runs, reuse = find_run_folders(tree), label.startswith("sha256:")
     if not runs:
@@ -282,10 +247,10 @@ def convert_runs(
                 done[name] = target
                 continue
             model = load_official(run, trust_checkpoint=trust_checkpoint)
-            save_pretrained(model, target, dataset=dataset, source=source)
-        except (CheckpointError, ValueError, RuntimeError, OSError) as err:
-            report(f"skipped run folder {rel or '.'}: {_first_line(err)}")
+        except (InputError, OSError) as err:  # this run folder's files: the others may be fine
+            report(f"skipped run folder {rel or '.'}: {first_line(err)}")
             continue
+        _install(model, target, staging, dataset, source)
         n = sum(p.numel() for p in model.parameters())
         side = model.config.image_size
         report(f"{name}: {target} ({n:,} parameters, {side}×{side} images, from {rel or '.'})")
@@ -294,8 +259,8 @@ def convert_runs(
         hint = (
             ""
             if trust_checkpoint
-            else "; if they failed to load with weights_only and you "
-            "trust their source, rerun with --trust-checkpoint"
+            else "; if they failed to load with weights_only and you trust their source, rerun "
+            "with --trust-checkpoint"
         )
         raise WeightsError(
             f"none of the {len(runs)} run folders in {tree} converted (see above){hint}"
@@ -324,8 +289,25 @@ def _already_done(downloads: Path, models: Path) -> dict[str, Path] | None:
     return {name: models / name for name in runs}
 
 
+def _check_source(source: Path, cache: Path) -> None:
+    """The user's archive or folder exists, is one, and is not inside what this call rewrites."""
+    if not source.exists():
+        raise WeightsError(f"--from {source}: no such file or folder")
+    if source.is_file() and archive_format(source) is None:
+        raise ArchiveError(
+            f"--from {source} is neither a zip nor a tar archive nor a folder: give the authors' "
+            "archive, or the folder it unpacks into"
+        )
+    real, rewritten = source.resolve(), [cache.resolve() / d for d in ("models", STAGING_NAME)]
+    if any(real == d or d in real.parents for d in rewritten):
+        raise WeightsError(
+            f"--from {source} lies inside the cache's {rewritten[0].parent}, which this command "
+            "rewrites; move it out of the cache first"
+        )
+
+
 def download_weights(
-    root: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
     *,
     source: str | os.PathLike | None = None,
     trust_checkpoint: bool = False,
@@ -333,7 +315,7 @@ def download_weights(
     """Fetch, verify, unpack and convert the authors' weights into the cache; name → directory.
 
     Arguments:
-        root: the cache folder (default ``$DENSFLOW_CACHE``, else ``~/.cache/densflow``).
+        cache_dir: the cache folder (default ``$DENSFLOW_CACHE``, else ``~/.cache/densflow``).
         source: an archive or an unpacked folder you downloaded yourself (no network then). An
             archive is checked against :data:`ARCHIVE_SHA256` when that is known, and never
             deleted.
@@ -341,12 +323,26 @@ def download_weights(
             refuses (see :func:`densflow.io.official.load_official`).
 
     After it, ``DenseFlow.from_pretrained("cifar10")`` (and each other dataset found) loads from
-    the cache.
+    the cache. Another call on the same cache waits for this one.
     """
-    cache = cache_dir(root)
-    downloads, models = cache / "downloads", models_dir(root)
-    models.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(cache, downloads, models)
+    cache = pretrained.cache_dir(cache_dir)
+    given = None if source is None else Path(source).expanduser()
+    if given is not None:
+        _check_source(given, cache)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(cache, err, action="create the cache") from err
+    waiting = f"another densflow process is using the cache {cache}; waiting for it to finish"
+    with FolderLock(cache, wait=True, on_wait=lambda: _say(waiting)) as lock:
+        return _download(cache, lock.staging, given, trust_checkpoint)
+
+
+def _download(
+    cache: Path, staging: Path, source: Path | None, trust_checkpoint: bool
+) -> dict[str, Path]:
+    downloads, models = cache / "downloads", cache / "models"
+    models.mkdir(exist_ok=True)
     if source is None:
         found = _already_done(downloads, models)
         if found is not None:
@@ -355,26 +351,25 @@ def download_weights(
             return found
         archive, digest = fetch_archive(downloads)
     else:
-        archive = Path(source).expanduser()
-        if not archive.exists():
-            raise WeightsError(f"--from {archive}: no such file or folder")
-        digest = None
-        if archive.is_file():
-            if ARCHIVE_SHA256 is not None:
-                digest = verify_archive(archive, downloads / DIGEST_NAME, delete=False)
-            else:
-                digest = _sha256(archive)
-                _say(f"sha256 {digest} ({archive})")
-    if archive.is_dir():
-        label = str(archive.resolve())
-        return convert_runs(archive, models, label=label, trust_checkpoint=trust_checkpoint)
-    tree = _temp_name(cache / "weights", "unpack")
+        archive, digest = source, None
+        if archive.is_dir():
+            label = str(archive.resolve())
+            return convert_runs(
+                archive, models, label=label, staging=staging, trust_checkpoint=trust_checkpoint
+            )
+        if ARCHIVE_SHA256 is not None:
+            digest = verify_archive(archive, downloads / DIGEST_NAME, delete=False)
+        else:
+            digest = _sha256(archive)
+            _say(f"sha256 {digest} ({archive})")
+    tree = staging / f"unpacked.{secrets.token_hex(4)}"
     try:
         _say(f"unpacking {archive}")
         unpack(archive, tree)
         done = convert_runs(
-            tree, models, label=f"sha256:{digest}", trust_checkpoint=trust_checkpoint
-        )
+            tree, models, label=f"sha256:{digest}", staging=staging,
+            trust_checkpoint=trust_checkpoint,
+        )  # fmt: skip
     finally:
         shutil.rmtree(tree, ignore_errors=True)
     if source is None:  # written last: the record that this archive is fully converted
@@ -382,5 +377,5 @@ def download_weights(
             "sha256": digest,
             "models": {name: _source_of(path).split("/", 1)[1] for name, path in done.items()},
         }
-        _write_text_atomic(downloads / DONE_NAME, json.dumps(record, indent=2) + "\n")
+        atomic_write_text(downloads / DONE_NAME, json.dumps(record, indent=2) + "\n")
     return done

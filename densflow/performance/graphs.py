@@ -39,6 +39,7 @@ from torch import Tensor
 
 from ..glow import InvertibleConv1x1
 from ..model import DenseFlow
+from ..utils.errors import InputError
 from ..utils.validate import check_float, check_images, check_int
 from .compose import swap_classes
 from .precision import autocast
@@ -176,7 +177,7 @@ class CapturedCall:
         self._out: Tensor | None = None
         devices = {str(t.device) for t in self._tensors()}
         if len(devices) != 1:
-            raise ValueError(f"{name}: the inputs must share one device, got {sorted(devices)}")
+            raise InputError(f"{name}: the inputs must share one device, got {sorted(devices)}")
         device = self._tensors()[0].device
         if device.type != "cuda":
             return  # nothing to capture: eager calls on the buffers
@@ -196,7 +197,7 @@ class CapturedCall:
         got = _signature(args)
         if got != self._signature:
             difference = _first_difference(self._signature, got)
-            raise ValueError(
+            raise InputError(
                 f"{self.name} was captured for other inputs ({difference}); a CUDA graph holds "
                 "one set of shapes: build one per shape"
             )
@@ -245,7 +246,7 @@ class GraphedFlow:
         if not isinstance(model, DenseFlow):
             raise TypeError(f"GraphedFlow expects a DenseFlow, got {type(model).__name__}")
         if getattr(model.terms_from_noise, "densflow_compiled", False):
-            raise ValueError(
+            raise InputError(
                 "GraphedFlow got a compiled model: choose one of compile and cuda_graphs (a "
                 "capture of the compiled flow has not been validated)"
             )
@@ -342,7 +343,7 @@ class GraphedFlow:
 
     def _check_mode(self) -> None:
         if self.model.training:
-            raise ValueError(
+            raise InputError(
                 "GraphedFlow runs evaluation passes: put the model in eval mode first "
                 "(model.eval()), so that BatchNorm uses its running statistics"
             )

@@ -13,6 +13,8 @@ import contextlib
 import torch
 from torch import Tensor, nn
 
+from ..utils.errors import InputError
+
 __all__ = ["AMP_MODES", "autocast", "to_channels_last"]
 
 AMP_MODES = ("none", "bf16")
@@ -27,7 +29,7 @@ def autocast(
     outlive the capture. (Each weight is cast once per pass here, so the cache saves nothing.)
     """
     if amp not in AMP_MODES:
-        raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
+        raise InputError(f"amp must be one of {AMP_MODES}, got {amp!r}")
     if amp == "none":
         return contextlib.nullcontext()
     return torch.autocast(

@@ -12,7 +12,9 @@ One concern per module:
   CUDA-graphed, under DistributedDataParallel when run by ``torchrun``;
 * :mod:`~densflow.training.optim` — the optimizer, compiled or not;
 * :mod:`~densflow.training.trainer` — :class:`Trainer` and :func:`train`: the loop, evaluations,
-  checkpoints (written by :mod:`densflow.io.checkpoint`) and resume;
+  checkpoints and resume;
+* :mod:`~densflow.training.state` — what a training checkpoint holds beyond the model: the
+  optimizer, the position, the running sums and the generators, checked when read;
 * :mod:`~densflow.training.checkpoint_writer` — checkpoints copied to the host and written in the
   background, so that training does not wait for the disk;
 * :mod:`~densflow.training.resume` — the checks a checkpoint passes before a run resumes from

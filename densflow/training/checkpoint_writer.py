@@ -1,12 +1,13 @@
 """Checkpoints that do not stall training: a host copy of the state, written in the background.
 
 :meth:`CheckpointWriter.save` takes a training checkpoint
-(:func:`~densflow.io.checkpoint.training_checkpoint`: the model and optimizer state, the position,
+(:func:`~densflow.training.state.training_checkpoint`: the model and optimizer state, the position,
 the generators) and copies every tensor of it onto the host, so that the copy is independent of
 the updates that follow. On CUDA the copies go into pinned buffers, all enqueued without
 blocking and waited for by one synchronisation; on the CPU they are plain copies. The copy is
-refused when a model tensor is not finite (:func:`~densflow.io.checkpoint.refuse_nonfinite`, nothing
-is written), then one background thread writes it with :func:`~densflow.io.checkpoint.atomic_save`.
+refused when a model tensor is not finite (:func:`~densflow.training.state.refuse_nonfinite`,
+nothing is written), then one background thread writes it with
+:func:`~densflow.io.files.atomic_save`.
 The training thread stalls only for the copy and its check; serialising, writing and ``fsync``
 overlap the next steps. The buffers (the size of a checkpoint: ~1.5 GB for the paper's model with
 its Adamax state) are kept for the next saves.
@@ -21,11 +22,12 @@ of the metrics log at its copy, so a run resumed from it cuts exactly the log li
 it replays, whenever its write finished.
 
 **Errors are not lost.** A write that fails (a full disk, no write access) leaves the previous
-file as it was, and its :class:`~densflow.io.checkpoint.CheckpointWriteError` (the synchronous
+file as it was, and its :class:`~densflow.io.files.WriteError` (the synchronous
 write's error, word for word) is raised in the training thread by the next :meth:`save` or
 :meth:`wait`; :meth:`settle` hands it over as a clause instead, for a message that already stops
-the run. A process killed during a write leaves the previous checkpoint and a temporary, which the
-next run removes when it takes the run folder's lock (:mod:`densflow.training.rundir`).
+the run. A process killed during a write leaves the previous checkpoint and a temporary in the run
+folder's staging folder, which the next run empties when it takes the lock
+(:mod:`densflow.training.rundir`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..io.checkpoint import atomic_save, refuse_nonfinite
+from ..io.files import atomic_save
+from .state import refuse_nonfinite
 
 __all__ = ["CheckpointWriter"]
 
@@ -52,14 +55,21 @@ class CheckpointWriter:
     Arguments:
         on_written: called with ``(path, step)`` in the writer's thread when a checkpoint's file
             is in place.
+        staging: the folder of the temporaries (the run folder lock's staging folder; default:
+            the checkpoint's folder).
 
     Attributes:
         submitted: ``(path, step)`` of the last checkpoint handed to :meth:`save` and not
             refused (in flight, written, or failed).
     """
 
-    def __init__(self, on_written: Callable[[Path, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_written: Callable[[Path, int], None] | None = None,
+        staging: str | Path | None = None,
+    ) -> None:
         self._on_written = on_written
+        self._staging = staging
         self._thread: threading.Thread | None = None
         self._failure: tuple[int, BaseException] | None = None
         self._buffers: dict[tuple, Tensor] = {}
@@ -170,7 +180,7 @@ class CheckpointWriter:
 
     def _write(self, snapshot: dict[str, Any], path: Path, step: int) -> None:
         try:
-            atomic_save(snapshot, path)
+            atomic_save(snapshot, path, staging=self._staging)
             if self._on_written is not None:
                 self._on_written(path, step)
         except BaseException as err:  # raised in the training thread by wait()

@@ -17,12 +17,13 @@ import torch
 from .. import data
 from ..model import PRESETS, DenseFlowConfig
 from ..performance import AMP_MODES
+from ..utils.errors import InputError
 from .ranges import RANGES, check_range
 
 __all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "OPTIMIZERS", "SCHEDULES", "Speed", "TrainConfig"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-"""The training checkpoint inside ``out_dir``; :func:`~densflow.io.checkpoint.load_model` reads
+"""The training checkpoint inside ``out_dir``; :func:`densflow.io.load` reads
 it."""
 METRICS_NAME = "metrics.jsonl"
 """The metrics log inside ``out_dir``: one JSON object per line (see ``read_metrics``)."""
@@ -60,9 +61,9 @@ class Speed:
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+            raise InputError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.cuda_graphs and self.compile:
-            raise ValueError(
+            raise InputError(
                 "choose one of compile and cuda_graphs: a capture of the compiled "
                 "flow has not been validated"
             )
@@ -109,10 +110,10 @@ class TrainConfig:
     init_from: str | None = field(
         default=None,
         metadata=_help(
-            "start a new run from the model weights of this densflow checkpoint (e.g. the last "
-            "good checkpoint of a diverged run), with this run's optimizer settings; the model "
-            "must be the checkpoint's",
-            aliases=("--resume-from",),
+            "start a new run from the weights of this model (a checkpoint, e.g. the last good "
+            "one of a diverged run, a model directory or a cached name), with this run's "
+            "optimizer settings; the architecture must be the model's. To resume a run, run the "
+            "same command on its --out-dir",
             metavar="CHECKPOINT",
         ),
     )
@@ -290,13 +291,13 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
-                raise ValueError(
+                raise InputError(
                     f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}"
                 )
         for name, (low, high, example) in RANGES.items():
             check_range(name, getattr(self, name), low, high, example)
         if self.epochs + self.finetune_epochs == 0:
-            raise ValueError(
+            raise InputError(
                 "epochs + finetune_epochs must be at least 1, got 0 (--epochs, --finetune-epochs): "
                 "set epochs=1 or more"
             )
@@ -304,12 +305,12 @@ class TrainConfig:
             try:
                 torch.device(self.device)
             except (RuntimeError, TypeError) as err:
-                raise ValueError(
+                raise InputError(
                     f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or another torch device "
                     f"name, got {self.device!r}; set --device auto to pick one"
                 ) from err
         if self.init_from is not None and not str(self.init_from).strip():
-            raise ValueError("init_from must be a checkpoint path, got ''; set --init-from PATH")
+            raise InputError("init_from must be a checkpoint path, got ''; set --init-from PATH")
         self.speed  # noqa: B018 (validates the switches together)
 
     @property
@@ -340,7 +341,7 @@ class TrainConfig:
                     d.setdefault(new, value)
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}")
+            raise InputError(f"unknown TrainConfig fields {sorted(unknown)}")
         return cls(**d)
 
     def replace(self, **changes: Any) -> TrainConfig:

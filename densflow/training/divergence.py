@@ -7,7 +7,7 @@ as it was. An update that makes a parameter non-finite stops the run the same wa
 is no earlier state in memory to go back to, and resuming would repeat it): the last checkpoint is
 the last good state, and ``init_from`` starts a new run from its weights with other optimizer
 settings. No checkpoint holds a non-finite tensor: the trainer checks the parameters before each
-save, and :func:`~densflow.io.checkpoint.refuse_nonfinite` refuses them too. A checkpoint still
+save, and :func:`~densflow.training.state.refuse_nonfinite` refuses them too. A checkpoint still
 being written when the run stops is waited for (``settle``) before the message names the last good
 one.
 """

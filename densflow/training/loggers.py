@@ -33,6 +33,7 @@ from torch import Tensor
 from ..data import require
 from ..evaluate import draw_samples
 from ..model import DenseFlow
+from ..utils.errors import InputError
 from .config import LOGGERS
 from .metrics import read_metrics
 
@@ -167,5 +168,5 @@ def make_loggers(
 ) -> list[Logger]:
     """The loggers of ``TrainConfig.logger``: none for ``"none"``, else the one named."""
     if name not in LOGGERS:
-        raise ValueError(f"logger must be one of {LOGGERS}, got {name!r}")
+        raise InputError(f"logger must be one of {LOGGERS}, got {name!r}")
     return [TensorBoardLogger(out_dir, samples)] if name == "tensorboard" else []

@@ -20,9 +20,15 @@ from torch import Tensor
 from ..utils.runtime import progress_bar
 from .config import METRICS_NAME
 
-__all__ = ["RunLog", "RunningMean", "read_metrics"]
+__all__ = ["HEARTBEAT_S", "RunLog", "RunningMean", "read_metrics"]
 
 logger = logging.getLogger("densflow")
+
+HEARTBEAT_S = 20.0
+"""The longest a training run stays silent: when no line was logged for this long, the next step
+logs its progress (step, images/s, ETA; no loss, which would cost a host read). A run watched
+through its log alone (``papermill --log-output``, a batch job's file) shows it is alive however
+slow its steps are."""
 
 
 def read_metrics(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -108,7 +114,8 @@ class RunLog:
         self.window = RunningMean(device)  # losses since the last log point
         self.window_grad = RunningMean(device)  # gradient norms of its finite steps
         self.window_steps = self.window_nonfinite = 0
-        self.window_start = time.perf_counter()
+        self.window_start = self.last_line = time.perf_counter()
+        self.steps_done = done_steps
 
     def offset(self) -> int:
         """Bytes of the metrics log so far (stored in checkpoints)."""
@@ -126,6 +133,7 @@ class RunLog:
     def info(self, message: str, *args: Any) -> None:
         if self.enabled:
             logger.info(message, *args)
+            self.last_line = time.perf_counter()
 
     def begin_epoch(self, epoch: int, total_epochs: int) -> None:
         self.bar.set_description(f"epoch {epoch + 1}/{total_epochs}")
@@ -133,11 +141,19 @@ class RunLog:
     def step_done(self, loss: Tensor | None) -> None:
         """Count a finished step (``loss`` None: skipped as non-finite)."""
         self.window_steps += 1
+        self.steps_done += 1
         if loss is None:
             self.window_nonfinite += 1
         else:
             self.window.add(loss)
         self.bar.update(1)
+        now = time.perf_counter()
+        if self.enabled and now - self.last_line >= HEARTBEAT_S:
+            rate, eta = self._pace(now)
+            self.info(
+                "step %d/%d  %.1f images/s  ETA %s",
+                self.steps_done, self.total_steps, rate, _duration(eta),
+            )  # fmt: skip
 
     def grad_norm(self, norm: Tensor | None) -> None:
         """The gradient norm of a step (None: a skipped step, whose norm may be non-finite)."""
@@ -152,13 +168,11 @@ class RunLog:
         """The log point after ``step``: mean bits/dim since the last one, lr, images/s, ETA."""
         now = time.perf_counter()
         bpd = self.window.mean()
-        elapsed = max(now - self.window_start, 1e-9)
-        rate = self.window_steps * self.images_per_step / elapsed
+        rate, eta = self._pace(now)
         self.event(
             "train", step=step, epoch=epoch, bpd=bpd, lr=lr, images_per_s=rate,
             nonfinite=self.window_nonfinite, grad_norm=self.window_grad.mean(),
         )  # fmt: skip
-        eta = max(self.total_steps - step, 0) * elapsed / max(self.window_steps, 1)
         self.info(
             "step %d/%d  epoch %d  bits/dim %s  lr %.3g  %.1f images/s  ETA %s",
             step, self.total_steps, epoch + 1, "nan" if bpd is None else f"{bpd:.4f}", lr, rate,
@@ -169,6 +183,13 @@ class RunLog:
         self.window_grad.reset()
         self.window_steps = self.window_nonfinite = 0
         self.window_start = now
+
+    def _pace(self, now: float) -> tuple[float, float]:
+        """Images/s of this window, and the seconds the steps left would take at its pace."""
+        elapsed = max(now - self.window_start, 1e-9)
+        per_step = elapsed / max(self.window_steps, 1)
+        left = max(self.total_steps - self.steps_done, 0)
+        return self.window_steps * self.images_per_step / elapsed, left * per_step
 
     def evaluation(self, step: int, epoch: int, n_images: int, **values: Any) -> None:
         self.event("eval", step=step, epoch=epoch, n_images=n_images, **values)

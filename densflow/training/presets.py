@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import data
+from ..utils.errors import InputError
 from .config import TrainConfig
 
 __all__ = ["TRAIN_PRESETS", "train_preset"]
@@ -55,11 +56,11 @@ def train_preset(dataset: str, preset: str = "paper", **overrides: Any) -> Train
         (580, 70, 64, 0.9975)
     """
     if preset not in TRAIN_PRESETS:
-        raise ValueError(
+        raise InputError(
             f"unknown training preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}"
         )
     if dataset not in TRAIN_PRESETS[preset]:
-        raise ValueError(
+        raise InputError(
             f"preset {preset!r} has no settings for {dataset!r}; it covers "
             f"{sorted(TRAIN_PRESETS[preset])}"
         )

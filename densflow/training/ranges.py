@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..utils.errors import InputError
+
 __all__ = ["FLOATS", "RANGES", "check_range"]
 
 # Numeric fields: (lowest, highest, an example value for the fix); a bound in parentheses is
@@ -68,7 +70,7 @@ def check_range(
         ok = value <= high[0] if high[1] else value < high[0]
     if not ok:
         flag = "--" + name.replace("_", "-")
-        raise ValueError(
+        raise InputError(
             f"{name} must be {wanted}, got {value!r}; set {flag} (TrainConfig.{name}) to e.g. "
             f"{example}"
         )

@@ -2,9 +2,10 @@
 
 A run resumes from its own ``out_dir/checkpoint.pt`` only when every setting that changes what is
 learned is the checkpoint's (:data:`~densflow.training.config.RESUMABLE_CHANGES` lists the others)
-and its weights are finite. ``init_from`` takes only the model weights of any densflow checkpoint
-of the same architecture: the optimizer, the schedule and the step count start afresh. Each
-refusal is one :class:`~densflow.io.checkpoint.CheckpointError` line that says how to go on.
+and its weights are finite. ``init_from`` takes only the model weights of any model of the same
+architecture (a checkpoint, a model directory, a cached name: :func:`densflow.io.load`): the
+optimizer, the schedule and the step count start afresh. Each refusal is one
+:class:`~densflow.io.checkpoint.CheckpointError` line that says how to go on.
 """
 
 from __future__ import annotations
@@ -13,17 +14,13 @@ from pathlib import Path
 
 import torch
 
-from ..io.checkpoint import (
-    CheckpointError,
-    TrainingCheckpoint,
-    nonfinite_entries,
-    read_checkpoint,
-    read_training_checkpoint,
-)
+from ..io.checkpoint import CheckpointError, load_weights, nonfinite_entries
+from ..io.resolve import locate
 from ..model import DenseFlow
 from .config import RESUMABLE_CHANGES, TrainConfig
+from .state import TrainingCheckpoint, read_training_checkpoint
 
-__all__ = ["load_init_weights", "read_resumable"]
+__all__ = ["load_init_weights", "load_resumed", "read_resumable"]
 
 
 def read_resumable(
@@ -36,7 +33,8 @@ def read_resumable(
         return None
     if not config.resume:
         raise CheckpointError(
-            f"{path} exists and resume is off; choose another out_dir or remove the old run"
+            f"{path} exists and resume is off; choose another out_dir, or resume that run "
+            "(--resume)"
         )
     ckpt = read_training_checkpoint(path, map_location=device)
     try:
@@ -66,22 +64,39 @@ def read_resumable(
     return ckpt
 
 
-def load_init_weights(model: DenseFlow, path: str, device: torch.device) -> None:
-    """A new run's starting point: load into ``model`` the weights of the checkpoint ``path`` (any
-    densflow checkpoint), which must be ``model``'s architecture and finite."""
-    ckpt = read_checkpoint(path, map_location=device)
-    mine, theirs = model.config.to_dict(), ckpt["config"]
+def load_resumed(
+    model: DenseFlow, optimizer: torch.optim.Optimizer, ckpt: TrainingCheckpoint, path: Path
+) -> None:
+    """Load the model and optimizer state of ``ckpt`` (read from ``path``); what does not fit
+    is refused in one line."""
+    load_weights(model, ckpt.model, path)
+    try:
+        optimizer.load_state_dict(ckpt.optimizer)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{path} holds an optimizer state that does not fit the model ({err}); start a new "
+            "run in another out_dir, with --init-from to keep its weights"
+        ) from err
+
+
+def load_init_weights(model: DenseFlow, spec: str, device: torch.device) -> None:
+    """A new run's starting point: load into ``model`` the weights of the model ``spec`` names
+    (anything :func:`densflow.io.load` takes: a checkpoint, a model directory, a cached name...),
+    which must be ``model``'s architecture and finite."""
+    source = locate(spec)
+    start = source.load(device).model
+    mine, theirs = model.config.to_dict(), start.config.to_dict()
     differ = [f"{k}: {theirs.get(k)!r} there, {v!r} here" for k, v in mine.items()
               if theirs.get(k) != v]  # fmt: skip
     if differ:
         raise CheckpointError(
-            f"init_from {path} holds another model ({'; '.join(differ[:4])}); set --model, "
+            f"init_from {spec} holds another model ({'; '.join(differ[:4])}); set --model, "
             "--image-size or --model-config to the checkpoint's"
         )
-    bad = nonfinite_entries(ckpt["model"])
+    bad = nonfinite_entries(start.state_dict())
     if bad:
         raise CheckpointError(
-            f"init_from {path} holds non-finite weights ({', '.join(bad[:3])}); choose an "
+            f"init_from {spec} holds non-finite weights ({', '.join(bad[:3])}); choose an "
             "earlier, finite checkpoint"
         )
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, start.state_dict(), source.path)

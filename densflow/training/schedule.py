@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..utils.errors import InputError
 from .config import TrainConfig
 
 __all__ = ["Stream", "derive_seed", "epoch_permutation", "learning_rate", "shard_indices"]
@@ -70,6 +71,6 @@ def shard_indices(indices: Tensor, rank: int, world_size: int) -> Tensor:
         tensor([1, 4, 7])
     """
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        raise InputError(f"rank {rank} is not in 0..{world_size - 1}")
     usable = len(indices) // world_size * world_size
     return indices[:usable][rank::world_size]

@@ -44,6 +44,7 @@ from ..bounds import bits_per_dim
 from ..glow import ActNorm
 from ..model import DenseFlow
 from ..performance import CapturedCall, autocast, capture_graph, compile_model
+from ..utils.errors import InputError
 from .config import Speed
 from .optim import compile_optimizer, make_capturable, restore_eager_groups, set_lr
 
@@ -160,7 +161,7 @@ class GraphedTrainingStep:
         if not isinstance(model, DenseFlow):
             raise TypeError(f"GraphedTrainingStep expects a DenseFlow, got {type(model).__name__}")
         if not all(m.is_initialized() for m in model.modules() if isinstance(m, ActNorm)):
-            raise ValueError(
+            raise InputError(
                 "ActNorm is not initialised: run one training-mode forward pass on a "
                 "batch first (the Trainer does), then build the GraphedTrainingStep"
             )
@@ -176,7 +177,7 @@ class GraphedTrainingStep:
     def __call__(self, x: Tensor, noise: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         if self._call is None:
             if x.dtype != torch.uint8:
-                raise ValueError(f"GraphedTrainingStep takes uint8 images, got {x.dtype}")
+                raise InputError(f"GraphedTrainingStep takes uint8 images, got {x.dtype}")
             self._call = CapturedCall(
                 self._step, x, noise, name="the training step", warmup=self.warmup,
                 buffers=list(self.model.buffers()),
@@ -397,7 +398,7 @@ def make_step(
     device = next(model.parameters()).device
     if speed.cuda_graphs:
         if dist.world_size > 1:
-            raise ValueError(
+            raise InputError(
                 "cuda_graphs works in a single process: a captured step cannot hold "
                 "DistributedDataParallel's gradient all-reduce"
             )

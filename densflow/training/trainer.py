@@ -48,9 +48,10 @@ from torch.utils.data import Dataset
 from .. import data
 from ..evaluate import evaluate
 from ..glow import ActNorm
-from ..io.checkpoint import TrainingState, restore_rng, training_checkpoint
+from ..io.resolve import locate
 from ..model import DenseFlow
 from ..performance import autocast, compose_coupling_nets
+from ..utils.errors import InputError
 from ..utils.runtime import collate_images, first_images, resolve_device
 from .batches import StepInputs
 from .checkpoint_writer import CheckpointWriter
@@ -59,9 +60,10 @@ from .divergence import DivergenceGuard, TrainingDivergedError
 from .loggers import make_loggers, sample_source
 from .metrics import RunLog, RunningMean, read_metrics
 from .optim import build_optimizer, optimizer_state_dict
-from .resume import load_init_weights, read_resumable
-from .rundir import RunFolderLock, TrainingSetupError, remove_stale_temporaries
+from .resume import load_init_weights, load_resumed, read_resumable
+from .rundir import RunFolderLock, TrainingSetupError
 from .schedule import Stream, derive_seed, learning_rate
+from .state import TrainingState, restore_rng, training_checkpoint
 from .step import BatchNormStats, Dist, TrainStep, make_step
 
 __all__ = ["TrainResult", "Trainer", "TrainingDivergedError", "TrainingSetupError", "train"]
@@ -129,13 +131,10 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
         # Only rank 0 writes to the run folder, so only rank 0 takes its lock.
-        self._lock = RunFolderLock(self.out_dir)
-        if self.is_main:
-            self._lock.acquire()
+        init = locate(cfg.init_from).files if cfg.init_from is not None else ()
+        self._lock = RunFolderLock(self.out_dir, inputs=init, trees=[cfg.data_dir])
+        self._stale_temporaries = self._lock.acquire() if self.is_main else []
         try:
-            self._stale_temporaries = (
-                remove_stale_temporaries(self.checkpoint_path) if self.is_main else []
-            )
             self._set_up(train_set, test_set)
         except BaseException:
             self._lock.release()
@@ -152,7 +151,7 @@ class Trainer:
             torch.manual_seed(derive_seed(cfg.seed, Stream.INIT))
             self.model = DenseFlow(cfg.architecture(shape[-1]))
         if shape != self.model.image_shape:
-            raise ValueError(
+            raise InputError(
                 f"the train images are {shape} but the model expects "
                 f"{self.model.image_shape}; set image_size or model_config to match"
             )
@@ -178,7 +177,7 @@ class Trainer:
         self.step = self.epoch = self.step_in_epoch = 0
         # A checkpoint counts once its file is in place: then it is logged and becomes the
         # guard's last good one (which waits for a write in flight before naming it).
-        self._checkpoints = CheckpointWriter(on_written=self._written)
+        self._checkpoints = CheckpointWriter(on_written=self._written, staging=self._lock.staging)
         self._guard = DivergenceGuard(cfg.max_nonfinite, settle=self._checkpoints.settle)
         self._epoch_mean = RunningMean(self.device)
         self._metrics_bytes = self._maybe_resume()
@@ -202,8 +201,7 @@ class Trainer:
         ckpt = read_resumable(self.checkpoint_path, self.config, self.device)
         if ckpt is None:
             return 0
-        self.model.load_state_dict(ckpt.model)
-        self.optimizer.load_state_dict(ckpt.optimizer)
+        load_resumed(self.model, self.optimizer, ckpt, self.checkpoint_path)
         s = ckpt.state
         self.step, self.epoch, self.step_in_epoch = s.step, s.epoch, s.step_in_epoch
         self._guard.nonfinite_run, self._epoch_mean.count = s.nonfinite_run, s.epoch_count
@@ -269,9 +267,9 @@ class Trainer:
             world_size=self.dist.world_size, config=cfg.to_dict(),
         )  # fmt: skip
         if self._stale_temporaries:
+            stale = self._stale_temporaries
             self.log.info("removed %d temporary file(s) of an interrupted save: %s",
-                          len(self._stale_temporaries),
-                          ", ".join(p.name for p in self._stale_temporaries))  # fmt: skip
+                          len(stale), ", ".join(stale))  # fmt: skip
             self._stale_temporaries = []
         self.log.info(
             "%s at step %d of %d (%d epochs of %d steps) in %s on %s",

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
+from .errors import InputError
+
 __all__ = [
     "collate_images",
     "first_images",
@@ -43,23 +45,23 @@ def resolve_device(
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(
+        raise InputError(
             f"{option} {name!r} is not a device: expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
         ) from err
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ValueError(
+            raise InputError(
                 f"{option} {str(name)!r} asked for, but CUDA is not available on this machine; use "
                 "--device cpu (or auto)"
             )
         if device.index is not None and device.index >= count:
-            raise ValueError(
+            raise InputError(
                 f"{option} {str(name)!r} asked for, but this machine has {count} CUDA device(s) "
                 f"(cuda:0..cuda:{count - 1}); use one of them or --device auto"
             )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"{option} {str(name)!r}: MPS is not available here; use 'cpu' or 'auto'")
+        raise InputError(f"{option} {str(name)!r}: MPS is not available here; use 'cpu' or 'auto'")
     return device
 
 

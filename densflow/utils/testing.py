@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError
+
 __all__ = ["FixtureData", "py2_pickle_dumps", "write_celeba", "write_cifar10", "write_imagenet"]
 
 
@@ -143,7 +145,7 @@ def write_imagenet(
         num_batches: fewer than 10 makes an incomplete copy.
     """
     if fmt not in ("pickle", "npz") or layout not in ("flat", "split"):
-        raise ValueError(
+        raise InputError(
             f"fmt must be 'pickle' or 'npz' and layout 'flat' or 'split'; got {fmt}, {layout}"
         )
     rng = np.random.default_rng(seed)
@@ -192,7 +194,7 @@ def write_celeba(root: str | os.PathLike[str], n_images: int = 10, seed: int = 0
     from PIL import Image
 
     if n_images < 3:
-        raise ValueError("write_celeba needs at least 3 images (one per partition)")
+        raise InputError("write_celeba needs at least 3 images (one per partition)")
     rng = np.random.default_rng(seed)
     folder = Path(root) / "celeba"
     (folder / "img_align_celeba").mkdir(parents=True, exist_ok=True)

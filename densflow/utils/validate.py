@@ -19,10 +19,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
-import tempfile
-from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +26,7 @@ from torch import Tensor
 
 from .errors import InputError
 
-__all__ = ["check_int", "check_float", "check_images", "check_noise", "check_output_path"]
+__all__ = ["check_int", "check_float", "check_images", "check_noise"]
 
 
 def check_int(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> int:
@@ -66,50 +62,6 @@ def check_float(
         parts.append(f"<= {maximum}")
     bound = (" " + " and ".join(parts)) if parts else ""
     raise InputError(f"{name} must be a finite number{bound}, got {value!r}")
-
-
-def check_output_path(
-    name: str,
-    path: str | os.PathLike,
-    inputs: Iterable[str | os.PathLike | None] = (),
-    *,
-    folder: bool = False,
-) -> Path:
-    """``path`` as an output this process can write, checked before any work: not one of
-    ``inputs`` (an output that replaces its own input loses it), in a folder that exists (it is
-    created) and accepts new files. A file output may not be a folder; a ``folder`` output (which
-    is replaced whole) may not be a file nor hold an input. Nothing is left behind by the check."""
-    path = Path(path).expanduser()
-    target = path.resolve()
-    for source in inputs:
-        if source is None:
-            continue
-        source = Path(source).expanduser().resolve()
-        same = source == target or (
-            source.exists() and target.exists() and os.path.samefile(source, target)
-        )  # a hard link or another name of the same file
-        if same or (folder and target in source.parents):
-            raise InputError(
-                f"{name} {path} is {'also' if same else 'the folder of'} an input of "
-                "this command and would be overwritten; write to another path"
-            )
-    if folder and path.exists() and not path.is_dir():
-        raise InputError(f"{name} {path} is a file; give a folder path")
-    if not folder and path.is_dir():
-        raise InputError(f"{name} {path} is a folder; give a file path")
-    if not folder and path.exists() and not os.access(path, os.W_OK):
-        raise InputError(f"{name} {path} exists and is read-only; choose another path")
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as err:
-        raise InputError(
-            f"{name} {path}: cannot write into {parent} ({err.strerror or err}); choose a "
-            "writable folder"
-        ) from err
-    return path
 
 
 def check_images(x: Any, size: int, *, divisor: int) -> None:

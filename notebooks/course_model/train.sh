@@ -19,13 +19,13 @@ HERE=notebooks/course_model
     --epochs 16 --warmup-steps 200 --checkpoint-every 200 --log-every 25 \
     --eval-every 0 --eval-limit 256 --seed 0 --device cpu --out-dir "$RUN"
 
-# Weights only (densflow.io.checkpoint.save_model): a small file the notebooks load with load_model.
+# Weights only (densflow.io.save_model): a small file the notebooks load with densflow.io.load.
 "$PY" - "$RUN/checkpoint.pt" "$HERE/small_photos.pt" <<'PYEOF'
 import sys
 
-from densflow.io.checkpoint import load_model, save_model
+from densflow.io import load, save_model
 
-model = load_model(sys.argv[1])
+model = load(sys.argv[1])
 save_model(model, sys.argv[2])
 print(f"wrote {sys.argv[2]}: {sum(p.numel() for p in model.parameters()):,} parameters")
 PYEOF
