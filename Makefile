@@ -71,7 +71,7 @@ test: $(DEV)
 	$(BIN)/ruff format --check .
 	DENSFLOW_LOCKED=$(LOCK) $(PYTEST) tests -m "" --doctest-modules densflow --durations=15
 	@echo "== nbval: teaching notebooks (strict outputs) =="
-	DENSFLOW_STATIC=1 $(PYTEST) --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks
+	$(PYTEST) --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks
 	@echo "== nbval: reproduction notebooks (lax) =="
 	$(PYTEST) --nbval-lax --nbval-current-env reproduce
 	@test -x /usr/bin/chromium || echo "NOTE: the browser tests (course website, JupyterLab) were skipped: no Chromium at /usr/bin/chromium; install it with 'apt-get install -y --no-install-recommends chromium' (CI does)"
@@ -83,7 +83,7 @@ test-fast: $(DEV)
 # The course website: the notebooks with their committed outputs (not re-executed), docs/*.md and the
 # API reference, offline (MathJax is served from the site). Warnings fail the build.
 docs: $(DEV)
-	DENSFLOW_STATIC=1 $(BIN)/python -m sphinx -W --keep-going -b html -c docs . docs/_build/html
+	$(BIN)/python -m sphinx -W --keep-going -b html -c docs . docs/_build/html
 	@echo ""
 	@echo "course website: docs/_build/html/index.html"
 

@@ -5,7 +5,8 @@ All the noise channels are appended at once, by one cross-unit coupling conditio
 input (eqs. 6–9 with the input as the only earlier representation), and then a single unit of
 glow-like modules transforms data and noise together. It is an
 :class:`~densflow.invertible_dense_block.InvertibleDenseBlock` whose first unit is empty, so the
-bound's terms, draws and inverse are that class's: ``unit0`` (zero), ``cross_unit1`` and ``unit1``.
+bound's terms, draws and inverse are that class's: ``unit1`` (zero: the empty first unit),
+``cross_unit1`` and ``unit2``.
 """
 
 from __future__ import annotations

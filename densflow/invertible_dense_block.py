@@ -12,9 +12,11 @@ conditioned on the block input and the outputs of units ``0 … i−2`` — the 
 the tensor being augmented (Example 1: :math:`g_1` takes :math:`z_0`). The released checkpoints'
 parameter counts confirm it (docs/official.md).
 
-Its terms of the bound, named within the block: ``unit{i}`` (the summed log-dets of unit ``i``'s
-modules, eq. 4) and ``cross_unit{i}`` (the term of eq. 9 of the coupling before unit ``i``), in the
-order the block computes them; its draws: ``cross_unit{i}`` (the ``e`` of that coupling).
+Its terms of the bound, named within the block with the paper's 1-based indices (Example 1):
+``unit{j}`` (the summed log-dets of the paper's unit :math:`f_j`, code unit ``j − 1``, eq. 4) and
+``cross_unit{i}`` (the term of eq. 9 of the paper's coupling :math:`h_i`, the one after
+:math:`f_i` and before code unit ``i``), in the order the block computes them:
+``unit1, cross_unit1, unit2, …``. Its draws: ``cross_unit{i}`` (the ``e_i`` of :math:`h_i`).
 """
 
 from __future__ import annotations
@@ -34,12 +36,13 @@ __all__ = ["InvertibleDenseBlock"]
 
 
 def unit_site(i: int) -> str:
-    """The name of unit ``i``'s term within its block."""
-    return f"unit{i}"
+    """The name of code unit ``i``'s term within its block: the paper's :math:`f_{i+1}`."""
+    return f"unit{i + 1}"
 
 
 def cross_unit_site(i: int) -> str:
-    """The name of the draw and the term of the coupling before unit ``i`` within its block."""
+    """The name of the draw and the term of the coupling before code unit ``i`` within its block:
+    the paper's :math:`h_i`."""
     return f"cross_unit{i}"
 
 

@@ -218,9 +218,11 @@ class DenseFlow(nn.Module):
     ) -> dict[str, Tensor]:
         """Every term of the single-sample bound, in the order the flow computes them.
 
-        Keys: ``dequantization`` (−D ln 256 − ln q(u|x)); ``block{b}.unit{i}`` (the log-dets of
-        unit i's glow-like modules); ``block{b}.cross_unit{i}`` (Σ log σ − ln N(e) of the
-        coupling that feeds unit i, eq. 9); ``transition{b}`` (ln N of the dropped half);
+        Keys, with the paper's 1-based unit indices (Example 1, eqs. 10–13):
+        ``dequantization`` (−D ln 256 − ln q(u|x)); ``block{b}.unit{j}`` (the log-dets of the
+        glow-like modules of the paper's unit f_j, code ``blocks[b].units[j - 1]``);
+        ``block{b}.cross_unit{i}`` (Σ log σ − ln N(e_i) of the paper's cross-unit coupling h_i,
+        between f_i and f_{i+1}, eq. 9); ``transition{b}`` (ln N of the dropped half);
         ``prior``. Each value has shape ``(B,)`` (nats); their sum is :meth:`log_prob`.
 
         The noise is drawn with ``generator`` (:meth:`draw_noise`) unless ``noise`` is given.

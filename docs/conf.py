@@ -2,8 +2,10 @@
 
 The source directory is the repository root, so that the notebooks are read where they live
 (``notebooks/``) and a notebook's relative link to ``../docs/official.md`` works in the site as on
-GitHub. Only ``docs/`` and ``notebooks/`` are read. Notebooks are rendered with their committed
-outputs, never re-executed: nbval checks that those outputs are current.
+GitHub. Only ``docs/``, the course notebooks and the quickstart and ablation notebooks of
+``reproduce/`` are read. Notebooks are rendered with their committed outputs, never re-executed:
+nbval checks that the course's outputs are current. The site's own additions, the exercises'
+solutions behind toggles and the landing page's figure, are made by ``docs/_ext/course_site.py``.
 
 Everything the pages load is in the build: MathJax comes from the ``sphinx-mathjax-offline``
 package, the theme bundles its own fonts and scripts, and no ipywidgets loader is linked, so the
@@ -12,14 +14,15 @@ site works with no network at all.
 
 from __future__ import annotations
 
-import os
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # autodoc documents this checkout's densflow, not an installed one
-# Widget cells draw their static figure: there is no kernel behind a web page.
-os.environ.setdefault("DENSFLOW_STATIC", "1")
+sys.path.insert(0, str(ROOT / "docs" / "_ext"))  # course_site: the site's notebook reader
+
+from course_site import landing_figure  # noqa: E402
 
 import densflow  # noqa: E402
 
@@ -38,18 +41,30 @@ extensions = [
     "sphinx-mathjax-offline",  # copies MathJax 3 into _static/mathjax and points mathjax_path at it
 ]
 
-# Read only the course and the docs; every other top-level folder is pruned from the walk so that
-# a large .venv or outputs/ costs nothing.
-include_patterns = ["docs/**", "notebooks/*.ipynb", "notebooks/*.md"]
-exclude_patterns = sorted(
-    p.name for p in ROOT.iterdir() if p.is_dir() and p.name not in ("docs", "notebooks")
-) + ["docs/_build", "docs/_extra", "docs/_templates", "notebooks/.ipynb_checkpoints"]
+# Read only the course, the docs and two reproduction notebooks; every other top-level folder is
+# pruned from the walk so that a large .venv or outputs/ costs nothing.
+REPRODUCE_PAGES = ["reproduce/quickstart.ipynb", "reproduce/ablations.ipynb"]
+include_patterns = ["docs/**", "notebooks/*.ipynb", "notebooks/*.md", *REPRODUCE_PAGES]
+READ = ("docs", "notebooks", "reproduce")
+PRUNED = [
+    "docs/_build",
+    "docs/_ext",
+    "docs/_extra",
+    "docs/_templates",
+    "notebooks/.ipynb_checkpoints",
+]
+exclude_patterns = (
+    sorted(p.name for p in ROOT.iterdir() if p.is_dir() and p.name not in READ) + PRUNED
+)
 
-# Notebooks: committed outputs only.
+# Notebooks: committed outputs only, read by the course's reader (each exercise's solution inside
+# its cell, collapsed).
 nb_execution_mode = "off"
+nb_custom_formats = {".ipynb": "course_site.read_notebook"}
 nb_merge_streams = True
-# The notebooks are executed headless (DENSFLOW_STATIC=1), so they hold no live widget state; with
-# no loader the pages never ask a CDN for require.js or the widget manager.
+# A notebook executed headless holds no widget (densflow.utils.widgets shows the figure as an image
+# and adds controls only for a live front end); with no loader the pages never ask a CDN for
+# require.js or the widget manager.
 nb_ipywidgets_js = {}
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
@@ -71,6 +86,14 @@ napoleon_numpy_docstring = False
 html_theme = "sphinx_book_theme"
 html_title = "densflow"
 html_extra_path = ["_extra"]  # index.html at the site's root, forwarding to docs/index.html
+# The landing page's figure: Fig. 3 as notebook 07 drew it, taken from its committed output.
+_generated = Path(tempfile.mkdtemp(prefix="densflow-site-"))
+landing_figure(
+    ROOT / "notebooks" / "07_full_denseflow.ipynb",
+    "draw_architecture(DenseFlowConfig.paper(), ax)",
+    _generated / "course-fig3.png",
+)
+html_static_path = [str(_generated)]
 html_copy_source = True
 html_show_sourcelink = False
 # Light by default: the notebooks' matplotlib figures have white backgrounds. (Also gives the

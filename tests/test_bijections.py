@@ -398,12 +398,13 @@ def test_every_flow_step_keeps_the_contract(kind):
         assert sampling == {}
         assert (step.flow_inverse(z) - x).abs().max() < 1e-10
     if kind == "block":
-        assert list(terms) == ["unit0", "cross_unit1", "unit1", "cross_unit2", "unit2"]
+        # the paper's 1-based names: f_1, h_1, f_2, h_2, f_3 (Example 1)
+        assert list(terms) == ["unit1", "cross_unit1", "unit2", "cross_unit2", "unit3"]
         assert list(noise) == ["cross_unit1", "cross_unit2"]
         # forward_terms draws the same noise in the same order from a generator
         z2, unit_ldjs, cross_terms = step.forward_terms(x, torch.Generator().manual_seed(0))
         assert torch.equal(z2, z)
         assert torch.equal(
-            torch.stack(unit_ldjs), torch.stack([terms[f"unit{i}"] for i in (0, 1, 2)])
+            torch.stack(unit_ldjs), torch.stack([terms[f"unit{j}"] for j in (1, 2, 3)])
         )
         assert torch.equal(cross_terms[1], terms["cross_unit2"])

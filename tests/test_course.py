@@ -1,13 +1,21 @@
-"""The course's conventions, checked on every teaching notebook (notebooks/NN_*.ipynb).
+"""The course's conventions, checked on every course notebook (notebooks/NN_*.ipynb and the
+appendix) and their solutions (notebooks/solutions/).
 
-* Exercises: a markdown cell starting ``**Exercise N.**``, then a code cell tagged ``solution``,
-  collapsed in JupyterLab (``"jupyter": {"source_hidden": true}``) and opening with the invitation
-  to try first, then a code cell tagged ``check`` whose ``assert``s judge the answer.
+* Exercises, two or more per notebook, numbered from 1: each a markdown cell starting
+  ``**Exercise N.** (numeric)`` or ``**Exercise N.** (conceptual)``. A numeric one is followed by
+  a code cell tagged ``solution`` (collapsed in JupyterLab, ``"jupyter": {"source_hidden": true}``)
+  that only runs ``solutions/<prefix>_exerciseN.py`` after the invitation to try first, then a
+  code cell tagged ``check`` whose ``assert``s judge the answer. A conceptual one is followed by a
+  markdown cell tagged ``answer`` that only links ``solutions/<prefix>_exerciseN.md``. So no
+  solution is visible where GitHub renders the notebook; the website shows each behind a toggle
+  (docs/_ext/course_site.py).
 * Widgets: the notebooks where a learner should play have a cell tagged ``widget`` calling
   ``explore(`` (densflow.utils.widgets), and every cell calling it carries the tag.
 * Sources: no notebook or doc names a path outside the repository, and the method's equations are
   never cited as "Sec. 3" (eq. 2 is in Sec. 1, eqs. 3–13 and Example 1 in Sec. 2.1, eqs. 14–15 in
   Sec. 2.2); the conditioning rule of eq. 6 is the paper's, never an "official quirk".
+* "The paper": every sentence of the course that says "the paper" cites a part of it that exists
+  or says whose statement it is, and quotes only what the paper says (tests/paper.py).
 
 Each rule is a function returning the problems it finds, tested here on small synthetic notebooks
 both ways, and then run on the course.
@@ -20,16 +28,20 @@ import re
 from pathlib import Path
 
 import pytest
+from paper import paper_sentence_problems
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+COURSE = ROOT / "notebooks"
+SOLUTIONS = COURSE / "solutions"
+NOTEBOOKS = sorted(COURSE.glob("[0-9][0-9]_*.ipynb")) + sorted(COURSE.glob("appendix_*.ipynb"))
 DOCS = sorted([ROOT / "README.md", ROOT / "notebooks" / "README.md", *(ROOT / "docs").glob("*.md")])
 # Where the issue asks for controls: 00 (the fit), 02 (q's parameters), 04 (k of the IW bound),
 # 06 (landmarks), 07 (growth rate and shapes), 09 (temperature).
 WIDGET_NOTEBOOKS = ("00", "02", "04", "06", "07", "09")
-SOLUTION_FIRST_LINE = "# Solution — try it yourself first: clear this cell and write your own."
+SOLUTION_FIRST_LINE = "# Solution — try it yourself first: replace this cell with your own code."
 
-EXERCISE = re.compile(r"\*\*Exercise \d+\.\*\*")
+EXERCISE = re.compile(r"\*\*Exercise (\d+)\.\*\* \((numeric|conceptual)\)")
+ANSWER = "*Worked answer:* [`solutions/{name}`](solutions/{name}) (read it once you have tried)."
 # Spelled in pieces so that this file does not name the paths it forbids.
 OUTSIDE_PATHS = re.compile(
     "|".join(re.escape(p) for p in ("shared" + "/reference", "../" + "shared"))
@@ -58,33 +70,70 @@ def tags(cell: dict) -> list[str]:
     return cell.get("metadata", {}).get("tags", [])
 
 
-def exercise_problems(path: Path) -> list[str]:
-    """Every exercise is markdown → hidden solution → check, and there is at least one."""
-    cells, problems, found = load(path), [], 0
+def prefix(path: Path) -> str:
+    """``01`` for notebooks/01_change_of_variables.ipynb, ``appendix`` for the appendix."""
+    return path.name.split("_")[0]
+
+
+def exercise_problems(path: Path, solutions: Path = SOLUTIONS) -> list[str]:
+    """Exercises 1, 2, … each numeric (hidden solution, then check) or conceptual (linked
+    answer), with at least one of each; their solution files exist in ``solutions``."""
+    cells, problems, kinds = load(path), [], []
     for i, cell in enumerate(cells):
         if cell["cell_type"] != "markdown" or not cell["source"].lstrip().startswith("**Exercise"):
             continue
-        found += 1
         where = f"exercise in cell {i}"
-        if not EXERCISE.match(cell["source"].lstrip()):
-            problems.append(f"{where}: must start with '**Exercise N.**'")
-        solution = cells[i + 1] if i + 1 < len(cells) else None
-        check = cells[i + 2] if i + 2 < len(cells) else None
-        if not solution or solution["cell_type"] != "code" or "solution" not in tags(solution):
-            problems.append(f"{where}: the next cell must be a code cell tagged 'solution'")
-        else:
-            if solution.get("metadata", {}).get("jupyter", {}).get("source_hidden") is not True:
-                problems.append(f"{where}: the solution needs metadata jupyter.source_hidden: true")
-            if solution["source"].splitlines()[:1] != [SOLUTION_FIRST_LINE]:
-                problems.append(f"{where}: the solution must open with {SOLUTION_FIRST_LINE!r}")
-        if not check or check["cell_type"] != "code" or "check" not in tags(check):
+        match = EXERCISE.match(cell["source"].lstrip())
+        if not match:
             problems.append(
-                f"{where}: the cell after the solution must be a code cell tagged 'check'"
+                f"{where}: must start with '**Exercise N.** (numeric)' or '(conceptual)'"
             )
-        elif not re.search(r"\bassert\b", check["source"]):
-            problems.append(f"{where}: the check cell has no assert")
-    if not found:
-        problems.append("no exercise (a markdown cell starting with '**Exercise N.**')")
+            continue
+        number, kind = int(match[1]), match[2]
+        kinds.append(kind)
+        if number != len(kinds):
+            problems.append(f"{where}: numbered {number}, expected {len(kinds)}")
+        name = f"{prefix(path)}_exercise{number}"
+        following = cells[i + 1 : i + 3] + [None, None]
+        if kind == "numeric":
+            problems += _numeric_problems(where, following[0], following[1], name, solutions)
+        else:
+            problems += _conceptual_problems(where, following[0], name, solutions)
+    if "numeric" not in kinds:
+        problems.append("no numeric exercise ('**Exercise N.** (numeric)' with a check)")
+    if "conceptual" not in kinds:
+        problems.append("no conceptual exercise ('**Exercise N.** (conceptual)' with an answer)")
+    return problems
+
+
+def _numeric_problems(where, solution, check, name, solutions: Path) -> list[str]:
+    problems = []
+    if not solution or solution["cell_type"] != "code" or "solution" not in tags(solution):
+        problems.append(f"{where}: the next cell must be a code cell tagged 'solution'")
+    else:
+        if solution.get("metadata", {}).get("jupyter", {}).get("source_hidden") is not True:
+            problems.append(f"{where}: the solution needs metadata jupyter.source_hidden: true")
+        expected = [SOLUTION_FIRST_LINE, f"%run -i solutions/{name}.py"]
+        if solution["source"].strip().splitlines() != expected:
+            problems.append(f"{where}: the solution cell must be exactly {expected}")
+        if not (solutions / f"{name}.py").is_file():
+            problems.append(f"{where}: no solutions/{name}.py")
+    if not check or check["cell_type"] != "code" or "check" not in tags(check):
+        problems.append(f"{where}: the cell after the solution must be a code cell tagged 'check'")
+    elif not re.search(r"\bassert\b", check["source"]):
+        problems.append(f"{where}: the check cell has no assert")
+    return problems
+
+
+def _conceptual_problems(where, answer, name, solutions: Path) -> list[str]:
+    problems = []
+    if not answer or answer["cell_type"] != "markdown" or "answer" not in tags(answer):
+        problems.append(f"{where}: the next cell must be a markdown cell tagged 'answer'")
+    elif answer["source"].strip() != ANSWER.format(name=f"{name}.md"):
+        problems.append(f"{where}: the answer cell must only link solutions/{name}.md")
+    path = solutions / f"{name}.md"
+    if not path.is_file() or len(path.read_text(encoding="utf-8").split()) < 20:
+        problems.append(f"{where}: solutions/{name}.md must hold the worked answer")
     return problems
 
 
@@ -128,6 +177,17 @@ def notebook_text(path: Path) -> str:
     return "\n\n".join(cell["source"] for cell in load(path))
 
 
+def prose(path: Path) -> str:
+    """What a notebook says in words: its markdown cells and the comments of its code cells."""
+    parts = []
+    for cell in load(path):
+        if cell["cell_type"] == "markdown":
+            parts.append(cell["source"])
+        else:
+            parts += [line.split("#", 1)[1] for line in cell["source"].splitlines() if "#" in line]
+    return "\n\n".join(parts)
+
+
 # --- The checkers, on synthetic notebooks -------------------------------------------------------
 
 
@@ -154,16 +214,31 @@ def code(source: str, *cell_tags: str, hidden: bool = False) -> dict:
     }
 
 
+def markdown_tagged(source: str, *cell_tags: str) -> dict:
+    return dict(markdown(source), metadata={"tags": list(cell_tags)})
+
+
 def exercise(**changes) -> list[dict]:
+    """A numeric exercise (task, solution, check), then a conceptual one (task, answer)."""
     cells = {
-        "task": markdown("**Exercise 1.** Write `double(x)`, which returns twice `x`."),
+        "task": markdown("**Exercise 1.** (numeric) Write `double(x)`, which returns twice `x`."),
         "solution": code(
-            f"{SOLUTION_FIRST_LINE}\ndef double(x):\n    return 2 * x", "solution", hidden=True
+            f"{SOLUTION_FIRST_LINE}\n%run -i solutions/00_exercise1.py", "solution", hidden=True
         ),
         "check": code("assert double(3) == 6", "check"),
+        "question": markdown("**Exercise 2.** (conceptual) Why is `double` linear?"),
+        "answer": markdown_tagged(ANSWER.format(name="00_exercise2.md"), "answer"),
     }
     cells.update(changes)
     return [c for c in cells.values() if c is not None]
+
+
+def with_solutions(tmp_path: Path) -> Path:
+    folder = tmp_path / "solutions"
+    folder.mkdir(exist_ok=True)
+    (folder / "00_exercise1.py").write_text("def double(x):\n    return 2 * x\n")
+    (folder / "00_exercise2.md").write_text("Because " + "2(x + y) = 2x + 2y, " * 5 + "\n")
+    return folder
 
 
 GOOD = [
@@ -175,8 +250,8 @@ GOOD = [
 
 def test_a_notebook_that_follows_the_conventions_passes(tmp_path):
     widget = code("panel = explore(draw, t=Slider(0.1, 1.2, 0.1, default=0.8))", "widget")
-    path = write_notebook(tmp_path / "00_good.ipynb", [*GOOD, widget, *exercise()])
-    assert exercise_problems(path) == []
+    path = write_notebook(tmp_path / "00_good.ipynb", [*GOOD, widget])
+    assert exercise_problems(path, with_solutions(tmp_path)) == []
     assert widget_problems(path, required=True) == []
     text = (
         notebook_text(path)
@@ -185,24 +260,60 @@ def test_a_notebook_that_follows_the_conventions_passes(tmp_path):
     assert source_problems(text) == []
 
 
+NO_ANSWER_FILE = "solutions/00_exercise2.md must hold the worked answer"
+
+
 @pytest.mark.parametrize(
     "cells, problem",
     [
-        ([markdown("# No exercise"), code("x = 1")], "no exercise"),
-        (exercise(task=markdown("**Exercise:** write it")), "must start with '**Exercise N.**'"),
+        ([markdown("# No exercise"), code("x = 1")], "no numeric exercise"),
+        ([markdown("# No exercise"), code("x = 1")], "no conceptual exercise"),
+        (exercise(task=markdown("**Exercise 1.** Write it")), "must start with '**Exercise N.**"),
+        (exercise(task=markdown("**Exercise 3.** (numeric) x")), "numbered 3, expected 1"),
         (exercise(solution=None), "tagged 'solution'"),
-        (exercise(solution=code(SOLUTION_FIRST_LINE + "\nx = 1", "solution")), "source_hidden"),
-        (exercise(solution=code("def double(x): ...", "solution", hidden=True)), "must open with"),
+        (
+            exercise(
+                solution=code(
+                    SOLUTION_FIRST_LINE + "\n%run -i solutions/00_exercise1.py", "solution"
+                )
+            ),  # fmt: skip
+            "source_hidden",
+        ),
+        (
+            exercise(
+                solution=code(
+                    SOLUTION_FIRST_LINE + "\ndef double(x):\n    return 2 * x",
+                    "solution",
+                    hidden=True,
+                )
+            ),  # fmt: skip
+            "must be exactly",  # the solution itself in the notebook: GitHub would show it
+        ),
         (exercise(check=None), "tagged 'check'"),
         (exercise(check=code("print(double(3))", "check")), "no assert"),
         (exercise(check=code("assert double(3) == 6")), "tagged 'check'"),
-        ([*exercise()[::-1]], "tagged 'solution'"),  # the task after its solution and check
+        (exercise(answer=None), "markdown cell tagged 'answer'"),
+        (
+            exercise(answer=markdown_tagged("It is linear because 2(x + y) = 2x + 2y.", "answer")),
+            "must only link",
+        ),  # fmt: skip
+        ([*exercise()[:3][::-1], *exercise()[3:]], "tagged 'solution'"),  # check before solution
     ],
 )
 def test_a_broken_exercise_is_found(tmp_path, cells, problem):
-    path = write_notebook(tmp_path / "01_bad.ipynb", [markdown("# A notebook"), *cells])
-    found = exercise_problems(path)
+    path = write_notebook(tmp_path / "00_bad.ipynb", [markdown("# A notebook"), *cells])
+    found = exercise_problems(path, with_solutions(tmp_path))
     assert any(problem in p for p in found), found
+
+
+def test_an_exercise_without_its_solution_file_is_found(tmp_path):
+    path = write_notebook(tmp_path / "00_bad.ipynb", exercise())
+    folder = with_solutions(tmp_path)
+    (folder / "00_exercise1.py").unlink()
+    (folder / "00_exercise2.md").write_text("Too short.")
+    found = exercise_problems(path, folder)
+    assert any("no solutions/00_exercise1.py" in p for p in found), found
+    assert any(NO_ANSWER_FILE in p for p in found), found
 
 
 @pytest.mark.parametrize(
@@ -250,8 +361,18 @@ def test_the_course_has_the_notebooks_with_widgets(number):
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_every_notebook_has_an_exercise_with_a_hidden_solution_and_a_check(notebook):
+def test_every_notebook_has_a_numeric_and_a_conceptual_exercise_with_hidden_solutions(notebook):
     assert exercise_problems(notebook) == []
+
+
+def test_every_solution_file_belongs_to_an_exercise():
+    referenced = {
+        name
+        for notebook in NOTEBOOKS
+        for name in re.findall(r"solutions/(\w+_exercise\d+\.(?:py|md))", notebook_text(notebook))
+    }
+    files = {p.name for p in SOLUTIONS.iterdir() if p.suffix in (".py", ".md")}
+    assert files == referenced
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
@@ -263,3 +384,49 @@ def test_widget_cells_are_tagged_and_where_the_course_needs_them(notebook):
 def test_sources_cite_the_paper_right_and_stay_in_the_repository(path):
     text = notebook_text(path) if path.suffix == ".ipynb" else path.read_text(encoding="utf-8")
     assert source_problems(text) == []
+
+
+# --- "The paper" ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The paper writes the bound as eq. (5) (Sec. 2.1).",
+        "Appendix D proves it; the paper's eqs. (16)–(21) are importance sampling and Jensen.",
+        "The widths come from the official code, not the paper (docs/official.md).",
+        "The paper does not state k; densflow's evaluation uses the official scripts' k.",
+        'In the paper "the bijectivity constraint limits the model width" (abstract, Sec. 1).',
+        'The paper\'s MCMC has "long mixing times" (Sec. 1), and "powerful but slow … generation".',
+        "Our derivation, not the paper's: the gap is a KL divergence.",
+    ],
+)
+def test_a_sentence_about_the_paper_with_its_source_passes(text):
+    assert paper_sentence_problems(text) == []
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("The paper uses depth 7 and growth 64.", "without citing where or whose"),
+        ("The paper reports it in eq. (23).", "cites equation 23"),
+        ("As the paper shows in Fig. 4, it helps.", "cites figure 4"),
+        ("The paper's Appendix H has the proof.", "cites appendix H"),
+        ("The paper (Sec. 2.3) defines the coupling.", "cites section 2.3"),
+        ('The paper (Sec. 2.1) says "g_1 accepts z_0".', "not among the paper's passages"),
+        ('The paper notes "hundreds of samples … to reduce the variance" (Sec. 2.1).', "not among"),
+    ],
+)
+def test_a_sentence_about_the_paper_without_its_source_is_found(text, problem):
+    found = paper_sentence_problems(text)
+    assert any(problem in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    "path",
+    NOTEBOOKS + [COURSE / "README.md"] + sorted(SOLUTIONS.glob("*.md")),
+    ids=lambda p: p.relative_to(ROOT).as_posix(),
+)
+def test_every_sentence_about_the_paper_cites_it_or_says_whose_it_is(path):
+    text = prose(path) if path.suffix == ".ipynb" else path.read_text(encoding="utf-8")
+    assert paper_sentence_problems(text) == []

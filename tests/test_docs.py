@@ -1,9 +1,12 @@
-"""The course website (``make docs``): it builds offline, and every page reads right in a browser.
+"""The course website (``make docs``): it builds offline, is the course's front door, and every
+page reads right in a browser.
 
 The site is built once per test session into a temporary folder, with the command ``make docs``
-runs, then every page is opened in headless Chromium: formulas typeset by MathJax, every image
-loaded, no console error, no request leaving 127.0.0.1, every internal link pointing at a built
-page and an anchor on it.
+runs. The built HTML is checked for what a learner needs: the landing page's sections and figure,
+a page for every notebook, every docs/*.md page and the two reproduction notebooks, and every
+exercise's solution on its notebook's page behind a toggle. Then every page is opened in headless
+Chromium: formulas typeset by MathJax, every image loaded, no console error, no request leaving
+127.0.0.1, every internal link pointing at a built page and an anchor on it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import pytest
 from browser import chromium, serve, skip_without_browser
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+COURSE = ROOT / "notebooks"
+NOTEBOOKS = sorted(COURSE.glob("[0-9][0-9]_*.ipynb")) + sorted(COURSE.glob("appendix_*.ipynb"))
+REPRODUCE_PAGES = ["quickstart", "ablations"]
 # What `make docs` runs (its Makefile rule), with the output in a temporary folder.
 SPHINX_ARGS = ["-W", "--keep-going", "-b", "html", "-c", "docs", "."]
 BUILD_TIMEOUT_S = 600
@@ -42,7 +47,7 @@ def site(tmp_path_factory) -> Path:
     pytest.importorskip("sphinx", reason="the docs extra is missing: `pip install -e '.[docs]'`")
     pytest.importorskip("myst_nb", reason="the docs extra is missing: `pip install -e '.[docs]'`")
     out = tmp_path_factory.mktemp("site")
-    env = dict(os.environ, DENSFLOW_STATIC="1")
+    env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     start = time.perf_counter()
     run = subprocess.run(
@@ -80,12 +85,105 @@ def test_the_site_has_a_page_for_every_notebook_doc_and_module(site):
         assert (site / "notebooks" / f"{nb.stem}.html").is_file(), f"no page for {nb.name}"
     for md in (ROOT / "docs").glob("*.md"):
         assert (site / "docs" / f"{md.stem}.html").is_file(), f"no page for docs/{md.name}"
+    for name in REPRODUCE_PAGES:
+        page = site / "reproduce" / f"{name}.html"
+        assert page.is_file(), f"no page for reproduce/{name}.ipynb"
+        assert "cell_output" in page.read_text(), f"reproduce/{name}: no committed output shown"
     for module in public_modules():
         assert (site / "docs" / "api" / f"{module}.html").is_file(), (
             f"no API page for {module}: add it to the list in docs/api.md"
         )
     # The landing page forwards to the course's index.
     assert 'url=docs/index.html"' in (site / "index.html").read_text()
+
+
+def text_of(html_text: str) -> str:
+    """The words of an HTML fragment: tags dropped, entities decoded, whitespace collapsed."""
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", "", html_text)).split())
+
+
+def details_texts(page: str) -> list[str]:
+    """The text inside each ``<details>`` element (a toggle) of a page."""
+    return [text_of(m) for m in re.findall(r"<details\b.*?</details>", page, flags=re.DOTALL)]
+
+
+def solution_problems(
+    page: str, notebook: Path, solutions: Path = COURSE / "solutions"
+) -> list[str]:
+    """The notebook's solution files whose text is not inside a toggle of its page (probed by the
+    last code line of a solution, the first run of plain words of a worked answer)."""
+    problems = []
+    toggles = details_texts(page)
+    for name in sorted(set(re.findall(r"solutions/(\w+\.(?:py|md))", notebook.read_text()))):
+        body = (solutions / name).read_text(encoding="utf-8")
+        lines = [line for line in body.splitlines() if line.strip() and not line.startswith("#")]
+        if name.endswith(".py"):
+            probe = " ".join(lines[-1].split())
+        else:  # a run of plain words: markdown and formulas render differently in HTML
+            probe = re.search(r"[A-Za-z][A-Za-z ,;'-]{24,}", body)[0].strip(" ,;")
+        if not any(probe in toggle for toggle in toggles):
+            problems.append(f"{name}: {probe!r} is not inside a toggle of the page")
+    return problems
+
+
+def test_the_toggle_checker_finds_a_solution_outside_a_toggle(tmp_path):
+    (tmp_path / "01_x.py").write_text("# Solution\ndef double(x):\n    return 2 * x\n")
+    (tmp_path / "01_x.md").write_text("**(i)** Twice $x$, always and in every single case.\n")
+    notebook = tmp_path / "01_n.ipynb"
+    notebook.write_text('"%run -i solutions/01_x.py", "[answer](solutions/01_x.md)"')
+    code = "<pre><span>def</span> double(x): <span>return</span> 2 <span>*</span> x</pre>"
+    math = '<span class="math">\\(x\\)</span>'
+    answer = f"<p><strong>(i)</strong> Twice {math}, always and in every single case.</p>"
+    hidden = f"<details><summary>Show</summary>{code}</details><details>{answer}</details>"
+    assert details_texts("<details>a <b>b</b></details><p>c</p>") == ["a b"]
+    assert solution_problems(hidden, notebook, tmp_path) == []
+    shown = f"<details><summary>Show</summary></details>{code}{answer}"
+    assert [p.split(":")[0] for p in solution_problems(shown, notebook, tmp_path)] == [
+        "01_x.md",
+        "01_x.py",
+    ]
+
+
+@pytest.mark.slow
+def test_every_solution_is_on_its_notebook_page_behind_a_toggle(site):
+    for notebook in NOTEBOOKS:
+        page = (site / "notebooks" / f"{notebook.stem}.html").read_text(encoding="utf-8")
+        assert solution_problems(page, notebook) == [], notebook.name
+        assert "%run -i solutions/" not in page, (
+            f"{notebook.name}: the %run line is shown, not the solution"
+        )
+
+
+@pytest.mark.slow
+def test_the_landing_page_is_the_course_front_door(site):
+    page = (site / "docs" / "index.html").read_text(encoding="utf-8")
+    for section in (
+        "what-you-will-be-able-to-do",
+        "prerequisites",
+        "the-course-map",
+        "run-it-locally",
+    ):
+        assert f'id="{section}"' in page, f"the landing page has no section #{section}"
+    figure = re.search(r'<img[^>]+src="([^"]*course-fig3\.png)"', page)
+    assert figure and (site / "docs" / figure[1]).resolve().is_file(), (
+        "the landing figure is missing"
+    )
+    course_map = page[page.index('id="the-course-map"') :]
+    for notebook in NOTEBOOKS:  # a row with a link and a learner's time for every notebook
+        row = re.search(
+            rf"<tr[^>]*>(?:(?!</tr>).)*{notebook.stem}\.html(?:(?!</tr>).)*</tr>", course_map, re.S
+        )
+        assert row and re.search(r"\b\d+ (?:h|min)\b", text_of(row[0])), (
+            f"no map row for {notebook.name}"
+        )
+    navigation = set(re.findall(r'href="([^"#]+)\.html', page))
+    for md in (ROOT / "docs").glob("*.md"):
+        if md.stem != "index":
+            assert md.stem in navigation, f"docs/{md.name} is not in the site's table of contents"
+    for name in REPRODUCE_PAGES:
+        assert f"../reproduce/{name}" in navigation, (
+            f"reproduce/{name} is not in the Reproduce section"
+        )
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """A learner's widget, end to end: JupyterLab in headless Chromium runs a notebook, a slider
-appears, and moving it redraws the figure.
+appears above the cell's figure, and moving it redraws that figure in place.
 
 The server listens on 127.0.0.1 only, with a token, and reads the notebook where it lives; autosave
 is off, checkpoints go to a temporary folder and nothing is saved, so the repository is untouched
@@ -59,7 +59,7 @@ def jupyterlab(tmp: Path) -> Iterator[tuple[str, str]]:
         path = tmp / "lab-settings" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(value))
-    env = {k: v for k, v in os.environ.items() if k not in ("DENSFLOW_STATIC", "MPLBACKEND")}
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
     env.update(
         # The kernel imports this checkout's densflow; the Lab's state lives in tmp.
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -157,12 +157,13 @@ def run_and_move_the_first_slider(page, base: str, token: str) -> None:
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
 
-    panel = page.locator(".widget-interact").filter(has=page.locator(".widget-slider")).first
-    panel.wait_for(state="attached", timeout=RUN_TIMEOUT_S * 1000)
-    panel.scroll_into_view_if_needed()
-    slider = panel.locator(".widget-slider").first
+    # The widget cell: its controls, then its figure, an ordinary image output below them.
+    cell = page.locator(".jp-CodeCell").filter(has=page.locator(".widget-slider")).first
+    cell.wait_for(state="attached", timeout=RUN_TIMEOUT_S * 1000)
+    cell.scroll_into_view_if_needed()
+    slider = cell.locator(".widget-slider").first
     readout = slider.locator(".widget-readout").first
-    figure = panel.locator("img").first
+    figure = cell.locator(".jp-OutputArea-output img").first
     figure.wait_for(timeout=REDRAW_TIMEOUT_S * 1000)
     deadline = time.monotonic() + REDRAW_TIMEOUT_S
     while (old_value := number(readout.text_content())) is None:
@@ -189,8 +190,8 @@ def run_and_move_the_first_slider(page, base: str, token: str) -> None:
     while new_src == old_src:
         assert time.monotonic() < deadline, "moving the slider did not redraw the figure"
         page.wait_for_timeout(250)
-        with contextlib.suppress(Exception):  # the output is cleared while it redraws
-            new_src = panel.locator("img").first.get_attribute("src", timeout=1000)
+        with contextlib.suppress(Exception):  # the image is replaced while it redraws
+            new_src = figure.get_attribute("src", timeout=1000)
     assert new_src.startswith("data:image/png;base64,")
 
 

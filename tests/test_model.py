@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -109,15 +110,15 @@ def test_log_prob_is_the_sum_of_its_terms_in_flow_order():
     terms = model.log_prob_terms(x, generator=torch.Generator().manual_seed(0))
     assert list(terms) == [
         "dequantization",
-        "block0.unit0",
-        "block0.cross_unit1",
         "block0.unit1",
+        "block0.cross_unit1",
+        "block0.unit2",
         "transition0",
-        "block1.unit0",
-        "block1.cross_unit1",
         "block1.unit1",
+        "block1.cross_unit1",
+        "block1.unit2",
         "transition1",
-        "block2.unit0",
+        "block2.unit1",
         "prior",
     ]
     total = model.log_prob(x, generator=torch.Generator().manual_seed(0))
@@ -413,8 +414,14 @@ def test_a_checkpoint_written_by_the_first_release_loads_with_its_numbers():
             model.log_prob(x, torch.Generator().manual_seed(2)), expected["log_prob_seed_2"]
         )
         terms = model.log_prob_terms(x, torch.Generator().manual_seed(3))
-        assert list(terms) == list(expected["log_prob_terms_seed_3"])
-        for name, value in expected["log_prob_terms_seed_3"].items():
+        # The first release numbered the units from 0 (block0.unit0 was the paper's f_1); the
+        # terms now carry the paper's indices, in the same order with the same values.
+        first_release = {
+            re.sub(r"\.unit(\d+)$", lambda m: f".unit{int(m[1]) + 1}", name): value
+            for name, value in expected["log_prob_terms_seed_3"].items()
+        }
+        assert list(terms) == list(first_release)
+        for name, value in first_release.items():
             assert torch.allclose(terms[name], value, rtol=1e-5, atol=1e-3), name
         iw = model.iw_log_prob(x, 3, 2, torch.Generator().manual_seed(5))
         assert close(iw, expected["iw_log_prob_k3_chunk2_seed_5"])

@@ -67,7 +67,8 @@ def unpack(archive: Path, dest: Path, *, nested: bool = True) -> None:
     Raises:
         ArchiveError: the archive is of an unknown format, damaged, or has a member that would
             land outside ``dest`` (nothing outside ``dest`` is ever written).
-        WriteError: ``dest`` cannot take the files (a full disk, a read-only file system).
+        densflow.io.files.WriteError: ``dest`` cannot take the files (a full disk, a read-only
+            file system).
     """
     kind = archive_format(archive)
     if kind is None:

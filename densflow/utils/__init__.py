@@ -5,6 +5,6 @@ and the notebooks:
 * :mod:`~densflow.utils.validate` — checks of user-given values (numbers, images, noise, paths);
 * :mod:`~densflow.utils.runtime` — the device, batches of images, progress that stays visible;
 * :mod:`~densflow.utils.testing` — tiny datasets written in the exact on-disk formats;
-* :mod:`~densflow.utils.widgets` — the notebooks' sliders, with a static figure where no front
-  end runs them.
+* :mod:`~densflow.utils.widgets` — the notebooks' figures, with sliders where a live front end
+  can move them.
 """
