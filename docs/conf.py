@@ -14,6 +14,7 @@ site works with no network at all.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -75,6 +76,9 @@ myst_dmath_double_inline = True
 # API reference: one page per module, generated from the docstrings (Google-style sections are read
 # by napoleon, the rest is reStructuredText).
 autosummary_generate = True
+# docs/api/ is generated output (ignored by git): pages of modules that were renamed or removed since
+# the last build would otherwise stay, fail to import and fail the build.
+shutil.rmtree(ROOT / "docs" / "api", ignore_errors=True)
 autosummary_imported_members = False
 autosummary_ignore_module_all = False  # a module page lists what the module exports
 autodoc_default_options = {"members": True, "show-inheritance": True}
