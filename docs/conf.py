@@ -76,7 +76,7 @@ myst_dmath_double_inline = True
 # API reference: one page per module, generated from the docstrings (Google-style sections are read
 # by napoleon, the rest is reStructuredText).
 autosummary_generate = True
-# docs/api/ is generated output (ignored by git): pages of modules that were renamed or removed since
+# docs/api/ is generated output (ignored by git): pages of modules renamed or removed since
 # the last build would otherwise stay, fail to import and fail the build.
 shutil.rmtree(ROOT / "docs" / "api", ignore_errors=True)
 autosummary_imported_members = False

@@ -140,6 +140,8 @@ def test_train_eval_sample_end_to_end(tmp_path, capsys, monkeypatch):
             "8",
             "--max-steps",
             "3",
+            "--warmup-steps",  # lr 1e-3 from the first step: bf16 below must show in the numbers
+            "0",
             "--log-every",
             "1",
             "--no-progress",
