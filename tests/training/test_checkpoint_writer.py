@@ -38,7 +38,7 @@ from densflow.training.checkpoint_writer import CheckpointWriter
 from densflow.training.rundir import RunFolderLock
 from densflow.training.state import TrainingState, save_training_checkpoint, training_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
