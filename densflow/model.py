@@ -38,7 +38,7 @@ from .dequantization import VariationalDequantization
 from .glow import CouplingNetFactory
 from .input_augmentation import InputAugmentedBlock
 from .invertible_dense_block import InvertibleDenseBlock
-from .multiscale import CentredSqueeze, Transition
+from .multiscale import CentredSqueeze, Transition, factor_out
 from .noise import draw
 from .prior import LearnedGaussianPrior
 from .utils.errors import InputError
@@ -105,12 +105,12 @@ class DenseFlow(nn.Module):
             config.deq_context_growth,
         )
         self.squeeze = CentredSqueeze()
-        blocks, channels, side = [], 12, config.image_size // 2
+        blocks, channels = [], 12  # after the first squeeze
         for b, (units, layers) in enumerate(
             zip(config.block_config, config.layers_config, strict=True)
         ):
             if b > 0:  # transition: squeeze (×4 channels) and keep half
-                channels, side = 2 * channels, side // 2
+                channels = 2 * channels
             modules = dict(coupling_net=coupling_net_factory(config, b), conv1x1=config.conv1x1)
             if config.augmentation == "incremental":
                 block = InvertibleDenseBlock(channels, units, layers, config.growth_rate, **modules)
@@ -124,7 +124,7 @@ class DenseFlow(nn.Module):
             channels = block.out_channels
         self.blocks = nn.ModuleList(blocks)
         self.transition = Transition()
-        self.prior = LearnedGaussianPrior(channels, (side, side))
+        self.prior = LearnedGaussianPrior(channels)
 
     def named_steps(self) -> list[tuple[str, FlowStep]]:
         """The flow's steps in the x → z order, each with the name of its draws and terms.
@@ -251,13 +251,14 @@ class DenseFlow(nn.Module):
 
         The cross-unit noise is drawn from ``generator``; :meth:`decode` inverts this exactly.
         Dequantize uint8 images first with
-        ``model.dequantization(x.to(model.prior.loc.dtype), generator)[0]``.
+        ``forward_with_draws(model.dequantization, x.to(model.prior.loc.dtype), generator)[0]``
+        (:func:`~densflow.base.forward_with_draws`).
         """
         noise = self.draw_noise(v.shape[0], generator, skip=("dequantization",))
         latents, h = [], v
         for name, step in self.named_steps()[1:-1]:  # between dequantization and the prior
             if isinstance(step, Transition):  # the factored-out half is a latent
-                h, dropped = step(h)
+                h, dropped = factor_out(h)
                 latents.append(dropped)
             else:
                 h, _ = step.flow_forward(h, within(name, noise))

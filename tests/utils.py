@@ -36,10 +36,16 @@ def jacobian_logdet(f, x: Tensor) -> Tensor:
 
 
 def init_actnorms(model: nn.Module, *inputs, **kwargs) -> nn.Module:
-    """One training-mode forward (data-dependent ActNorm init), then eval mode."""
+    """One training-mode forward (data-dependent ActNorm init), then eval mode: the model's own
+    call, or a flow step's ``flow_forward`` with its noise drawn."""
+    from densflow.base import Bijection, FlowStep, forward_with_draws
+
     model.train()
     with torch.no_grad():
-        model(*inputs, **kwargs)
+        if isinstance(model, FlowStep) and not isinstance(model, Bijection):
+            forward_with_draws(model, *inputs, **kwargs)
+        else:
+            model(*inputs, **kwargs)
     return model.eval()
 
 
