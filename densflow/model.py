@@ -44,7 +44,14 @@ from .prior import LearnedGaussianPrior
 from .utils.errors import InputError
 from .utils.validate import check_float, check_images, check_int, check_noise
 
-__all__ = ["DenseFlowConfig", "DenseFlow", "PRESETS", "coupling_net_factory", "sum_terms"]
+__all__ = [
+    "DenseFlowConfig",
+    "DenseFlow",
+    "FlowPasses",
+    "PRESETS",
+    "coupling_net_factory",
+    "sum_terms",
+]
 
 
 def coupling_net_factory(config: DenseFlowConfig, block: int) -> CouplingNetFactory:
@@ -74,6 +81,29 @@ def input_noise_channels(config: DenseFlowConfig) -> int:
     blocks = enumerate(config.block_config)
     added = sum((units - 1) * config.growth_rate / 4**b for b, units in blocks)
     return max(1, math.floor(added + 0.5))
+
+
+class FlowPasses(nn.Module):
+    """The flow's two pure functions of drawn noise, the likelihood terms and the sampler: each
+    runs the steps of a :class:`DenseFlow` in order (no random draws, no host reads). A module
+    without state of its own, so that :func:`densflow.performance.compile_model` can replace it
+    by a compiled one and leave the steps as they are."""
+
+    def terms(self, flow: DenseFlow, x: Tensor, noise: dict[str, Tensor]) -> dict[str, Tensor]:
+        """:meth:`DenseFlow.terms_from_noise`."""
+        terms = {}
+        h = x
+        for name, step in flow.named_steps():
+            h, step_terms = step.flow_forward(h, within(name, noise))
+            terms.update(nested(name, step_terms))
+        return terms
+
+    def sample(self, flow: DenseFlow, noise: dict[str, Tensor], temperature: float) -> Tensor:
+        """:meth:`DenseFlow.sample_from_noise`."""
+        h = None  # nothing above the prior: it draws z from its noise
+        for name, step in reversed(flow.named_steps()[1:]):
+            h = step.flow_inverse(h, within(name, noise), temperature)
+        return h
 
 
 class DenseFlow(nn.Module):
@@ -125,6 +155,7 @@ class DenseFlow(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.transition = Transition()
         self.prior = LearnedGaussianPrior(channels)
+        self.passes = FlowPasses()
 
     def named_steps(self) -> list[tuple[str, FlowStep]]:
         """The flow's steps in the x → z order, each with the name of its draws and terms.
@@ -237,13 +268,8 @@ class DenseFlow(nn.Module):
     def terms_from_noise(self, x: Tensor, noise: dict[str, Tensor]) -> dict[str, Tensor]:
         """:meth:`log_prob_terms` of checked float images and drawn noise: each step's terms,
         named by :meth:`named_steps`. A pure function (no random draws, no host reads): what
-        :func:`~densflow.performance.compile_model` compiles."""
-        terms = {}
-        h = x
-        for name, step in self.named_steps():
-            h, step_terms = step.flow_forward(h, within(name, noise))
-            terms.update(nested(name, step_terms))
-        return terms
+        :func:`~densflow.performance.compile_model` compiles (:class:`FlowPasses`)."""
+        return self.passes.terms(self, x, noise)
 
     def encode(self, v: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
         """Continuous ``v ∈ [0, 1)`` ``(B, 3, H, W)`` → latents
@@ -325,12 +351,9 @@ class DenseFlow(nn.Module):
         if chunk_size is not None:
             chunk_size = check_int("chunk_size", chunk_size)
         x = self._check_images(x).to(torch.uint8)
-        b = x.shape[0]
-
-        def log_weights(start: int, c: int) -> Tensor:
-            return self.log_prob(x.repeat(c, 1, 1, 1), generator).view(c, b)
-
-        return importance_weighted_log_prob(log_weights, k, chunk_size)
+        return importance_weighted_log_prob(
+            lambda repeated, start: self.log_prob(repeated, generator), x, k, chunk_size
+        )
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -371,7 +394,4 @@ class DenseFlow(nn.Module):
     def sample_from_noise(self, noise: dict[str, Tensor], temperature: float = 1.0) -> Tensor:
         """:meth:`sample_continuous` from drawn noise: the steps' inverses, from the prior back
         to the squeeze. A pure function, like :meth:`terms_from_noise`."""
-        h = None  # nothing above the prior: it draws z from its noise
-        for name, step in reversed(self.named_steps()[1:]):
-            h = step.flow_inverse(h, within(name, noise), temperature)
-        return h
+        return self.passes.sample(self, noise, temperature)

@@ -217,7 +217,7 @@ def test_module_defaults_are_the_papers_config():
         "branches": "dense+attention",
     }
     assert defaults(NystromAttention) == {"num_landmarks": 4, "pinv_iterations": 6}
-    assert defaults(iterative_pinv) == {"iterations": 6, "fused": False}
+    assert defaults(iterative_pinv) == {"iterations": 6}
     assert defaults(VariationalDequantization) == {
         "num_steps": 4,
         "context_channels": 64,
