@@ -59,7 +59,6 @@ __all__ = [
     "site",
     "nested",
     "within",
-    "Squeeze",
     "squeeze",
     "unsqueeze",
     "ldj_dtype",
@@ -217,17 +216,3 @@ def unsqueeze(z: Tensor) -> Tensor:
     z = z.view(b, c4 // 4, 2, 2, h, w)  # (B, C, dy, dx, i, j)
     z = z.permute(0, 1, 4, 2, 5, 3)  # (B, C, i, dy, j, dx)
     return z.reshape(b, c4 // 4, 2 * h, 2 * w)
-
-
-class Squeeze(Bijection):
-    """:func:`squeeze` as a bijection: a permutation of the entries, so its log-det is 0."""
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return squeeze(x), x.new_zeros(x.shape[0], dtype=ldj_dtype(x))
-
-    def inverse(self, z: Tensor) -> Tensor:
-        return unsqueeze(z)
-
-    def output_shape(self, shape: Shape) -> Shape:
-        b, c, h, w = shape
-        return (b, 4 * c, h // 2, w // 2)
