@@ -14,8 +14,8 @@ and with :math:`k` samples the importance-weighted bound (Burda et al., 2016)
 
 is tighter and does not decrease as :math:`k` grows. :func:`importance_weighted_log_prob` is the
 one implementation of it that the model (:meth:`~densflow.model.DenseFlow.iw_log_prob`), its
-CUDA-graphed passes and the test-set evaluation (:mod:`densflow.evaluation`) share: they differ
-only in how a chunk of log-weights is computed.
+CUDA-graphed passes and the test-set evaluation (:mod:`densflow.evaluation`) share: each gives
+it only its single-sample pass.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Speed without changing the numbers: transforms of a built model, each proven equal to the plain
-model by ``tests/test_performance.py``.
+model by the tests in ``tests/performance/``.
 
 The model modules compute the paper's equations layer by layer; everything here changes *how*
 they run, never *what*: float32 transforms keep the log-likelihood within 1e-5 relative, bf16
