@@ -31,38 +31,41 @@ from .base import full_precision, ldj_dtype
 from .config import PAPER
 from .utils.errors import InputError
 
-__all__ = ["NystromAttention", "iterative_pinv", "broadcast_matmul"]
+__all__ = ["NystromAttention", "IterativePinv", "iterative_pinv"]
 
 
-def broadcast_matmul(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b`` written as a broadcast product and a sum (the same numbers up to the order of
-    summation)."""
-    return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(dim=-2)
-
-
-def iterative_pinv(
-    k2: Tensor, iterations: int = PAPER.pinv_iterations, fused: bool = False
-) -> Tensor:
+def iterative_pinv(k2: Tensor, iterations: int = PAPER.pinv_iterations) -> Tensor:
     """Approximate Moore–Penrose pseudo-inverse of a batch of square matrices ``(B, m, m)``.
 
     Start from :math:`V_0 = K^\\top / (\\max_j \\sum_i |K_{ij}| \\cdot \\max_i \\sum_j |K_{ij}|)`
     and iterate :math:`V \\leftarrow \\tfrac14 V (13 I - P(15 I - P(7 I - P)))` with
     :math:`P = K V`. The maxima are taken per matrix, so every example of a batch is independent
     of the others (this reproduces the official fixtures exactly; batch-wide maxima do not).
-
-    ``fused`` writes the m×m products as broadcast sums (:func:`broadcast_matmul`), which a
-    compiler fuses into a few kernels where each ``@`` would be a tiny batched matrix product
-    (:func:`densflow.performance.compile_model` uses it; eagerly, ``@`` is faster).
     """
-    mm = broadcast_matmul if fused else torch.matmul
     eye = torch.eye(k2.shape[-1], dtype=k2.dtype, device=k2.device)
     abs_k2 = k2.abs()
     scale = abs_k2.sum(dim=-2).amax(dim=-1) * abs_k2.sum(dim=-1).amax(dim=-1)  # (B,)
     v = k2.transpose(-1, -2) / scale[..., None, None]
     for _ in range(iterations):
-        p = mm(k2, v)
-        v = 0.25 * mm(v, 13 * eye - mm(p, 15 * eye - mm(p, 7 * eye - p)))
+        p = k2 @ v
+        v = 0.25 * (v @ (13 * eye - p @ (15 * eye - p @ (7 * eye - p))))
     return v
+
+
+class IterativePinv(nn.Module):
+    """:func:`iterative_pinv` with ``iterations`` as a module: the attention's :math:`K_2^{+}`
+    step, which holds no parameters (a speed transform may replace it by another module with the
+    same numbers, :mod:`densflow.performance.attention`)."""
+
+    def __init__(self, iterations: int = PAPER.pinv_iterations) -> None:
+        super().__init__()
+        self.iterations = iterations
+
+    def forward(self, k2: Tensor) -> Tensor:
+        return iterative_pinv(k2, self.iterations)
+
+    def extra_repr(self) -> str:
+        return f"iterations={self.iterations}"
 
 
 class NystromAttention(nn.Module):
@@ -84,17 +87,13 @@ class NystromAttention(nn.Module):
     ) -> None:
         super().__init__()
         self.embed_dim, self.num_landmarks = embed_dim, num_landmarks
-        self.pinv_iterations = pinv_iterations
         self.qkv = nn.Conv2d(in_channels, 3 * embed_dim, kernel_size=1)
+        self.pinv = IterativePinv(pinv_iterations)
         self.out = nn.Conv2d(embed_dim, in_channels, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, in_channels, H, W) → (B, in_channels, H, W)``: project, then attend."""
         return self.attend(self.qkv(x))
-
-    def pseudo_inverse(self, k2: Tensor) -> Tensor:
-        """:math:`K_2^{+}` of the landmark kernel ``(B, m, m)`` by :func:`iterative_pinv`."""
-        return iterative_pinv(k2, self.pinv_iterations)
 
     def attend(self, qkv: Tensor) -> Tensor:
         """The attention of the projected tokens ``qkv = self.qkv(x)`` ``(B, 3E, H, W)``;
@@ -112,6 +111,6 @@ class NystromAttention(nn.Module):
         # The pseudo-inverse iteration amplifies rounding (a cubic polynomial, six times), so it
         # runs in float32 or wider even under bf16 autocast; on m×m matrices this costs nothing.
         with full_precision(k2):
-            k2_pinv = self.pseudo_inverse(k2.to(ldj_dtype(k2)))
+            k2_pinv = self.pinv(k2.to(ldj_dtype(k2)))
         out = (k1 @ k2_pinv.to(k1.dtype)) @ (k3 @ v) + v  # (B, n, E)
         return self.out(out.reshape(b, e, h, w))  # memory-order back to a map

@@ -23,6 +23,21 @@ terms to the likelihood bound, and each is a :class:`FlowStep`:
 Names are relative to the step (``""`` is the step itself); the composite name of a draw or term,
 such as ``block0.cross_unit1``, is made by :func:`site` alone. Every :class:`Bijection` is a
 :class:`FlowStep` with one term, its log-det, and no draws.
+
+These two calls are the whole contract: a step has no other way in. What a step needs beyond its
+input comes through them —
+
+* a cross-unit coupling reads the block's earlier representations as ``context``, and its draw
+  ``e`` as ``noise[""]``;
+* dequantization draws its base noise ``ε`` as ``noise[""]`` (its inverse is the quantization);
+* a transition, whose forward factors out half of the state and scores it, takes that half back
+  in its inverse as ``noise[""]``: a standard-normal draw when sampling (scaled by
+  ``temperature``), or the factored-out half itself with ``temperature = 1`` when decoding
+  (:func:`densflow.multiscale.factor_out` gives it);
+* the prior's inverse has nothing above it and draws ``z`` from ``noise[""]``.
+
+:func:`forward_with_draws` runs a step with its draws made from a generator: the one convenience
+for using a step on its own (a notebook, a test), with the same draws the model makes.
 """
 
 from __future__ import annotations
@@ -34,15 +49,16 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from .noise import draw
 from .utils.errors import InputError
 
 __all__ = [
     "FlowStep",
     "Bijection",
+    "forward_with_draws",
     "site",
     "nested",
     "within",
-    "Squeeze",
     "squeeze",
     "unsqueeze",
     "ldj_dtype",
@@ -151,6 +167,32 @@ class Bijection(FlowStep):
         return self.inverse(z)
 
 
+def forward_with_draws(
+    step: FlowStep,
+    x: Tensor,
+    generator: torch.Generator | None = None,
+    context: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``step.flow_forward(x, noise, context)`` with ``noise`` drawn from N(0, I) with
+    ``generator``: one draw per entry of :meth:`FlowStep.noise_shapes`, in that order, in
+    :func:`ldj_dtype` of ``x`` on its device (what :meth:`densflow.DenseFlow.draw_noise` makes
+    for the step).
+
+    Example:
+        >>> import torch
+        >>> from densflow.base import forward_with_draws
+        >>> from densflow.cross_unit import CrossUnitCoupling
+        >>> coupling = CrossUnitCoupling(cond_channels=2, growth_rate=3)
+        >>> z = torch.zeros(1, 2, 4, 4)
+        >>> z_aug, terms = forward_with_draws(coupling, z, torch.Generator(), context=z)
+        >>> tuple(z_aug.shape), list(terms)
+        ((1, 5, 4, 4), [''])
+    """
+    shapes = step.noise_shapes(tuple(x.shape))
+    noise = draw(shapes, generator, dtype=ldj_dtype(x), device=x.device)
+    return step.flow_forward(x, noise, context)
+
+
 def squeeze(x: Tensor) -> Tensor:
     """Space-to-depth 2×2: ``(B, C, H, W) → (B, 4C, H/2, W/2)``.
 
@@ -174,17 +216,3 @@ def unsqueeze(z: Tensor) -> Tensor:
     z = z.view(b, c4 // 4, 2, 2, h, w)  # (B, C, dy, dx, i, j)
     z = z.permute(0, 1, 4, 2, 5, 3)  # (B, C, i, dy, j, dx)
     return z.reshape(b, c4 // 4, 2 * h, 2 * w)
-
-
-class Squeeze(Bijection):
-    """:func:`squeeze` as a bijection: a permutation of the entries, so its log-det is 0."""
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return squeeze(x), x.new_zeros(x.shape[0], dtype=ldj_dtype(x))
-
-    def inverse(self, z: Tensor) -> Tensor:
-        return unsqueeze(z)
-
-    def output_shape(self, shape: Shape) -> Shape:
-        b, c, h, w = shape
-        return (b, 4 * c, h // 2, w // 2)

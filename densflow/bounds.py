@@ -14,8 +14,8 @@ and with :math:`k` samples the importance-weighted bound (Burda et al., 2016)
 
 is tighter and does not decrease as :math:`k` grows. :func:`importance_weighted_log_prob` is the
 one implementation of it that the model (:meth:`~densflow.model.DenseFlow.iw_log_prob`), its
-CUDA-graphed passes and the test-set evaluation (:mod:`densflow.evaluation`) share: they differ
-only in how a chunk of log-weights is computed.
+CUDA-graphed passes and the test-set evaluation (:mod:`densflow.evaluation`) share: each gives
+it only its single-sample pass.
 """
 
 from __future__ import annotations
@@ -73,22 +73,24 @@ def importance_weighted_bound(log_weights: Tensor, dim: int = 0) -> Tensor:
 
 
 def importance_weighted_log_prob(
-    log_weights: Callable[[int, int], Tensor], k: int, chunk_size: int | None = None
+    log_prob: Callable[[Tensor, int], Tensor], x: Tensor, k: int, chunk_size: int | None = None
 ) -> Tensor:
-    r"""The k-sample bound :math:`\ln \frac{1}{k}\sum_{j=1}^{k} w_j` of each image of a batch, its
-    log-weights computed ``chunk_size`` samples at a time (all ``k`` at once when None), so that
-    k = 1000 fits in memory.
+    r"""The k-sample bound :math:`\ln \frac{1}{k}\sum_{j=1}^{k} w_j` of each image of the batch
+    ``x`` ``(B, …)``, its log-weights computed ``chunk_size`` samples at a time (all ``k`` at once
+    when None), so that k = 1000 fits in memory.
 
-    ``log_weights(start, c)`` returns the ``(c, B)`` log-weights :math:`\ln w_j` of samples
-    ``start, …, start + c − 1`` of each of the ``B`` images (one single-sample bound each, with
-    fresh draws). Each image's bound is then one ``logsumexp`` over its own ``k`` log-weights, so
-    it is the same number whatever the chunk size and whatever else is in the batch.
+    ``log_prob(repeated, start)`` is a single-sample bound :math:`\ln w_j` (fresh draws for each
+    row) of ``repeated = x.repeat(c, 1, 1, 1)``, samples ``start, …, start + c − 1`` of every image:
+    row ``j·B + b`` is sample ``start + j`` of image ``b``. Each image's bound is then one
+    ``logsumexp`` over its own ``k`` log-weights, so it is the same number whatever the chunk size
+    and whatever else is in the batch.
     """
+    b = x.shape[0]
     chunks, start = [], 0
     step = k if chunk_size is None else chunk_size
     while start < k:
         c = min(step, k - start)
-        chunks.append(log_weights(start, c))
+        chunks.append(log_prob(x.repeat(c, *[1] * (x.dim() - 1)), start).view(c, b))
         start += c
     per_image = torch.cat(chunks).T.contiguous()  # (B, k): one row of log-weights per image
     return torch.stack([importance_weighted_bound(row) for row in per_image])

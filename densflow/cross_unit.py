@@ -32,10 +32,9 @@ from torch import Tensor, nn
 
 from .base import NO_NOISE, FlowStep, Shape, ldj_dtype, standard_normal_log_prob
 from .coupling import affine_scale, zero_conv1x1
-from .noise import randn
 from .utils.errors import InputError
 
-__all__ = ["CrossUnitCoupling", "standard_normal_log_prob"]
+__all__ = ["CrossUnitCoupling"]
 
 
 class CrossUnitCoupling(FlowStep):
@@ -63,27 +62,16 @@ class CrossUnitCoupling(FlowStep):
         mu, raw = self.g(cond).chunk(2, dim=1)
         return mu.to(ldj_dtype(mu)), affine_scale(raw)
 
-    def forward(
-        self,
-        z: Tensor,
-        cond: Tensor,
-        generator: torch.Generator | None = None,
-        e: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Return ``(z_aug, Σ log σ − Σ ln N(e))``: the augmented state and its bound term.
-
-        ``e`` (``(B, growth_rate, H, W)``) is drawn from N(0, I) with ``generator`` unless given.
-        """
-        if e is None:
-            shape = self.noise_shapes(tuple(z.shape))[""]
-            e = randn(shape, generator=generator, dtype=ldj_dtype(z), device=z.device)
-        z_aug, terms = self.flow_forward(z, {"": e}, cond)
-        return z_aug, terms[""]
-
     def flow_forward(
         self, x: Tensor, noise: Mapping[str, Tensor] = NO_NOISE, context: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """``context``: the earlier representations ``g_i`` reads; ``noise[""]``: ``e``."""
+        """Return ``(z_aug, {"": Σ log σ − ln N(e; 0, I)})``, the augmented state (eq. 6) and its
+        term of the bound (eq. 9).
+
+        ``context``: the earlier representations ``g_i`` reads, concatenated by channel;
+        ``noise[""]``: ``e``, ``(B, growth_rate, H, W)``
+        (:func:`~densflow.base.forward_with_draws` draws it).
+        """
         if context is None:
             raise InputError(
                 "CrossUnitCoupling.flow_forward needs context: the earlier representations g_i "

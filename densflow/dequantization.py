@@ -30,7 +30,6 @@ from .config import PAPER
 from .coupling import AffineCoupling, zero_conv1x1
 from .dense_block import DenseBlock
 from .glow import InvertibleConv1x1
-from .noise import randn
 
 __all__ = ["VariationalDequantization", "DequantizationContext", "LOG_256"]
 
@@ -120,24 +119,15 @@ class VariationalDequantization(FlowStep):
         sigmoid_ldj = (-F.softplus(-a32) - F.softplus(a32)).flatten(1).sum(dim=1)
         return torch.sigmoid(a), ldj + conv_ldj + sigmoid_ldj
 
-    def forward(
-        self, x: Tensor, generator: torch.Generator | None = None, eps: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Dequantize integer-valued ``x`` (float tensor, values 0..255).
-
-        Returns ``(v, term)`` with ``v = (x + u)/256`` and ``term = −D ln 256 − ln q(u | x)`` per
-        example: what dequantization adds to the log-likelihood bound. The base noise ``eps``
-        (``(B, 12, H/2, W/2)``) is drawn from N(0, I) with ``generator`` unless given.
-        """
-        if eps is None:
-            shape = self.noise_shapes(tuple(x.shape))[""]
-            eps = randn(shape, generator=generator, dtype=x.dtype, device=x.device)
-        v, terms = self.flow_forward(x, {"": eps})
-        return v, terms[""]
-
     def flow_forward(
         self, x: Tensor, noise: Mapping[str, Tensor] = NO_NOISE, context: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Dequantize integer-valued ``x`` (float tensor, values 0..255) with the base noise
+        ``ε = noise[""]`` (``(B, 12, H/2, W/2)``).
+
+        Returns ``(v, {"": term})`` with ``v = (x + u)/256`` and ``term = −D ln 256 − ln q(u | x)``
+        per example: what dequantization adds to the log-likelihood bound.
+        """
         eps = noise[""]
         u, flow_ldj = self.flow(eps, self.context(x))
         # ln q(u|x) = ln N(ε; 0, I) − ln|det ∂u/∂ε|  (the base's own scale is inside flow_ldj)

@@ -26,6 +26,7 @@ __all__ = [
     "ActNorm",
     "InvertibleConv1x1",
     "LUInvertibleConv1x1",
+    "apply_conv1x1",
     "ChannelSwap",
     "GlowModule",
 ]
@@ -86,6 +87,14 @@ class ActNorm(Bijection):
         return z * torch.exp(self.log_scale) + self.shift
 
 
+def apply_conv1x1(x: Tensor, weight: Tensor) -> Tensor:
+    """``x`` ``(B, C, H, W)`` multiplied at every pixel by ``weight`` ``(C, C)``, in float32 or
+    wider (also under autocast) and returned in ``x``'s dtype."""
+    c = weight.shape[0]
+    with full_precision(x):
+        return F.conv2d(x.to(ldj_dtype(x)), weight.view(c, c, 1, 1).to(ldj_dtype(x))).to(x.dtype)
+
+
 class InvertibleConv1x1(Bijection):
     """Invertible 1×1 convolution with a plain ``(C, C)`` weight, as in the paper.
 
@@ -100,18 +109,11 @@ class InvertibleConv1x1(Bijection):
         q, _ = torch.linalg.qr(torch.randn(channels, channels))
         self.weight = nn.Parameter(q)
 
-    def _conv(self, x: Tensor, weight: Tensor) -> Tensor:
-        c = weight.shape[0]
-        with full_precision(x):
-            return F.conv2d(x.to(ldj_dtype(x)), weight.view(c, c, 1, 1).to(ldj_dtype(x))).to(
-                x.dtype
-            )
-
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         with full_precision(x):
             log_det = torch.linalg.slogdet(self.weight.to(ldj_dtype(x))).logabsdet
         ldj = (x.shape[2] * x.shape[3] * log_det).expand(x.shape[0])
-        return self._conv(x, self.weight), ldj
+        return apply_conv1x1(x, self.weight), ldj
 
     def inverse_weight(self, dtype: torch.dtype) -> Tensor:
         """``W⁻¹`` in ``dtype``."""
@@ -119,7 +121,7 @@ class InvertibleConv1x1(Bijection):
 
     def inverse(self, z: Tensor) -> Tensor:
         with full_precision(z):
-            return self._conv(z, self.inverse_weight(ldj_dtype(z)))
+            return apply_conv1x1(z, self.inverse_weight(ldj_dtype(z)))
 
 
 class LUInvertibleConv1x1(InvertibleConv1x1):
@@ -163,7 +165,7 @@ class LUInvertibleConv1x1(InvertibleConv1x1):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         ldj = (x.shape[2] * x.shape[3] * self.log_s.to(ldj_dtype(x)).sum()).expand(x.shape[0])
-        return self._conv(x, self.weight), ldj
+        return apply_conv1x1(x, self.weight), ldj
 
 
 class ChannelSwap(Bijection):

@@ -21,7 +21,7 @@ Its terms of the bound, named within the block with the paper's 1-based indices 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -29,8 +29,6 @@ from torch import Tensor, nn
 from .base import NO_NOISE, FlowStep, Shape, ldj_dtype, nested, within
 from .cross_unit import CrossUnitCoupling
 from .glow import GlowModule
-from .noise import draw
-from .utils.errors import InputError
 
 __all__ = ["InvertibleDenseBlock"]
 
@@ -126,38 +124,3 @@ class InvertibleDenseBlock(FlowStep):
     def output_shape(self, shape: Shape) -> Shape:
         b, _, h, w = shape
         return (b, self.out_channels, h, w)
-
-    def forward_terms(
-        self,
-        x: Tensor,
-        generator: torch.Generator | None = None,
-        noise: Sequence[Tensor] | None = None,
-    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-        """Return ``(z, unit_ldjs, cross_unit_terms)``: one log-det per unit and one bound
-        term per cross-unit coupling, each of shape ``(B,)``.
-
-        ``noise`` holds the ``e`` of each cross-unit coupling in order (``U − 1`` tensors of
-        ``(B, growth_rate, H, W)``); without it each is drawn with ``generator``.
-        """
-        shapes = self.noise_shapes(tuple(x.shape))
-        if noise is None:
-            drawn = draw(shapes, generator, dtype=ldj_dtype(x), device=x.device)
-        elif len(noise) != len(shapes):
-            raise InputError(
-                f"expected {len(shapes)} noise tensors (one per cross-unit coupling), got "
-                f"{len(noise)}"
-            )
-        else:
-            drawn = dict(zip(shapes, noise, strict=True))
-        z, terms = self.flow_forward(x, drawn)
-        unit_ldjs = [terms[unit_site(i)] for i in range(len(self.units))]
-        cross_terms = [terms[cross_unit_site(i)] for i in range(1, len(self.units))]
-        return z, unit_ldjs, cross_terms
-
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Return ``(z, the sum of the block's terms)``, the noise drawn with ``generator``."""
-        z, unit_ldjs, cross_terms = self.forward_terms(x, generator)
-        return z, torch.stack(unit_ldjs + cross_terms).sum(dim=0)
-
-    def inverse(self, z: Tensor) -> Tensor:
-        return self.flow_inverse(z)

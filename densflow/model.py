@@ -38,13 +38,20 @@ from .dequantization import VariationalDequantization
 from .glow import CouplingNetFactory
 from .input_augmentation import InputAugmentedBlock
 from .invertible_dense_block import InvertibleDenseBlock
-from .multiscale import CentredSqueeze, Transition
+from .multiscale import CentredSqueeze, Transition, factor_out
 from .noise import draw
 from .prior import LearnedGaussianPrior
 from .utils.errors import InputError
 from .utils.validate import check_float, check_images, check_int, check_noise
 
-__all__ = ["DenseFlowConfig", "DenseFlow", "PRESETS", "coupling_net_factory", "sum_terms"]
+__all__ = [
+    "DenseFlowConfig",
+    "DenseFlow",
+    "FlowPasses",
+    "PRESETS",
+    "coupling_net_factory",
+    "sum_terms",
+]
 
 
 def coupling_net_factory(config: DenseFlowConfig, block: int) -> CouplingNetFactory:
@@ -76,6 +83,29 @@ def input_noise_channels(config: DenseFlowConfig) -> int:
     return max(1, math.floor(added + 0.5))
 
 
+class FlowPasses(nn.Module):
+    """The flow's two pure functions of drawn noise, the likelihood terms and the sampler: each
+    runs the steps of a :class:`DenseFlow` in order (no random draws, no host reads). A module
+    without state of its own, so that :func:`densflow.performance.compile_model` can replace it
+    by a compiled one and leave the steps as they are."""
+
+    def terms(self, flow: DenseFlow, x: Tensor, noise: dict[str, Tensor]) -> dict[str, Tensor]:
+        """:meth:`DenseFlow.terms_from_noise`."""
+        terms = {}
+        h = x
+        for name, step in flow.named_steps():
+            h, step_terms = step.flow_forward(h, within(name, noise))
+            terms.update(nested(name, step_terms))
+        return terms
+
+    def sample(self, flow: DenseFlow, noise: dict[str, Tensor], temperature: float) -> Tensor:
+        """:meth:`DenseFlow.sample_from_noise`."""
+        h = None  # nothing above the prior: it draws z from its noise
+        for name, step in reversed(flow.named_steps()[1:]):
+            h = step.flow_inverse(h, within(name, noise), temperature)
+        return h
+
+
 class DenseFlow(nn.Module):
     """DenseFlow for 8-bit RGB images of ``config.image_size`` pixels a side.
 
@@ -105,12 +135,12 @@ class DenseFlow(nn.Module):
             config.deq_context_growth,
         )
         self.squeeze = CentredSqueeze()
-        blocks, channels, side = [], 12, config.image_size // 2
+        blocks, channels = [], 12  # after the first squeeze
         for b, (units, layers) in enumerate(
             zip(config.block_config, config.layers_config, strict=True)
         ):
             if b > 0:  # transition: squeeze (×4 channels) and keep half
-                channels, side = 2 * channels, side // 2
+                channels = 2 * channels
             modules = dict(coupling_net=coupling_net_factory(config, b), conv1x1=config.conv1x1)
             if config.augmentation == "incremental":
                 block = InvertibleDenseBlock(channels, units, layers, config.growth_rate, **modules)
@@ -124,7 +154,8 @@ class DenseFlow(nn.Module):
             channels = block.out_channels
         self.blocks = nn.ModuleList(blocks)
         self.transition = Transition()
-        self.prior = LearnedGaussianPrior(channels, (side, side))
+        self.prior = LearnedGaussianPrior(channels)
+        self.passes = FlowPasses()
 
     def named_steps(self) -> list[tuple[str, FlowStep]]:
         """The flow's steps in the x → z order, each with the name of its draws and terms.
@@ -237,13 +268,8 @@ class DenseFlow(nn.Module):
     def terms_from_noise(self, x: Tensor, noise: dict[str, Tensor]) -> dict[str, Tensor]:
         """:meth:`log_prob_terms` of checked float images and drawn noise: each step's terms,
         named by :meth:`named_steps`. A pure function (no random draws, no host reads): what
-        :func:`~densflow.performance.compile_model` compiles."""
-        terms = {}
-        h = x
-        for name, step in self.named_steps():
-            h, step_terms = step.flow_forward(h, within(name, noise))
-            terms.update(nested(name, step_terms))
-        return terms
+        :func:`~densflow.performance.compile_model` compiles (:class:`FlowPasses`)."""
+        return self.passes.terms(self, x, noise)
 
     def encode(self, v: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
         """Continuous ``v ∈ [0, 1)`` ``(B, 3, H, W)`` → latents
@@ -251,13 +277,14 @@ class DenseFlow(nn.Module):
 
         The cross-unit noise is drawn from ``generator``; :meth:`decode` inverts this exactly.
         Dequantize uint8 images first with
-        ``model.dequantization(x.to(model.prior.loc.dtype), generator)[0]``.
+        ``forward_with_draws(model.dequantization, x.to(model.prior.loc.dtype), generator)[0]``
+        (:func:`~densflow.base.forward_with_draws`).
         """
         noise = self.draw_noise(v.shape[0], generator, skip=("dequantization",))
         latents, h = [], v
         for name, step in self.named_steps()[1:-1]:  # between dequantization and the prior
             if isinstance(step, Transition):  # the factored-out half is a latent
-                h, dropped = step(h)
+                h, dropped = factor_out(h)
                 latents.append(dropped)
             else:
                 h, _ = step.flow_forward(h, within(name, noise))
@@ -324,12 +351,9 @@ class DenseFlow(nn.Module):
         if chunk_size is not None:
             chunk_size = check_int("chunk_size", chunk_size)
         x = self._check_images(x).to(torch.uint8)
-        b = x.shape[0]
-
-        def log_weights(start: int, c: int) -> Tensor:
-            return self.log_prob(x.repeat(c, 1, 1, 1), generator).view(c, b)
-
-        return importance_weighted_log_prob(log_weights, k, chunk_size)
+        return importance_weighted_log_prob(
+            lambda repeated, start: self.log_prob(repeated, generator), x, k, chunk_size
+        )
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -370,7 +394,4 @@ class DenseFlow(nn.Module):
     def sample_from_noise(self, noise: dict[str, Tensor], temperature: float = 1.0) -> Tensor:
         """:meth:`sample_continuous` from drawn noise: the steps' inverses, from the prior back
         to the squeeze. A pure function, like :meth:`terms_from_noise`."""
-        h = None  # nothing above the prior: it draws z from its noise
-        for name, step in reversed(self.named_steps()[1:]):
-            h = step.flow_inverse(h, within(name, noise), temperature)
-        return h
+        return self.passes.sample(self, noise, temperature)

@@ -22,7 +22,15 @@ from torch import Tensor
 
 from .base import NO_NOISE, FlowStep, Shape, squeeze, standard_normal_log_prob, unsqueeze
 
-__all__ = ["CentredSqueeze", "Transition"]
+__all__ = ["CentredSqueeze", "Transition", "factor_out"]
+
+
+def factor_out(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Squeeze ``(B, C, H, W)`` and split it: ``(z_keep, z_drop)``, each ``(B, 2C, H/2, W/2)``,
+    the kept half first."""
+    z = squeeze(x)
+    keep = z.shape[1] // 2
+    return z[:, :keep], z[:, keep:]
 
 
 class CentredSqueeze(FlowStep):
@@ -49,37 +57,24 @@ class CentredSqueeze(FlowStep):
 class Transition(FlowStep):
     """Squeeze ``(B, C, H, W) → (B, 4C, H/2, W/2)``, keep ``[0, 2C)``, score ``[2C, 4C)``.
 
-    Its term is ``ln N(z_drop; 0, I)``; sampling draws the dropped half (:meth:`noise_shapes`
-    with ``sampling``).
+    Its term is ``ln N(z_drop; 0, I)``; its inverse takes the dropped half back as its draw
+    (:meth:`noise_shapes` with ``sampling``): a standard-normal draw when sampling, the half that
+    :func:`factor_out` gave when decoding.
     """
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Return ``(z_keep, z_drop)``."""
-        z = squeeze(x)
-        keep = z.shape[1] // 2
-        return z[:, :keep], z[:, keep:]
-
-    @staticmethod
-    def log_prob_dropped(dropped: Tensor) -> Tensor:
-        """``ln N(z_drop; 0, I)`` per example: the dropped half's likelihood term."""
-        return standard_normal_log_prob(dropped)
-
-    def inverse(self, z: Tensor, dropped: Tensor) -> Tensor:
-        """Put the factored-out half back after the kept one and un-squeeze."""
-        return unsqueeze(torch.cat([z, dropped.to(z.dtype)], dim=1))
 
     def flow_forward(
         self, x: Tensor, noise: Mapping[str, Tensor] = NO_NOISE, context: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        keep, dropped = self(x)
-        return keep, {"": self.log_prob_dropped(dropped)}
+        keep, dropped = factor_out(x)
+        return keep, {"": standard_normal_log_prob(dropped)}
 
     def flow_inverse(
         self, z: Tensor, noise: Mapping[str, Tensor] = NO_NOISE, temperature: float = 1.0
     ) -> Tensor:
         """``noise[""]``: a standard-normal draw for the dropped half, scaled by ``temperature``
         (or, with ``temperature = 1``, the dropped half itself)."""
-        return self.inverse(z, temperature * noise[""])
+        dropped = temperature * noise[""]
+        return unsqueeze(torch.cat([z, dropped.to(z.dtype)], dim=1))
 
     def noise_shapes(self, shape: Shape, sampling: bool = False) -> dict[str, Shape]:
         return {"": tuple(shape)} if sampling else {}  # the dropped half is as large as the kept

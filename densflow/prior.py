@@ -16,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from .base import NO_NOISE, FlowStep, Shape, ldj_dtype
-from .noise import randn
 
 __all__ = ["LearnedGaussianPrior"]
 
@@ -29,12 +28,10 @@ class LearnedGaussianPrior(FlowStep):
 
     Arguments:
         channels: C of the final latent.
-        spatial: ``(h, w)`` of the final latent, used for sampling.
     """
 
-    def __init__(self, channels: int, spatial: tuple[int, int]) -> None:
+    def __init__(self, channels: int) -> None:
         super().__init__()
-        self.spatial = tuple(spatial)
         self.loc = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
@@ -48,17 +45,6 @@ class LearnedGaussianPrior(FlowStep):
             - 0.5 * torch.exp(-2 * log_scale) * (z - loc) ** 2
         )
         return log_p.flatten(1).sum(dim=1)
-
-    def sample(
-        self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
-    ) -> Tensor:
-        eps = randn(
-            (n, self.loc.shape[1], *self.spatial),
-            generator=generator,
-            dtype=self.loc.dtype,
-            device=self.loc.device,
-        )
-        return self.sample_from(eps, temperature)
 
     def sample_from(self, eps: Tensor, temperature: float = 1.0) -> Tensor:
         """``z = μ + T σ ε`` for standard-normal ``eps`` ``(n, C, h, w)``."""

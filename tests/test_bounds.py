@@ -10,15 +10,20 @@ import torch
 from densflow.bounds import bits_per_dim, importance_weighted_bound, importance_weighted_log_prob
 
 
-def log_weights_of(table: torch.Tensor, calls: list[tuple[int, int]] | None = None):
-    """``log_weights(start, c)`` reading rows ``start..start+c-1`` of a ``(k, B)`` table."""
+def iw(table: torch.Tensor, k: int, chunk: int | None, calls: list | None = None) -> torch.Tensor:
+    """The k-sample bound of the ``B`` columns of a ``(k, B)`` table of log-weights: the images
+    are the column indices, and the single-sample bound of a repeated batch reads rows
+    ``start..start+c-1``, checking that row ``j·B + b`` is image ``b``."""
+    images = torch.arange(table.shape[1])
 
-    def log_weights(start: int, c: int) -> torch.Tensor:
+    def log_prob(repeated: torch.Tensor, start: int) -> torch.Tensor:
+        c = len(repeated) // len(images)
+        assert torch.equal(repeated, images.repeat(c))
         if calls is not None:
             calls.append((start, c))
-        return table[start : start + c]
+        return table[start : start + c].reshape(-1)
 
-    return log_weights
+    return importance_weighted_log_prob(log_prob, images, k, chunk)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -29,7 +34,7 @@ def test_the_chunked_bound_is_the_same_number_for_every_chunk_size_and_batch(dty
     results = {}
     for chunk in (1, 3, 5, 13, 50, None):
         calls = []
-        results[chunk] = importance_weighted_log_prob(log_weights_of(table, calls), 13, chunk)
+        results[chunk] = iw(table, 13, chunk, calls)
         step = 13 if chunk is None else min(chunk, 13)
         assert [s for s, _ in calls] == list(range(0, 13, step))  # every sample exactly once
         assert sum(c for _, c in calls) == 13
@@ -39,13 +44,13 @@ def test_the_chunked_bound_is_the_same_number_for_every_chunk_size_and_batch(dty
     assert torch.allclose(results[1].double(), expected, rtol=1e-6 if dtype == torch.float32 else 0)
     # Each image's bound is its own: the same number alone as in a batch of five.
     for b in range(5):
-        alone = importance_weighted_log_prob(log_weights_of(table[:, b : b + 1]), 13, 4)
+        alone = iw(table[:, b : b + 1], 13, 4)
         assert torch.equal(alone, results[1][b : b + 1])
 
 
 def test_the_bound_does_not_underflow_and_lies_between_the_mean_and_the_max():
     table = torch.tensor([[-20000.0, -3.0], [-20001.0, -7.0], [-20002.5, -4.0]])
-    bound = importance_weighted_log_prob(log_weights_of(table), 3, 2)
+    bound = iw(table, 3, 2)
     assert torch.isfinite(bound).all()
     assert torch.all(bound >= table.mean(0)) and torch.all(bound <= table.max(0).values)
     assert torch.equal(bound, importance_weighted_bound(table, dim=0))

@@ -172,7 +172,7 @@ def test_train_eval_sample_end_to_end(tmp_path, capsys, monkeypatch):
         assert main([*small_eval, "--cuda-graphs"]) == 0
     assert json.loads(capsys.readouterr().out) == printed
 
-    compiled = []  # compiling for real is tests/test_performance.py's job: minutes on a CPU
+    compiled = []  # compiling for real is tests/performance/test_compile.py's job: minutes on a CPU
     monkeypatch.setattr("densflow.performance.compile_model", compiled.append)
     code = main([*small_eval, "--amp", "bf16", "--channels-last", "--compile"])
     assert code == 0

@@ -10,6 +10,7 @@ import torch
 from utils import init_actnorms, perturb
 
 from densflow import PRESETS, DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
+from densflow.base import forward_with_draws
 
 PAPER_PARAMS = 130_647_294
 
@@ -373,7 +374,9 @@ def test_the_flow_is_its_named_steps_in_a_loop():
         "prior",
     ]
     # the stages' shapes follow from the steps' output shapes, as the pass makes them
-    v, _ = model.dequantization(images(2).float(), torch.Generator().manual_seed(0))
+    v, _ = forward_with_draws(
+        model.dequantization, images(2).float(), torch.Generator().manual_seed(0)
+    )
     latents = model.encode(v, torch.Generator().manual_seed(1))
     stages = dict(model.stage_shapes(2))
     assert [tuple(t.shape) for t in latents] == [

@@ -194,7 +194,7 @@ def test_a_loaded_checkpoint_gets_the_speed_switches_of_the_config(tmp_path, mon
     train(
         train_preset("photos", "smoke", out_dir=str(run), batch_size=4, max_steps=1, progress=False)
     )
-    compiled = []  # compiling for real is tests/test_performance.py's job
+    compiled = []  # compiling for real is tests/performance/test_compile.py's job
     monkeypatch.setattr("densflow.performance.compile_model", compiled.append)
     config = train_preset(
         "photos", "smoke", out_dir=str(tmp_path / "eval"), channels_last=True, compile=True

@@ -299,7 +299,7 @@ def test_training_options_run(tmp_path, options):
 def test_compiled_training_follows_eager_training_and_resumes_either_way(tmp_path, monkeypatch):
     # The aot_eager backend runs dynamo and AOTAutograd's forward/backward graphs without code
     # generation: the Trainer's wiring is tested here in seconds; inductor's numbers are tested
-    # in test_performance.py.
+    # in tests/performance/test_compile.py.
     compiled = []
 
     def compile_model(model):

@@ -35,11 +35,65 @@ def jacobian_logdet(f, x: Tensor) -> Tensor:
     return torch.linalg.slogdet(jac).logabsdet
 
 
+def reference_log_prob(model: nn.Module, x: Tensor) -> Tensor:
+    """The single-sample bound of ``x`` under fixed noise (0.3), without gradients."""
+    from densflow import fixed_noise
+
+    with torch.no_grad(), fixed_noise(0.3):
+        return model.log_prob(x)
+
+
+def check_bijection(bij, x: Tensor, *, atol_inv: float = 1e-10, atol_ldj: float = 1e-8) -> None:
+    """Round trip on a batch, and the log-det of each example against autograd (float64)."""
+    z, ldj = bij(x)
+    assert ldj.shape == (x.shape[0],)
+    assert ldj.dtype == torch.float64
+    assert (bij.inverse(z) - x).abs().max() < atol_inv
+    for i in range(x.shape[0]):
+        expected = jacobian_logdet(lambda t: bij(t)[0], x[i : i + 1])
+        assert torch.allclose(ldj[i], expected, atol=atol_ldj, rtol=1e-9), (ldj[i], expected)
+
+
+def small_glow(channels: int = 6) -> nn.Module:
+    """A glow-like module with a small DenseFlow coupling network."""
+    from densflow.glow import GlowModule
+
+    return GlowModule(channels, mid_channels=8, dense_depth=2, dense_growth=4)
+
+
+def noise_jacobian_logdet(step, x: Tensor) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """For a flow step that appends noise, seen as a map of ``x`` (one example) and its draws:
+    ``(ln|det J|, terms, noise)``, the log-det by autograd, and the step's terms for the same
+    draws (seeded 0)."""
+    from densflow.noise import draw
+
+    shapes = step.noise_shapes(tuple(x.shape))
+    noise = draw(shapes, torch.Generator().manual_seed(0))
+    sizes = [x.numel(), *(t.numel() for t in noise.values())]
+
+    def f(flat: Tensor) -> Tensor:
+        first, *rest = flat.split(sizes)
+        drawn = {k: t.view(shape) for (k, shape), t in zip(shapes.items(), rest, strict=True)}
+        return step.flow_forward(first.view_as(x), drawn)[0].flatten()
+
+    flat = torch.cat([x.flatten(), *(t.flatten() for t in noise.values())])
+    jac = torch.autograd.functional.jacobian(f, flat)
+    assert jac.shape[0] == jac.shape[1], "the step and its noise are not a square map"
+    _, terms = step.flow_forward(x, noise)
+    return torch.linalg.slogdet(jac).logabsdet, terms, noise
+
+
 def init_actnorms(model: nn.Module, *inputs, **kwargs) -> nn.Module:
-    """One training-mode forward (data-dependent ActNorm init), then eval mode."""
+    """One training-mode forward (data-dependent ActNorm init), then eval mode: the model's own
+    call, or a flow step's ``flow_forward`` with its noise drawn."""
+    from densflow.base import Bijection, FlowStep, forward_with_draws
+
     model.train()
     with torch.no_grad():
-        model(*inputs, **kwargs)
+        if isinstance(model, FlowStep) and not isinstance(model, Bijection):
+            forward_with_draws(model, *inputs, **kwargs)
+        else:
+            model(*inputs, **kwargs)
     return model.eval()
 
 

@@ -1,5 +1,5 @@
-"""How an evaluation computes a batch's single-sample bound: eagerly (also a compiled model's
-compiled pass) or replayed from CUDA graphs. :func:`make_pass` chooses once per evaluation, as
+"""How an evaluation computes a batch's single-sample bound: eagerly, through a compiled model's
+compiled pass, or replayed from CUDA graphs. :func:`make_pass` chooses once per evaluation, as
 training chooses its step (:func:`densflow.training.step.make_step`); both bounds are built on the
 chosen pass (the importance-weighted one on the batch repeated, :mod:`densflow.evaluation.run`).
 
@@ -11,17 +11,15 @@ saves: such a batch runs eagerly. The numbers are the same either way, within ro
 
 from __future__ import annotations
 
-import contextlib
-import sys
 import warnings
 from typing import Protocol
 
 from torch import Tensor
 
 from ..model import DenseFlow
-from ..performance import GraphedFlow, autocast, run_eagerly
+from ..performance import GraphedFlow, autocast, is_compiled, run_eagerly
 
-__all__ = ["EagerPass", "GraphedPass", "Pass", "make_pass"]
+__all__ = ["CompiledPass", "EagerPass", "GraphedPass", "Pass", "make_pass"]
 
 
 class Pass(Protocol):
@@ -32,18 +30,25 @@ class Pass(Protocol):
 
 
 class EagerPass:
-    """The model's own pass (a compiled model's compiled one), under ``amp``; a batch smaller
-    than ``full_batch`` images runs eagerly (:func:`~densflow.performance.run_eagerly`)."""
+    """The model's own pass, under ``amp``."""
 
     def __init__(self, model: DenseFlow, amp: str, full_batch: int) -> None:
         self.model, self.amp, self.full_batch = model, amp, full_batch
 
     def __call__(self, x: Tensor, noise: dict[str, Tensor], images: int) -> Tensor:
-        # Only a process that imported torch._dynamo can hold a compiled model; importing it just
-        # to run eagerly would cost seconds.
-        eager = images < self.full_batch and "torch._dynamo" in sys.modules
-        with autocast(x.device, self.amp), run_eagerly() if eager else contextlib.nullcontext():
+        with autocast(x.device, self.amp):
             return self.model.log_prob(x, noise=noise)
+
+
+class CompiledPass(EagerPass):
+    """A compiled model's compiled pass (:func:`~densflow.performance.compile_model`); a batch
+    smaller than ``full_batch`` images runs eagerly (:func:`~densflow.performance.run_eagerly`)."""
+
+    def __call__(self, x: Tensor, noise: dict[str, Tensor], images: int) -> Tensor:
+        if images < self.full_batch:
+            with run_eagerly():
+                return super().__call__(x, noise, images)
+        return super().__call__(x, noise, images)
 
 
 class GraphedPass(EagerPass):
@@ -75,6 +80,7 @@ def graphed_flow(model: DenseFlow, amp: str, what: str) -> GraphedFlow:
 
 
 def make_pass(model: DenseFlow, amp: str, cuda_graphs: bool, full_batch: int) -> Pass:
-    """The pass of an evaluation whose full batches hold ``full_batch`` images."""
-    kind = GraphedPass if cuda_graphs else EagerPass
+    """The pass of an evaluation whose full batches hold ``full_batch`` images: graphed with
+    ``cuda_graphs`` (which refuses a compiled model), compiled for a compiled model, else eager."""
+    kind = GraphedPass if cuda_graphs else CompiledPass if is_compiled(model) else EagerPass
     return kind(model, amp, full_batch)

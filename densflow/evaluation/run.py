@@ -177,10 +177,10 @@ def batch_bounds(
     if config.iw_samples is not None:
         draws = IndexedDraws(model, config.seed, "iw", indices)
 
-        def log_weights(start: int, c: int) -> Tensor:
-            return run_pass(x.repeat(c, 1, 1, 1), draws.next(c), b).view(c, b)
+        def log_prob(repeated: Tensor, start: int) -> Tensor:
+            return run_pass(repeated, draws.next(len(repeated) // b), b)
 
-        log_p = importance_weighted_log_prob(log_weights, config.iw_samples, config.chunk_size)
+        log_p = importance_weighted_log_prob(log_prob, x, config.iw_samples, config.chunk_size)
         iw = bits_per_dim(log_p, shape).double().cpu()
     return single, iw
 

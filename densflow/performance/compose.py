@@ -10,11 +10,11 @@ convolution followed by the output one. :class:`ComposedCouplingNet` computes
 from products of the same weights: 3 convolutions fewer per coupling network. That matters on a
 CPU, where a small convolution's cost is mostly per call (``docs/performance.md``).
 
-:func:`compose_coupling_nets` applies it to a built model in place: every
-:class:`~densflow.coupling.CouplingNet` becomes a :class:`ComposedCouplingNet`, a subclass with no
-state of its own, so the parameters (the same tensors), the state-dict keys and values, an
-optimizer built before and a checkpoint written after are all unchanged.
-:func:`plain_coupling_nets` undoes it.
+:func:`compose_coupling_nets` applies it to a built model: every
+:class:`~densflow.coupling.CouplingNet` with both branches is replaced, on its parent, by a
+:class:`ComposedCouplingNet` built from it, which holds the same submodules under the same names,
+so the parameters (the same tensors), the state-dict keys and values, an optimizer built before
+and a checkpoint written after are all unchanged.
 """
 
 from __future__ import annotations
@@ -25,16 +25,30 @@ from torch import Tensor, nn
 
 from ..base import full_precision
 from ..coupling import CouplingNet
+from ..utils.errors import InputError
+from .modules import replace_modules
 
-__all__ = ["ComposedCouplingNet", "compose_coupling_nets", "plain_coupling_nets"]
+__all__ = ["ComposedCouplingNet", "compose_coupling_nets"]
 
 
-class ComposedCouplingNet(CouplingNet):
-    """:class:`~densflow.coupling.CouplingNet` with its adjacent 1×1 convolutions composed."""
+class ComposedCouplingNet(nn.Module):
+    """A :class:`~densflow.coupling.CouplingNet` with both branches, its adjacent 1×1
+    convolutions composed: ``net``'s own submodules (the same parameters and state-dict keys),
+    another forward."""
+
+    def __init__(self, net: CouplingNet) -> None:
+        super().__init__()
+        if net.attention is None or net.dense is None:
+            raise InputError(
+                "ComposedCouplingNet needs a coupling network with both branches (attention and "
+                "dense): a one-branch network has nothing to compose"
+            )
+        # the coupling network's submodules, registered in its order: the same state dict
+        self.in_conv, self.attention, self.dense = net.in_conv, net.attention, net.dense
+        self.mix_norm, self.mix_conv, self.out_conv = net.mix_norm, net.mix_conv, net.out_conv
+        self.train(net.training)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.attention is None or self.dense is None:  # a one-branch ablation: nothing shared
-            return super().forward(x)
         mid, e = self.in_conv.out_channels, self.attention.embed_dim
         h, qkv, first_in = F.conv2d(x, *self._input_projection()).split([mid, 3 * e, mid], dim=1)
         u = torch.cat([self.attention.attend(qkv), self._dense(h, first_in)], dim=1)
@@ -66,26 +80,18 @@ class ComposedCouplingNet(CouplingNet):
         return weight[:, :, None, None], self.out_conv.bias
 
 
-def swap_classes(model: nn.Module, plain: type[nn.Module], fast: type[nn.Module]) -> int:
-    """Make every module of exactly type ``plain`` in ``model`` (itself included) an instance of
-    ``fast``, in place; returns how many. ``fast`` must add no state to ``plain`` (a subclass
-    that only overrides methods, or ``plain`` itself to undo)."""
-    count = 0
-    for module in model.modules():
-        if type(module) is plain:
-            module.__class__ = fast
-            count += 1
-    return count
-
-
 def compose_coupling_nets(model: nn.Module) -> nn.Module:
-    """Run every coupling network of ``model`` as a :class:`ComposedCouplingNet`; returns
-    ``model`` (changed in place: the same parameters, state-dict keys and values)."""
-    swap_classes(model, CouplingNet, ComposedCouplingNet)
+    """Run every coupling network of ``model`` with both branches as a
+    :class:`ComposedCouplingNet`; returns ``model``, changed in place (the same parameters,
+    state-dict keys and values), or the composed network when ``model`` is one itself.
+    One-branch networks (ablations) have nothing to compose and stay as they are."""
+    if type(model) is CouplingNet:
+        return ComposedCouplingNet(model) if _composable(model) else model
+    replace_modules(
+        model, CouplingNet, lambda net: ComposedCouplingNet(net) if _composable(net) else net
+    )
     return model
 
 
-def plain_coupling_nets(model: nn.Module) -> nn.Module:
-    """Undo :func:`compose_coupling_nets`: every coupling network calls each layer again."""
-    swap_classes(model, ComposedCouplingNet, CouplingNet)
-    return model
+def _composable(net: CouplingNet) -> bool:
+    return net.attention is not None and net.dense is not None

@@ -35,14 +35,16 @@ from collections.abc import Callable, Hashable
 from typing import TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from ..base import full_precision, ldj_dtype
 from ..bounds import importance_weighted_log_prob
-from ..glow import InvertibleConv1x1
+from ..glow import InvertibleConv1x1, apply_conv1x1
 from ..model import DenseFlow, sum_terms
 from ..utils.errors import InputError
 from ..utils.validate import check_float, check_images, check_int, check_noise
-from .compose import swap_classes
+from .compile import is_compiled
+from .modules import replace_modules
 from .precision import autocast
 
 __all__ = ["CapturableConv1x1", "CapturedCall", "GraphedFlow", "capture_graph"]
@@ -212,15 +214,27 @@ class CapturedCall:
         return [t for a in self._args for t in (a.values() if isinstance(a, dict) else [a])]
 
 
-class CapturableConv1x1(InvertibleConv1x1):
-    """:class:`~densflow.glow.InvertibleConv1x1` whose ``W⁻¹`` comes from
-    ``torch.linalg.inv_ex``: the LU solve of ``torch.linalg.inv`` (the same numbers) without its
-    check of the solver's error flag, a host read that a CUDA graph cannot hold. A singular ``W``
-    then gives non-finite values rather than an error. :class:`GraphedFlow` swaps it in for the
-    sampling pass only (:func:`~densflow.performance.compose.swap_classes`: no state of its own)."""
+class CapturableConv1x1(nn.Module):
+    """An :class:`~densflow.glow.InvertibleConv1x1` (``conv``, wrapped) whose inverse takes
+    ``W⁻¹`` from ``torch.linalg.inv_ex``: the LU solve of ``torch.linalg.inv`` (the same
+    numbers) without its check of the solver's error flag, a host read that a CUDA graph cannot
+    hold. A singular ``W`` then gives non-finite values rather than an error. :class:`GraphedFlow`
+    puts it in place of each plain 1×1 convolution for the sampling pass only."""
+
+    def __init__(self, conv: InvertibleConv1x1) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.conv(x)
 
     def inverse_weight(self, dtype: torch.dtype) -> Tensor:
-        return torch.linalg.inv_ex(self.weight.to(dtype)).inverse
+        """``W⁻¹`` in ``dtype``."""
+        return torch.linalg.inv_ex(self.conv.weight.to(dtype)).inverse
+
+    def inverse(self, z: Tensor) -> Tensor:
+        with full_precision(z):
+            return apply_conv1x1(z, self.inverse_weight(ldj_dtype(z)))
 
 
 class GraphedFlow:
@@ -247,7 +261,7 @@ class GraphedFlow:
     def __init__(self, model: DenseFlow, amp: str = "none", warmup: int = 2) -> None:
         if not isinstance(model, DenseFlow):
             raise TypeError(f"GraphedFlow expects a DenseFlow, got {type(model).__name__}")
-        if getattr(model.terms_from_noise, "densflow_compiled", False):
+        if is_compiled(model):
             raise InputError(
                 "GraphedFlow got a compiled model: choose one of compile and cuda_graphs (a "
                 "capture of the compiled flow has not been validated)"
@@ -299,12 +313,9 @@ class GraphedFlow:
             chunk_size = check_int("chunk_size", chunk_size)
         self._check(x)
         x = x.to(torch.uint8)  # the eager path repeats uint8 images too
-        b = x.shape[0]
-
-        def log_weights(start: int, c: int) -> Tensor:
-            return self.log_prob(x.repeat(c, 1, 1, 1), generator).view(c, b)
-
-        return importance_weighted_log_prob(log_weights, k, chunk_size)
+        return importance_weighted_log_prob(
+            lambda repeated, start: self.log_prob(repeated, generator), x, k, chunk_size
+        )
 
     def _log_prob(self, x: Tensor, noise: dict[str, Tensor]) -> Tensor:
         model = self.model
@@ -344,13 +355,13 @@ class GraphedFlow:
 
         def sample_from(noise: dict[str, Tensor]) -> Tensor:
             model = self.model
-            # Python runs only while capturing (or eagerly): the swap is not replayed.
-            swap_classes(model, InvertibleConv1x1, CapturableConv1x1)
+            # Python runs only while capturing (or eagerly): the replacement is not replayed.
+            replace_modules(model, InvertibleConv1x1, CapturableConv1x1)
             try:
                 with autocast(model.prior.loc.device, self.amp, cache_enabled=False):
                     return model.sample_from_noise(noise, temperature)
             finally:
-                swap_classes(model, CapturableConv1x1, InvertibleConv1x1)
+                replace_modules(model, CapturableConv1x1, lambda wrapper: wrapper.conv)
 
         return self._call(("sample", temperature), sample_from, noise)
 

@@ -3,12 +3,13 @@ learning rate that a schedule sets each step and a state dict that loads either 
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..performance import _compile_with_fallback
+from ..performance import compile_with_fallback
 
 __all__ = [
     "build_optimizer",
@@ -54,9 +55,15 @@ def compile_optimizer(optimizer: torch.optim.Optimizer, **compile_kwargs) -> boo
     if getattr(optimizer.step, "densflow_compiled", False):
         return False
     make_capturable(optimizer)
-    return _compile_with_fallback(
-        optimizer, "step", lambda: restore_eager_groups(optimizer), **compile_kwargs
+    step = compile_with_fallback(
+        type(optimizer).step,
+        f"{type(optimizer).__name__}.step",
+        lambda *args: restore_eager_groups(optimizer),
+        **compile_kwargs,
     )
+    # A bound method of this optimizer: it follows the optimizer through copy.deepcopy.
+    optimizer.step = types.MethodType(step, optimizer)
+    return True
 
 
 def make_capturable(optimizer: torch.optim.Optimizer) -> None:

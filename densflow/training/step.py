@@ -356,9 +356,9 @@ def wrap_distributed(model: DenseFlow, device: torch.device, channels_last: bool
     if channels_last:
         # DDP gives each gradient bucket its parameter's strides and warns (once) when a
         # gradient's differ. Under channels_last they differ only for tensors shaped (·, ·, 1, 1),
-        # whose two layouts are the same bytes; tests/test_performance.py checks that every
-        # gradient has its parameter's layout in the dimensions larger than 1. A filter for the
-        # process: a catch_warnings around each step would make every other warning repeat.
+        # whose two layouts are the same bytes; tests/performance/test_precision.py checks that
+        # every gradient has its parameter's layout in the dimensions larger than 1. A filter for
+        # the process: a catch_warnings around each step would make every other warning repeat.
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
