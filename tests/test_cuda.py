@@ -102,12 +102,12 @@ def test_compiled_optimizer_step_matches_eager_on_the_gpu(name):
     start = [p.detach().clone() for p in eager_params]
     eager = optim(eager_params, lr=1e-3, foreach=True)
     compiled = optim(compiled_params, lr=1e-3, foreach=True)
-    compile_optimizer(compiled)
+    update = compile_optimizer(compiled)
     lrs = [1e-3, 5e-4, 2e-4]
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no silent fallback to eager
         optimizer_steps(eager, eager_params, lrs, torch.Generator().manual_seed(1))
-        optimizer_steps(compiled, compiled_params, lrs, torch.Generator().manual_seed(1))
+        optimizer_steps(compiled, compiled_params, lrs, torch.Generator().manual_seed(1), update)
     assert compiled.param_groups[0]["lr"].device.type == "cuda"
     for p0, a, b in zip(start, eager_params, compiled_params, strict=True):
         assert (b - a).norm() <= 1e-3 * (a - p0).norm()  # float32 parameters of size ~1

@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -120,16 +121,22 @@ def optimizer_parameters(
 
 
 def optimizer_steps(
-    optimizer: torch.optim.Optimizer, params: list[Tensor], lrs: list[float], g: torch.Generator
+    optimizer: torch.optim.Optimizer,
+    params: list[Tensor],
+    lrs: list[float],
+    g: torch.Generator,
+    update: Callable[[], object] | None = None,
 ) -> None:
-    """One step per learning rate in ``lrs``, with standard-normal gradients drawn from ``g``."""
+    """One step per learning rate in ``lrs``, with standard-normal gradients drawn from ``g``;
+    ``update`` (e.g. :func:`~densflow.training.optim.compile_optimizer`'s) instead of
+    ``optimizer.step``."""
     from densflow.training.optim import set_lr
 
     for lr in lrs:
         for p in params:
             p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device)
         set_lr(optimizer, lr)
-        optimizer.step()
+        (update or optimizer.step)()
 
 
 def assert_same_training_state(

@@ -217,6 +217,7 @@ class TrainStep:
         self.net = model if net is None else net
         self.amp, self.max_norm = amp, max_norm
         self._stats = BatchNormStats(model)
+        self._optimizer_update: Callable[[], object] = optimizer.step
         self._params = [p for p in model.parameters() if p.requires_grad]
         # Whether the parameters after the last update are finite, on the device, unread.
         self._params_ok = torch.ones((), dtype=torch.bool, device=self._params[0].device)
@@ -246,7 +247,7 @@ class TrainStep:
     def _update(self) -> Tensor:
         """The optimizer update; returns whether all parameters are finite after it, as a device
         flag."""
-        self.optimizer.step()
+        self._optimizer_update()
         return all_finite(self._params)
 
     def _forward_backward(self, x: Tensor, noise: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -257,15 +258,16 @@ class TrainStep:
 
 
 class CompiledStep(TrainStep):
-    """:class:`TrainStep` with the flow and the optimizer update compiled (in place, so that the
-    state-dict keys and checkpoints do not change). Build it after ActNorm's initialisation, so
-    that the flow compiles without the initialisation branch, and after any resume (compiling
-    the optimizer makes its lr a tensor)."""
+    """:class:`TrainStep` with the flow compiled (in place, so that the state-dict keys and
+    checkpoints do not change) and the optimizer's update compiled into a function this step
+    calls (:func:`~densflow.training.optim.compile_optimizer`). Build it after ActNorm's
+    initialisation, so that the flow compiles without the initialisation branch, and after any
+    resume (compiling the optimizer makes its lr a tensor)."""
 
     def __init__(self, model: DenseFlow, optimizer: torch.optim.Optimizer, **kwargs) -> None:
         compile_model(model)
-        compile_optimizer(optimizer)
         super().__init__(model, optimizer, **kwargs)
+        self._optimizer_update = compile_optimizer(optimizer)
 
 
 class GraphedUpdate:

@@ -148,17 +148,17 @@ def test_compiled_optimizer_makes_the_eager_update_and_a_schedule_does_not_recom
     eager = optim(eager_params, lr=1e-3, foreach=True)
     compiled = optim(compiled_params, lr=1e-3, foreach=True)
     counter = CompileCounterWithBackend(backend)
-    assert compile_optimizer(compiled, backend=counter)
-    assert not compile_optimizer(compiled, backend=counter)  # idempotent
+    update = compile_optimizer(compiled, backend=counter)
+    assert compiled.step.__func__ is optim.step  # the optimizer's own step is left eager
     start = [p.detach().clone() for p in eager_params]
     lrs = [0.0, 1e-3, 5e-4, 2e-4]  # a warm-up and a decay
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a silent fallback to eager must fail here
         optimizer_steps(eager, eager_params, lrs, torch.Generator().manual_seed(1))
         grads = torch.Generator().manual_seed(1)  # the same gradients
-        optimizer_steps(compiled, compiled_params, lrs[:1], grads)
+        optimizer_steps(compiled, compiled_params, lrs[:1], grads, update)
         first = counter.frame_count
-        optimizer_steps(compiled, compiled_params, lrs[1:], grads)
+        optimizer_steps(compiled, compiled_params, lrs[1:], grads, update)
     assert first > 0 and counter.frame_count == first  # no recompilation when the lr changes
     # float64 parameters: what remains is torch's float32 step count, from which a capturable
     # update computes its bias corrections (eagerly, in Python floats): ~1e-7 relative for
@@ -188,9 +188,10 @@ def test_compiled_optimizer_falls_back_to_the_eager_update():
     eager_params, compiled_params = optimizer_parameters(), optimizer_parameters()
     eager = torch.optim.Adam(eager_params, lr=1e-3, foreach=True)
     compiled = torch.optim.Adam(compiled_params, lr=1e-3, foreach=True)
-    compile_optimizer(compiled, backend=broken_backend)
+    update = compile_optimizer(compiled, backend=broken_backend)
     with pytest.warns(RuntimeWarning, match="running Adam.step eagerly"):
-        optimizer_steps(compiled, compiled_params, [1e-3, 5e-4], torch.Generator().manual_seed(1))
+        g = torch.Generator().manual_seed(1)
+        optimizer_steps(compiled, compiled_params, [1e-3, 5e-4], g, update)
     optimizer_steps(eager, eager_params, [1e-3, 5e-4], torch.Generator().manual_seed(1))
     assert compiled.param_groups[0]["lr"] == 5e-4 and not compiled.param_groups[0]["capturable"]
     for a, b in zip(eager_params, compiled_params, strict=True):
