@@ -13,6 +13,7 @@ One concern per module:
 * :mod:`~densflow.training.optim` — the optimizer, compiled or not;
 * :mod:`~densflow.training.trainer` — :class:`Trainer` and :func:`train`: the loop, evaluations,
   checkpoints and resume;
+* :mod:`~densflow.training.result` — :class:`TrainResult`, what a run returns;
 * :mod:`~densflow.training.state` — what a training checkpoint holds beyond the model: the
   optimizer, the position, the running sums and the generators, checked when read;
 * :mod:`~densflow.training.checkpoint_writer` — checkpoints copied to the host and written in the
@@ -32,6 +33,7 @@ from .divergence import TrainingDivergedError
 from .metrics import read_metrics
 from .optim import compile_optimizer, optimizer_state_dict, set_lr
 from .presets import TRAIN_PRESETS, train_preset
+from .result import TrainResult
 from .rundir import TrainingSetupError
 from .schedule import derive_seed, epoch_permutation, learning_rate, shard_indices
 from .step import (
@@ -42,7 +44,7 @@ from .step import (
     make_step,
     training_loss,
 )
-from .trainer import Trainer, TrainResult, train
+from .trainer import Trainer, train
 
 __all__ = [
     "CHECKPOINT_NAME",

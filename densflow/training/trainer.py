@@ -39,7 +39,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -58,46 +57,18 @@ from ..utils.runtime import collate_images
 from .batches import StepInputs
 from .checkpoint_writer import CheckpointWriter
 from .config import CHECKPOINT_NAME, TrainConfig
-from .divergence import DivergenceGuard, TrainingDivergedError
+from .divergence import DivergenceGuard
 from .loggers import make_loggers, sample_source
 from .metrics import RunLog, RunningMean, read_metrics
 from .optim import build_optimizer, optimizer_state_dict
+from .result import TrainResult
 from .resume import check_ranks_agree, load_init_weights, load_resumed, read_resumable
 from .rundir import RunFolderLock, TrainingSetupError
 from .schedule import Stream, derive_seed, learning_rate
 from .state import TrainingState, restore_rng, training_checkpoint
 from .step import BatchNormStats, TrainStep, make_step
 
-__all__ = ["TrainResult", "Trainer", "TrainingDivergedError", "TrainingSetupError", "train"]
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` returns.
-
-    Attributes:
-        model: the trained model (in eval mode, on the training device).
-        out_dir: the run folder.
-        checkpoint: path of the last checkpoint written.
-        step: global steps done.
-        epoch: epochs completed.
-        completed: whether all epochs are done (False when stopped by ``max_steps``).
-        train_bpd: the last logged train bits/dim (None before the first log point).
-        test_bpd: the last single-sample test bits/dim (None when not evaluated).
-        test_bpd_iw: the importance-weighted test bits/dim (only with ``iw_samples``).
-        elapsed_s: wall time of this call.
-    """
-
-    model: DenseFlow
-    out_dir: Path
-    checkpoint: Path
-    step: int
-    epoch: int
-    completed: bool
-    train_bpd: float | None
-    test_bpd: float | None
-    test_bpd_iw: float | None
-    elapsed_s: float
+__all__ = ["Trainer", "train"]
 
 
 class Trainer:
