@@ -34,6 +34,7 @@ from densflow.io.pretrained import CACHE_ENV, save_pretrained
 from densflow.model import DenseFlow
 from densflow.training.optim import build_optimizer, optimizer_state_dict
 from densflow.training.state import TrainingState, save_training_checkpoint
+from densflow.utils.ranges import RANGES
 from densflow.utils.validate import check_float, check_int
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,11 +217,11 @@ CLI_ROWS = {
     # impossible numbers
     "ablate --timing-steps -1": (
         ["ablate", "--preset", "smoke", "--timing-steps", "-1"],
-        r"--timing-steps: must be an integer >= 0, got -1",
+        r"--timing-steps: must be an integer in \[0, 10000\], got -1",
     ),
     "ablate --steps 0": (
         ["ablate", "--preset", "smoke", "--steps", "0"],
-        r"--steps: must be an integer >= 1, got 0",
+        r"--steps: must be an integer in \[1, \d+\], got 0",
     ),
     "ablate --seeds x": (
         ["ablate", "--preset", "smoke", "--seeds", "0", "x"],
@@ -588,21 +589,31 @@ def test_a_real_process_prints_no_traceback(workdir):
 INT_FIELDS = [f.name for f in dataclasses.fields(DenseFlowConfig) if f.type in ("int", int)]
 
 
-@pytest.mark.parametrize("value", [0, -1, 2.5, float("nan"), True, "4"])
-@pytest.mark.parametrize("field", INT_FIELDS)
-def test_every_numeric_config_field_is_checked(field, value):
-    least = 0 if field == "growth_rate" else 1  # growth 0: couplings that append no channels
-    if value == least and not isinstance(value, bool):
+@pytest.mark.parametrize("value", [0, -1, 2.5, float("nan"), True, "4", "above"])
+@pytest.mark.parametrize("field", [f for f in INT_FIELDS if f != "num_bits"])
+def test_every_numeric_config_field_is_checked_against_the_ranges_table(field, value):
+    rng = RANGES["DenseFlowConfig"][field]  # growth 0: couplings that append no channels
+    value = rng.high + 1 if value == "above" else value  # e.g. a width of 4097: refused at once
+    if value == rng.low and not isinstance(value, bool):
         DenseFlowConfig.tiny(**{field: value})
         return
-    with pytest.raises(ValueError, match=rf"^{field} must be an integer >= {least}, got"):
+    pattern = rf"^{field} must be an integer in \[{rng.low}, {rng.high}\], got .*; set "
+    with pytest.raises(ValueError, match=pattern + rf"DenseFlowConfig\.{field} to e\.g\. \d+$"):
         DenseFlowConfig.tiny(**{field: value})
 
 
 @pytest.mark.parametrize("field", ["block_config", "layers_config", "mid_channels"])
-def test_per_block_lists_are_checked(field):
-    with pytest.raises(ValueError, match=rf"^{field}\[1\] must be an integer >= 1, got 0"):
-        DenseFlowConfig.tiny(**{field: (2, 0, 1)})
+@pytest.mark.parametrize("value", [0, 10**7])
+def test_per_block_lists_are_checked(field, value):
+    with pytest.raises(
+        ValueError, match=rf"^{field}\[1\] must be an integer in \[1, \d+\], got {value}"
+    ):
+        DenseFlowConfig.tiny(**{field: (2, value, 1)})
+
+
+def test_more_dense_blocks_than_halvings_make_sense_are_refused():
+    with pytest.raises(ValueError, match=r"^block_config must have 1 to 8 dense blocks .*got 9$"):
+        DenseFlowConfig.tiny(block_config=(1,) * 9, layers_config=(1,) * 9, mid_channels=(8,) * 9)
 
 
 @pytest.fixture(scope="module")
@@ -684,7 +695,7 @@ def test_loading_reports_the_real_reason(files):
     ckpt = torch.load(files / "m.pt", weights_only=True)
     bad = files.parent / "badconfig.pt"
     torch.save({**ckpt, "config": {**ckpt["config"], "num_landmarks": 0}}, bad)
-    with pytest.raises(CheckpointError, match="num_landmarks must be an integer >= 1"):
+    with pytest.raises(CheckpointError, match=r"num_landmarks must be an integer in \[1, 4096\]"):
         locate(bad).load()
     assert ckpt["format"] == FORMAT
     model, dataset = locate(files / "m.pt").load()  # and a good one still loads

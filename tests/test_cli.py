@@ -118,7 +118,7 @@ def test_a_training_run_redirected_to_a_file_logs_its_progress(tmp_path):
 
 def test_bad_options_exit_with_status_2(capsys):
     assert main(["train", "--batch-size", "0"]) == 2
-    assert "batch_size must be positive" in capsys.readouterr().err
+    assert "batch_size must be an integer in [1, 65536], got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # argparse's own refusal, as one line
         main(["train", "--schedule", "cosine"])
     assert exit_info.value.code == 2

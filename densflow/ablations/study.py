@@ -21,8 +21,8 @@ from ..evaluation import evaluate
 from ..io.files import atomic_write_text
 from ..training import TrainConfig, read_metrics, train
 from ..utils.errors import InputError
+from ..utils.ranges import check_range
 from ..utils.runtime import first_images, log_to_stderr
-from ..utils.validate import check_int
 from .measure import cost, count_parameters, latent_dims, multiply_accumulates
 from .variants import (
     ABLATION_PRESETS,
@@ -245,12 +245,16 @@ def run(
             f"unknown ablation preset {preset!r}; choose one of {sorted(ABLATION_PRESETS)}"
         )
     p = ABLATION_PRESETS[preset]
-    seeds = tuple(check_int("seeds", s, 0) for s in (p.seeds if seeds is None else seeds))
+    seeds = tuple(
+        check_range("ablations", "seeds", s) for s in (p.seeds if seeds is None else seeds)
+    )
     if not seeds:
         raise InputError("seeds is empty; give at least one seed, e.g. [0, 1, 2]")
-    steps = check_int("steps", p.steps if steps is None else steps)
-    batch_size = check_int("batch_size", p.batch_size if batch_size is None else batch_size)
-    timing_steps = check_int("timing_steps", timing_steps, 0)
+    steps = check_range("ablations", "steps", p.steps if steps is None else steps)
+    batch_size = check_range(
+        "ablations", "batch_size", p.batch_size if batch_size is None else batch_size
+    )
+    timing_steps = check_range("ablations", "timing_steps", timing_steps)
     image_size = dataset_info(dataset).image_size
     configs = variant_configs(p, image_size, variants)
     for name, config in configs.items():

@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.errors import InputError
-from .options import add_cache_dir, add_config_options, add_deprecated, given_fields, option_int
+from .options import (
+    add_cache_dir,
+    add_config_options,
+    add_deprecated,
+    given_fields,
+    option_range,
+)
 
 __all__ = ["Interrupted", "add_eval", "add_sample"]
 
@@ -20,12 +26,9 @@ class Interrupted(KeyboardInterrupt):
 
 def _iw_samples(text: str) -> int | str:
     """``--iw-samples``: a number in EvalConfig's range, or ``paper``."""
-    from ..evaluation import EvalConfig
-
     if text == "paper":
         return text
-    [meta] = [f.metadata for f in EvalConfig.fields_of("eval") if f.name == "iw_samples"]
-    return option_int("--iw-samples", meta["minimum"], meta["maximum"])(text)
+    return option_range("--iw-samples", "EvalConfig", "iw_samples")(text)
 
 
 def _add_model_source(parser: argparse.ArgumentParser) -> None:

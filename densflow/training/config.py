@@ -19,7 +19,8 @@ from ..evaluation import eval_default
 from ..model import PRESETS, DenseFlowConfig
 from ..performance import AMP_MODES, Speed
 from ..utils.errors import InputError
-from .ranges import RANGES, check_range
+from ..utils.ranges import RANGES, check_range
+from ..utils.validate import field_kind
 
 __all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "OPTIMIZERS", "SCHEDULES", "TrainConfig"]
 
@@ -271,13 +272,19 @@ class TrainConfig:
         if isinstance(self.model_config, dict):  # from JSON or a checkpoint
             object.__setattr__(self, "model_config", DenseFlowConfig.from_dict(self.model_config))
         for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
+            value, choices = getattr(self, f.name), f.metadata.get("choices")
+            if choices and value not in choices:
+                raise InputError(f"{f.name} must be one of {choices}, got {value!r}")
+            kind, optional = field_kind(TrainConfig, f.name)
+            if kind is bool and not isinstance(value, bool) and not (optional and value is None):
+                # a notebook's resume="no" is a string, and every non-empty string is true
+                flag = "--" + f.name.replace("_", "-")
                 raise InputError(
-                    f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}"
+                    f"{f.name} must be True or False, got {value!r}; set {flag} or "
+                    f"--no-{flag[2:]} (TrainConfig.{f.name})"
                 )
-        for name, (low, high, example) in RANGES.items():
-            check_range(name, getattr(self, name), low, high, example)
+        for name in RANGES["TrainConfig"]:
+            check_range("TrainConfig", name, getattr(self, name))
         if self.epochs + self.finetune_epochs == 0:
             raise InputError(
                 "epochs + finetune_epochs must be at least 1, got 0 (--epochs, --finetune-epochs): "

@@ -30,16 +30,12 @@ from torch import Tensor
 from .errors import InputError
 
 __all__ = [
-    "MAX_SEED",
     "check_int",
     "check_float",
     "check_images",
     "check_noise",
     "field_kind",
 ]
-
-MAX_SEED = 2**64 - 1
-"""The largest seed: ``torch.Generator.manual_seed`` takes 64-bit seeds."""
 
 
 def check_int(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> int:
