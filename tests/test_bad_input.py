@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import TensorDataset
 from utils import assert_one_line, run_cli, snapshot, write_official_run
 
@@ -35,6 +36,7 @@ from densflow.model import DenseFlow
 from densflow.training.optim import build_optimizer, optimizer_state_dict
 from densflow.training.state import TrainingState, save_training_checkpoint
 from densflow.utils.ranges import RANGES
+from densflow.utils.testing import write_celeba
 from densflow.utils.validate import check_float, check_int
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,6 +119,12 @@ def files(tmp_path_factory, reference_dir) -> Path:
     (root / "cache" / ".weights.unpack-1-0123abcd").mkdir()
     (root / "cache" / ".weights.unpack-1-0123abcd" / "notes.txt").write_text("mine")
     damaged_runs(root)
+    # CelebA folders with one image, or the partition list, that is no image file
+    for name in ("celeba_fifo", "celeba_table_fifo", "celeba_huge"):
+        write_celeba(root / name, n_images=3)
+    Image.new("RGB", (5000, 5000)).save(root / "celeba_huge" / "celeba" / "img_align_celeba" /
+                                        "000001.jpg")  # fmt: skip
+    (root / "deep.json").write_text('{"a": ' * 100_000 + "1" + "}" * 100_000)
     return root
 
 
@@ -126,6 +134,10 @@ def workdir(files, tmp_path, monkeypatch) -> Path:
     shutil.copytree(files, work, symlinks=True)
     os.mkfifo(work / "fifo")  # nobody reads it
     os.link(work / "m.pt", work / "hard.png")  # copytree makes separate files of hard links
+    for path in ("celeba_fifo/celeba/img_align_celeba/000001.jpg",
+                 "celeba_table_fifo/celeba/list_eval_partition.txt"):  # fmt: skip
+        (work / path).unlink()
+        os.mkfifo(work / path)  # nobody writes it: opening it to read would wait for ever
     monkeypatch.chdir(work)
     monkeypatch.setenv(CACHE_ENV, str(work / "cache"))
     return work
@@ -302,6 +314,34 @@ CLI_ROWS = {
         r"no model 'celeba' in the cache .*\['cifar10'\]\): run densflow download weights",
     ),
     "sample a FIFO as the model": (["sample", "fifo", "--out", "s.png"], r"not a regular file"),
+    "data check: a FIFO where a CelebA image should be": (
+        ["data", "check", "celeba", "--data-dir", "celeba_fifo"],
+        r"^error: celeba: malformed file \S+/000001\.jpg: is a FIFO, not an image file$",
+    ),
+    "data check: a FIFO as CelebA's partition list": (
+        ["data", "check", "celeba", "--data-dir", "celeba_table_fifo"],
+        r"list_eval_partition\.txt: is a FIFO, not the partition list$",
+    ),
+    "data check: a 25-megapixel image": (
+        ["data", "check", "celeba", "--data-dir", "celeba_huge"],
+        r"000001\.jpg: has 5000×5000 pixels, more than the 16,777,216 densflow decodes",
+    ),
+    "eval on a CelebA folder with a 25-megapixel image": (
+        ["eval", "m.pt", "--dataset", "celeba", "--data-dir", "celeba_huge", "--split", "train"],
+        r"000001\.jpg: has 5000×5000 pixels",
+    ),
+    "train --model-config nested too deeply": (
+        [*TRAIN, "--out-dir", "new_run", "--model-config", "deep.json"],
+        r"--model-config: deep\.json is nested too deeply to be a DenseFlowConfig;",
+    ),
+    "train --model-config is a FIFO": (
+        [*TRAIN, "--out-dir", "new_run", "--model-config", "fifo"],
+        r"--model-config: fifo is not a regular file \(a FIFO\)",
+    ),
+    "train --model-config with a width of 1e7": (
+        [*TRAIN, "--out-dir", "new_run", "--model-config", '{"mid_channels": [10000000, 8, 8]}'],
+        r"mid_channels\[0\] must be an integer in \[1, 4096\], got 10000000",
+    ),
     "eval --partial is a FIFO": (
         [*EVAL, "--partial", "fifo"],
         r"--partial fifo is not a regular file; it is read back and replaced",
