@@ -125,6 +125,9 @@ def files(tmp_path_factory, reference_dir) -> Path:
     Image.new("RGB", (5000, 5000)).save(root / "celeba_huge" / "celeba" / "img_align_celeba" /
                                         "000001.jpg")  # fmt: skip
     (root / "deep.json").write_text('{"a": ' * 100_000 + "1" + "}" * 100_000)
+    # 4 steps at lr 10 (the warm-up reaches 4): finite weights whose loss is no longer finite
+    lr10 = ["train", "--preset", "smoke", "--lr", "10", "--max-steps", "4", "--no-progress"]
+    assert main([*lr10, "--out-dir", str(root / "lr10")]) == 0
     return root
 
 
@@ -423,6 +426,14 @@ CLI_ROWS = {
     "sample huge weights": (
         ["sample", "huge.pt", "--n", "4", "--out", "s.png"],
         r"^error: 4 of 4 samples are not finite \(NaN or inf\), so the grid would be black",
+    ),
+    "sample a checkpoint whose loss is no longer finite": (
+        ["sample", "lr10/checkpoint.pt", "--n", "4", "--out", "s.png"],
+        r"^error: 4 of 4 samples lie far outside the image range .*sample from an earlier",
+    ),
+    "sample a checkpoint whose loss is no longer finite, one sample": (
+        ["sample", "lr10", "--n", "1", "--out", "s.png", "--seed", "3"],
+        r"^error: 1 of 1 samples lie far outside the image range",
     ),
     "sample huge weights, bf16": (
         ["sample", "huge.pt", "--n", "3", "--out", "s.png", "--amp", "bf16", "--seed", "5"],

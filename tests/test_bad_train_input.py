@@ -283,9 +283,10 @@ def test_divergence_names_a_finite_checkpoint_and_init_from_starts_a_new_run(tmp
     good = first / CHECKPOINT_NAME
     with pytest.raises(TrainingDivergedError) as diverged:
         t.fit()
-    assert f"the last good checkpoint is {good} (step 4)" in str(diverged.value)
+    # step 2's model had a finite loss at step 3; step 4's save was skipped (its loss was NaN)
+    assert f"the last good checkpoint is {good} (step 2)" in str(diverged.value)
     assert f"--init-from {good} --out-dir NEW_DIR" in str(diverged.value)
-    assert_finite_checkpoint(good, 4)  # step 4 was skipped: the model as after step 3
+    assert_finite_checkpoint(good, 2)
 
     # resuming refuses a lower lr; a new run from its weights takes it
     with pytest.raises(CheckpointError, match="lr: 0.001 in the checkpoint, 0.0005 now"):
@@ -302,6 +303,43 @@ def test_divergence_names_a_finite_checkpoint_and_init_from_starts_a_new_run(tmp
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--resume-from", str(good)])
     capsys.readouterr()
+
+
+def nan_loss_from(t: Trainer, step: int) -> None:
+    """The loss of every training step from ``step`` (1-based) on is NaN, as after an update of
+    ``lr=1e30`` that leaves finite but useless weights."""
+    real = t.model.log_prob
+
+    def log_prob(x, generator=None, **kwargs):
+        out = real(x, generator, **kwargs)
+        return out * math.nan if t.model.training and t.step + 1 >= step else out
+
+    t.model.log_prob = log_prob
+
+
+def test_a_checkpoint_whose_next_loss_is_nan_is_not_called_good(tmp_path):
+    t = trainer(config(tmp_path, max_nonfinite=3))
+    nan_loss_from(t, 3)  # the checkpoint of step 2 is written; its model's loss is NaN
+    path = tmp_path / CHECKPOINT_NAME
+    with pytest.raises(TrainingDivergedError) as diverged:
+        t.fit()
+    message = str(diverged.value)
+    assert "the last good checkpoint" not in message and "--init-from" not in message
+    assert (
+        f"the last checkpoint, {path} (step 2), is no good one: the loss of its model was already "
+        "non-finite (step 3), and no earlier one is left. Start again in a new --out-dir"
+    ) in message
+    assert read_checkpoint(path)["progress"]["step"] == 2  # step 4's save was skipped
+
+
+def test_no_checkpoint_is_written_while_the_loss_is_nan_and_the_good_one_stays(tmp_path):
+    t = trainer(config(tmp_path, max_nonfinite=4))
+    nan_loss_from(t, 4)  # step 2's model had a finite loss at step 3: a good checkpoint
+    path = tmp_path / CHECKPOINT_NAME
+    with pytest.raises(TrainingDivergedError, match=rf"the last good checkpoint is "
+                       rf"{re.escape(str(path))} \(step 2\), left as it was"):  # fmt: skip
+        t.fit()
+    assert_finite_checkpoint(path, 2)  # the saves of steps 4 and 6 were skipped
 
 
 def test_init_from_refuses_another_model_and_non_finite_weights(tmp_path):

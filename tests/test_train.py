@@ -189,21 +189,21 @@ def test_too_many_non_finite_steps_stop_with_the_last_good_checkpoint(tmp_path):
         holder["trainer"] = trainer
         nan_at({6, 7, 8, 9})(trainer)
 
+    # Step 6's loss was NaN: its save is skipped, and step 4's checkpoint (whose model had a
+    # finite loss at step 5) stays the last good one.
     with pytest.raises(
         TrainingDivergedError,
         match=r"at step 8: 3 non-finite losses in a row "
-        r"\(steps 6\.\.8.*checkpoint\.pt \(step 6\)",
+        r"\(steps 6\.\.8.*the last good checkpoint is .*checkpoint\.pt \(step 4\)",
     ):
         run(cfg, patch=patch)
     ckpt = read_checkpoint(tmp_path / CHECKPOINT_NAME)
-    assert ckpt["progress"]["step"] == 6
+    assert ckpt["progress"]["step"] == 4 and ckpt["progress"]["nonfinite_run"] == 0
     model = load(tmp_path / CHECKPOINT_NAME)
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    # the skipped steps changed nothing: the checkpoint holds the model as it was at the stop
-    for (name, x), y in zip(
-        model.state_dict().items(), holder["trainer"].model.state_dict().values(), strict=True
-    ):
-        assert torch.equal(x, y), name
+    assert not any(torch.equal(x, y) for x, y in zip(
+        model.state_dict().values(), holder["trainer"].model.state_dict().values(), strict=True
+    ) if x.is_floating_point() and x.numel() > 1)  # fmt: skip
     assert read_metrics(tmp_path)[-1]["event"] == "diverged"
 
 
@@ -279,7 +279,7 @@ def test_config_validation_and_round_trip():
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="schedule must be one of"):
         TrainConfig(schedule="cosine")
-    with pytest.raises(ValueError, match="batch_size must be positive"):
+    with pytest.raises(ValueError, match=r"batch_size must be an integer in \[1, 65536\]"):
         TrainConfig(batch_size=0)
 
 
