@@ -158,7 +158,8 @@ def test_train_eval_sample_end_to_end(tmp_path, capsys, monkeypatch):
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     written = json.loads(out.read_text())  # the summary, and each image's bits/dim
-    assert {k: v for k, v in written.items() if not k.startswith("per_image")} == printed
+    assert {k: v for k, v in written.items() if not k.startswith(("per_image", "prov"))} == printed
+    assert set(written["provenance"]) == {"densflow", "git_commit", "git_dirty", "torch"}
     assert len(written["per_image_iw"]) == 8
     assert sum(written["per_image_iw"]) / 8 == pytest.approx(printed["bpd_iw"], rel=1e-12)
     assert printed["dataset"] == "photos" and printed["n_images"] == 8  # from the checkpoint

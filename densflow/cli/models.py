@@ -165,6 +165,7 @@ def _eval(args: argparse.Namespace) -> int:
     from ..io.files import atomic_write_text
     from ..io.outputs import check_output
     from ..utils.distributed import Dist
+    from ..utils.provenance import provenance
     from ..utils.runtime import collate_images, log_to_stderr
 
     config, dist = _settings(args), Dist.from_env()
@@ -210,8 +211,9 @@ def _eval(args: argparse.Namespace) -> int:
         return 0
     summary = {"dataset": dataset, "split": args.split, "model": args.checkpoint}
     print(json.dumps({**summary, **result.to_dict()}, indent=2, allow_nan=False))
-    if out is not None:
-        text = json.dumps({**summary, **result.to_dict(per_image=True)}, indent=2)
+    if out is not None:  # the file also says what produced it
+        written = {**summary, **result.to_dict(per_image=True), "provenance": provenance()}
+        text = json.dumps(written, indent=2)
         atomic_write_text(out, text + "\n")
     return 0
 
