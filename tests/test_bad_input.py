@@ -766,3 +766,37 @@ def test_the_validate_helpers():
             check_float("lr", bad, minimum=0.0, exclusive=True)
     with pytest.raises(ValueError, match="<= 1.0"):
         check_float("p", 1.5, minimum=0.0, maximum=1.0)
+
+
+MEMORY = {  # (where memory runs out, the command): the model of the requested size, a batch
+    "torch.OutOfMemoryError building the model for train": (
+        "densflow.training.trainer.DenseFlow.__init__", [*TRAIN, "--out-dir", "new_run"],
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB"),
+    ),
+    "MemoryError loading the model for eval": (
+        "densflow.io.resolve.ModelSource.load", EVAL, MemoryError(),
+    ),
+    "the CPU allocator refusing for sample": (
+        "densflow.evaluation.sampling.IndexedDraws.next", SAMPLE,
+        RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate "
+                     "memory: you tried to allocate 600000000000000 bytes"),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("target, argv, error", MEMORY.values(), ids=MEMORY.keys())
+def test_running_out_of_memory_is_status_2_with_the_cause(target, argv, error, workdir, capsys,
+                                                          monkeypatch):  # fmt: skip
+    def out_of_memory(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(target, out_of_memory)
+    before = snapshot(workdir)
+    status, _, err = run_cli(argv, capsys)
+    assert status == 2
+    assert_one_line(
+        err,
+        r"^error: out of memory for the requested size \(.*\); use a smaller "
+        r"--batch-size, --chunk-size or --n, --device cpu, or a machine with more",
+    )
+    assert snapshot(workdir) == before
