@@ -149,8 +149,8 @@ class DenseFlowConfig:
     def preset(cls, name: str, image_size: int | None = None) -> DenseFlowConfig:
         """The preset ``name`` (one of :data:`PRESETS`), optionally at another image size."""
         if name not in PRESETS:
-            raise InputError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        factory = getattr(cls, name)
+            raise InputError(f"unknown model size {name!r}; choose one of {list(PRESETS)}")
+        factory = {"denseflow-74-10": cls.paper, "small": cls.small, "tiny": cls.tiny}[name]
         return factory() if image_size is None else factory(image_size)
 
     def to_dict(self) -> dict:
@@ -171,8 +171,10 @@ def _check(name: str, value: object) -> int:
     return check_range("DenseFlowConfig", name, value, option=name)
 
 
-PRESETS = ("paper", "small", "tiny")
-"""The names of the presets, each a :class:`DenseFlowConfig` class method."""
+PRESETS = ("denseflow-74-10", "small", "tiny")
+"""The model sizes (one kind of preset, docs/presets.md): the paper's DenseFlow-74-10
+(:meth:`DenseFlowConfig.paper`), :meth:`~DenseFlowConfig.small` and
+:meth:`~DenseFlowConfig.tiny`."""
 
 PAPER = DenseFlowConfig()
 """DenseFlow-74-10 at 32×32: the source of every module's default."""

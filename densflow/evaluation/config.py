@@ -19,7 +19,7 @@ from ..data import dataset_info
 from ..performance import AMP_MODES, Speed
 from ..utils.errors import InputError
 from ..utils.ranges import check_range
-from ..utils.validate import field_kind
+from ..utils.validate import field_default, field_kind
 from .draws import BLOCK
 
 __all__ = ["EVAL", "SAMPLE", "EvalConfig", "eval_default", "paper_iw_samples"]
@@ -162,7 +162,7 @@ def _flag(f: dataclasses.Field) -> str:
 def eval_default(name: str) -> Any:
     """The default of :class:`EvalConfig`'s field ``name`` (for configs that hold one of them,
     as :class:`~densflow.training.TrainConfig` does)."""
-    return next(f.default for f in dataclasses.fields(EvalConfig) if f.name == name)
+    return field_default(EvalConfig, name)
 
 
 def paper_iw_samples(dataset: str) -> int | None:

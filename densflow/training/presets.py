@@ -14,7 +14,11 @@ __all__ = ["TRAIN_PRESETS", "train_preset"]
 # What every paper preset shares beyond the dataset's protocol (epochs, batch, decay, lr and warm-up
 # live in the dataset's registry entry, densflow.data.DATASETS[name].protocol, Appendix C).
 _PAPER_COMMON: dict[str, Any] = dict(
-    model="paper", schedule="paper", augmentation=True, checkpoint_every=1000, log_every=100
+    model="denseflow-74-10",
+    schedule="paper",
+    augmentation=True,
+    checkpoint_every=1000,
+    log_every=100,
 )
 
 
