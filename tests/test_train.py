@@ -391,3 +391,11 @@ def test_two_epochs_on_photos_lower_the_test_bpd(tmp_path):
     assert after < before - 0.2, (before, after)
     evals = [e["test_bpd"] for e in read_metrics(tmp_path) if e["event"] == "eval"]
     assert len(evals) == 2 and evals[1] < evals[0]
+
+
+def test_the_quickstart_preset_is_the_trainconfig_defaults_on_256_test_patches():
+    # Its settings are not restated: a change of a TrainConfig default changes the quickstart.
+    preset = train_preset("photos", "quickstart").to_dict()
+    defaults = TrainConfig().to_dict()
+    assert {k for k in preset if preset[k] != defaults[k]} == {"out_dir", "eval_limit"}
+    assert preset["eval_limit"] == 256 and preset["model"] == "small"

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import DenseFlowConfig
+from ..training import TrainConfig
 from ..utils.errors import InputError
+from ..utils.validate import field_default
 from .measure import count_parameters
 
 __all__ = [
@@ -67,7 +69,7 @@ class AblationPreset:
     growth_rates: tuple[int, ...]
     eval_limit: int | None
     iw_samples: int
-    lr: float = 1e-3
+    lr: float = field_default(TrainConfig, "lr")
     warmup_steps: int = 10
     cost_units: tuple[int, ...] = (1, 2, 3, 4, 6)
 
