@@ -30,7 +30,7 @@ def add_ablate(sub: argparse._SubParsersAction) -> None:
         "--preset",
         default="cpu",
         choices=sorted(ABLATION_PRESETS),
-        help="scale: smoke (tests), quick (minutes), cpu (about 25 min), paper (a GPU)",
+        help="scale: smoke (tests), quickstart (minutes), cpu (about 25 min), paper (a GPU)",
     )
     p.add_argument("--out-dir", default="outputs/ablations", help="folder of the runs")
     p.add_argument("--variants", nargs="+", default=None, help="variants (default: all)")
