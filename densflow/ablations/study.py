@@ -16,7 +16,7 @@ import torch
 
 from ..config import DenseFlowConfig
 from ..data import dataset_info, load_dataset, paper_datasets
-from ..data.registry import PAPER_MODEL
+from ..data.types import PAPER_MODEL
 from ..evaluation import evaluate
 from ..io.files import atomic_write_text
 from ..training import TrainConfig, read_metrics, train

@@ -28,7 +28,7 @@ from .errors import DatasetError, bad_file
 from .unpickle import restricted_unpickle
 
 if TYPE_CHECKING:
-    from .registry import DatasetInfo
+    from .types import DatasetInfo
 
 __all__ = ["ImageTensorDataset", "batch_capacity", "is_zip", "load_batches"]
 

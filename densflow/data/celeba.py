@@ -24,7 +24,7 @@ from ..utils.reading import MAX_IMAGE_PIXELS, file_kind
 from .errors import bad_file, not_found
 
 if TYPE_CHECKING:
-    from .registry import DatasetInfo, LoadOptions
+    from .types import DatasetInfo, LoadOptions
 
 __all__ = ["CELEBA_CROPS", "CelebA64", "check", "download", "load"]
 

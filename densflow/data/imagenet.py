@@ -20,7 +20,7 @@ from .arrays import ImageTensorDataset, batch_capacity, is_zip, load_batches
 from .errors import DatasetFormatError, bad_file, empty_split, few, not_found
 
 if TYPE_CHECKING:
-    from .registry import DatasetInfo, LoadOptions
+    from .types import DatasetInfo, LoadOptions
 
 __all__ = ["EXTENSIONS", "TRAIN_FILES", "VAL_FILE", "check", "layout", "load"]
 
