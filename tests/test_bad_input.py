@@ -25,6 +25,7 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 from utils import assert_one_line, run_cli, snapshot, write_official_run
 
+from densflow import reproduce
 from densflow.cli import build_parser, main, train_config_from_args
 from densflow.config import DenseFlowConfig
 from densflow.evaluation import evaluate
@@ -799,4 +800,39 @@ def test_running_out_of_memory_is_status_2_with_the_cause(target, argv, error, w
         r"^error: out of memory for the requested size \(.*\); use a smaller "
         r"--batch-size, --chunk-size or --n, --device cpu, or a machine with more",
     )
+    assert snapshot(workdir) == before
+
+
+# ----------------------------------------------------------------------------- papermill parameters
+
+# What papermill passes to a reproduction notebook is what the user typed (-p NAME VALUE): each is
+# refused by reproduce() as the command line refuses it, before the data is read or a file written.
+PAPERMILL_ROWS = {
+    "temperature=nan": ({"temperature": float("nan")}, r"^temperature must be a finite number"),
+    "temperature=-1": ({"temperature": -1.0}, r"^temperature must be .*got -1\.0; set"),
+    "iw_samples=0": ({"iw_samples": 0}, r"^iw_samples must be an integer in \[1, \d+\], got 0"),
+    "iw_samples=2.5": ({"iw_samples": 2.5}, r"^iw_samples must be an integer .*got 2\.5"),
+    "resume='no'": ({"resume": "no"}, r"^resume must be True or False, got 'no'"),
+    "channels_last='False'": ({"channels_last": "False"}, r"^channels_last must be True or Fal"),
+    "epochs='3'": ({"epochs": "3"}, r"^epochs must be an integer in \[0, \d+\], got '3'"),
+    "seed=-1": ({"seed": -1}, r"^seed must be an integer in \[0, \d+\], got -1; set --seed"),
+    "batch_size=10**9": ({"batch_size": 10**9}, r"^batch_size must be an integer in \[1, 65536\]"),
+    "a typo: epoch=3": ({"epoch": 3}, r"^unknown reproduction setting 'epoch'; did you mean ep"),
+    "compile and cuda_graphs": (
+        {"compile": True, "cuda_graphs": True}, r"^choose one of compile and cuda_graphs",
+    ),
+    "out_dir holds the model": (
+        {"out_dir": "good_run", "checkpoint": "good_run/checkpoint.pt"},
+        r"^out_dir good_run/checkpoint\.pt is also an input",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("parameters, pattern", PAPERMILL_ROWS.values(), ids=PAPERMILL_ROWS.keys())
+def test_a_bad_notebook_parameter_is_one_line_before_any_work(parameters, pattern, workdir):
+    before = snapshot(workdir)
+    parameters = {"out_dir": "new_run", **parameters}
+    with pytest.raises(ValueError, match=pattern) as refused:
+        reproduce.reproduce("photos", "smoke", **parameters)
+    assert "\n" not in str(refused.value)
     assert snapshot(workdir) == before

@@ -192,23 +192,6 @@ def test_papermill_lists_every_parameter_with_its_type_and_help(name, caplog):
     )
 
 
-@pytest.mark.parametrize(
-    ("parameters", "pattern"),
-    [({"temperature": float("nan")}, r"^temperature must be a finite number >= 0\.0 .*got nan"),
-     ({"iw_samples": 0}, r"^iw_samples must be an integer in \[1, \d+\], got 0"),
-     ({"resume": "no"}, r"^resume must be True or False, got 'no'"),
-     ({"epochs": "3"}, r"^epochs must be an integer in \[0, \d+\], got '3'"),
-     ({"epoch": 3}, r"^unknown reproduction setting 'epoch'; did you mean epochs\?"),
-     ({"compile": True, "cuda_graphs": True}, r"^choose one of compile and cuda_graphs")],
-)  # fmt: skip
-def test_notebook_parameters_are_checked_before_any_work(parameters, pattern, tmp_path):
-    # papermill passes what the user typed: a NaN, a 0 or a string is refused as the CLI
-    # refuses it, before the data is read or a file is written
-    with pytest.raises(ValueError, match=pattern):
-        reproduce.reproduce("photos", "smoke", out_dir=str(tmp_path / "run"), **parameters)
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_the_notebooks_differ_only_in_parameters_and_prose():
     def code(name: str) -> list[str]:
         cells = json.loads((REPRODUCE / f"{name}.ipynb").read_text())["cells"]
