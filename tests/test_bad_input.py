@@ -836,3 +836,20 @@ def test_a_bad_notebook_parameter_is_one_line_before_any_work(parameters, patter
         reproduce.reproduce("photos", "smoke", **parameters)
     assert "\n" not in str(refused.value)
     assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_a_huge_sparse_data_file_is_refused_before_any_allocation(split, workdir, capsys,
+                                                                  tmp_path_factory):  # fmt: skip
+    # 200 GB of holes where an ImageNet32 batch file should be: its size is no count of images
+    data = tmp_path_factory.mktemp("sparse")  # outside workdir: the snapshot would read it
+    names = ["val_data"] + [f"train_data_batch_{i}" for i in range(1, 11)]
+    for name in names:
+        with open(data / name, "wb") as f:
+            f.truncate(200 * 2**30)
+    argv = ["eval", "m.pt", "--dataset", "imagenet32", "--data-dir", str(data), "--split", split]
+    before = snapshot(workdir)
+    status, _, err = run_cli(argv, capsys)
+    assert status == 2
+    assert_one_line(err, r"^error: imagenet32: malformed file \S+: not a complete pickle")
+    assert snapshot(workdir) == before
