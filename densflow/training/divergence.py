@@ -61,9 +61,10 @@ class DivergenceGuard:
         self.nonfinite_run = 0
         self.last_checkpoint: tuple[Path, int] | None = None
         # The step of the last checkpoint saved or resumed from, until the next step's loss says
-        # whether its model is good; then (step, good) of that checkpoint.
+        # whether its model is good; then step -> good, for the last few checkpoints (a write may
+        # fail, and the one before is named).
         self._awaiting: int | None = None
-        self._verdict: tuple[int, bool] | None = None
+        self._verdicts: dict[int, bool] = {}
 
     def worth_saving(self, step: int) -> bool:
         """Whether the model after ``step`` steps may be saved: not while the last loss was
@@ -77,17 +78,22 @@ class DivergenceGuard:
     def resumed(self, path: Path, step: int) -> None:
         """The run resumed from the checkpoint ``path`` of ``step``."""
         self.last_checkpoint = (path, step)
-        self._awaiting, self._verdict = None, None
+        self._awaiting = None
         if self.nonfinite_run:  # written by a version that saved after a non-finite loss
-            self._verdict = (step, False)
+            self._judge(step, False)
         else:
             self._awaiting = step
+
+    def _judge(self, step: int, good: bool) -> None:
+        self._verdicts[step], self._awaiting = good, None
+        for old in sorted(self._verdicts)[:-4]:
+            del self._verdicts[old]
 
     def step_done(self, loss: Tensor | None, step: int, epoch: int, log: RunLog) -> None:
         """Count step ``step`` (1-based: steps done) with its ``loss`` (``None``: non-finite,
         skipped); stop after ``max_nonfinite`` skipped steps in a row."""
         if self._awaiting is not None and step == self._awaiting + 1:
-            self._verdict, self._awaiting = (self._awaiting, loss is not None), None
+            self._judge(self._awaiting, loss is not None)
         if loss is not None:
             self.nonfinite_run = 0
             return
@@ -105,7 +111,7 @@ class DivergenceGuard:
     def parameters_diverged(self, step: int, epoch: int, log: RunLog) -> NoReturn:
         """Stop: the update of ``step`` (1-based) made a parameter non-finite."""
         if self._awaiting is not None:  # that update came from a finite loss of its model
-            self._verdict, self._awaiting = (self._awaiting, True), None
+            self._judge(self._awaiting, True)
         log.event("diverged", step=step, epoch=epoch)
         raise TrainingDivergedError(
             f"training diverged at step {step}: its update made parameters non-finite (from a "
@@ -123,7 +129,7 @@ class DivergenceGuard:
                 "--grad-clip or --amp none"
             )
         path, step = self.last_checkpoint
-        if self._verdict == (step, False):
+        if self._verdicts.get(step) is False:
             return (
                 f"{failed}the last checkpoint, {path} (step {step}), is no good one: the loss of "
                 f"its model was already non-finite (step {step + 1}), and no earlier one is left. "
