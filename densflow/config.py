@@ -87,7 +87,7 @@ class DenseFlowConfig:
                 f"blocks (each halves the image side), got {len(self.block_config)}"
             )
         for field in dataclasses.fields(self):
-            if field.type in ("int", int):  # growth 0: cross-unit couplings that append nothing
+            if field.type in ("int", int) and field.name != "num_bits":  # checked below
                 _check(field.name, getattr(self, field.name))
         n = len(self.block_config)
         if not (len(self.layers_config) == len(self.mid_channels) == n) or n == 0:

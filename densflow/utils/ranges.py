@@ -88,7 +88,6 @@ RANGES: dict[str, dict[str, Range]] = {
         "deq_growth": _WIDTH,
         "deq_context_depth": _DEPTH,
         "deq_context_growth": _WIDTH,
-        "num_bits": _int(8, 8, 8),
     },
     "TrainConfig": {
         "image_size": _int(1, 1024, 32),
