@@ -126,6 +126,11 @@ def files(tmp_path_factory, reference_dir) -> Path:
     Image.new("RGB", (5000, 5000)).save(root / "celeba_huge" / "celeba" / "img_align_celeba" /
                                         "000001.jpg")  # fmt: skip
     (root / "deep.json").write_text('{"a": ' * 100_000 + "1" + "}" * 100_000)
+    # a model directory and a checkpoint whose stored config asks for a width of 1e7
+    save_pretrained(tiny(), root / "wide", dataset="photos")
+    config = json.loads((root / "wide" / "config.json").read_text())
+    (root / "wide" / "config.json").write_text(json.dumps({**config, "mid_channels": [10**7] * 3}))
+    torch.save({**ckpt, "config": {**ckpt["config"], "growth_rate": 10**6}}, root / "wide.pt")
     # 4 steps at lr 10 (the warm-up reaches 4): finite weights whose loss is no longer finite
     lr10 = ["train", "--preset", "smoke", "--lr", "10", "--max-steps", "4", "--no-progress"]
     assert main([*lr10, "--out-dir", str(root / "lr10")]) == 0
@@ -337,6 +342,16 @@ CLI_ROWS = {
     "train --model-config nested too deeply": (
         [*TRAIN, "--out-dir", "new_run", "--model-config", "deep.json"],
         r"--model-config: deep\.json is nested too deeply to be a DenseFlowConfig;",
+    ),
+    "eval a model directory whose config.json asks for a width of 1e7": (
+        ["eval", "wide", "--limit", "2"],
+        r"wide/config\.json: its config is no valid DenseFlowConfig: mid_channels\[0\] must be an "
+        r"integer in \[1, 4096\], got 10000000",
+    ),
+    "sample a checkpoint whose config asks for a growth rate of 1e6": (
+        ["sample", "wide.pt", "--out", "s.png"],
+        r"wide\.pt: its config is no valid DenseFlowConfig: growth_rate must be an integer in "
+        r"\[0, 1024\], got 1000000",
     ),
     "train --model-config is a FIFO": (
         [*TRAIN, "--out-dir", "new_run", "--model-config", "fifo"],
