@@ -126,6 +126,11 @@ def files(tmp_path_factory, reference_dir) -> Path:
     Image.new("RGB", (5000, 5000)).save(root / "celeba_huge" / "celeba" / "img_align_celeba" /
                                         "000001.jpg")  # fmt: skip
     (root / "deep.json").write_text('{"a": ' * 100_000 + "1" + "}" * 100_000)
+    # run folders and a cache whose staging folder is a user's, named like densflow's: cleanup
+    # touches only what densflow made (its marker), so these are refused, never emptied
+    for folder in ("foreign_run", "foreign_cache"):
+        (root / folder / ".densflow-tmp").mkdir(parents=True)
+        (root / folder / ".densflow-tmp" / "precious.txt").write_text("mine")
     # a model directory and a checkpoint whose stored config asks for a width of 1e7
     save_pretrained(tiny(), root / "wide", dataset="photos")
     config = json.loads((root / "wide" / "config.json").read_text())
@@ -234,6 +239,15 @@ CLI_ROWS = {
     "convert --format pretrained onto its run folder": (
         ["convert", "run", "run", "--format", "pretrained"],
         r"OUT run is also an input",
+    ),
+    # cleanup that would touch a user's files
+    "train into a run folder whose staging folder is a user's": (
+        [*TRAIN, "--out-dir", "foreign_run"],
+        r"foreign_run/\.densflow-tmp exists but was not made by densflow .*rename it",
+    ),
+    "download weights into a cache whose staging folder is a user's": (
+        ["download", "weights", "--from", "run", "--cache-dir", "foreign_cache"],
+        r"foreign_cache\S*/\.densflow-tmp exists but was not made by densflow .*rename it",
     ),
     # impossible numbers
     "ablate --timing-steps -1": (
