@@ -131,6 +131,7 @@ def files(tmp_path_factory, reference_dir) -> Path:
     for folder in ("foreign_run", "foreign_cache"):
         (root / folder / ".densflow-tmp").mkdir(parents=True)
         (root / folder / ".densflow-tmp" / "precious.txt").write_text("mine")
+        (root / folder / ".lock").touch()  # as every run and every download leaves it
     # a model directory and a checkpoint whose stored config asks for a width of 1e7
     save_pretrained(tiny(), root / "wide", dataset="photos")
     config = json.loads((root / "wide" / "config.json").read_text())
