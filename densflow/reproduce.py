@@ -47,6 +47,7 @@ __all__ = [
     "PAPER_COST",
     "Reproduction",
     "reproduce",
+    "check_overrides",
     "notebook_parameters",
     "override_fields",
     "reproduction_config",
@@ -113,10 +114,10 @@ def check_overrides(overrides: dict[str, Any]) -> None:
         if name not in known:
             close = difflib.get_close_matches(name, [*known, *PARAMETERS], n=3)
             hint = f"did you mean {', '.join(close)}? " if close else ""
+            evals = ", ".join(n for n, owner in known.items() if owner is EvalConfig)
             raise InputError(
                 f"unknown reproduction setting {name!r}; {hint}the settings are the fields of "
-                "TrainConfig and the evaluation-only fields of EvalConfig (temperature, "
-                "n_samples, nrow, single, save_interval_s)"
+                f"TrainConfig and the evaluation-only fields of EvalConfig ({evals})"
             )
 
 
