@@ -79,7 +79,7 @@ class DivergenceGuard:
         """The run resumed from the checkpoint ``path`` of ``step``."""
         self.last_checkpoint = (path, step)
         self._awaiting = None
-        if self.nonfinite_run:  # written by a version that saved after a non-finite loss
+        if self.nonfinite_run:  # its model gave the last, non-finite, loss
             self._judge(step, False)
         else:
             self._awaiting = step
