@@ -124,17 +124,21 @@ def check_overrides(overrides: dict[str, Any]) -> None:
 def reproduction_eval_config(config: TrainConfig, preset: str, **overrides: Any) -> EvalConfig:
     """The :class:`~densflow.evaluation.EvalConfig` of the test-split evaluation and the samples
     of a reproduction: the training config's evaluation fields (``iw_samples``, default
-    :func:`default_iw_samples`; ``eval_limit``; ``eval_batch_size``; ``chunk_size``; ``seed``;
-    ``num_workers``; ``progress``) and the evaluation-only ``overrides`` (``temperature``...)."""
+    :func:`default_iw_samples`; ``eval_batch_size``; ``chunk_size``; ``seed``; ``num_workers``;
+    ``progress``), ``eval_limit`` where ``overrides`` give it (else the whole split; ``smoke``:
+    the preset's), and the evaluation-only ``overrides`` (``temperature``...)."""
     check_overrides(overrides)
     known = override_fields()
     changes = {k: v for k, v in overrides.items() if v is not None and known[k] is EvalConfig}
     k = config.iw_samples or default_iw_samples(config.dataset, preset)
+    # The reported bound is on the whole test split unless eval_limit is given; a smoke run keeps
+    # its preset's limit (the preset's eval_limit otherwise only limits the training's evaluations).
+    limit = overrides.get("eval_limit") or (config.eval_limit if preset == "smoke" else None)
     batch = config.eval_batch_size or config.batch_size
     # The IW bound forwards batch × chunk images at once; keep that near a training batch.
     batch = max(1, min(batch, (config.batch_size * 8) // min(config.chunk_size, k)))
     return EvalConfig(
-        batch_size=batch, iw_samples=k, chunk_size=config.chunk_size, limit=config.eval_limit,
+        batch_size=batch, iw_samples=k, chunk_size=config.chunk_size, limit=limit,
         seed=config.seed, num_workers=config.num_workers, progress=config.progress,
         **{"n_samples": 64, **changes},
     )  # fmt: skip
@@ -332,7 +336,8 @@ def reproduce(
             ``None`` keeps the preset's) and the evaluation-only fields of
             :class:`~densflow.evaluation.EvalConfig` (``temperature``, ``n_samples``...), see
             :func:`override_fields`. ``iw_samples`` is the k of the test bound (None:
-            :func:`default_iw_samples`), ``eval_limit`` its number of test images.
+            :func:`default_iw_samples`), ``eval_limit`` its number of test images (None: all;
+            ``smoke``: the preset's).
     """
     with log_to_stderr():  # the training's log lines, also in a notebook's output
         config = reproduction_config(dataset, preset, **overrides)
