@@ -399,3 +399,15 @@ def test_the_quickstart_preset_is_the_trainconfig_defaults_on_256_test_patches()
     defaults = TrainConfig().to_dict()
     assert {k for k in preset if preset[k] != defaults[k]} == {"out_dir", "eval_limit"}
     assert preset["eval_limit"] == 256 and preset["model"] == "small"
+
+
+def test_a_stored_training_config_of_an_earlier_version_is_read_in_today_s_names():
+    from densflow.training.state import current_train_config
+
+    stored = {**train_preset("cifar10", "paper").to_dict(), "model": "paper"}
+    stored["iw_chunk_size"], stored["pin_memory"] = stored.pop("chunk_size") // 2, True
+    config = TrainConfig.from_dict(current_train_config(stored))
+    assert config.model == "denseflow-74-10" and config.chunk_size == 25
+    assert config == train_preset("cifar10", "paper", chunk_size=25)
+    with pytest.raises(ValueError, match=r"model must be one of .*got 'paper'"):
+        TrainConfig(model="paper")  # the old name is the reader's, not the API's
