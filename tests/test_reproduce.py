@@ -250,8 +250,11 @@ def test_ablations_notebook_lists_every_parameter_with_its_type_and_help(caplog)
         assert len(parameter["help"]) > 10 and "=" not in parameter["help"], parameter
     wanted = {"dataset", "steps", "seeds", "variants", "batch_size", "device", "out_dir", "preset"}
     assert wanted <= set(assigned)
-    # Every parameter reaches the study's function.
+    # Every parameter reaches the study's function, and its call passes on exactly these.
     assert set(assigned) <= set(inspect.signature(ablations.run).parameters)
+    namespace: dict = {"plt": None, "ablations": ablations, "results": None}
+    exec(parameters_cell("ablations"), namespace)  # noqa: S102 (the repository's own notebook)
+    assert set(ablations.notebook_parameters(namespace)) == set(assigned)
 
 
 @pytest.mark.notebook

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -33,7 +34,14 @@ from .variants import (
     variant_configs,
 )
 
-__all__ = ["PAPER_STAND_INS", "paper_reference", "run", "run_one", "summarize"]
+__all__ = [
+    "PAPER_STAND_INS",
+    "notebook_parameters",
+    "paper_reference",
+    "run",
+    "run_one",
+    "summarize",
+]
 
 PAPER_STAND_INS = {REFERENCE: PAPER_MODEL, "input": "VFlow", "glow": "Glow"}
 """Variant → the published model of Table 1 that stands for it: VFlow appends all its noise
@@ -219,6 +227,14 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             row[metric], row[f"{metric}_std"] = _mean_std(values) if values else (None, None)
         out[name] = row
     return out
+
+
+def notebook_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of :func:`run` that ``namespace`` (the ablation notebook's ``globals()``,
+    holding its parameters cell) defines: the parameters cell is the one list, and the call
+    passes it on with ``run(**notebook_parameters(globals()))``."""
+    names = [name for name in inspect.signature(run).parameters if name != "log"]
+    return {name: namespace[name] for name in names if name in namespace}
 
 
 def run(
