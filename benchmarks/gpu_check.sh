@@ -55,7 +55,7 @@ short=(--repeats 1 --steps 10 --eval-iters 2)  # one round each: a GPU loan is s
 graphs=eager,graph,graph+channels_last+bf16
 paper32=(benchmarks/benchmark.py --preset paper --image-size 32 --batch-size 64 "${short[@]}"
          --eval-batch 16 --iw-samples 100 --iw-chunk 50)
-train=(-m densflow train --dataset photos --model paper --image-size 32 --batch-size 64
+train=(-m densflow train --dataset photos --model denseflow-74-10 --image-size 32 --batch-size 64
        --epochs 10 --warmup-steps 50 --log-every 10 --eval-every 0 --amp bf16 --channels-last
        --no-progress)
 part benchmark_paper32 240 "$py" "${paper32[@]}" --variants "$graphs" \

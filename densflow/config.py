@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .utils.errors import InputError
-from .utils.validate import check_int
+from .utils.ranges import RANGES, check_range
 
 __all__ = ["AUGMENTATIONS", "COUPLING_NETS", "DenseFlowConfig", "PAPER", "PRESETS"]
 
@@ -73,16 +73,22 @@ class DenseFlowConfig:
 
     def __post_init__(self) -> None:
         # Lists from JSON or argparse become tuples, so configs compare and hash by value.
+        # Every count and width in its range (densflow.utils.ranges), before anything is built:
+        # a width of 1e7 is refused here rather than found out by the allocator.
         for name in ("block_config", "layers_config", "mid_channels"):
             values = getattr(self, name)
             if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
                 raise InputError(f"{name} must be a sequence of integers, got {values!r}")
-            values = tuple(check_int(f"{name}[{i}]", v) for i, v in enumerate(values))
+            values = tuple(_check(f"{name}[{i}]", v) for i, v in enumerate(values))
             object.__setattr__(self, name, values)
-        for field in dataclasses.fields(self):  # every count and width is at least 1
-            if field.type in ("int", int):  # growth 0: cross-unit couplings that append nothing
-                least = 0 if field.name == "growth_rate" else 1
-                check_int(field.name, getattr(self, field.name), minimum=least)
+        if not RANGES["DenseFlowConfig"]["blocks"].holds(len(self.block_config)):
+            raise InputError(
+                f"block_config must have 1 to {RANGES['DenseFlowConfig']['blocks'].high} dense "
+                f"blocks (each halves the image side), got {len(self.block_config)}"
+            )
+        for field in dataclasses.fields(self):
+            if field.type in ("int", int) and field.name != "num_bits":  # checked below
+                _check(field.name, getattr(self, field.name))
         n = len(self.block_config)
         if not (len(self.layers_config) == len(self.mid_channels) == n) or n == 0:
             raise InputError(
@@ -143,8 +149,8 @@ class DenseFlowConfig:
     def preset(cls, name: str, image_size: int | None = None) -> DenseFlowConfig:
         """The preset ``name`` (one of :data:`PRESETS`), optionally at another image size."""
         if name not in PRESETS:
-            raise InputError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        factory = getattr(cls, name)
+            raise InputError(f"unknown model size {name!r}; choose one of {list(PRESETS)}")
+        factory = {"denseflow-74-10": cls.paper, "small": cls.small, "tiny": cls.tiny}[name]
         return factory() if image_size is None else factory(image_size)
 
     def to_dict(self) -> dict:
@@ -159,8 +165,16 @@ class DenseFlowConfig:
         return cls(**d)
 
 
-PRESETS = ("paper", "small", "tiny")
-"""The names of the presets, each a :class:`DenseFlowConfig` class method."""
+def _check(name: str, value: object) -> int:
+    """``value`` in the range of the field ``name`` (which may carry an index), naming the field
+    as a config.json or ``model_config`` key."""
+    return check_range("DenseFlowConfig", name, value, option=name)
+
+
+PRESETS = ("denseflow-74-10", "small", "tiny")
+"""The model sizes (one kind of preset, docs/presets.md): the paper's DenseFlow-74-10
+(:meth:`DenseFlowConfig.paper`), :meth:`~DenseFlowConfig.small` and
+:meth:`~DenseFlowConfig.tiny`."""
 
 PAPER = DenseFlowConfig()
 """DenseFlow-74-10 at 32×32: the source of every module's default."""

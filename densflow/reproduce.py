@@ -9,11 +9,12 @@ also public here, one function each, for use outside a notebook.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +37,21 @@ from .training import (
     train_preset,
 )
 from .utils.distributed import Dist, broadcast_buffers, join_process_group
+from .utils.errors import InputError
+from .utils.provenance import provenance
 from .utils.runtime import first_images, log_to_stderr
 
 __all__ = [
+    "PARAMETERS",
     "PAPER_RESULTS",
     "PAPER_COST",
     "Reproduction",
     "reproduce",
+    "check_overrides",
+    "notebook_parameters",
+    "override_fields",
     "reproduction_config",
+    "reproduction_eval_config",
     "default_iw_samples",
     "train_or_load",
     "evaluate_test_split",
@@ -59,39 +67,81 @@ PAPER_COST: dict[str, str] = {name: d.paper.cost for name, d in paper_datasets()
 """Training time the paper reports for each dataset."""
 
 
-def reproduction_config(
-    dataset: str,
-    *,
-    data_dir: str | None,
-    preset: str = "paper",
-    out_dir: str | os.PathLike,
-    device: str = "auto",
-    resume: bool = True,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    num_workers: int = 0,
-    seed: int = 0,
-    **overrides: Any,
-) -> TrainConfig:
-    """The :class:`~densflow.training.TrainConfig` of a reproduction notebook's parameters.
+PARAMETERS: tuple[str, ...] = ("dataset", "preset", "checkpoint")
+""":func:`reproduce`'s own arguments; every other one is a field of
+:class:`~densflow.training.TrainConfig` or an evaluation-only field of
+:class:`~densflow.evaluation.EvalConfig` (:func:`override_fields`)."""
 
-    ``preset`` is a training preset of :data:`densflow.training.TRAIN_PRESETS` (``paper``,
-    ``official``, ``smoke``, ``quickstart``); ``None`` values keep the preset's setting.
-    """
-    changes: dict[str, Any] = dict(
-        data_dir=data_dir,
-        out_dir=str(out_dir),
-        device=device,
-        resume=resume,
-        num_workers=num_workers,
-        seed=seed,
-        **overrides,
-    )
-    if epochs is not None:
-        changes["epochs"] = epochs
-    if batch_size is not None:
-        changes["batch_size"] = batch_size
+
+def override_fields() -> dict[str, type]:
+    """The settings :func:`reproduce` takes as ``**overrides``, with the config class of each:
+    every :class:`~densflow.training.TrainConfig` field, and the
+    :class:`~densflow.evaluation.EvalConfig` fields that only the evaluation and the samples
+    have (``temperature``, ``n_samples``...). The evaluation's shared settings (seed, batch,
+    chunk, k, limit) come from the training config's fields of the same meaning."""
+    train_fields = {f.name: TrainConfig for f in fields(TrainConfig)}
+    shared = {"batch_size", "iw_samples", "chunk_size", "limit", "seed", "num_workers", "progress"}
+    speed = {f.name for f in fields(EvalConfig) if f.metadata.get("speed")}
+    evals = {f.name: EvalConfig for f in fields(EvalConfig) if f.name not in shared | speed}
+    return {**train_fields, **evals}
+
+
+def notebook_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of :func:`reproduce` that ``namespace`` (a notebook's ``globals()``,
+    holding its parameters cell) defines: a reproduction notebook's parameters cell is the one
+    list of its parameters, and its call passes them on with
+    ``reproduce(**notebook_parameters(globals()))``."""
+    names = (*PARAMETERS, *override_fields())
+    return {name: namespace[name] for name in names if name in namespace}
+
+
+def reproduction_config(dataset: str, preset: str = "paper", **overrides: Any) -> TrainConfig:
+    """The :class:`~densflow.training.TrainConfig` of the training ``preset``
+    (:data:`densflow.training.TRAIN_PRESETS`: ``paper``, ``official``, ``smoke``,
+    ``quickstart``) for ``dataset`` with ``overrides`` of its fields; ``None`` keeps the preset's
+    setting, an unknown name is refused with the close ones."""
+    check_overrides(overrides)
+    known = override_fields()
+    changes = {k: v for k, v in overrides.items() if v is not None and known[k] is TrainConfig}
     return train_preset(dataset, preset, **changes)
+
+
+def check_overrides(overrides: dict[str, Any]) -> None:
+    """Refuse, in one line, a name that is neither a field of the training config nor an
+    evaluation-only field of the evaluation config, naming the close ones."""
+    known = override_fields()
+    for name in overrides:
+        if name not in known:
+            close = difflib.get_close_matches(name, [*known, *PARAMETERS], n=3)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            evals = ", ".join(n for n, owner in known.items() if owner is EvalConfig)
+            raise InputError(
+                f"unknown reproduction setting {name!r}; {hint}the settings are the fields of "
+                f"TrainConfig and the evaluation-only fields of EvalConfig ({evals})"
+            )
+
+
+def reproduction_eval_config(config: TrainConfig, preset: str, **overrides: Any) -> EvalConfig:
+    """The :class:`~densflow.evaluation.EvalConfig` of the test-split evaluation and the samples
+    of a reproduction: the training config's evaluation fields (``iw_samples``, default
+    :func:`default_iw_samples`; ``eval_batch_size``; ``chunk_size``; ``seed``; ``num_workers``;
+    ``progress``), ``eval_limit`` where ``overrides`` give it (else the whole split; ``smoke``:
+    the preset's), and the evaluation-only ``overrides`` (``temperature``...)."""
+    check_overrides(overrides)
+    known = override_fields()
+    changes = {k: v for k, v in overrides.items() if v is not None and known[k] is EvalConfig}
+    k = config.iw_samples or default_iw_samples(config.dataset, preset)
+    # The reported bound is on the whole test split unless eval_limit is given; a smoke run keeps
+    # its preset's limit (the preset's eval_limit otherwise only limits the training's evaluations).
+    limit = overrides.get("eval_limit") or (config.eval_limit if preset == "smoke" else None)
+    batch = config.eval_batch_size or config.batch_size
+    # The IW bound forwards batch × chunk images at once; keep that near a training batch.
+    batch = max(1, min(batch, (config.batch_size * 8) // min(config.chunk_size, k)))
+    return EvalConfig(
+        batch_size=batch, iw_samples=k, chunk_size=config.chunk_size, limit=limit,
+        seed=config.seed, num_workers=config.num_workers, progress=config.progress,
+        **{"n_samples": 64, **changes},
+    )  # fmt: skip
 
 
 def default_iw_samples(dataset: str, preset: str) -> int:
@@ -120,32 +170,16 @@ def train_or_load(
 
 
 def evaluate_test_split(
-    model: DenseFlow,
-    config: TrainConfig,
-    *,
-    iw_samples: int | None,
-    chunk_size: int | None = None,
-    limit: int | None = None,
-    progress: bool | None = None,
-    dist: Dist | None = None,
+    model: DenseFlow, config: TrainConfig, settings: EvalConfig, *, dist: Dist | None = None
 ) -> EvalResult:
-    """Test bits/dim, single-sample and importance-weighted, resumable from ``out_dir``;
-    ``dist``: sharded over the processes of a ``torchrun`` job (every one must call it).
-    ``chunk_size`` None: the evaluation's default (:class:`~densflow.evaluation.EvalConfig`)."""
+    """Test bits/dim, single-sample and importance-weighted (``settings``, e.g.
+    :func:`reproduction_eval_config`), resumable from ``config.out_dir``; ``dist``: sharded over
+    the processes of a ``torchrun`` job (every one must call it)."""
     test = load_dataset(config.dataset, config.data_dir, "test", celeba_crop=config.celeba_crop)
-    test = first_images(test, limit)
-    settings = EvalConfig(iw_samples=iw_samples, seed=config.seed, progress=progress,
-                          num_workers=config.num_workers)  # fmt: skip
-    if chunk_size is not None:
-        settings = settings.replace(chunk_size=chunk_size)
-    batch = config.eval_batch_size or config.batch_size
-    # The IW bound forwards batch × chunk images at once; keep that near a training batch.
-    if iw_samples:
-        batch = max(1, min(batch, (config.batch_size * 8) // min(settings.chunk_size, iw_samples)))
-    partial = Path(config.out_dir) / f"eval_k{iw_samples or 1}_n{len(test)}.partial.pt"
-    return evaluate(
-        model, test, settings.replace(batch_size=batch), partial_path=partial, dist=dist
-    )
+    test = first_images(test, settings.limit)
+    k = settings.iw_samples or 1
+    partial = Path(config.out_dir) / f"eval_k{k}_n{len(test)}.partial.pt"
+    return evaluate(model, test, settings, partial_path=partial, dist=dist)
 
 
 def comparison_table(dataset: str, result: EvalResult) -> str:
@@ -219,7 +253,7 @@ def write_results(
         },
         "checkpoint": None if checkpoint is None else str(checkpoint),
         "config": config.to_dict(),
-        "torch": torch.__version__,
+        "provenance": provenance(),  # densflow's version and commit, and torch's
         "device": torch.cuda.get_device_name()
         if torch.cuda.is_available()
         else platform.processor() or "cpu",
@@ -278,26 +312,10 @@ class Reproduction:
 
 def reproduce(
     dataset: str,
-    *,
-    data_dir: str | None,
-    out_dir: str | os.PathLike,
     preset: str = "paper",
-    device: str = "auto",
-    resume: bool = True,
+    *,
     checkpoint: str | os.PathLike | None = None,
-    epochs: int | None = None,
-    steps_per_epoch: int | None = None,
-    batch_size: int | None = None,
-    iw_samples: int | None = None,
-    eval_limit: int | None = None,
-    num_workers: int = 0,
-    seed: int = 0,
-    temperature: float = 1.0,
-    amp: str = "none",
-    channels_last: bool = False,
-    compile: bool = False,
-    cuda_graphs: bool = False,
-    logger: str = "none",
+    **overrides: Any,
 ) -> Reproduction:
     """A reproduction: check the data, train (resuming from ``out_dir``) or load ``checkpoint``,
     evaluate the test split, draw 64 samples and write ``results.json``, all in ``out_dir``.
@@ -305,60 +323,42 @@ def reproduce(
     runs it: training is data-parallel, the evaluation and the samples are sharded, rank 0
     writes the files, and every process returns the same numbers (docs/evaluation.md).
 
+    Every setting is checked before any work, with the rules of the command line.
+
     Arguments:
-        dataset, data_dir: the data (:func:`densflow.data.load_dataset`).
-        out_dir: the run folder.
+        dataset: the dataset (:func:`densflow.data.load_dataset`).
         preset: the training preset (:data:`densflow.training.TRAIN_PRESETS`).
-        device, resume, epochs, steps_per_epoch, batch_size, num_workers, seed: training
-            settings, as the :class:`~densflow.training.TrainConfig` fields of the same names
-            (None keeps the preset's).
-        amp, channels_last, compile, cuda_graphs: the speed switches of the same names.
-        logger: ``"tensorboard"`` also writes TensorBoard event files into
-            ``out_dir/tensorboard`` while training (:mod:`densflow.training.loggers`).
         checkpoint: a model to evaluate instead of training: a densflow checkpoint, an official
             run folder, a model directory, a cached name, or ``"official"`` for the authors'
             model of ``dataset`` (anything :func:`densflow.io.load` takes).
-        iw_samples: k of the importance-weighted bound (None: :func:`default_iw_samples`).
-        eval_limit: evaluate the first N test images only (None: the whole split; ``smoke``: the
-            preset's limit).
-        temperature: of the samples.
+        overrides: fields of :class:`~densflow.training.TrainConfig` (``data_dir``,
+            ``out_dir``, ``epochs``, ``iw_samples``, ``eval_limit``, the speed switches...;
+            ``None`` keeps the preset's) and the evaluation-only fields of
+            :class:`~densflow.evaluation.EvalConfig` (``temperature``, ``n_samples``...), see
+            :func:`override_fields`. ``iw_samples`` is the k of the test bound (None:
+            :func:`default_iw_samples`), ``eval_limit`` its number of test images (None: all;
+            ``smoke``: the preset's).
     """
     with log_to_stderr():  # the training's log lines, also in a notebook's output
+        config = reproduction_config(dataset, preset, **overrides)
+        settings = reproduction_eval_config(config, preset, **overrides)
+        out_dir, data_dir = config.out_dir, config.data_dir
         # No output may land on an input (the model's files, the data): checked before any work.
         inputs = locate(checkpoint, dataset=dataset).files if checkpoint is not None else ()
         outputs = [CHECKPOINT_NAME, METRICS_NAME, "samples.png", "results.json"]
         check_output_folder("out_dir", out_dir, outputs, inputs, trees=[data_dir])
         summary = check_dataset(dataset, data_dir)
-        overrides: dict[str, Any] = dict(
-            amp=amp, channels_last=channels_last, compile=compile, cuda_graphs=cuda_graphs,
-            logger=logger,
-        )  # fmt: skip
-        if steps_per_epoch is not None:
-            overrides["steps_per_epoch"] = steps_per_epoch
-        if eval_limit is not None:
-            overrides["eval_limit"] = eval_limit
-        config = reproduction_config(
-            dataset, data_dir=data_dir, preset=preset, out_dir=out_dir, device=device,
-            resume=resume, epochs=epochs, batch_size=batch_size, num_workers=num_workers,
-            seed=seed, **overrides,
-        )  # fmt: skip
-        model, train_result = train_or_load(config, checkpoint)
-        k = iw_samples or default_iw_samples(dataset, preset)
-        limit = eval_limit
-        if limit is None and preset == "smoke":
-            limit = config.eval_limit
+        # The test bound is this function's step (resumable from its progress file), not the
+        # trainer's end-of-run evaluation.
+        model, train_result = train_or_load(config.replace(iw_samples=None), checkpoint)
         dist = Dist.from_env()  # under torchrun: each process evaluates and samples its share
         if dist.world_size > 1:  # every rank holds rank 0's model (BatchNorm saw each shard)
             join_process_group(next(model.parameters()).device)
             broadcast_buffers(model)
-        test = evaluate_test_split(
-            model, config, iw_samples=k, chunk_size=config.chunk_size, limit=limit, dist=dist
-        )
+        test = evaluate_test_split(model, config, settings, dist=dist)
         test.check_finite()  # before anything is written
         samples = Path(out_dir) / "samples.png"
-        save_sample_grid(
-            model, samples, n_samples=64, temperature=temperature, seed=seed, dist=dist
-        )
+        save_sample_grid(model, samples, settings, dist=dist)
         results = Path(out_dir) / "results.json"
         if dist.is_main:
             write_results(out_dir, dataset, config, test, train_result, checkpoint)

@@ -243,11 +243,12 @@ def test_a_paired_gap_is_reversed_or_not_separated(glow, paired_verdict):
 
 @pytest.mark.parametrize(
     ("changes", "message"),
-    [({"timing_steps": -1}, r"timing_steps must be an integer >= 0, got -1"),
+    [({"timing_steps": -1}, r"timing_steps must be an integer in \[0, 10000\], got -1"),
      ({"seeds": []}, r"seeds is empty"),
-     ({"seeds": [0, 1.5]}, r"seeds must be an integer >= 0, got 1\.5"),
-     ({"steps": 0}, r"steps must be an integer >= 1, got 0"),
-     ({"batch_size": 2.0}, r"batch_size must be an integer >= 1, got 2\.0")],
+     ({"seeds": [0, 1.5]}, r"seeds must be an integer in \[0, \d+\], got 1\.5"),
+     ({"steps": 0}, r"steps must be an integer in \[1, \d+\], got 0"),
+     ({"steps": 10**15}, r"steps must be an integer in \[1, \d+\], got 10+; set --steps"),
+     ({"batch_size": 2.0}, r"batch_size must be an integer in \[1, 65536\], got 2\.0")],
 )  # fmt: skip
 def test_bad_study_arguments_are_refused_before_any_work(changes, message, tmp_path):
     out = tmp_path / "study"

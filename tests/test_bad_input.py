@@ -21,9 +21,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import TensorDataset
 from utils import assert_one_line, run_cli, snapshot, write_official_run
 
+from densflow import reproduce
 from densflow.cli import build_parser, main, train_config_from_args
 from densflow.config import DenseFlowConfig
 from densflow.evaluation import evaluate
@@ -34,6 +36,8 @@ from densflow.io.pretrained import CACHE_ENV, save_pretrained
 from densflow.model import DenseFlow
 from densflow.training.optim import build_optimizer, optimizer_state_dict
 from densflow.training.state import TrainingState, save_training_checkpoint
+from densflow.utils.ranges import RANGES
+from densflow.utils.testing import write_celeba
 from densflow.utils.validate import check_float, check_int
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,6 +120,26 @@ def files(tmp_path_factory, reference_dir) -> Path:
     (root / "cache" / ".weights.unpack-1-0123abcd").mkdir()
     (root / "cache" / ".weights.unpack-1-0123abcd" / "notes.txt").write_text("mine")
     damaged_runs(root)
+    # CelebA folders with one image, or the partition list, that is no image file
+    for name in ("celeba_fifo", "celeba_table_fifo", "celeba_huge"):
+        write_celeba(root / name, n_images=3)
+    Image.new("RGB", (5000, 5000)).save(root / "celeba_huge" / "celeba" / "img_align_celeba" /
+                                        "000001.jpg")  # fmt: skip
+    (root / "deep.json").write_text('{"a": ' * 100_000 + "1" + "}" * 100_000)
+    # run folders and a cache whose staging folder is a user's, named like densflow's: cleanup
+    # touches only what densflow made (its marker), so these are refused, never emptied
+    for folder in ("foreign_run", "foreign_cache"):
+        (root / folder / ".densflow-tmp").mkdir(parents=True)
+        (root / folder / ".densflow-tmp" / "precious.txt").write_text("mine")
+        (root / folder / ".lock").touch()  # as every run and every download leaves it
+    # a model directory and a checkpoint whose stored config asks for a width of 1e7
+    save_pretrained(tiny(), root / "wide", dataset="photos")
+    config = json.loads((root / "wide" / "config.json").read_text())
+    (root / "wide" / "config.json").write_text(json.dumps({**config, "mid_channels": [10**7] * 3}))
+    torch.save({**ckpt, "config": {**ckpt["config"], "growth_rate": 10**6}}, root / "wide.pt")
+    # 4 steps at lr 10 (the warm-up reaches 4): finite weights whose loss is no longer finite
+    lr10 = ["train", "--preset", "smoke", "--lr", "10", "--max-steps", "4", "--no-progress"]
+    assert main([*lr10, "--out-dir", str(root / "lr10")]) == 0
     return root
 
 
@@ -125,6 +149,10 @@ def workdir(files, tmp_path, monkeypatch) -> Path:
     shutil.copytree(files, work, symlinks=True)
     os.mkfifo(work / "fifo")  # nobody reads it
     os.link(work / "m.pt", work / "hard.png")  # copytree makes separate files of hard links
+    for path in ("celeba_fifo/celeba/img_align_celeba/000001.jpg",
+                 "celeba_table_fifo/celeba/list_eval_partition.txt"):  # fmt: skip
+        (work / path).unlink()
+        os.mkfifo(work / path)  # nobody writes it: opening it to read would wait for ever
     monkeypatch.chdir(work)
     monkeypatch.setenv(CACHE_ENV, str(work / "cache"))
     return work
@@ -213,14 +241,23 @@ CLI_ROWS = {
         ["convert", "run", "run", "--format", "pretrained"],
         r"OUT run is also an input",
     ),
+    # cleanup that would touch a user's files
+    "train into a run folder whose staging folder is a user's": (
+        [*TRAIN, "--out-dir", "foreign_run"],
+        r"foreign_run/\.densflow-tmp exists but was not made by densflow .*rename it",
+    ),
+    "download weights into a cache whose staging folder is a user's": (
+        ["download", "weights", "--from", "run", "--cache-dir", "foreign_cache"],
+        r"foreign_cache\S*/\.densflow-tmp exists but was not made by densflow .*rename it",
+    ),
     # impossible numbers
     "ablate --timing-steps -1": (
         ["ablate", "--preset", "smoke", "--timing-steps", "-1"],
-        r"--timing-steps: must be an integer >= 0, got -1",
+        r"--timing-steps: must be an integer in \[0, 10000\], got -1",
     ),
     "ablate --steps 0": (
         ["ablate", "--preset", "smoke", "--steps", "0"],
-        r"--steps: must be an integer >= 1, got 0",
+        r"--steps: must be an integer in \[1, \d+\], got 0",
     ),
     "ablate --seeds x": (
         ["ablate", "--preset", "smoke", "--seeds", "0", "x"],
@@ -301,6 +338,44 @@ CLI_ROWS = {
         r"no model 'celeba' in the cache .*\['cifar10'\]\): run densflow download weights",
     ),
     "sample a FIFO as the model": (["sample", "fifo", "--out", "s.png"], r"not a regular file"),
+    "data check: a FIFO where a CelebA image should be": (
+        ["data", "check", "celeba", "--data-dir", "celeba_fifo"],
+        r"^error: celeba: malformed file \S+/000001\.jpg: is a FIFO, not an image file$",
+    ),
+    "data check: a FIFO as CelebA's partition list": (
+        ["data", "check", "celeba", "--data-dir", "celeba_table_fifo"],
+        r"list_eval_partition\.txt: is a FIFO, not the partition list$",
+    ),
+    "data check: a 25-megapixel image": (
+        ["data", "check", "celeba", "--data-dir", "celeba_huge"],
+        r"000001\.jpg: has 5000×5000 pixels, more than the 16,777,216 densflow decodes",
+    ),
+    "eval on a CelebA folder with a 25-megapixel image": (
+        ["eval", "m.pt", "--dataset", "celeba", "--data-dir", "celeba_huge", "--split", "train"],
+        r"000001\.jpg: has 5000×5000 pixels",
+    ),
+    "train --model-config nested too deeply": (
+        [*TRAIN, "--out-dir", "new_run", "--model-config", "deep.json"],
+        r"--model-config: deep\.json is nested too deeply to be a DenseFlowConfig;",
+    ),
+    "eval a model directory whose config.json asks for a width of 1e7": (
+        ["eval", "wide", "--limit", "2"],
+        r"wide/config\.json: its config is no valid DenseFlowConfig: mid_channels\[0\] must be an "
+        r"integer in \[1, 4096\], got 10000000",
+    ),
+    "sample a checkpoint whose config asks for a growth rate of 1e6": (
+        ["sample", "wide.pt", "--out", "s.png"],
+        r"wide\.pt: its config is no valid DenseFlowConfig: growth_rate must be an integer in "
+        r"\[0, 1024\], got 1000000",
+    ),
+    "train --model-config is a FIFO": (
+        [*TRAIN, "--out-dir", "new_run", "--model-config", "fifo"],
+        r"--model-config: fifo is not a regular file \(a FIFO\)",
+    ),
+    "train --model-config with a width of 1e7": (
+        [*TRAIN, "--out-dir", "new_run", "--model-config", '{"mid_channels": [10000000, 8, 8]}'],
+        r"mid_channels\[0\] must be an integer in \[1, 4096\], got 10000000",
+    ),
     "eval --partial is a FIFO": (
         [*EVAL, "--partial", "fifo"],
         r"--partial fifo is not a regular file; it is read back and replaced",
@@ -382,6 +457,14 @@ CLI_ROWS = {
     "sample huge weights": (
         ["sample", "huge.pt", "--n", "4", "--out", "s.png"],
         r"^error: 4 of 4 samples are not finite \(NaN or inf\), so the grid would be black",
+    ),
+    "sample a checkpoint whose loss is no longer finite": (
+        ["sample", "lr10/checkpoint.pt", "--n", "4", "--out", "s.png"],
+        r"^error: 4 of 4 samples lie far outside the image range .*sample from an earlier",
+    ),
+    "sample a checkpoint whose loss is no longer finite, one sample": (
+        ["sample", "lr10", "--n", "1", "--out", "s.png", "--seed", "3"],
+        r"^error: 1 of 1 samples lie far outside the image range",
     ),
     "sample huge weights, bf16": (
         ["sample", "huge.pt", "--n", "3", "--out", "s.png", "--amp", "bf16", "--seed", "5"],
@@ -588,21 +671,31 @@ def test_a_real_process_prints_no_traceback(workdir):
 INT_FIELDS = [f.name for f in dataclasses.fields(DenseFlowConfig) if f.type in ("int", int)]
 
 
-@pytest.mark.parametrize("value", [0, -1, 2.5, float("nan"), True, "4"])
-@pytest.mark.parametrize("field", INT_FIELDS)
-def test_every_numeric_config_field_is_checked(field, value):
-    least = 0 if field == "growth_rate" else 1  # growth 0: couplings that append no channels
-    if value == least and not isinstance(value, bool):
+@pytest.mark.parametrize("value", [0, -1, 2.5, float("nan"), True, "4", "above"])
+@pytest.mark.parametrize("field", [f for f in INT_FIELDS if f != "num_bits"])
+def test_every_numeric_config_field_is_checked_against_the_ranges_table(field, value):
+    rng = RANGES["DenseFlowConfig"][field]  # growth 0: couplings that append no channels
+    value = rng.high + 1 if value == "above" else value  # e.g. a width of 4097: refused at once
+    if value == rng.low and not isinstance(value, bool):
         DenseFlowConfig.tiny(**{field: value})
         return
-    with pytest.raises(ValueError, match=rf"^{field} must be an integer >= {least}, got"):
+    pattern = rf"^{field} must be an integer in \[{rng.low}, {rng.high}\], got .*; set "
+    with pytest.raises(ValueError, match=pattern + rf"DenseFlowConfig\.{field} to e\.g\. \d+$"):
         DenseFlowConfig.tiny(**{field: value})
 
 
 @pytest.mark.parametrize("field", ["block_config", "layers_config", "mid_channels"])
-def test_per_block_lists_are_checked(field):
-    with pytest.raises(ValueError, match=rf"^{field}\[1\] must be an integer >= 1, got 0"):
-        DenseFlowConfig.tiny(**{field: (2, 0, 1)})
+@pytest.mark.parametrize("value", [0, 10**7])
+def test_per_block_lists_are_checked(field, value):
+    with pytest.raises(
+        ValueError, match=rf"^{field}\[1\] must be an integer in \[1, \d+\], got {value}"
+    ):
+        DenseFlowConfig.tiny(**{field: (2, value, 1)})
+
+
+def test_more_dense_blocks_than_halvings_make_sense_are_refused():
+    with pytest.raises(ValueError, match=r"^block_config must have 1 to 8 dense blocks .*got 9$"):
+        DenseFlowConfig.tiny(block_config=(1,) * 9, layers_config=(1,) * 9, mid_channels=(8,) * 9)
 
 
 @pytest.fixture(scope="module")
@@ -684,7 +777,7 @@ def test_loading_reports_the_real_reason(files):
     ckpt = torch.load(files / "m.pt", weights_only=True)
     bad = files.parent / "badconfig.pt"
     torch.save({**ckpt, "config": {**ckpt["config"], "num_landmarks": 0}}, bad)
-    with pytest.raises(CheckpointError, match="num_landmarks must be an integer >= 1"):
+    with pytest.raises(CheckpointError, match=r"num_landmarks must be an integer in \[1, 4096\]"):
         locate(bad).load()
     assert ckpt["format"] == FORMAT
     model, dataset = locate(files / "m.pt").load()  # and a good one still loads
@@ -704,3 +797,89 @@ def test_the_validate_helpers():
             check_float("lr", bad, minimum=0.0, exclusive=True)
     with pytest.raises(ValueError, match="<= 1.0"):
         check_float("p", 1.5, minimum=0.0, maximum=1.0)
+
+
+MEMORY = {  # (where memory runs out, the command): the model of the requested size, a batch
+    "torch.OutOfMemoryError building the model for train": (
+        "densflow.training.trainer.DenseFlow.__init__", [*TRAIN, "--out-dir", "new_run"],
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB"),
+    ),
+    "MemoryError loading the model for eval": (
+        "densflow.io.resolve.ModelSource.load", EVAL, MemoryError(),
+    ),
+    "the CPU allocator refusing for sample": (
+        "densflow.evaluation.sampling.IndexedDraws.next", SAMPLE,
+        RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate "
+                     "memory: you tried to allocate 600000000000000 bytes"),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("target, argv, error", MEMORY.values(), ids=MEMORY.keys())
+def test_running_out_of_memory_is_status_2_with_the_cause(target, argv, error, workdir, capsys,
+                                                          monkeypatch):  # fmt: skip
+    def out_of_memory(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(target, out_of_memory)
+    before = snapshot(workdir)
+    status, _, err = run_cli(argv, capsys)
+    assert status == 2
+    assert_one_line(
+        err,
+        r"^error: out of memory for the requested size \(.*\); use a smaller "
+        r"--batch-size, --chunk-size or --n, --device cpu, or a machine with more",
+    )
+    assert snapshot(workdir) == before
+
+
+# ----------------------------------------------------------------------------- papermill parameters
+
+# What papermill passes to a reproduction notebook is what the user typed (-p NAME VALUE): each is
+# refused by reproduce() as the command line refuses it, before the data is read or a file written.
+PAPERMILL_ROWS = {
+    "temperature=nan": ({"temperature": float("nan")}, r"^temperature must be a finite number"),
+    "temperature=-1": ({"temperature": -1.0}, r"^temperature must be .*got -1\.0; set"),
+    "iw_samples=0": ({"iw_samples": 0}, r"^iw_samples must be an integer in \[1, \d+\], got 0"),
+    "iw_samples=2.5": ({"iw_samples": 2.5}, r"^iw_samples must be an integer .*got 2\.5"),
+    "resume='no'": ({"resume": "no"}, r"^resume must be True or False, got 'no'"),
+    "channels_last='False'": ({"channels_last": "False"}, r"^channels_last must be True or Fal"),
+    "epochs='3'": ({"epochs": "3"}, r"^epochs must be an integer in \[0, \d+\], got '3'"),
+    "seed=-1": ({"seed": -1}, r"^seed must be an integer in \[0, \d+\], got -1; set --seed"),
+    "batch_size=10**9": ({"batch_size": 10**9}, r"^batch_size must be an integer in \[1, 65536\]"),
+    "a typo: epoch=3": ({"epoch": 3}, r"^unknown reproduction setting 'epoch'; did you mean ep"),
+    "compile and cuda_graphs": (
+        {"compile": True, "cuda_graphs": True}, r"^choose one of compile and cuda_graphs",
+    ),
+    "out_dir holds the model": (
+        {"out_dir": "good_run", "checkpoint": "good_run/checkpoint.pt"},
+        r"^out_dir good_run/checkpoint\.pt is also an input",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("parameters, pattern", PAPERMILL_ROWS.values(), ids=PAPERMILL_ROWS.keys())
+def test_a_bad_notebook_parameter_is_one_line_before_any_work(parameters, pattern, workdir):
+    before = snapshot(workdir)
+    parameters = {"out_dir": "new_run", **parameters}
+    with pytest.raises(ValueError, match=pattern) as refused:
+        reproduce.reproduce("photos", "smoke", **parameters)
+    assert "\n" not in str(refused.value)
+    assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_a_huge_sparse_data_file_is_refused_before_any_allocation(split, workdir, capsys,
+                                                                  tmp_path_factory):  # fmt: skip
+    # 200 GB of holes where an ImageNet32 batch file should be: its size is no count of images
+    data = tmp_path_factory.mktemp("sparse")  # outside workdir: the snapshot would read it
+    names = ["val_data"] + [f"train_data_batch_{i}" for i in range(1, 11)]
+    for name in names:
+        with open(data / name, "wb") as f:
+            f.truncate(200 * 2**30)
+    argv = ["eval", "m.pt", "--dataset", "imagenet32", "--data-dir", str(data), "--split", split]
+    before = snapshot(workdir)
+    status, _, err = run_cli(argv, capsys)
+    assert status == 2
+    assert_one_line(err, r"^error: imagenet32: malformed file \S+: not a complete pickle")
+    assert snapshot(workdir) == before

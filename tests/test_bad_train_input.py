@@ -57,33 +57,68 @@ def assert_refused(argv: list[str], pattern: str, capsys, root: Path) -> str:
 
 # (extra argv, the error line): each is refused before any work. "{out}" is the run folder.
 ROWS = {
-    "lr inf": (["--lr", "inf"], r"lr must be a finite number > 0\.0, got inf; set --lr"),
-    "lr nan": (["--lr", "nan"], r"lr must be a finite number > 0\.0, got nan; set --lr"),
-    "lr negative": (["--lr", "-0.001"], r"lr must be a finite number > 0\.0, got -0\.001"),
+    "lr inf": (
+        ["--lr", "inf"],
+        r"lr must be a finite number > 0\.0 and <= 10\.0, got inf; set --lr",
+    ),
+    "lr nan": (["--lr", "nan"], r"lr must be a finite number > 0\.0 .*, got nan; set --lr"),
+    "lr negative": (["--lr", "-0.001"], r"lr must be a finite number > 0\.0 .*, got -0\.001"),
+    "lr absurd": (["--lr", "1e30"], r"lr must be .* <= 10\.0, got 1e\+30; set --lr \(TrainConfig"),
     "finetune lr nan": (["--finetune-lr", "nan"], r"finetune_lr must be a finite .* --finetune-lr"),
-    "grad clip nan": (["--grad-clip", "nan"], r"grad_clip must be a finite number > 0\.0, got nan"),
-    "grad clip 0": (["--grad-clip", "0"], r"grad_clip must be a finite number > 0\.0, got 0\.0"),
+    "grad clip nan": (
+        ["--grad-clip", "nan"],
+        r"grad_clip must be a finite number > 0\.0 .*got nan",
+    ),
+    "grad clip 0": (["--grad-clip", "0"], r"grad_clip must be a finite number > 0\.0 .*got 0\.0"),
     "gamma 0": (["--gamma", "0"], r"gamma must be a finite number > 0\.0 and <= 1\.0, got 0\.0"),
     "gamma above 1": (["--gamma", "1.5"], r"gamma must be .* <= 1\.0, got 1\.5; set --gamma"),
     "gamma inf": (["--gamma", "inf"], r"gamma must be a finite number"),
-    "warmup negative": (["--warmup-steps", "-1"], r"warmup_steps must be non-negative .* got -1"),
-    "batch size 0": (["--batch-size", "0"], r"batch_size must be positive .* got 0; set --batch"),
+    "warmup negative": (["--warmup-steps", "-1"], r"warmup_steps must be an integer in \[0, .*-1"),
+    "batch size 0": (
+        ["--batch-size", "0"],
+        r"batch_size must be an integer in \[1, 65536\], got 0",
+    ),
+    "batch size 2**20": (["--batch-size", str(2**20)], r"batch_size must be .*; set --batch-size"),
     "no epochs": (["--epochs", "0", "--finetune-epochs", "0"], r"epochs \+ finetune_epochs must"),
-    "eval every negative": (["--eval-every", "-1"], r"eval_every must be non-negative"),
-    "checkpoint every negative": (["--checkpoint-every", "-1"], r"checkpoint_every must be non-n"),
-    "log every 0": (["--log-every", "0"], r"log_every must be positive .* got 0"),
-    "max steps 0": (["--max-steps", "0"], r"max_steps must be positive .* got 0"),
-    "steps per epoch 0": (["--steps-per-epoch", "0"], r"steps_per_epoch must be positive"),
-    "eval limit negative": (["--eval-limit", "-5"], r"eval_limit must be positive"),
-    "iw samples 0": (["--iw-samples", "0"], r"iw_samples must be positive"),
-    "chunk size 0": (["--chunk-size", "0"], r"chunk_size must be positive"),
-    "max nonfinite 0": (["--max-nonfinite", "0"], r"max_nonfinite must be positive"),
-    "workers negative": (["--num-workers", "-2"], r"num_workers must be non-negative"),
-    "image size 0": (["--image-size", "0"], r"image_size must be positive"),
+    "epochs 1e12": (["--epochs", str(10**12)], r"epochs must be an integer in \[0, 1000000\]"),
+    "eval every negative": (["--eval-every", "-1"], r"eval_every must be an integer in \[0, "),
+    "checkpoint every negative": (["--checkpoint-every", "-1"], r"checkpoint_every must be an in"),
+    "log every 0": (["--log-every", "0"], r"log_every must be an integer in \[1, \d+\], got 0"),
+    "max steps 0": (["--max-steps", "0"], r"max_steps must be an integer in \[1, \d+\], got 0"),
+    "steps per epoch 0": (["--steps-per-epoch", "0"], r"steps_per_epoch must be an integer in"),
+    "eval limit negative": (["--eval-limit", "-5"], r"eval_limit must be an integer in \[1, "),
+    "iw samples 0": (["--iw-samples", "0"], r"iw_samples must be an integer in \[1, 1048576\]"),
+    "iw samples 1e9": (["--iw-samples", str(10**9)], r"iw_samples must be .*; set --iw-samples"),
+    "chunk size 0": (["--chunk-size", "0"], r"chunk_size must be an integer in \[1, 65536\]"),
+    "max nonfinite 0": (["--max-nonfinite", "0"], r"max_nonfinite must be an integer in \[1, "),
+    "workers negative": (["--num-workers", "-2"], r"num_workers must be an integer in \[0, 1024\]"),
+    "image size 0": (["--image-size", "0"], r"image_size must be an integer in \[1, 1024\]"),
+    "image size 2**20": (["--image-size", str(2**20)], r"image_size must be .*set --image-size"),
+    "seed -1": (
+        ["--seed", "-1"],
+        r"^error: seed must be an integer in \[0, \d+\], got -1; set --seed",
+    ),
+    "seed 2**64": (["--seed", str(2**64)], rf"seed must be .*, got {2**64}; set --seed"),
+    "model width 1e7": (
+        ["--model-config", '{"image_size": 32, "mid_channels": [10000000, 8, 8]}'],
+        r"mid_channels\[0\] must be an integer in \[1, 4096\], got 10000000; set DenseFlowConfig",
+    ),
+    "model depth 1e6": (
+        ["--model-config", '{"image_size": 32, "coupling_dense_depth": 1000000}'],
+        r"coupling_dense_depth must be an integer in \[1, 256\], got 1000000",
+    ),
+    "model config deeply nested": (
+        ["--model-config", "{tmp}/deep.json"],
+        r"--model-config: .*deep\.json is nested too deeply to be a DenseFlowConfig",
+    ),
+    "model config is a FIFO": (
+        ["--model-config", "{tmp}/fifo.json"],
+        r"--model-config: .*fifo\.json is not a regular file",
+    ),
     "unknown device": (["--device", "gpu"], r"device must be 'auto', 'cpu', 'cuda'.*got 'gpu'"),
     "batch larger than the data": (
-        ["--batch-size", "100000"],
-        r"^error: batch_size 100000 is larger than the \d+ training images of photos; set "
+        ["--batch-size", "10000"],
+        r"^error: batch_size 10000 is larger than the \d+ training images of photos; set "
         r"--batch-size \(batch_size\) to at most \d+$",
     ),
     "init from nothing": (
@@ -104,8 +139,10 @@ ROWS = {
 @pytest.mark.parametrize("extra, pattern", list(ROWS.values()), ids=list(ROWS))
 def test_bad_settings_are_refused_before_any_work(extra, pattern, tmp_path, capsys):
     (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    os.mkfifo(tmp_path / "fifo.json")  # nobody writes it: reading it would wait for ever
     out = tmp_path / "run"
-    argv = [*SMOKE, "--out-dir", str(out), *(a.format(tmp=tmp_path) for a in extra)]
+    argv = [*SMOKE, "--out-dir", str(out), *(a.replace("{tmp}", str(tmp_path)) for a in extra)]
     assert_refused(argv, pattern, capsys, tmp_path)
     assert not out.exists()
 
@@ -142,10 +179,14 @@ def test_the_python_api_refuses_the_same_settings():
     for name, value in [("lr", math.nan), ("lr", math.inf), ("finetune_lr", math.nan),
                         ("grad_clip", -math.inf), ("gamma", 0.0), ("batch_size", 2.5),
                         ("epochs", True), ("max_steps", 0), ("warmup_steps", -1)]:  # fmt: skip
-        with pytest.raises(ValueError, match=rf"^{name} must be .*got {value!r}"):
+        with pytest.raises(ValueError, match=rf"^{name} must be .*got {value!r}; set --"):
             TrainConfig(**{name: value})
     with pytest.raises(ValueError, match=r"device must be .*got 'gpu'"):
         TrainConfig(device="gpu")
+    # booleans from strings (a notebook's resume="no") are refused, not taken as true
+    for name, value in [("resume", "no"), ("augmentation", "False"), ("progress", 1)]:
+        with pytest.raises(ValueError, match=rf"^{name} must be True or False, got {value!r}"):
+            TrainConfig(**{name: value})
     # Values that mean something are kept: 0 is "never" or "only at epoch ends" for these.
     cfg = TrainConfig(checkpoint_every=0, eval_every=0, warmup_steps=0, gamma=1.0)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
@@ -242,9 +283,10 @@ def test_divergence_names_a_finite_checkpoint_and_init_from_starts_a_new_run(tmp
     good = first / CHECKPOINT_NAME
     with pytest.raises(TrainingDivergedError) as diverged:
         t.fit()
-    assert f"the last good checkpoint is {good} (step 4)" in str(diverged.value)
+    # step 2's model had a finite loss at step 3; step 4's save was skipped (its loss was NaN)
+    assert f"the last good checkpoint is {good} (step 2)" in str(diverged.value)
     assert f"--init-from {good} --out-dir NEW_DIR" in str(diverged.value)
-    assert_finite_checkpoint(good, 4)  # step 4 was skipped: the model as after step 3
+    assert_finite_checkpoint(good, 2)
 
     # resuming refuses a lower lr; a new run from its weights takes it
     with pytest.raises(CheckpointError, match="lr: 0.001 in the checkpoint, 0.0005 now"):
@@ -261,6 +303,43 @@ def test_divergence_names_a_finite_checkpoint_and_init_from_starts_a_new_run(tmp
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--resume-from", str(good)])
     capsys.readouterr()
+
+
+def nan_loss_from(t: Trainer, step: int) -> None:
+    """The loss of every training step from ``step`` (1-based) on is NaN, as after an update of
+    ``lr=1e30`` that leaves finite but useless weights."""
+    real = t.model.log_prob
+
+    def log_prob(x, generator=None, **kwargs):
+        out = real(x, generator, **kwargs)
+        return out * math.nan if t.model.training and t.step + 1 >= step else out
+
+    t.model.log_prob = log_prob
+
+
+def test_a_checkpoint_whose_next_loss_is_nan_is_not_called_good(tmp_path):
+    t = trainer(config(tmp_path, max_nonfinite=3))
+    nan_loss_from(t, 3)  # the checkpoint of step 2 is written; its model's loss is NaN
+    path = tmp_path / CHECKPOINT_NAME
+    with pytest.raises(TrainingDivergedError) as diverged:
+        t.fit()
+    message = str(diverged.value)
+    assert "the last good checkpoint" not in message and "--init-from" not in message
+    assert (
+        f"the last checkpoint, {path} (step 2), is no good one: the loss of its model was already "
+        "non-finite (step 3), and no earlier one is left. Start again in a new --out-dir"
+    ) in message
+    assert read_checkpoint(path)["progress"]["step"] == 2  # step 4's save was skipped
+
+
+def test_no_checkpoint_is_written_while_the_loss_is_nan_and_the_good_one_stays(tmp_path):
+    t = trainer(config(tmp_path, max_nonfinite=4))
+    nan_loss_from(t, 4)  # step 2's model had a finite loss at step 3: a good checkpoint
+    path = tmp_path / CHECKPOINT_NAME
+    with pytest.raises(TrainingDivergedError, match=rf"the last good checkpoint is "
+                       rf"{re.escape(str(path))} \(step 2\), left as it was"):  # fmt: skip
+        t.fit()
+    assert_finite_checkpoint(path, 2)  # the saves of steps 4 and 6 were skipped
 
 
 def test_init_from_refuses_another_model_and_non_finite_weights(tmp_path):

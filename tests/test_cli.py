@@ -118,7 +118,7 @@ def test_a_training_run_redirected_to_a_file_logs_its_progress(tmp_path):
 
 def test_bad_options_exit_with_status_2(capsys):
     assert main(["train", "--batch-size", "0"]) == 2
-    assert "batch_size must be positive" in capsys.readouterr().err
+    assert "batch_size must be an integer in [1, 65536], got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # argparse's own refusal, as one line
         main(["train", "--schedule", "cosine"])
     assert exit_info.value.code == 2
@@ -160,7 +160,8 @@ def test_train_eval_sample_end_to_end(tmp_path, capsys, monkeypatch):
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     written = json.loads(out.read_text())  # the summary, and each image's bits/dim
-    assert {k: v for k, v in written.items() if not k.startswith("per_image")} == printed
+    assert {k: v for k, v in written.items() if not k.startswith(("per_image", "prov"))} == printed
+    assert set(written["provenance"]) == {"densflow", "git_commit", "git_dirty", "torch"}
     assert len(written["per_image_iw"]) == 8
     assert sum(written["per_image_iw"]) / 8 == pytest.approx(printed["bpd_iw"], rel=1e-12)
     assert printed["dataset"] == "photos" and printed["n_images"] == 8  # from the checkpoint

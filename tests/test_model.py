@@ -350,13 +350,13 @@ def test_bad_configs_are_rejected(kwargs, message):
 
 
 def test_config_presets_and_dict_round_trip():
-    for name in ("paper", "small", "tiny"):
+    for name in ("denseflow-74-10", "small", "tiny"):
         cfg = DenseFlowConfig.preset(name)
         assert DenseFlowConfig.from_dict(cfg.to_dict()) == cfg
-    assert DenseFlowConfig.preset("paper", 64).image_size == 64
+    assert DenseFlowConfig.preset("denseflow-74-10", 64) == DenseFlowConfig.paper(64)
     assert DenseFlowConfig.preset("tiny", 32) == DenseFlowConfig.tiny(32)
-    assert PRESETS == ("paper", "small", "tiny")
-    with pytest.raises(ValueError, match="unknown preset"):
+    assert PRESETS == ("denseflow-74-10", "small", "tiny")
+    with pytest.raises(ValueError, match="unknown model size"):
         DenseFlowConfig.preset("huge")
 
 

@@ -10,11 +10,13 @@ import math
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from densflow import reproduce
 from densflow.utils import testing
+from densflow.utils.validate import field_kind
 
 papermill = pytest.importorskip("papermill")
 
@@ -43,6 +45,7 @@ def check_results(out_dir: Path, dataset: str) -> dict:
         assert math.isfinite(value) and 0 < value < 16, (key, value)
     assert (out_dir / "samples.png").stat().st_size > 0
     assert (out_dir / "checkpoint.pt").is_file()
+    assert set(results["provenance"]) == {"densflow", "git_commit", "git_dirty", "torch"}
     return results
 
 
@@ -166,8 +169,27 @@ def test_papermill_lists_every_parameter_with_its_type_and_help(name, caplog):
     for parameter in listed.values():
         assert parameter["inferred_type_name"] not in ("", "None"), parameter
         assert len(parameter["help"]) > 10, parameter
-    # Every parameter reaches the shared function, and the function takes no other.
-    assert set(assigned) == set(inspect.signature(reproduce.reproduce).parameters)
+    # Every parameter is an argument of reproduce() or a field, of the field's type, of the
+    # configs it fills; and the call cell passes on exactly the parameters cell's names.
+    fields = reproduce.override_fields()
+    for node in ast.parse(parameters_cell(name)).body:
+        parameter, value = node.target.id, ast.literal_eval(node.value)
+        if parameter in reproduce.PARAMETERS:
+            continue
+        assert parameter in fields, f"{parameter} is no field of TrainConfig or EvalConfig"
+        kind, optional = field_kind(fields[parameter], parameter)
+        annotation = node.annotation
+        text = annotation.value if isinstance(annotation, ast.Constant) else annotation.id
+        assert text.removeprefix("Optional[").removesuffix("]") == kind.__name__, parameter
+        if value is None:
+            assert text.startswith("Optional["), parameter
+        else:
+            assert type(value) is kind or (kind is float and type(value) is int), parameter
+    namespace: dict = {"plt": None, "reproduce": reproduce, "run": None}
+    exec(parameters_cell(name), namespace)  # noqa: S102 (the repository's own notebook)
+    assert list(reproduce.notebook_parameters(namespace)) == sorted(
+        assigned, key=[*reproduce.PARAMETERS, *fields].index
+    )
 
 
 def test_the_notebooks_differ_only_in_parameters_and_prose():
@@ -228,8 +250,11 @@ def test_ablations_notebook_lists_every_parameter_with_its_type_and_help(caplog)
         assert len(parameter["help"]) > 10 and "=" not in parameter["help"], parameter
     wanted = {"dataset", "steps", "seeds", "variants", "batch_size", "device", "out_dir", "preset"}
     assert wanted <= set(assigned)
-    # Every parameter reaches the study's function.
+    # Every parameter reaches the study's function, and its call passes on exactly these.
     assert set(assigned) <= set(inspect.signature(ablations.run).parameters)
+    namespace: dict = {"plt": None, "ablations": ablations, "results": None}
+    exec(parameters_cell("ablations"), namespace)  # noqa: S102 (the repository's own notebook)
+    assert set(ablations.notebook_parameters(namespace)) == set(assigned)
 
 
 @pytest.mark.notebook
@@ -246,3 +271,15 @@ def test_ablations_notebook_smoke_run(tmp_path):
     assert "parameters within ±5% of" in text and "| variant | parameters |" in text
     # One seed: the claims are judged neither way.
     assert "unpaired: untested" in text and "paired:   untested" in text
+
+
+def test_results_json_records_what_produced_it(tmp_path):
+    from densflow.evaluation import EvalResult
+
+    test = EvalResult(3.5, 3.4, 2, 4, np.array([3.5, 3.5]), np.array([3.4, 3.4]))
+    config = reproduce.reproduction_config("photos", "smoke", out_dir=str(tmp_path))
+    path = reproduce.write_results(tmp_path, "photos", config, test)
+    results = json.loads(path.read_text())
+    assert set(results["provenance"]) == {"densflow", "git_commit", "git_dirty", "torch"}
+    assert results["provenance"]["torch"] == torch.__version__
+    assert results["test"]["bpd_iw"] == 3.4 and results["config"]["out_dir"] == str(tmp_path)

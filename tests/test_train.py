@@ -189,21 +189,21 @@ def test_too_many_non_finite_steps_stop_with_the_last_good_checkpoint(tmp_path):
         holder["trainer"] = trainer
         nan_at({6, 7, 8, 9})(trainer)
 
+    # Step 6's loss was NaN: its save is skipped, and step 4's checkpoint (whose model had a
+    # finite loss at step 5) stays the last good one.
     with pytest.raises(
         TrainingDivergedError,
         match=r"at step 8: 3 non-finite losses in a row "
-        r"\(steps 6\.\.8.*checkpoint\.pt \(step 6\)",
+        r"\(steps 6\.\.8.*the last good checkpoint is .*checkpoint\.pt \(step 4\)",
     ):
         run(cfg, patch=patch)
     ckpt = read_checkpoint(tmp_path / CHECKPOINT_NAME)
-    assert ckpt["progress"]["step"] == 6
+    assert ckpt["progress"]["step"] == 4 and ckpt["progress"]["nonfinite_run"] == 0
     model = load(tmp_path / CHECKPOINT_NAME)
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    # the skipped steps changed nothing: the checkpoint holds the model as it was at the stop
-    for (name, x), y in zip(
-        model.state_dict().items(), holder["trainer"].model.state_dict().values(), strict=True
-    ):
-        assert torch.equal(x, y), name
+    assert not any(torch.equal(x, y) for x, y in zip(
+        model.state_dict().values(), holder["trainer"].model.state_dict().values(), strict=True
+    ) if x.is_floating_point() and x.numel() > 1)  # fmt: skip
     assert read_metrics(tmp_path)[-1]["event"] == "diverged"
 
 
@@ -279,7 +279,7 @@ def test_config_validation_and_round_trip():
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="schedule must be one of"):
         TrainConfig(schedule="cosine")
-    with pytest.raises(ValueError, match="batch_size must be positive"):
+    with pytest.raises(ValueError, match=r"batch_size must be an integer in \[1, 65536\]"):
         TrainConfig(batch_size=0)
 
 
@@ -391,3 +391,23 @@ def test_two_epochs_on_photos_lower_the_test_bpd(tmp_path):
     assert after < before - 0.2, (before, after)
     evals = [e["test_bpd"] for e in read_metrics(tmp_path) if e["event"] == "eval"]
     assert len(evals) == 2 and evals[1] < evals[0]
+
+
+def test_the_quickstart_preset_is_the_trainconfig_defaults_on_256_test_patches():
+    # Its settings are not restated: a change of a TrainConfig default changes the quickstart.
+    preset = train_preset("photos", "quickstart").to_dict()
+    defaults = TrainConfig().to_dict()
+    assert {k for k in preset if preset[k] != defaults[k]} == {"out_dir", "eval_limit"}
+    assert preset["eval_limit"] == 256 and preset["model"] == "small"
+
+
+def test_a_stored_training_config_of_an_earlier_version_is_read_in_today_s_names():
+    from densflow.training.state import current_train_config
+
+    stored = {**train_preset("cifar10", "paper").to_dict(), "model": "paper"}
+    stored["iw_chunk_size"], stored["pin_memory"] = stored.pop("chunk_size") // 2, True
+    config = TrainConfig.from_dict(current_train_config(stored))
+    assert config.model == "denseflow-74-10" and config.chunk_size == 25
+    assert config == train_preset("cifar10", "paper", chunk_size=25)
+    with pytest.raises(ValueError, match=r"model must be one of .*got 'paper'"):
+        TrainConfig(model="paper")  # the old name is the reader's, not the API's

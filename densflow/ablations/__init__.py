@@ -32,7 +32,7 @@ from .report import (
     table,
     verdicts,
 )
-from .study import PAPER_STAND_INS, paper_reference, run, run_one, summarize
+from .study import PAPER_STAND_INS, notebook_parameters, paper_reference, run, run_one, summarize
 from .variants import (
     ABLATION_PRESETS,
     PARAM_TOLERANCE,
@@ -58,6 +58,7 @@ __all__ = [
     "cost",
     "count_parameters",
     "growth_stops_paying",
+    "notebook_parameters",
     "growth_sweep",
     "latent_dims",
     "match_parameters",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -16,13 +17,13 @@ import torch
 
 from ..config import DenseFlowConfig
 from ..data import dataset_info, load_dataset, paper_datasets
-from ..data.registry import PAPER_MODEL
+from ..data.types import PAPER_MODEL
 from ..evaluation import evaluate
 from ..io.files import atomic_write_text
 from ..training import TrainConfig, read_metrics, train
 from ..utils.errors import InputError
+from ..utils.ranges import check_range
 from ..utils.runtime import first_images, log_to_stderr
-from ..utils.validate import check_int
 from .measure import cost, count_parameters, latent_dims, multiply_accumulates
 from .variants import (
     ABLATION_PRESETS,
@@ -33,7 +34,14 @@ from .variants import (
     variant_configs,
 )
 
-__all__ = ["PAPER_STAND_INS", "paper_reference", "run", "run_one", "summarize"]
+__all__ = [
+    "PAPER_STAND_INS",
+    "notebook_parameters",
+    "paper_reference",
+    "run",
+    "run_one",
+    "summarize",
+]
 
 PAPER_STAND_INS = {REFERENCE: PAPER_MODEL, "input": "VFlow", "glow": "Glow"}
 """Variant → the published model of Table 1 that stands for it: VFlow appends all its noise
@@ -221,6 +229,14 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def notebook_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of :func:`run` that ``namespace`` (the ablation notebook's ``globals()``,
+    holding its parameters cell) defines: the parameters cell is the one list, and the call
+    passes it on with ``run(**notebook_parameters(globals()))``."""
+    names = [name for name in inspect.signature(run).parameters if name != "log"]
+    return {name: namespace[name] for name in names if name in namespace}
+
+
 def run(
     dataset: str = "photos",
     *,
@@ -245,12 +261,16 @@ def run(
             f"unknown ablation preset {preset!r}; choose one of {sorted(ABLATION_PRESETS)}"
         )
     p = ABLATION_PRESETS[preset]
-    seeds = tuple(check_int("seeds", s, 0) for s in (p.seeds if seeds is None else seeds))
+    seeds = tuple(
+        check_range("ablations", "seeds", s) for s in (p.seeds if seeds is None else seeds)
+    )
     if not seeds:
         raise InputError("seeds is empty; give at least one seed, e.g. [0, 1, 2]")
-    steps = check_int("steps", p.steps if steps is None else steps)
-    batch_size = check_int("batch_size", p.batch_size if batch_size is None else batch_size)
-    timing_steps = check_int("timing_steps", timing_steps, 0)
+    steps = check_range("ablations", "steps", p.steps if steps is None else steps)
+    batch_size = check_range(
+        "ablations", "batch_size", p.batch_size if batch_size is None else batch_size
+    )
+    timing_steps = check_range("ablations", "timing_steps", timing_steps)
     image_size = dataset_info(dataset).image_size
     configs = variant_configs(p, image_size, variants)
     for name, config in configs.items():

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import DenseFlowConfig
+from ..training import TrainConfig
 from ..utils.errors import InputError
+from ..utils.validate import field_default
 from .measure import count_parameters
 
 __all__ = [
@@ -67,7 +69,7 @@ class AblationPreset:
     growth_rates: tuple[int, ...]
     eval_limit: int | None
     iw_samples: int
-    lr: float = 1e-3
+    lr: float = field_default(TrainConfig, "lr")
     warmup_steps: int = 10
     cost_units: tuple[int, ...] = (1, 2, 3, 4, 6)
 
@@ -93,7 +95,7 @@ ABLATION_PRESETS: dict[str, AblationPreset] = {
         warmup_steps=1, cost_units=(1, 2, 3),
     ),
     # Minutes on a busy CPU: the smoke model, 3 seeds of 24 steps. Trends only.
-    "quick": AblationPreset(
+    "quickstart": AblationPreset(
         model=dict(DenseFlowConfig.tiny().to_dict(), image_size=None, mid_channels=(12, 12, 12)),
         steps=24, seeds=(0, 1, 2), batch_size=8, growth_rates=(4,), eval_limit=32, iw_samples=4,
         lr=2e-3, warmup_steps=6, cost_units=(1, 2, 3, 4),
@@ -110,7 +112,7 @@ ABLATION_PRESETS: dict[str, AblationPreset] = {
         eval_limit=None, iw_samples=200, warmup_steps=5000, cost_units=(1, 2, 4, 6, 8),
     ),
 }  # fmt: skip
-"""Preset name → scale: ``smoke`` (tests), ``quick`` (minutes), ``cpu`` (the default),
+"""Preset name → scale: ``smoke`` (tests), ``quickstart`` (minutes), ``cpu`` (the default),
 ``paper`` (a GPU)."""
 
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..utils.validate import MAX_SEED
-from .options import option_int
+from .options import option_range
 
 __all__ = ["add_ablate"]
 
@@ -31,20 +30,26 @@ def add_ablate(sub: argparse._SubParsersAction) -> None:
         "--preset",
         default="cpu",
         choices=sorted(ABLATION_PRESETS),
-        help="scale: smoke (tests), quick (minutes), cpu (about 25 min), paper (a GPU)",
+        help="scale: smoke (tests), quickstart (minutes), cpu (about 25 min), paper (a GPU)",
     )
     p.add_argument("--out-dir", default="outputs/ablations", help="folder of the runs")
     p.add_argument("--variants", nargs="+", default=None, help="variants (default: all)")
-    p.add_argument("--seeds", nargs="+", type=option_int("--seeds", 0, MAX_SEED), default=None,
-                   help="seeds (default: preset)")  # fmt: skip
-    p.add_argument("--steps", type=option_int("--steps"), default=None,
-                   help="training steps (default: preset)")  # fmt: skip
-    p.add_argument("--batch-size", type=option_int("--batch-size"), default=None,
-                   help="images per step")  # fmt: skip
+    p.add_argument(
+        "--seeds", nargs="+", type=option_range("--seeds", "ablations", "seeds"), default=None,
+        help="seeds (default: preset)",
+    )  # fmt: skip
+    p.add_argument(
+        "--steps", type=option_range("--steps", "ablations", "steps"), default=None,
+        help="training steps (default: preset)",
+    )  # fmt: skip
+    p.add_argument(
+        "--batch-size", type=option_range("--batch-size", "ablations", "batch_size"),
+        default=None, help="images per step",
+    )  # fmt: skip
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
     p.add_argument(
         "--timing-steps",
-        type=option_int("--timing-steps", 0),
+        type=option_range("--timing-steps", "ablations", "timing_steps"),
         default=2,
         help="timed steps per point of the cost sweep (0: no timing)",
     )

@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.errors import InputError
-from .options import add_cache_dir, add_config_options, add_deprecated, given_fields, option_int
+from .options import (
+    add_cache_dir,
+    add_config_options,
+    add_deprecated,
+    given_fields,
+    option_range,
+)
 
 __all__ = ["Interrupted", "add_eval", "add_sample"]
 
@@ -20,12 +26,9 @@ class Interrupted(KeyboardInterrupt):
 
 def _iw_samples(text: str) -> int | str:
     """``--iw-samples``: a number in EvalConfig's range, or ``paper``."""
-    from ..evaluation import EvalConfig
-
     if text == "paper":
         return text
-    [meta] = [f.metadata for f in EvalConfig.fields_of("eval") if f.name == "iw_samples"]
-    return option_int("--iw-samples", meta["minimum"], meta["maximum"])(text)
+    return option_range("--iw-samples", "EvalConfig", "iw_samples")(text)
 
 
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
@@ -162,6 +165,7 @@ def _eval(args: argparse.Namespace) -> int:
     from ..io.files import atomic_write_text
     from ..io.outputs import check_output
     from ..utils.distributed import Dist
+    from ..utils.provenance import provenance
     from ..utils.runtime import collate_images, log_to_stderr
 
     config, dist = _settings(args), Dist.from_env()
@@ -207,8 +211,9 @@ def _eval(args: argparse.Namespace) -> int:
         return 0
     summary = {"dataset": dataset, "split": args.split, "model": args.checkpoint}
     print(json.dumps({**summary, **result.to_dict()}, indent=2, allow_nan=False))
-    if out is not None:
-        text = json.dumps({**summary, **result.to_dict(per_image=True)}, indent=2)
+    if out is not None:  # the file also says what produced it
+        written = {**summary, **result.to_dict(per_image=True), "provenance": provenance()}
+        text = json.dumps(written, indent=2)
         atomic_write_text(out, text + "\n")
     return 0
 

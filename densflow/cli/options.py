@@ -21,6 +21,7 @@ __all__ = [
     "given_fields",
     "option_float",
     "option_int",
+    "option_range",
 ]
 
 
@@ -61,6 +62,17 @@ def option_float(
     )
 
 
+def option_range(option: str, owner: str, name: str) -> Callable[[str], Any]:
+    """An argparse ``type``: a number in the range of ``owner``'s field ``name``
+    (:data:`densflow.utils.ranges.RANGES`), refused with one line."""
+    from ..utils.ranges import RANGES
+
+    rng = RANGES[owner][name]
+    if rng.real:
+        return option_float(option, rng.low, rng.high)
+    return option_int(option, int(rng.low), int(rng.high))
+
+
 def _or_none(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """``parse``, and ``none`` for None (an optional field's "not set")."""
 
@@ -79,13 +91,18 @@ def add_config_options(
 ) -> None:
     """One option per field of the dataclass ``cls``, ``--field-name`` (or the field's
     ``metadata["flags"]``, plus its ``aliases``), typed from its annotation and documented by its
-    ``metadata["help"]`` and default. A bool is a ``--x/--no-x`` pair; a number with a
-    ``minimum``/``maximum`` in its metadata is checked against them (naming the option); an
-    optional field also takes ``none``. ``parse`` gives the parser of a field (by name) or of a
+    ``metadata["help"]`` and default. A bool is a ``--x/--no-x`` pair; a number of
+    :class:`~densflow.evaluation.EvalConfig` is checked against its range in
+    :data:`densflow.utils.ranges.RANGES` (naming the option); an optional field also takes
+    ``none``. ``parse`` gives the parser of a field (by name) or of a
     type. Options not given stay unset on the namespace (:func:`given_fields`)."""
+    from ..utils.ranges import RANGES
     from ..utils.validate import field_kind
 
     parse = parse or {}
+    # Numbers are checked when parsed where the config's own check would name the field, not
+    # the option (EvalConfig); TrainConfig names its options itself.
+    checked = RANGES[cls.__name__] if cls.__name__ == "EvalConfig" else {}
     for f in fields:
         kind, optional = field_kind(cls, f.name)
         meta = f.metadata
@@ -100,9 +117,8 @@ def add_config_options(
             opts["action"] = argparse.BooleanOptionalAction
         else:
             convert = parse.get(f.name) or parse.get(kind)
-            if convert is None and "minimum" in meta:
-                number = option_int if kind is int else option_float
-                convert = number(flags[0], meta["minimum"], meta.get("maximum"))
+            if convert is None and f.name in checked:
+                convert = option_range(flags[0], cls.__name__, f.name)
             convert = convert or kind
             opts["type"] = _or_none(convert) if optional else convert
             for key in ("metavar", "choices"):

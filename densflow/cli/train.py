@@ -7,7 +7,6 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from .options import add_config_options, given_fields
@@ -18,14 +17,19 @@ __all__ = ["add_train", "train_config_from_args"]
 def _model_config(text: str) -> Any:
     """A DenseFlowConfig from inline JSON or a .json file."""
     from ..model import DenseFlowConfig
+    from ..utils.reading import check_regular, parse_json
 
     try:
-        raw = json.loads(text if text.lstrip().startswith("{") else Path(text).read_text())
+        inline = text.lstrip().startswith("{")
+        what = "the JSON object" if inline else text
+        raw = parse_json(
+            text if inline else check_regular(text).read_text(), what, "a DenseFlowConfig"
+        )
+        if not isinstance(raw, dict):
+            raise ValueError(f"{what} holds a {type(raw).__name__}, not a JSON object")
         return DenseFlowConfig.from_dict(raw)
     except (OSError, ValueError, TypeError) as err:
-        raise argparse.ArgumentTypeError(
-            f"not a DenseFlowConfig JSON object or file: {err}"
-        ) from err
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:

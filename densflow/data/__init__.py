@@ -39,10 +39,6 @@ from .loading import check_dataset, load_dataset
 from .photos import PhotoPatches
 from .registry import (
     DATASETS,
-    DatasetInfo,
-    LoadOptions,
-    PaperResult,
-    TrainingProtocol,
     augmentation_for,
     dataset_info,
     downloadable,
@@ -50,6 +46,7 @@ from .registry import (
     paper_datasets,
     paper_table1,
 )
+from .types import DatasetInfo, LoadOptions, PaperResult, TrainingProtocol
 from .unpickle import AllowList, restricted_unpickle
 
 __all__ = [

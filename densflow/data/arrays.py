@@ -28,7 +28,7 @@ from .errors import DatasetError, bad_file
 from .unpickle import restricted_unpickle
 
 if TYPE_CHECKING:
-    from .registry import DatasetInfo
+    from .types import DatasetInfo
 
 __all__ = ["ImageTensorDataset", "batch_capacity", "is_zip", "load_batches"]
 
@@ -112,12 +112,21 @@ def _read_data(info: DatasetInfo, path: Path) -> np.ndarray:
 
 def batch_capacity(info: DatasetInfo, path: Path) -> int:
     """Exactly (npz: its header, which is checked) or at most (pickle: its pixels alone fill the
-    file) the number of images in a batch file."""
+    file) the number of images in a batch file. A pickle must start and end as one (the PROTO
+    opcode, the STOP opcode), which catches a truncated download, and a file of another kind
+    before its size is taken for images and allocated."""
     if is_zip(path):
         shape, dtype = _npz_header(info.name, path)
         _check_data(info, path, shape, dtype)
         return shape[0]
-    return path.stat().st_size // (3 * info.image_size**2)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(1)
+        f.seek(max(size - 1, 0))
+        tail = f.read(1)
+    if size < 2 or head != b"\x80" or tail != b".":
+        raise bad_file(info.name, path, "not a complete pickle (truncated download?)")
+    return size // (3 * info.image_size**2)
 
 
 def load_batches(info: DatasetInfo, files: Sequence[Path]) -> Tensor:

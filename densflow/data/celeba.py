@@ -20,10 +20,11 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..utils.errors import InputError
+from ..utils.reading import MAX_IMAGE_PIXELS, file_kind
 from .errors import bad_file, not_found
 
 if TYPE_CHECKING:
-    from .registry import DatasetInfo, LoadOptions
+    from .types import DatasetInfo, LoadOptions
 
 __all__ = ["CELEBA_CROPS", "CelebA64", "check", "download", "load"]
 
@@ -61,10 +62,18 @@ class CelebA64(Dataset[Tensor]):
         from PIL import Image
 
         path = self.image_dir / self.filenames[index]
+        kind = file_kind(path)
+        if kind != "regular":  # opening a FIFO would wait for a writer for ever
+            raise bad_file("celeba", path, f"is {kind}, not an image file")
         try:
-            with Image.open(path) as img:
+            with Image.open(path) as img:  # reads the header only: the size is known undecoded
+                if img.width * img.height > MAX_IMAGE_PIXELS:
+                    raise bad_file(
+                        "celeba", path, f"has {img.width}×{img.height} pixels, more than the "
+                        f"{MAX_IMAGE_PIXELS:,} densflow decodes (an aligned face is 178×218)",
+                    )  # fmt: skip
                 img = img.convert("RGB")
-        except OSError as err:  # PIL's UnidentifiedImageError and truncated files
+        except (OSError, Image.DecompressionBombError) as err:  # not an image, truncated, huge
             raise bad_file("celeba", path, f"cannot be decoded as an image ({err})") from err
         if self.crop == "center148":
             w, h = img.size
@@ -85,6 +94,9 @@ def _split(info: DatasetInfo, root: Path, split: str) -> tuple[Path, list[str]]:
     ]
     if missing:
         raise not_found(info, folder, missing, folder)
+    kind = file_kind(table)
+    if kind != "regular":
+        raise bad_file(info.name, table, f"is {kind}, not the partition list")
     names = []
     for i, line in enumerate(table.read_text().splitlines(), 1):
         fields = line.split()

@@ -18,7 +18,7 @@ from .arrays import ImageTensorDataset, load_batches
 from .errors import not_found
 
 if TYPE_CHECKING:
-    from .registry import DatasetInfo, LoadOptions
+    from .types import DatasetInfo, LoadOptions
 
 __all__ = ["FILES", "FOLDER", "check", "download", "load"]
 

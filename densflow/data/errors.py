@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ..utils.errors import InputError
 
 if TYPE_CHECKING:
-    from .registry import DatasetInfo
+    from .types import DatasetInfo
 
 __all__ = [
     "DatasetError",

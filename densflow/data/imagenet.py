@@ -11,16 +11,15 @@ npz version): every file is looked for in ``data_dir`` and in its sub-folders, o
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .arrays import ImageTensorDataset, batch_capacity, is_zip, load_batches
-from .errors import DatasetFormatError, bad_file, empty_split, few, not_found
+from .arrays import ImageTensorDataset, batch_capacity, load_batches
+from .errors import DatasetFormatError, empty_split, few, not_found
 
 if TYPE_CHECKING:
-    from .registry import DatasetInfo, LoadOptions
+    from .types import DatasetInfo, LoadOptions
 
 __all__ = ["EXTENSIONS", "TRAIN_FILES", "VAL_FILE", "check", "layout", "load"]
 
@@ -73,14 +72,7 @@ def check(info: DatasetInfo, root: Path, splits: Sequence[str]) -> tuple[dict[st
     """
     files = {s: _files(info, root, s) for s in splits}
     for split, paths in files.items():
-        for path in paths:
-            if not is_zip(path):
-                with open(path, "rb") as f:
-                    head, _ = f.read(1), f.seek(-1, os.SEEK_END)
-                    if head != b"\x80" or f.read(1) != b".":  # PROTO opcode first, STOP last
-                        raise bad_file(
-                            info.name, path, "not a complete pickle (truncated download?)"
-                        )
-        if sum(batch_capacity(info, p) for p in paths) == 0:  # also reads each npz header
+        # batch_capacity reads each npz header and checks each pickle's first and last opcode
+        if sum(batch_capacity(info, p) for p in paths) == 0:
             raise empty_split(info, split, root)
     return {s: len(f) for s, f in files.items()}, f"batch files in {root}"

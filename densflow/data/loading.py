@@ -10,7 +10,8 @@ from torch.utils.data import Dataset
 
 from ..utils.errors import InputError
 from .errors import data_root, empty_split
-from .registry import DatasetInfo, LoadOptions, dataset_info
+from .registry import dataset_info
+from .types import DatasetInfo, LoadOptions
 
 __all__ = ["check_dataset", "load_dataset"]
 

@@ -23,7 +23,7 @@ from .arrays import ImageTensorDataset
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from .registry import DatasetInfo, LoadOptions
+    from .types import DatasetInfo, LoadOptions
 
 __all__ = ["PhotoPatches", "check", "load"]
 

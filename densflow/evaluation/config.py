@@ -18,7 +18,8 @@ from typing import Any
 from ..data import dataset_info
 from ..performance import AMP_MODES, Speed
 from ..utils.errors import InputError
-from ..utils.validate import MAX_SEED, check_float, check_int, field_kind
+from ..utils.ranges import check_range
+from ..utils.validate import field_default, field_kind
 from .draws import BLOCK
 
 __all__ = ["EVAL", "SAMPLE", "EvalConfig", "eval_default", "paper_iw_samples"]
@@ -28,8 +29,9 @@ EVAL, SAMPLE = "eval", "sample"
 
 
 def _field(default: Any, help: str, commands: tuple[str, ...], **meta: Any) -> Any:
-    """A field with its ``help``, the commands whose options it is, and its range (``minimum``,
-    ``maximum``) or ``choices``, which both the dataclass and the command line check."""
+    """A field with its ``help``, the commands whose options it is, and its ``choices``; the
+    range of a number is in :data:`densflow.utils.ranges.RANGES`, which both the dataclass and
+    the command line check."""
     return field(default=default, metadata={"help": help, "commands": commands, **meta})
 
 
@@ -45,42 +47,39 @@ class EvalConfig:
 
     batch_size: int = _field(
         64, "images per forward pass; the importance-weighted bound runs batch_size x chunk_size",
-        (EVAL,), minimum=1, maximum=2**16,
+        (EVAL,),
     )  # fmt: skip
     iw_samples: int | str | None = _field(
         None, "k of the importance-weighted bound, or 'paper' for the paper's k of the dataset "
         "(1000 for CIFAR-10, 200 otherwise); none: the single-sample bound only",
-        (EVAL,), minimum=1, maximum=2**20, metavar="K|paper",
+        (EVAL,), metavar="K|paper",
     )  # fmt: skip
     chunk_size: int = _field(
         BLOCK, "importance samples per forward pass (the paper's code: 50; a chunk of 50 is one "
-        "block of draws)", (EVAL,), minimum=1, maximum=2**16,
+        "block of draws)", (EVAL,),
     )  # fmt: skip
     single: bool = _field(
         True, "the single-sample bound too (one pass per batch; off: the importance-weighted "
         "bound only)", (EVAL,),
     )  # fmt: skip
     limit: int | None = _field(
-        None, "only the first N images of the split (none: all)", (EVAL,), minimum=1,
-        maximum=2**31,
+        None, "only the first N images of the split (none: all)", (EVAL,),
     )  # fmt: skip
     seed: int = _field(
         0, "seed of every draw: image i's (and sample i's) depend on the seed and i alone",
-        (EVAL, SAMPLE), minimum=0, maximum=MAX_SEED,
+        (EVAL, SAMPLE),
     )  # fmt: skip
     n_samples: int = _field(
         64, "number of samples in the grid (--n for short, but not under torchrun, whose own "
-        "options it abbreviates)", (SAMPLE,), minimum=1, maximum=2**14, aliases=("--n",),
+        "options it abbreviates)", (SAMPLE,), aliases=("--n",),
     )  # fmt: skip
-    nrow: int = _field(8, "images per grid row", (SAMPLE,), minimum=1, maximum=2**10)
+    nrow: int = _field(8, "images per grid row", (SAMPLE,))
     temperature: float = _field(
-        1.0, "scale of the prior's standard deviation, finite and >= 0", (SAMPLE,), minimum=0.0,
-        maximum=1e3,
+        1.0, "scale of the prior's standard deviation, finite and >= 0", (SAMPLE,),
     )  # fmt: skip
-    num_workers: int = _field(0, "DataLoader workers", (EVAL,), minimum=0, maximum=1024)
+    num_workers: int = _field(0, "DataLoader workers", (EVAL,))
     save_interval_s: float = _field(
         60.0, "seconds between writes of the progress file (0: after every batch)", (EVAL,),
-        minimum=0.0, maximum=86400.0,
     )  # fmt: skip
     progress: bool | None = _field(
         None, "progress bar (none: on a terminal and in notebooks; log lines otherwise)", (EVAL,)
@@ -119,10 +118,8 @@ class EvalConfig:
             elif kind is bool:
                 if not isinstance(value, bool):
                     raise InputError(f"{f.name} must be True or False, got {value!r}")
-            elif kind is float:
-                check_float(f.name, value, minimum=meta["minimum"], maximum=meta["maximum"])
             else:
-                check_int(f.name, value, meta["minimum"], meta["maximum"])
+                check_range("EvalConfig", f.name, value, option=_flag(f))
         self.speed  # noqa: B018 (validates the switches together)
 
     @property
@@ -158,10 +155,14 @@ class EvalConfig:
         return self.replace(iw_samples=k)
 
 
+def _flag(f: dataclasses.Field) -> str:
+    return [*f.metadata.get("flags", ["--" + f.name.replace("_", "-")])][0]
+
+
 def eval_default(name: str) -> Any:
     """The default of :class:`EvalConfig`'s field ``name`` (for configs that hold one of them,
     as :class:`~densflow.training.TrainConfig` does)."""
-    return next(f.default for f in dataclasses.fields(EvalConfig) if f.name == name)
+    return field_default(EvalConfig, name)
 
 
 def paper_iw_samples(dataset: str) -> int | None:

@@ -73,18 +73,31 @@ def draw_samples(
                 noise = IndexedDraws(model, config.seed, "sample", shard, sampling=True).next()
                 v = flow.sample_continuous(len(shard), config.temperature, noise=noise)
             nonfinite = int((~torch.isfinite(v)).flatten(1).any(dim=1).sum())
+            # A flow whose loss is no longer finite (an update of lr=1e30) may still give finite
+            # samples, far outside the image range [0, 1]: quantized, they saturate to black and
+            # white. A sample with most sub-pixels a whole range beyond it is refused too.
+            far = ((v < -1.0) | (v > 2.0)).flatten(1).float().mean(dim=1) > 0.5
+            overflowed = int(far.sum())
             samples = model.dequantization.flow_inverse(v).cpu()
     finally:
         model.train(was_training)
-    parts = group.gather((samples, nonfinite))
-    nonfinite = sum(bad for _, bad in parts)
+    parts = group.gather((samples, nonfinite, overflowed))
+    nonfinite = sum(bad for _, bad, _ in parts)
+    overflowed = sum(far for _, _, far in parts)
     if nonfinite:
         raise NonFiniteError(
             f"{nonfinite} of {config.n_samples} samples are not finite (NaN or inf), so the "
             "grid would be black: the model's weights are too large or its outputs overflow; "
             "sample from an earlier checkpoint of the run"
         )
-    return torch.cat([s for s, _ in parts])
+    if overflowed:
+        raise NonFiniteError(
+            f"{overflowed} of {config.n_samples} samples lie far outside the image range (most "
+            "sub-pixels beyond [-1, 2] before quantization), so the grid would be saturated: "
+            "the model's loss is not finite or its outputs overflow; sample from an earlier "
+            "checkpoint of the run"
+        )
+    return torch.cat([s for s, _, _ in parts])
 
 
 def save_sample_grid(

@@ -3,7 +3,6 @@
 One concern per module:
 
 * :mod:`~densflow.training.config` — :class:`TrainConfig`, every setting of a run;
-* :mod:`~densflow.training.ranges` — the allowed range of each numeric setting;
 * :mod:`~densflow.training.presets` — :data:`TRAIN_PRESETS` and :func:`train_preset`, the paper's
   settings per dataset (and smoke and quickstart runs);
 * :mod:`~densflow.training.schedule` — the learning rate, data order and seeds of each step;

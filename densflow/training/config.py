@@ -2,8 +2,10 @@
 options are generated (field, type, ``help`` metadata), so notebooks and the CLI share one config.
 
 The defaults train the ``small`` model on the built-in ``photos`` in minutes on a CPU (the
-``quickstart`` settings); :func:`densflow.training.train_preset` gives the paper's settings per
-dataset.
+``quickstart`` settings) with the paper's optimizer settings, read from their one home, the data
+registry's :class:`~densflow.data.TrainingProtocol`; the evaluation fields' defaults are read from
+:class:`~densflow.evaluation.EvalConfig`. :func:`densflow.training.train_preset` gives the paper's
+settings per dataset.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from ..evaluation import eval_default
 from ..model import PRESETS, DenseFlowConfig
 from ..performance import AMP_MODES, Speed
 from ..utils.errors import InputError
-from .ranges import RANGES, check_range
+from ..utils.ranges import RANGES, check_range
+from ..utils.validate import field_default, field_kind
 
 __all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "OPTIMIZERS", "SCHEDULES", "TrainConfig"]
 
@@ -42,12 +45,15 @@ RESUMABLE_CHANGES = frozenset({
     "cuda_graphs", "logger",
 })  # fmt: skip
 
-# Fields of checkpoints written before a rename or removal: old name -> new name (None: dropped).
-_LEGACY_FIELDS = {"iw_chunk_size": "chunk_size", "pin_memory": None}
-
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
     return {"help": text, **extra}
+
+
+def _protocol(name: str) -> Any:
+    """The paper's setting ``name`` shared by every dataset (Appendix C), whose one home is the
+    data registry's :class:`~densflow.data.TrainingProtocol`."""
+    return field_default(data.TrainingProtocol, name)
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,7 @@ class TrainConfig:
     model: str = field(
         default="small",
         metadata=_help(
-            "model preset: paper (DenseFlow-74-10), small (CPU-trainable) or tiny (tests)",
+            "model size: denseflow-74-10 (the paper's), small (CPU-trainable) or tiny (tests)",
             choices=tuple(PRESETS),
         ),
     )
@@ -117,9 +123,12 @@ class TrainConfig:
             "value to continue"
         ),
     )
-    lr: float = field(default=1e-3, metadata=_help("peak learning rate of the main phase"))
+    lr: float = field(
+        default=_protocol("lr"), metadata=_help("peak learning rate of the main phase")
+    )
     finetune_lr: float = field(
-        default=2e-5, metadata=_help("constant learning rate of the fine-tuning phase")
+        default=_protocol("finetune_lr"),
+        metadata=_help("constant learning rate of the fine-tuning phase"),
     )
     warmup_steps: int = field(
         default=200,
@@ -129,7 +138,7 @@ class TrainConfig:
         ),
     )
     gamma: float = field(
-        default=0.95,
+        default=_protocol("gamma"),
         metadata=_help("exponential lr decay per epoch (paper: 0.95; 0.9975 for CIFAR-10)"),
     )
     schedule: str = field(
@@ -141,7 +150,7 @@ class TrainConfig:
         ),
     )
     optimizer: str = field(
-        default="adamax",
+        default=_protocol("optimizer"),
         metadata=_help("optimizer (the paper: adamax; betas 0.9, 0.999)", choices=OPTIMIZERS),
     )
     grad_clip: float | None = field(
@@ -271,13 +280,19 @@ class TrainConfig:
         if isinstance(self.model_config, dict):  # from JSON or a checkpoint
             object.__setattr__(self, "model_config", DenseFlowConfig.from_dict(self.model_config))
         for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
+            value, choices = getattr(self, f.name), f.metadata.get("choices")
+            if choices and value not in choices:
+                raise InputError(f"{f.name} must be one of {choices}, got {value!r}")
+            kind, optional = field_kind(TrainConfig, f.name)
+            if kind is bool and not isinstance(value, bool) and not (optional and value is None):
+                # a notebook's resume="no" is a string, and every non-empty string is true
+                flag = "--" + f.name.replace("_", "-")
                 raise InputError(
-                    f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}"
+                    f"{f.name} must be True or False, got {value!r}; set {flag} or "
+                    f"--no-{flag[2:]} (TrainConfig.{f.name})"
                 )
-        for name, (low, high, example) in RANGES.items():
-            check_range(name, getattr(self, name), low, high, example)
+        for name in RANGES["TrainConfig"]:
+            check_range("TrainConfig", name, getattr(self, name))
         if self.epochs + self.finetune_epochs == 0:
             raise InputError(
                 "epochs + finetune_epochs must be at least 1, got 0 (--epochs, --finetune-epochs): "
@@ -313,14 +328,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """The config of :meth:`to_dict`, also as written by earlier versions (renamed and
-        removed fields are mapped)."""
-        d = dict(d)
-        for old, new in _LEGACY_FIELDS.items():
-            if old in d:
-                value = d.pop(old)
-                if new is not None:
-                    d.setdefault(new, value)
+        """The config of :meth:`to_dict`; one stored by an earlier version is brought up to date
+        by the checkpoint reader (:func:`~densflow.training.state.read_training_checkpoint`)."""
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise InputError(f"unknown TrainConfig fields {sorted(unknown)}")

@@ -10,6 +10,12 @@ settings. No checkpoint holds a non-finite tensor: the trainer checks the parame
 save, and :func:`~densflow.training.state.refuse_nonfinite` refuses them too. A checkpoint still
 being written when the run stops is waited for (``settle``) before the message names the last good
 one.
+
+Finite weights are not enough for a checkpoint to be *good*: an update of ``lr=1e30`` leaves
+finite weights whose loss is NaN. A checkpoint is good once the loss of the step after it, the
+first computed with its model, was finite. No checkpoint is written while the last loss was
+non-finite (the model is the one that produced it), so that the good one before stays in place;
+and where the last checkpoint turns out bad, the message says that no good one is left.
 """
 
 from __future__ import annotations
@@ -54,10 +60,40 @@ class DivergenceGuard:
         self.settle = settle if settle is not None else lambda: None
         self.nonfinite_run = 0
         self.last_checkpoint: tuple[Path, int] | None = None
+        # The step of the last checkpoint saved or resumed from, until the next step's loss says
+        # whether its model is good; then step -> good, for the last few checkpoints (a write may
+        # fail, and the one before is named).
+        self._awaiting: int | None = None
+        self._verdicts: dict[int, bool] = {}
+
+    def worth_saving(self, step: int) -> bool:
+        """Whether the model after ``step`` steps may be saved: not while the last loss was
+        non-finite (skipped steps leave the model that produced it). Saved, it awaits the loss of
+        the next step."""
+        if self.nonfinite_run:
+            return False
+        self._awaiting = step
+        return True
+
+    def resumed(self, path: Path, step: int) -> None:
+        """The run resumed from the checkpoint ``path`` of ``step``."""
+        self.last_checkpoint = (path, step)
+        self._awaiting = None
+        if self.nonfinite_run:  # its model gave the last, non-finite, loss
+            self._judge(step, False)
+        else:
+            self._awaiting = step
+
+    def _judge(self, step: int, good: bool) -> None:
+        self._verdicts[step], self._awaiting = good, None
+        for old in sorted(self._verdicts)[:-4]:
+            del self._verdicts[old]
 
     def step_done(self, loss: Tensor | None, step: int, epoch: int, log: RunLog) -> None:
         """Count step ``step`` (1-based: steps done) with its ``loss`` (``None``: non-finite,
         skipped); stop after ``max_nonfinite`` skipped steps in a row."""
+        if self._awaiting is not None and step == self._awaiting + 1:
+            self._judge(self._awaiting, loss is not None)
         if loss is not None:
             self.nonfinite_run = 0
             return
@@ -74,6 +110,8 @@ class DivergenceGuard:
 
     def parameters_diverged(self, step: int, epoch: int, log: RunLog) -> NoReturn:
         """Stop: the update of ``step`` (1-based) made a parameter non-finite."""
+        if self._awaiting is not None:  # that update came from a finite loss of its model
+            self._judge(self._awaiting, True)
         log.event("diverged", step=step, epoch=epoch)
         raise TrainingDivergedError(
             f"training diverged at step {step}: its update made parameters non-finite (from a "
@@ -91,6 +129,12 @@ class DivergenceGuard:
                 "--grad-clip or --amp none"
             )
         path, step = self.last_checkpoint
+        if self._verdicts.get(step) is False:
+            return (
+                f"{failed}the last checkpoint, {path} (step {step}), is no good one: the loss of "
+                f"its model was already non-finite (step {step + 1}), and no earlier one is left. "
+                "Start again in a new --out-dir with a lower --lr, a --grad-clip or --amp none"
+            )
         return (
             f"{failed}the last good checkpoint is {path} (step {step}), left as it was. Start a "
             f"new run from its weights with a lower --lr, a --grad-clip or --amp none: the same "

@@ -14,7 +14,11 @@ __all__ = ["TRAIN_PRESETS", "train_preset"]
 # What every paper preset shares beyond the dataset's protocol (epochs, batch, decay, lr and warm-up
 # live in the dataset's registry entry, densflow.data.DATASETS[name].protocol, Appendix C).
 _PAPER_COMMON: dict[str, Any] = dict(
-    model="paper", schedule="paper", augmentation=True, checkpoint_every=1000, log_every=100
+    model="denseflow-74-10",
+    schedule="paper",
+    augmentation=True,
+    checkpoint_every=1000,
+    log_every=100,
 )
 
 
@@ -39,9 +43,7 @@ TRAIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       eval_limit=64) for d in data.DATASETS},
     # The TrainConfig defaults (the small model, 4 epochs of 147 steps, warm-up 200 steps),
     # evaluated on the first 256 test patches: minutes on one CPU core.
-    "quickstart": {"photos": dict(dataset="photos", model="small", batch_size=16, epochs=4,
-                                  warmup_steps=200, gamma=0.95, checkpoint_every=100,
-                                  log_every=25, eval_limit=256)},
+    "quickstart": {"photos": dict(dataset="photos", eval_limit=256)},
 }  # fmt: skip
 """Preset name → dataset → :class:`TrainConfig` fields. ``out_dir`` defaults to
 ``runs/<dataset>-<preset>``."""

@@ -197,8 +197,30 @@ def read_training_checkpoint(
         metrics_bytes=p["metrics_bytes"], world_size=world_size,
     )  # fmt: skip
     return TrainingCheckpoint(
-        ckpt["model"], ckpt["train_config"], ckpt["optimizer"], state, ckpt["rng"]
-    )
+        ckpt["model"], current_train_config(ckpt["train_config"]), ckpt["optimizer"], state,
+        ckpt["rng"],
+    )  # fmt: skip
+
+
+# What earlier versions stored under other names: a training config's renamed or removed fields
+# (old -> new; None: dropped) and the model presets' old names.
+_RENAMED_FIELDS = {"iw_chunk_size": "chunk_size", "pin_memory": None}
+_RENAMED_MODELS = {"paper": "denseflow-74-10"}
+
+
+def current_train_config(stored: Any) -> Any:
+    """A checkpoint's stored training config in this version's field and preset names."""
+    if not isinstance(stored, dict):
+        return stored  # refused, with the reason, where it is read
+    current = dict(stored)
+    for old, new in _RENAMED_FIELDS.items():
+        if old in current:
+            value = current.pop(old)
+            if new is not None:
+                current.setdefault(new, value)
+    if current.get("model") in _RENAMED_MODELS:
+        current["model"] = _RENAMED_MODELS[current["model"]]
+    return current
 
 
 def restore_rng(rng: dict[str, Any]) -> None:

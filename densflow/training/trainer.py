@@ -183,7 +183,7 @@ class Trainer:
                 stacklevel=2,
             )
         restore_rng(ckpt.rng)
-        self._guard.last_checkpoint = (self.checkpoint_path, self.step)
+        self._guard.resumed(self.checkpoint_path, self.step)
         return s.metrics_bytes
 
     def _build_step(self) -> TrainStep:
@@ -358,8 +358,8 @@ class Trainer:
         """Hand the checkpoint to the writer (rank 0): the loop waits for its copy to the host
         only; a crash while it is written leaves the previous one intact."""
         self._check_parameters()  # on every rank: all stop together
-        if not self.is_main:
-            return
+        if not self._guard.worth_saving(self.step) or not self.is_main:
+            return  # while the last loss was non-finite, the last good checkpoint stays
         state = TrainingState(
             step=self.step, epoch=self.epoch, step_in_epoch=self.step_in_epoch,
             nonfinite_run=self._guard.nonfinite_run, epoch_sum=self._epoch_mean.sum,

@@ -30,16 +30,13 @@ from torch import Tensor
 from .errors import InputError
 
 __all__ = [
-    "MAX_SEED",
     "check_int",
     "check_float",
     "check_images",
     "check_noise",
+    "field_default",
     "field_kind",
 ]
-
-MAX_SEED = 2**64 - 1
-"""The largest seed: ``torch.Generator.manual_seed`` takes 64-bit seeds."""
 
 
 def check_int(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> int:
@@ -134,3 +131,11 @@ def field_kind(cls: type, name: str) -> tuple[type, bool]:
         args = typing.get_args(hint)
         return next(a for a in args if a is not type(None)), type(None) in args
     return hint, False
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default of the dataclass ``cls``'s field ``name``: how a config reads a default whose
+    home is another config, so that each number is written once."""
+    import dataclasses
+
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)

@@ -19,7 +19,11 @@ def subcommand(name: str):
 @pytest.mark.parametrize(
     ("changes", "pattern"),
     [
-        ({"batch_size": 0}, r"^batch_size must be an integer in \[1, 65536\], got 0$"),
+        (
+            {"batch_size": 0},
+            r"^batch_size must be an integer in \[1, 65536\], got 0; set --batch-size "
+            r"\(EvalConfig\.batch_size\) to e\.g\. 64$",
+        ),
         ({"chunk_size": 2.0}, r"^chunk_size must be an integer"),
         ({"iw_samples": 0}, r"^iw_samples must be an integer in \[1, "),
         ({"iw_samples": "all"}, r"^iw_samples must be a number of samples or 'paper', got 'all'"),

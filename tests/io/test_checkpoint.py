@@ -90,7 +90,7 @@ DAMAGED = {
     "model is a list": (lambda c: {**c, "model": [1]}, r"its 'model' entry is a list"),
     "config field out of range": (
         lambda c: {**c, "config": {**c["config"], "num_landmarks": 0}},
-        r"num_landmarks must be an integer >= 1",
+        r"num_landmarks must be an integer in \[1, 4096\]",
     ),
     "unknown config field": (
         lambda c: {**c, "config": {**c["config"], "wings": 2}},

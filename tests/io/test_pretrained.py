@@ -204,7 +204,7 @@ BAD_CONFIGS = {
     "config of a newer format": ({"model_type": "densflow", "format_version": 9}, "version 9"),
     "config with a bad field": (
         {"model_type": "densflow", "format_version": 1, "num_landmarks": 0},
-        r"num_landmarks must be an integer >= 1",
+        r"num_landmarks must be an integer in \[1, 4096\]",
     ),
     "config fields a list": (
         {"model_type": "densflow", "format_version": 1, "block_config": "abc"},

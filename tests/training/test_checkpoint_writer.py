@@ -293,9 +293,9 @@ def test_divergence_waits_for_the_write_in_flight_before_naming_the_last_good_on
     t = trainer(tmp_path, max_nonfinite=2)
     real_log_prob, settle = t.model.log_prob, t._guard.settle
 
-    def log_prob(x, generator=None, **kwargs):  # the losses of steps 7 and 8 are NaN
+    def log_prob(x, generator=None, **kwargs):  # the losses of steps 8 and 9 are NaN
         out = real_log_prob(x, generator, **kwargs)
-        return out * math.nan if t.model.training and t.step + 1 in (7, 8) else out
+        return out * math.nan if t.model.training and t.step + 1 in (8, 9) else out
 
     def asked():
         assert gate.entered.wait(60) and writer_threads()  # step 6 still in flight
@@ -304,7 +304,8 @@ def test_divergence_waits_for_the_write_in_flight_before_naming_the_last_good_on
 
     t.model.log_prob, t._guard.settle = log_prob, asked
     path = tmp_path / CHECKPOINT_NAME
-    with pytest.raises(TrainingDivergedError, match="at step 8: 2 non-finite") as diverged:
+    # step 7's loss was finite: step 6's checkpoint is a good one (step 8's save is skipped)
+    with pytest.raises(TrainingDivergedError, match="at step 9: 2 non-finite") as diverged:
         t.fit()
     message = str(diverged.value)
     if write_fails:
