@@ -28,6 +28,13 @@ def _is_loopback(address) -> bool:
 
 
 @pytest.fixture(autouse=True)
+def _seeded() -> None:
+    """Every test starts from the same global torch generator (what module initialisers and
+    un-seeded draws use), so its numbers do not depend on which tests ran before it."""
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
 def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only loopback connections (a notebook kernel talking to papermill) are allowed."""
     connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
