@@ -17,13 +17,14 @@ A model is loaded, whatever names it, with ``DenseFlow.from_pretrained`` (:func:
 
 from . import data
 from .bounds import bits_per_dim, importance_weighted_bound
+from .config import MODEL_SIZES, DenseFlowConfig
 from .data import DatasetError, augmentation_for, check_dataset, image_shape, load_dataset
 from .evaluation import save_sample_grid
 from .io import CheckpointError, save_model
 from .io import hub as _hub
 from .io import pretrained as _pretrained
 from .io import resolve as _resolve
-from .model import PRESETS, DenseFlow, DenseFlowConfig
+from .model import DenseFlow
 from .noise import fixed_noise, make_generator
 from .training import TrainConfig, train_preset
 from .utils.provenance import version as _version
@@ -39,7 +40,7 @@ DenseFlow.push_to_hub = _hub.push_to_hub
 __all__ = [
     "DenseFlow",
     "DenseFlowConfig",
-    "PRESETS",
+    "MODEL_SIZES",
     "bits_per_dim",
     "importance_weighted_bound",
     "fixed_noise",

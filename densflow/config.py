@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from .utils.errors import InputError
 from .utils.ranges import RANGES, check_range
 
-__all__ = ["AUGMENTATIONS", "COUPLING_NETS", "DenseFlowConfig", "PAPER", "PRESETS"]
+__all__ = ["AUGMENTATIONS", "COUPLING_NETS", "MODEL_SIZES", "DenseFlowConfig", "PAPER"]
 
 COUPLING_NETS = ("dense+attention", "dense", "attention")
 """Kinds of coupling network: the paper's fusion (Fig. 2), or one of its two branches."""
@@ -147,9 +147,9 @@ class DenseFlowConfig:
 
     @classmethod
     def preset(cls, name: str, image_size: int | None = None) -> DenseFlowConfig:
-        """The preset ``name`` (one of :data:`PRESETS`), optionally at another image size."""
-        if name not in PRESETS:
-            raise InputError(f"unknown model size {name!r}; choose one of {list(PRESETS)}")
+        """The preset ``name`` (one of :data:`MODEL_SIZES`), optionally at another image size."""
+        if name not in MODEL_SIZES:
+            raise InputError(f"unknown model size {name!r}; choose one of {list(MODEL_SIZES)}")
         factory = {"denseflow-74-10": cls.paper, "small": cls.small, "tiny": cls.tiny}[name]
         return factory() if image_size is None else factory(image_size)
 
@@ -171,7 +171,7 @@ def _check(name: str, value: object) -> int:
     return check_range("DenseFlowConfig", name, value, option=name)
 
 
-PRESETS = ("denseflow-74-10", "small", "tiny")
+MODEL_SIZES = ("denseflow-74-10", "small", "tiny")
 """The model sizes (one kind of preset, docs/presets.md): the paper's DenseFlow-74-10
 (:meth:`DenseFlowConfig.paper`), :meth:`~DenseFlowConfig.small` and
 :meth:`~DenseFlowConfig.tiny`."""

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .base import FlowStep, nested, within
 from .bounds import importance_weighted_log_prob
-from .config import PRESETS, DenseFlowConfig
+from .config import DenseFlowConfig
 from .coupling import CouplingNet
 from .dequantization import VariationalDequantization
 from .glow import CouplingNetFactory
@@ -45,10 +45,8 @@ from .utils.errors import InputError
 from .utils.validate import check_float, check_images, check_int, check_noise
 
 __all__ = [
-    "DenseFlowConfig",
     "DenseFlow",
     "FlowPasses",
-    "PRESETS",
     "coupling_net_factory",
     "sum_terms",
 ]

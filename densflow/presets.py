@@ -1,6 +1,6 @@
 """Every named preset of densflow, in one namespace with three kinds.
 
-* **model sizes** (``--model``, :data:`densflow.config.PRESETS`, :meth:`DenseFlowConfig.preset
+* **model sizes** (``--model``, :data:`densflow.config.MODEL_SIZES`, :meth:`DenseFlowConfig.preset
   <densflow.config.DenseFlowConfig.preset>`): the architecture;
 * **training protocols** (``train --preset``, :data:`densflow.training.TRAIN_PRESETS`, the
   reproduction notebooks' ``preset``): the settings of a training run per dataset, with a model
@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 from .ablations import ABLATION_PRESETS
-from .config import PRESETS as MODEL_SIZES
+from .config import MODEL_SIZES
 from .training import TRAIN_PRESETS
 from .utils.errors import InputError
 

@@ -17,11 +17,11 @@ import torch
 from torch.utils.data import TensorDataset
 from utils import assert_one_line, run_cli, snapshot, temporaries, tiny_run
 
+from densflow import DenseFlow, DenseFlowConfig
 from densflow.cli import build_parser
 from densflow.io import load
 from densflow.io.checkpoint import CheckpointError, read_checkpoint
 from densflow.io.locks import MARKER_NAME, STAGING_NAME
-from densflow.model import DenseFlow, DenseFlowConfig
 from densflow.training import (
     CHECKPOINT_NAME,
     METRICS_NAME,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from utils import init_actnorms, perturb
 
-from densflow import PRESETS, DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
+from densflow import MODEL_SIZES, DenseFlow, DenseFlowConfig, bits_per_dim, fixed_noise
 from densflow.base import forward_with_draws
 
 PAPER_PARAMS = 130_647_294
@@ -355,7 +355,7 @@ def test_config_presets_and_dict_round_trip():
         assert DenseFlowConfig.from_dict(cfg.to_dict()) == cfg
     assert DenseFlowConfig.preset("denseflow-74-10", 64) == DenseFlowConfig.paper(64)
     assert DenseFlowConfig.preset("tiny", 32) == DenseFlowConfig.tiny(32)
-    assert PRESETS == ("denseflow-74-10", "small", "tiny")
+    assert MODEL_SIZES == ("denseflow-74-10", "small", "tiny")
     with pytest.raises(ValueError, match="unknown model size"):
         DenseFlowConfig.preset("huge")
 

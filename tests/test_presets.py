@@ -9,7 +9,7 @@ import pytest
 
 from densflow import presets
 from densflow.ablations import ABLATION_PRESETS
-from densflow.config import PRESETS as MODEL_SIZES
+from densflow.config import MODEL_SIZES
 from densflow.training import TRAIN_PRESETS, train_preset
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"

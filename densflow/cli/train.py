@@ -16,7 +16,7 @@ __all__ = ["add_train", "train_config_from_args"]
 
 def _model_config(text: str) -> Any:
     """A DenseFlowConfig from inline JSON or a .json file."""
-    from ..model import DenseFlowConfig
+    from ..config import DenseFlowConfig
     from ..utils.reading import check_regular, parse_json
 
     try:
@@ -34,7 +34,7 @@ def _model_config(text: str) -> Any:
 
 def add_train(sub: argparse._SubParsersAction) -> None:
     """One option per TrainConfig field, typed and documented from the dataclass itself."""
-    from ..model import DenseFlowConfig
+    from ..config import DenseFlowConfig
     from ..training import TRAIN_PRESETS, TrainConfig
 
     train = sub.add_parser(

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..model import DenseFlow, DenseFlowConfig
+from ..config import DenseFlowConfig
+from ..model import DenseFlow
 from ..utils.errors import InputError, first_line
 from ..utils.provenance import provenance
 from .files import atomic_save

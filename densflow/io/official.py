@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..config import DenseFlowConfig
 from ..data import DATASETS, AllowList, restricted_unpickle
 from ..dense_block import DenseBlock
-from ..model import DenseFlow, DenseFlowConfig
+from ..model import DenseFlow
 from ..utils.errors import first_line
 from .checkpoint import FORMAT, CheckpointError, describe_keys, read_torch_file
 

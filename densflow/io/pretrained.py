@@ -35,7 +35,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from ..model import DenseFlow, DenseFlowConfig
+from ..config import DenseFlowConfig
+from ..model import DenseFlow
 from ..utils.provenance import provenance
 from .checkpoint import CheckpointError, config_from, load_weights
 from .files import atomic_write_bytes, atomic_write_text, write_error

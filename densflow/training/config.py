@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from .. import data
+from ..config import MODEL_SIZES, DenseFlowConfig
 from ..evaluation import eval_default
-from ..model import PRESETS, DenseFlowConfig
 from ..performance import AMP_MODES, Speed
 from ..utils.errors import InputError
 from ..utils.ranges import RANGES, check_range
@@ -81,7 +81,7 @@ class TrainConfig:
         default="small",
         metadata=_help(
             "model size: denseflow-74-10 (the paper's), small (CPU-trainable) or tiny (tests)",
-            choices=tuple(PRESETS),
+            choices=MODEL_SIZES,
         ),
     )
     image_size: int | None = field(

@@ -23,10 +23,10 @@ import torch
 from torch.utils.data import TensorDataset
 from utils import assert_same_training_state, perturb, temporaries, tiny_run
 
+from densflow import DenseFlow, DenseFlowConfig
 from densflow.io.checkpoint import read_checkpoint
 from densflow.io.files import WriteError
 from densflow.io.locks import STAGING_NAME
-from densflow.model import DenseFlow, DenseFlowConfig
 from densflow.training import (
     CHECKPOINT_NAME,
     Trainer,
