@@ -1,6 +1,6 @@
 """One holder per managed folder; the next holder removes what a killed one left in the staging
 folder, and nothing a user made. (A holder killed for real: the run folder's test in
-tests/test_bad_train_input.py.)"""
+tests/cli/test_bad_train_input.py.)"""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Training under ``torchrun``: two CPU processes (gloo, over loopback) stay in step and resume
-exactly, as the single-process runs of ``test_train.py`` do; on one launcher, or on two "nodes"
+exactly, as the single-process runs of ``test_trainer.py`` do; on one launcher, or on two "nodes"
 (two launchers meeting at a c10d rendezvous on localhost)."""
 
 from __future__ import annotations

@@ -323,7 +323,7 @@ def test_compiled_training_follows_eager_training_and_resumes_either_way(tmp_pat
 
 # ----------------------------------------------------------------------------- earlier checkpoints
 
-RUN_V1 = Path(__file__).resolve().parent / "fixtures" / "run_v1"  # see its README.md
+RUN_V1 = Path(__file__).resolve().parents[1] / "fixtures" / "run_v1"  # see its README.md
 
 
 def test_a_run_written_by_the_earlier_code_loads_and_resumes(tmp_path):

@@ -623,7 +623,7 @@ def test_download_celeba_without_gdown_says_how_to_install(
 
 def test_the_celeba_extra_provides_gdown() -> None:
     tomllib = pytest.importorskip("tomllib")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     module, extra = DATASETS["celeba"].download_needs
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     assert any(d.startswith(module) for d in project["optional-dependencies"][extra])

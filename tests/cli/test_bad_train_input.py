@@ -34,7 +34,7 @@ from densflow.training import (
 from densflow.training.rundir import LOCK_NAME
 from densflow.training.state import TrainingState, save_training_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -18,7 +18,7 @@ from utils import write_official_run
 from densflow.cli import build_parser, main, train_config_from_args
 from densflow.training import TrainConfig, TrainingDivergedError, train_preset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -40,7 +40,7 @@ from densflow.utils.ranges import RANGES
 from densflow.utils.testing import write_celeba
 from densflow.utils.validate import check_float, check_int
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
