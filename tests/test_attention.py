@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
+from utils import defaults
 
 from densflow import DenseFlowConfig
 from densflow.attention import IterativePinv, NystromAttention, iterative_pinv
 
 pytestmark = pytest.mark.usefixtures("float64")
-
-
-def defaults(f) -> dict:
-    """The keyword defaults of ``f``'s signature."""
-    return {
-        k: p.default for k, p in inspect.signature(f).parameters.items() if p.default is not p.empty
-    }
 
 
 def test_iterative_pinv_approaches_the_pseudo_inverse_of_a_softmax_kernel():

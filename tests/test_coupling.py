@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
-from utils import (
-    check_bijection,
-    jacobian_logdet,
-    perturb,
-)
+from utils import check_bijection, defaults, jacobian_logdet, perturb
 
 from densflow import DenseFlowConfig
 from densflow.coupling import AffineCoupling, CouplingNet
 
 pytestmark = pytest.mark.usefixtures("float64")
-
-
-def defaults(f) -> dict:
-    """The keyword defaults of ``f``'s signature."""
-    return {
-        k: p.default for k, p in inspect.signature(f).parameters.items() if p.default is not p.empty
-    }
 
 
 def test_affine_coupling_with_the_densflow_coupling_network():

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
-from utils import (
-    jacobian_logdet,
-    perturb,
-)
+from utils import defaults, jacobian_logdet, perturb
 
 from densflow import DenseFlowConfig
 from densflow.base import forward_with_draws
 from densflow.dequantization import VariationalDequantization
 
 pytestmark = pytest.mark.usefixtures("float64")
-
-
-def defaults(f) -> dict:
-    """The keyword defaults of ``f``'s signature."""
-    return {
-        k: p.default for k, p in inspect.signature(f).parameters.items() if p.default is not p.empty
-    }
 
 
 def test_dequantization_flow_log_det_and_range():

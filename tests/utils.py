@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import os
 import pickle
 import re
@@ -28,6 +29,13 @@ def perturb(module: nn.Module, scale: float = 0.05, seed: int = 0) -> nn.Module:
         for p in module.parameters():
             p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
     return module
+
+
+def defaults(f) -> dict:
+    """The keyword defaults of ``f``'s signature."""
+    return {
+        k: p.default for k, p in inspect.signature(f).parameters.items() if p.default is not p.empty
+    }
 
 
 def jacobian_logdet(f, x: Tensor) -> Tensor:

@@ -11,9 +11,9 @@ augmentation and model noise are seeded by the step. A checkpoint (every ``check
 steps and at each epoch end: copied to the host, then written atomically in the background while
 training goes on, :mod:`densflow.training.checkpoint_writer`) therefore only needs the model, the
 optimizer, the position ``(epoch, step in epoch)`` and a few running sums; resuming skips the
-batches of the current epoch that are already done. On CPU, ``N`` steps +
-resume + ``N`` steps give bit-identical parameters to ``2N`` steps (tests/training/test_trainer.py). On GPU
-some kernels are not deterministic, so a resumed run agrees only to rounding.
+batches of the current epoch that are already done. On CPU, ``N`` steps + resume + ``N`` steps
+give bit-identical parameters to ``2N`` steps (tests/training/test_trainer.py). On GPU some
+kernels are not deterministic, so a resumed run agrees only to rounding.
 
 **Non-finite losses** skip their step; too many in a row, or a non-finite parameter, stop the run
 with :class:`~densflow.training.divergence.TrainingDivergedError`, naming the last good checkpoint
