@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import sysconfig
 from importlib import metadata
 from pathlib import Path
 
@@ -81,7 +82,10 @@ def test_every_imported_third_party_package_is_declared():
 )
 def test_make_installed_exactly_the_locked_versions():
     pins, wrong = locked(), []
-    for dist in metadata.distributions():
+    # What pip installed into this environment: its site-packages only, not sys.path, where an
+    # imported setuptools puts the packages it vendors (older platformdirs, packaging, zipp, ...).
+    site = sorted({sysconfig.get_paths()[key] for key in ("purelib", "platlib")})
+    for dist in metadata.distributions(path=site):
         name = canonical(dist.metadata["Name"])
         if name in pins and Version(Version(dist.version).public) != pins[name]:
             wrong.append(f"{name} {dist.version} (locked: {pins[name]})")
