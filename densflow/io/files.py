@@ -35,6 +35,7 @@ from typing import IO, Any
 import torch
 
 from ..utils.errors import InputError
+from ..utils.reading import file_kind
 
 __all__ = [
     "WriteError",
@@ -123,23 +124,9 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _kind(path: Path) -> str:
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        return "missing"
-    for test, kind in (
-        (stat.S_ISREG, "regular"), (stat.S_ISCHR, "device"), (stat.S_ISFIFO, "fifo"),
-        (stat.S_ISDIR, "a folder"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
-    ):  # fmt: skip
-        if test(mode):
-            return kind
-    return "a special file"
-
-
 def _open_through(target: Path, kind: str) -> IO[bytes]:
     """A device or a FIFO, opened for writing without blocking on a FIFO nobody reads."""
-    if kind == "fifo":
+    if kind == "a FIFO":
         fd = os.open(target, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO: no reader
         os.set_blocking(fd, True)
         return os.fdopen(fd, "wb")
@@ -184,8 +171,8 @@ def atomic_write(
     """
     shown = Path(path)
     target = Path(os.path.realpath(shown.expanduser()))  # a link's file, not the link
-    kind = _kind(target)
-    if kind in ("device", "fifo"):  # nothing to replace: written through
+    kind = file_kind(target)
+    if kind in ("a device", "a FIFO"):  # nothing to replace: written through
         try:
             with _open_through(target, kind) as file:
                 yield file
