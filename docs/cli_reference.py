@@ -28,7 +28,8 @@ Exit status, by cause: 0 when done; 2 for a mistake in the input (a bad option, 
 malformed dataset or checkpoint, an output that is one of the inputs, a missing optional package, a
 diverged run) or a refusal of the environment (a full disk, no permission, a read-only file system,
 a path that does not exist, not enough memory for the requested size), with one `error:` line
-naming the path and the cause and saying how to fix it; 130 after Ctrl-C; 1 for a bug in densflow
+naming the path and the cause and saying how to fix it; 130 after Ctrl-C or SIGTERM (which
+`torchrun` and batch schedulers send), with one line saying what was kept; 1 for a bug in densflow
 (any other exception). `--debug` (or `DENSFLOW_DEBUG=1`) shows the full traceback instead. Options
 shown as `--root` or `--official` in older scripts still work, with a one-line deprecation warning.
 """

@@ -24,7 +24,8 @@ Exit status and messages, by cause:
   package, a diverged run, or the environment refusing (a full disk, no permission, a read-only
   file system, a path that does not exist, not enough memory for the requested size): one line
   ``error: ...`` on stderr with the path and the cause, and how to fix it.
-* 130: interrupted (Ctrl-C); the line says whether a progress file lets the same command resume.
+* 130: interrupted (Ctrl-C, or SIGTERM as ``torchrun`` and batch schedulers send it); the line
+  says whether a progress file lets the same command resume.
 * 1: anything else (a ``ValueError`` or ``TypeError`` included) is a bug in densflow: one line
   with the exception, and a pointer to ``--debug``.
 
@@ -43,6 +44,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..utils.errors import InputError
+from ..utils.signals import sigterm_as_interrupt
 from .ablate import add_ablate
 from .download import add_download
 from .models import Interrupted, add_eval, add_sample
@@ -258,11 +260,14 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     docstring), or, with ``--debug`` or ``DENSFLOW_DEBUG=1``, as the exception itself."""
     args = build_parser(prog).parse_args(argv)
     debug = args.debug or os.environ.get("DENSFLOW_DEBUG", "") not in ("", "0")
-    try:
-        return args.run(args)
-    except (Exception, KeyboardInterrupt) as err:
-        if debug:
-            raise
-        status, line = _message(err)
-        print(line, file=sys.stderr)
-        return status
+    # SIGTERM (torchrun stopping a job's other processes, a scheduler ending a job) is Ctrl-C,
+    # up to and including the line that says what was kept.
+    with sigterm_as_interrupt():
+        try:
+            return args.run(args)
+        except (Exception, KeyboardInterrupt) as err:
+            if debug:
+                raise
+            status, line = _message(err)
+            print(line, file=sys.stderr)
+            return status

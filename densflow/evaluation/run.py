@@ -16,13 +16,9 @@ dataset order (:mod:`~densflow.evaluation.distributed`) into an :class:`EvalResu
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import signal
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +32,7 @@ from ..model import DenseFlow
 from ..utils.distributed import Dist
 from ..utils.errors import InputError
 from ..utils.runtime import collate_images, first_images, resolve_device
+from ..utils.signals import sigterm_as_interrupt, stopping
 from .config import EvalConfig
 from .distributed import Group, GroupProgress
 from .draws import IndexedDraws
@@ -136,8 +133,8 @@ def _evaluate_shard(
     report = GroupProgress(group.dist, len(images), group.sum(done), enabled=config.progress)
     device = model.prior.loc.device
     last_save, batches = time.monotonic(), iter(loader)
-    try:
-        with torch.no_grad(), _terminate_as_interrupt(files is not None):
+    with torch.no_grad(), sigterm_as_interrupt():
+        try:
             for _ in range(rounds):
                 x = next(batches, None)
                 if x is not None:
@@ -155,12 +152,13 @@ def _evaluate_shard(
                         last_save = time.monotonic()
                 report.update(group.sum(done))
             return group.gather((shard.start, _values(single), _values(iw)))
-    except BaseException:
-        if files is not None and done > 0:  # the same command resumes from here
-            files.save(shard.start, single, iw)
-        raise
-    finally:
-        report.close()
+        except BaseException:
+            stopping()  # a SIGTERM from here on (torchrun's, after a broken collective) waits
+            if files is not None and done > 0:  # the same command resumes from here
+                files.save(shard.start, single, iw)
+            raise
+        finally:
+            report.close()
 
 
 def batch_bounds(
@@ -206,22 +204,3 @@ def _result(shards: list[tuple[int, np.ndarray, np.ndarray]], n: int, k: int | N
         return None if values is None else float(values.mean())
 
     return EvalResult(mean(single), mean(iw), n, k, single, iw)
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt(enabled: bool) -> Iterator[None]:
-    """SIGTERM raised as ``KeyboardInterrupt`` while evaluating (in the main thread), so that the
-    progress is saved: ``torchrun`` stops the other processes of a job with SIGTERM when one
-    fails, and batch schedulers stop a job with it."""
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

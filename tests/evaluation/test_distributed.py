@@ -134,6 +134,54 @@ def test_torchrun_eval_is_one_process_eval_and_a_killed_rank_resumes(workdir, ca
     ]  # fmt: skip  no progress file left
 
 
+def test_torchruns_sigterm_cuts_short_neither_the_saving_nor_the_line_of_a_stopping_process(
+    workdir, capsys, monkeypatch
+):
+    """When a process dies, the others' collective breaks and ``torchrun`` sends them SIGTERM:
+    whichever comes first, the progress is kept and the line says so. Here the collective breaks
+    first and the SIGTERM arrives as the progress is saved, and again as the line is made (each
+    ignored); this test's own handler would record any SIGTERM that got through."""
+    import signal
+
+    from densflow.evaluation import GroupStopped, run
+    from densflow.evaluation.partial import ProgressFiles
+
+    real_bounds, batches = run.batch_bounds, []
+
+    def batch_bounds(*args, **kwargs):
+        batches.append(1)
+        if len(batches) == 3:  # two batches done: the collective after them broke
+            raise GroupStopped("another process of this torchrun job stopped (Connection reset)")
+        return real_bounds(*args, **kwargs)
+
+    def with_sigterm(real, when):
+        def call(*args, **kwargs):
+            if when():
+                signal.raise_signal(signal.SIGTERM)
+            return real(*args, **kwargs)
+
+        return call
+
+    stopped = lambda: len(batches) == 3  # noqa: E731
+    monkeypatch.setattr(run, "batch_bounds", batch_bounds)
+    monkeypatch.setattr(ProgressFiles, "save", with_sigterm(ProgressFiles.save, stopped))
+    monkeypatch.setattr(  # the command line names the file it kept
+        ProgressFiles, "path_of", staticmethod(with_sigterm(ProgressFiles.path_of, stopped))
+    )
+    escaped = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: escaped.append(signum))
+    try:
+        status, _, err = run_cli([*EVAL, "--out", "r.json"], capsys)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert status == 130 and escaped == []
+    assert err.strip().splitlines()[-1] == (
+        "another process of this torchrun job stopped (Connection reset); the partial file "
+        "r.json.partial lets the same command resume"
+    )
+    assert len(torch.load("r.json.partial", weights_only=True)["iw"]) == 4  # both batches kept
+
+
 # Slurm as the script meets it on a job of two nodes, here two launchers on this machine: srun
 # runs its command once per node, scontrol names the nodes.
 SRUN = """#!/bin/bash
