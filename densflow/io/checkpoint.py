@@ -8,6 +8,9 @@ with ``weights_only=True``: ``format`` (``"densflow"``), ``version``, ``config``
 training run adds its own entries (:mod:`densflow.training.state`); :func:`read_checkpoint`
 checks the ones every checkpoint has, and :func:`model_from_checkpoint` builds the model.
 
+State-dict keys of earlier densflow versions are read under today's names
+(:data:`EARLIER_KEYS`), so that no checkpoint a user has stops loading when a module is renamed.
+
 Every failure to read a file names the file and the cause in one line. A file that needs more
 than tensors and plain values to load (``weights_only`` refuses it) is described by the globals
 its pickle would call (:func:`pickle_globals`, read without running anything): loading it in full
@@ -21,6 +24,7 @@ import io
 import os
 import pickle
 import pickletools
+import re
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -37,6 +41,7 @@ from .files import atomic_save
 
 __all__ = [
     "CheckpointError",
+    "EARLIER_KEYS",
     "FORMAT",
     "VERSION",
     "check_torch_file",
@@ -60,6 +65,17 @@ FORMAT, VERSION = "densflow", 1
 _DATA_MODULES = ("torch", "numpy", "collections", "argparse", "_codecs", "copyreg")
 _DATA_BUILTINS = {"set", "frozenset", "slice", "dict", "list", "tuple", "object", "int", "float",
                   "complex", "bool", "str", "bytes", "bytearray", "range"}  # fmt: skip
+
+
+EARLIER_KEYS = (
+    # The input augmentation (``augmentation="input"``, the ablation) was a cross-unit coupling in
+    # front of a one-unit stage; it is now an InputAugmentedBlock with its own names.
+    (re.compile(r"^(blocks\.\d+)\.cross_unit\.0\."), r"\1.augmentation."),
+    (re.compile(r"^(blocks\.\d+)\.units\.1\."), r"\1.unit."),
+)
+"""(pattern, replacement) for state-dict keys that earlier versions wrote: a key the model does not
+have is renamed by the first that matches, where the model has the new key and the state has
+not."""
 
 
 class CheckpointError(InputError):
@@ -272,8 +288,10 @@ def describe_keys(groups: Iterable[tuple[str, list[str]]], k: int = 3) -> str:
 
 def load_weights(module: nn.Module, state: Mapping[str, Any], source: str | os.PathLike) -> None:
     """``module.load_state_dict(state)``, with what does not fit said in one line: the missing,
-    unexpected and mis-shaped entries, named (``source`` names where ``state`` came from)."""
+    unexpected and mis-shaped entries, named (``source`` names where ``state`` came from). Keys
+    of earlier versions are read under their new names (:data:`EARLIER_KEYS`)."""
     mine = module.state_dict()
+    state = {_current_key(k, mine, state): v for k, v in state.items()}
     not_tensors = sorted(k for k, v in state.items() if not isinstance(v, Tensor))
     missing = sorted(set(mine) - set(state))
     unexpected = sorted(set(state) - set(mine))
@@ -292,6 +310,18 @@ def load_weights(module: nn.Module, state: Mapping[str, Any], source: str | os.P
             "damaged or its config was edited"
         )
     module.load_state_dict(state)
+
+
+def _current_key(key: str, mine: Mapping[str, Any], state: Mapping[str, Any]) -> str:
+    """``key`` under the name the model has for it now, if it is an earlier version's name for
+    it (and ``state`` does not hold that entry under its new name too)."""
+    if key in mine:
+        return key
+    for pattern, replacement in EARLIER_KEYS:
+        renamed = pattern.sub(replacement, key)
+        if renamed != key and renamed in mine and renamed not in state:
+            return renamed
+    return key
 
 
 def config_from(raw: Any, source: str | os.PathLike) -> DenseFlowConfig:

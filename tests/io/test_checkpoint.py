@@ -45,6 +45,53 @@ def test_a_checkpoint_round_trips_and_the_old_fixture_still_reads(tiny, tmp_path
     assert model_from_checkpoint(old).config == DenseFlowConfig.tiny(32)
 
 
+def test_an_input_augmentation_checkpoint_of_the_earlier_layout_loads_with_its_numbers(tmp_path):
+    """``checkpoint_input_augmentation_v1_tiny.pt`` was written by ``save_model`` at commit
+    4a2fc96, before the input augmentation became its own block: a tiny 32×32 model with
+    ``augmentation="input"`` (weights perturbed by 0.02·N(0, 1), ActNorm initialised on its 4
+    images ``x``), and the numbers that code computed under ``expected``. Its keys are the old
+    ones (``blocks.0.cross_unit.0.…``, ``blocks.0.units.1.…``); loaded, the model gives the same
+    numbers to the bit, and saved again it has today's keys."""
+    from densflow import fixed_noise
+    from densflow.io import load
+
+    path = FIXTURES / "checkpoint_input_augmentation_v1_tiny.pt"
+    stored = torch.load(path, weights_only=True)
+    assert any(k.startswith("blocks.0.cross_unit.0.") for k in stored["model"])
+    expected, model = stored["expected"], load(path).eval()
+    x = expected["x"]
+    with torch.no_grad():
+        with fixed_noise(0.0):
+            assert torch.equal(model.log_prob(x), expected["log_prob_fixed_noise_0"])
+        assert torch.equal(
+            model.log_prob(x, torch.Generator().manual_seed(2)), expected["log_prob_seed_2"]
+        )
+        iw = model.iw_log_prob(x, 3, 2, torch.Generator().manual_seed(5))
+        assert torch.equal(iw, expected["iw_log_prob_k3_chunk2_seed_5"])
+        samples = model.sample(2, generator=torch.Generator().manual_seed(7))
+        assert torch.equal(samples, expected["sample_seed_7"])
+    save_model(model, tmp_path / "again.pt")
+    again = read_checkpoint(tmp_path / "again.pt")["model"]
+    assert set(again) == set(model.state_dict()) and "blocks.0.augmentation.g.0.weight" in again
+
+
+def test_an_earlier_key_beside_its_new_name_is_refused_not_merged(tmp_path):
+    """An entry under both its old and its new name is not silently resolved to one of them: the
+    old one is reported as unexpected."""
+    import dataclasses
+
+    model = DenseFlow(dataclasses.replace(DenseFlowConfig.tiny(), augmentation="input"))
+    save_model(model, tmp_path / "m.pt")
+    ckpt = read_checkpoint(tmp_path / "m.pt")
+    ckpt["model"]["blocks.0.units.1.0.actnorm.shift"] = ckpt["model"][
+        "blocks.0.unit.0.actnorm.shift"
+    ]
+    with pytest.raises(
+        CheckpointError, match=r"unexpected: blocks\.0\.units\.1\.0\.actnorm\.shift"
+    ):
+        model_from_checkpoint(ckpt, tmp_path / "m.pt")
+
+
 def test_the_globals_of_a_pickle_are_read_without_running_it(tmp_path, capfd):
     torch.save({"model": {"w": torch.ones(2)}, "x": CallsSystem()}, tmp_path / "evil.pt")
     assert "posix.system" in pickle_globals(tmp_path / "evil.pt")
