@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,6 +78,18 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(n)
+
+
+@pytest.fixture
+def escaped_sigterms() -> Iterator[list[int]]:
+    """The SIGTERMs that reach the handler in place before the code under test: this test's
+    recorder, so that code which lets a SIGTERM through fails the test instead of ending pytest."""
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: caught.append(signum))
+    try:
+        yield caught
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture(scope="session")

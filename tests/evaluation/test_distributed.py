@@ -135,12 +135,12 @@ def test_torchrun_eval_is_one_process_eval_and_a_killed_rank_resumes(workdir, ca
 
 
 def test_torchruns_sigterm_cuts_short_neither_the_saving_nor_the_line_of_a_stopping_process(
-    workdir, capsys, monkeypatch
+    workdir, capsys, monkeypatch, escaped_sigterms
 ):
     """When a process dies, the others' collective breaks and ``torchrun`` sends them SIGTERM:
     whichever comes first, the progress is kept and the line says so. Here the collective breaks
     first and the SIGTERM arrives as the progress is saved, and again as the line is made (each
-    ignored); this test's own handler would record any SIGTERM that got through."""
+    ignored); ``escaped_sigterms`` records any SIGTERM that got through."""
     import signal
 
     from densflow.evaluation import GroupStopped, run
@@ -162,19 +162,16 @@ def test_torchruns_sigterm_cuts_short_neither_the_saving_nor_the_line_of_a_stopp
 
         return call
 
-    stopped = lambda: len(batches) == 3  # noqa: E731
+    def stopped() -> bool:
+        return len(batches) == 3
+
     monkeypatch.setattr(run, "batch_bounds", batch_bounds)
     monkeypatch.setattr(ProgressFiles, "save", with_sigterm(ProgressFiles.save, stopped))
     monkeypatch.setattr(  # the command line names the file it kept
         ProgressFiles, "path_of", staticmethod(with_sigterm(ProgressFiles.path_of, stopped))
     )
-    escaped = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: escaped.append(signum))
-    try:
-        status, _, err = run_cli([*EVAL, "--out", "r.json"], capsys)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert status == 130 and escaped == []
+    status, _, err = run_cli([*EVAL, "--out", "r.json"], capsys)
+    assert status == 130 and escaped_sigterms == []
     assert err.strip().splitlines()[-1] == (
         "another process of this torchrun job stopped (Connection reset); the partial file "
         "r.json.partial lets the same command resume"

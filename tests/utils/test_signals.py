@@ -1,56 +1,46 @@
 """SIGTERM as Ctrl-C (``densflow.utils.signals``): once, not while the process is already
 stopping, nested blocks sharing one state, and the previous handler back afterwards. Each test
-catches SIGTERM itself around the block, so a handler that let one through would show up in
-``escaped`` instead of ending pytest."""
+catches SIGTERM itself around the block (``escaped_sigterms``), so a handler that let one through
+would show up there instead of ending pytest."""
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 
 import pytest
 
 from densflow.utils.signals import sigterm_as_interrupt, stopping
 
 
-@pytest.fixture
-def escaped() -> Iterator[list[int]]:
-    """The SIGTERMs that reached the handler outside the blocks under test."""
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: caught.append(signum))
-    try:
-        yield caught
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def test_the_first_sigterm_interrupts_and_the_next_ones_are_ignored(escaped):
+def test_the_first_sigterm_interrupts_and_the_next_ones_are_ignored(escaped_sigterms):
     outside = signal.getsignal(signal.SIGTERM)
     with sigterm_as_interrupt():
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGTERM)
         signal.raise_signal(signal.SIGTERM)  # already stopping: saving must not be cut short
-    assert signal.getsignal(signal.SIGTERM) is outside and escaped == []
+    assert signal.getsignal(signal.SIGTERM) is outside and escaped_sigterms == []
     signal.raise_signal(signal.SIGTERM)  # after the block: the handler that was there before
-    assert escaped == [signal.SIGTERM]
+    assert escaped_sigterms == [signal.SIGTERM]
 
     with sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt):  # a new block starts afresh
         signal.raise_signal(signal.SIGTERM)
 
 
-def test_a_process_already_stopping_is_not_interrupted_until_the_outermost_block_ends(escaped):
+def test_a_process_already_stopping_is_not_interrupted_until_the_outermost_block_ends(
+    escaped_sigterms,
+):
     stopping()  # outside any block: changes nothing
     with sigterm_as_interrupt():
         with sigterm_as_interrupt():  # e.g. evaluate() within the command line's block
             stopping()  # a broken collective: the progress is being saved
             signal.raise_signal(signal.SIGTERM)
         signal.raise_signal(signal.SIGTERM)  # the outer block still knows
-    assert escaped == []
+    assert escaped_sigterms == []
     with sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt):
         signal.raise_signal(signal.SIGTERM)
 
 
-def test_outside_the_main_thread_the_block_changes_nothing(escaped):
+def test_outside_the_main_thread_the_block_changes_nothing(escaped_sigterms):
     import threading
 
     handlers = []
